@@ -1,0 +1,98 @@
+"""The application factory. `flask --app app` and gunicorn (`app:create_app()`) both call `create_app`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from config import load_config
+from extensions import csrf, db, limiter, migrate
+
+
+def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(load_config(environ, app.instance_path))
+    if overrides:
+        app.config.update(overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_security_headers(app)
+    register_commands(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    import models  # noqa: F401  (registers the tables with SQLAlchemy before migrations look)
+    import sandbox.models  # noqa: F401  (its tables exist in every mode; the schema is one migration history)
+    from terra.client import TerraClient
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+    app.extensions["terra_client"] = TerraClient.from_config(app.config)
+
+
+def register_blueprints(app: Flask) -> None:
+    from blueprints.auth import bp as auth_bp
+    from blueprints.connect import bp as connect_bp
+    from blueprints.health import bp as health_bp
+    from blueprints.webhooks import bp as webhooks_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(connect_bp)
+    app.register_blueprint(webhooks_bp)
+    csrf.exempt(webhooks_bp)  # authenticated by Terra's signature instead
+
+    if app.config["TERRA_MODE"] == "sandbox":
+        from sandbox import init_sandbox
+
+        init_sandbox(app)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    def wants_json() -> bool:
+        return request.path.startswith(("/webhooks/", "/api/")) or request.accept_mimetypes.best == "application/json"
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException):
+        if wants_json():
+            code = (error.name or "error").lower().replace(" ", "_")
+            return jsonify(error={"code": code, "message": error.description}), error.code
+        return render_template("errors/error.html", error=error), error.code
+
+    @app.errorhandler(Exception)
+    def handle_unexpected_error(error: Exception):
+        # Log the details for operators; show the user a plain message, never a stack trace.
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        message = "Something went wrong on our side. Please try again."
+        if wants_json():
+            return jsonify(error={"code": "internal_error", "message": message}), 500
+        return render_template("errors/error.html", error=None, message=message), 500
+
+
+def register_security_headers(app: Flask) -> None:
+    @app.after_request
+    def set_security_headers(response):
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'self' http: https:",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+
+def register_commands(app: Flask) -> None:
+    from commands import register
+
+    register(app)

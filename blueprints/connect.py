@@ -1,0 +1,164 @@
+"""Web pages of the connect flow: dashboard, connect (widget or one provider), return pages, disconnect."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from blueprints.auth import login_required
+from extensions import db
+from models import ConnectAttempt, Connection, ConnectionStatus
+from models.connect_attempt import AttemptHint
+from services import attempts
+from terra.client import TerraError, TerraNotFound
+
+bp = Blueprint("connect", __name__)
+
+PROVIDER_CODE = re.compile(r"^[A-Z0-9_]{2,40}$")
+
+# What a person reads for each failure reason; unknown reasons are shown as they are.
+REASON_TEXT = {
+    "access_denied": "You declined the permissions the app asked for.",
+    "auth_cancelled": "The connection was cancelled before it finished.",
+    "user_limit_reached": "This Terra test environment has reached its limit of 50 users.",
+    "session_expired": "The connection link expired before it was used.",
+    "session_used": "That connection link was already used.",
+    "terra_unavailable": "Terra could not be reached. Please try again in a moment.",
+    "terra_rejected": "Terra refused the request; the app's Terra settings need checking.",
+    "legacy_widget_endpoint_gone": "This Terra account cannot use the legacy widget endpoint.",
+}
+
+
+@bp.app_template_filter("reason_text")
+def reason_text(reason: str | None) -> str:
+    return REASON_TEXT.get(reason or "", reason or "")
+
+
+@bp.get("/")
+def index():
+    if g.user is not None:
+        return redirect(url_for("connect.dashboard"))
+    return render_template("connect/index.html")
+
+
+@bp.get("/connections")
+@login_required
+def dashboard():
+    connections = db.session.scalars(
+        select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
+    ).all()
+    recent_attempts = db.session.scalars(
+        select(ConnectAttempt)
+        .where(ConnectAttempt.user_id == g.user.id)
+        .order_by(ConnectAttempt.created_at.desc())
+        .limit(5)
+    ).all()
+    for attempt in recent_attempts:
+        attempts.refresh(attempt)
+    return render_template("connect/dashboard.html", connections=connections, attempts=recent_attempts)
+
+
+@bp.post("/connections/connect")
+@login_required
+def connect():
+    """Start a widget session and send the browser to it (303: the next request is a GET)."""
+    try:
+        attempt = attempts.start_widget_attempt(g.user, channel="web")
+    except TerraError as error:
+        current_app.logger.warning("widget session failed: %s", error)
+        flash(f"Could not start a connection: {error}")
+        return redirect(url_for("connect.dashboard"), code=303)
+    return redirect(attempt.widget_url, code=303)
+
+
+@bp.get("/connections/providers")
+@login_required
+def providers():
+    """Custom UI: our own provider list instead of Terra's widget picker."""
+    try:
+        catalogue = [provider for provider in attempts.terra_client().integrations_detailed() if provider.enabled]
+    except TerraError as error:
+        return render_template("connect/providers.html", providers=[], error=str(error)), 502
+    return render_template("connect/providers.html", providers=catalogue, error=None)
+
+
+@bp.post("/connections/connect/<provider>")
+@login_required
+def connect_provider(provider: str):
+    if not PROVIDER_CODE.match(provider):
+        abort(404, description="Unknown provider.")
+    try:
+        attempt = attempts.start_provider_attempt(g.user, provider)
+    except TerraNotFound:
+        abort(404, description="Terra does not offer this provider.")
+    except TerraError as error:
+        flash(f"Could not start a connection: {error}")
+        return redirect(url_for("connect.providers"), code=303)
+    return redirect(attempt.widget_url, code=303)
+
+
+@bp.get("/connect/return/success")
+def return_success():
+    return _return_page(AttemptHint.RETURNED_SUCCESS)
+
+
+@bp.get("/connect/return/failure")
+def return_failure():
+    return _return_page(AttemptHint.RETURNED_FAILURE)
+
+
+def _return_page(hint: AttemptHint):
+    """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
+    attempt = _attempt_from_request_token()
+    attempts.record_hint(attempt, hint, terra_user_id=_redirect_user_id())
+    db.session.commit()
+    attempts.refresh(attempt)
+    status_url = url_for("connect.attempt_status", attempt=request.args["attempt"])
+    return render_template("connect/return.html", attempt=attempt, status_url=status_url)
+
+
+@bp.get("/connect/attempts/status")
+def attempt_status():
+    """JSON state for the return page's live update, authorised by the signed attempt token."""
+    attempt = attempts.refresh(_attempt_from_request_token())
+    response = jsonify(attempt.to_dict())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _attempt_from_request_token() -> ConnectAttempt:
+    try:
+        attempt = attempts.attempt_from_token(request.args.get("attempt"))
+    except attempts.AttemptNotFound as error:
+        abort(404, description=f"This connection link is not valid ({error}).")
+    if g.user is not None and g.user.id != attempt.user_id:
+        abort(404, description="This connection link is not valid (unknown attempt).")
+    return attempt
+
+
+def _redirect_user_id() -> str | None:
+    user_id = request.args.get("user_id")
+    return user_id if user_id and user_id != "null" else None
+
+
+@bp.post("/connections/<int:connection_id>/disconnect")
+@login_required
+def disconnect(connection_id: int):
+    connection = db.session.get(Connection, connection_id)
+    if connection is None or connection.user_id != g.user.id:
+        abort(404, description="No such connection.")
+    if connection.status != ConnectionStatus.REVOKED:
+        try:
+            attempts.terra_client().deauthenticate_user(connection.terra_user_id)
+        except TerraNotFound:
+            pass  # already gone on Terra's side: revoking locally is the right outcome
+        except TerraError as error:
+            flash(f"Could not disconnect {connection.provider}: {error}")
+            return redirect(url_for("connect.dashboard"), code=303)
+        connection.status = ConnectionStatus.REVOKED
+        connection.status_reason = "disconnected"
+        db.session.commit()
+    flash(f"{connection.provider} is disconnected.")
+    return redirect(url_for("connect.dashboard"), code=303)

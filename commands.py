@@ -1,0 +1,51 @@
+"""Operator commands: `flask --app app <command>`."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask
+from sqlalchemy import select
+
+from extensions import db
+from models import WebhookEvent
+from models.webhook_event import EventOutcome
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(webhook_events)
+
+
+@click.group("webhooks", help="Inspect and replay the webhook inbox.")
+def webhook_events() -> None:
+    pass
+
+
+@webhook_events.command("list")
+@click.option("--failed", is_flag=True, help="Only events whose application failed.")
+@click.option("--limit", default=20, show_default=True)
+def list_events(failed: bool, limit: int) -> None:
+    query = select(WebhookEvent).order_by(WebhookEvent.received_at.desc()).limit(limit)
+    if failed:
+        query = query.where(WebhookEvent.outcome == EventOutcome.FAILED)
+    for event in db.session.scalars(query):
+        click.echo(f"{event.received_at:%Y-%m-%d %H:%M:%S}  {event.outcome:<8}  {event.event_type:<24}  "
+                   f"{event.trace_id}  {event.detail or ''}")
+
+
+@webhook_events.command("replay")
+@click.argument("trace_ids", nargs=-1)
+@click.option("--failed", is_flag=True, help="Replay every event whose application failed.")
+def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
+    """Apply recorded events again; safe because applying is idempotent."""
+    from services.webhook_inbox import apply
+
+    query = select(WebhookEvent).order_by(WebhookEvent.id)
+    if failed:
+        query = query.where(WebhookEvent.outcome == EventOutcome.FAILED)
+    elif trace_ids:
+        query = query.where(WebhookEvent.trace_id.in_(trace_ids))
+    else:
+        raise click.UsageError("name trace ids or pass --failed")
+    for event in db.session.scalars(query).all():
+        event = apply(event)
+        click.echo(f"{event.trace_id}: {event.outcome} {event.detail or ''}")

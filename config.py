@@ -1,0 +1,185 @@
+"""Every setting of the app, read from the environment and checked once at start-up.
+
+`load_config()` returns a plain dict for `app.config`. It fails fast, with a message naming the
+variable, when something is missing or inconsistent, so a misconfigured deployment never starts
+half-working.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Mapping
+
+ENVIRONMENTS = ("development", "testing", "production")
+TERRA_CREDENTIALS = ("TERRA_DEV_ID", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
+
+# Terra's published endpoints (see shared reference: widget session and REST v2).
+LIVE_WIDGET_SESSION_URL = "https://access.tryterra.co/api/widget/session"
+LIVE_LEGACY_WIDGET_URL = "https://api.tryterra.co/v2/auth/generateWidgetSession"
+LIVE_API_BASE_URL = "https://api.tryterra.co/v2"
+
+# The sandbox accepts exactly these credentials, so the client code path is the live one.
+SANDBOX_DEV_ID = "sandbox-dev-id"
+SANDBOX_API_KEY = "sandbox-api-key"
+DEFAULT_SANDBOX_SIGNING_SECRET = "sandbox-signing-secret-not-for-production"
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable app."""
+
+
+def load_config(environ: Mapping[str, str] | None = None, instance_path: str | None = None) -> dict:
+    # An empty value means "not set", so a copied .env.example with blanks behaves like no .env.
+    env = {name: value for name, value in (os.environ if environ is None else environ).items() if value != ""}
+    app_env = env.get("APP_ENV", "development")
+    if app_env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {app_env!r}")
+
+    public_base_url = env.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").rstrip("/")
+    terra_mode = _terra_mode(env)
+    config: dict = {
+        "APP_ENV": app_env,
+        "TESTING": app_env == "testing",
+        "SECRET_KEY": _secret_key(env, app_env, instance_path),
+        "SECRET_KEY_FALLBACKS": _csv(env.get("SECRET_KEY_FALLBACKS", "")),
+        "SQLALCHEMY_DATABASE_URI": database_url(env, instance_path),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "PUBLIC_BASE_URL": public_base_url,
+        # Session cookie: unreadable from scripts, sent on top-level navigations back from Terra.
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": app_env == "production",
+        "WTF_CSRF_TIME_LIMIT": None,
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
+        "WEBHOOK_MAX_BYTES": _int(env, "WEBHOOK_MAX_BYTES", 512 * 1024),
+        "WEBHOOK_TOLERANCE_SECONDS": _int(env, "WEBHOOK_TOLERANCE_SECONDS", 300),
+        "ATTEMPT_TOKEN_MAX_AGE": _int(env, "ATTEMPT_TOKEN_MAX_AGE", 2 * 24 * 3600),
+        "USERINFO_CHECK_AFTER_SECONDS": _int(env, "USERINFO_CHECK_AFTER_SECONDS", 3),
+        "TERRA_MODE": terra_mode,
+        "TERRA_WIDGET_API": _choice(env, "TERRA_WIDGET_API", ("session", "legacy"), "session"),
+        "TERRA_TIMEOUT_SECONDS": float(env.get("TERRA_TIMEOUT_SECONDS", "10")),
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
+        # Mobile companion settings (used by mobile_redirects/ and the JSON API).
+        "MOBILE_APP_SCHEME": env.get("MOBILE_APP_SCHEME", ""),
+        "MOBILE_UNIVERSAL_LINK_BASE": env.get("MOBILE_UNIVERSAL_LINK_BASE", ""),
+        "MOBILE_REDIRECT_MODE": _choice(env, "MOBILE_REDIRECT_MODE", ("page", "app"), "page"),
+        "IOS_APP_IDS": _csv(env.get("IOS_APP_IDS", "")),
+        "ANDROID_PACKAGE_NAME": env.get("ANDROID_PACKAGE_NAME", ""),
+        "ANDROID_CERT_SHA256": _csv(env.get("ANDROID_CERT_SHA256", "")),
+    }
+    if terra_mode == "live":
+        config.update(
+            TERRA_DEV_ID=env["TERRA_DEV_ID"],
+            TERRA_API_KEY=env["TERRA_API_KEY"],
+            TERRA_SIGNING_SECRET=env["TERRA_SIGNING_SECRET"],
+            TERRA_WIDGET_SESSION_URL=env.get("TERRA_WIDGET_SESSION_URL", LIVE_WIDGET_SESSION_URL),
+            TERRA_LEGACY_WIDGET_URL=env.get("TERRA_LEGACY_WIDGET_URL", LIVE_LEGACY_WIDGET_URL),
+            TERRA_API_BASE_URL=env.get("TERRA_API_BASE_URL", LIVE_API_BASE_URL).rstrip("/"),
+        )
+    else:
+        sandbox_base = public_base_url + "/sandbox"
+        config.update(
+            TERRA_DEV_ID=SANDBOX_DEV_ID,
+            TERRA_API_KEY=SANDBOX_API_KEY,
+            TERRA_SIGNING_SECRET=env.get("SANDBOX_SIGNING_SECRET", DEFAULT_SANDBOX_SIGNING_SECRET),
+            TERRA_WIDGET_SESSION_URL=env.get("TERRA_WIDGET_SESSION_URL", sandbox_base + "/api/widget/session"),
+            TERRA_LEGACY_WIDGET_URL=env.get(
+                "TERRA_LEGACY_WIDGET_URL", sandbox_base + "/v2/auth/generateWidgetSession"
+            ),
+            TERRA_API_BASE_URL=env.get("TERRA_API_BASE_URL", sandbox_base + "/v2").rstrip("/"),
+            **_sandbox_settings(env, public_base_url),
+        )
+    return config
+
+
+def _sandbox_settings(env: Mapping[str, str], public_base_url: str) -> dict:
+    """Knobs of the embedded Terra emulator; each mirrors a documented behaviour of Terra."""
+    return {
+        "SANDBOX_WEBHOOK_URL": env.get("SANDBOX_WEBHOOK_URL", public_base_url + "/webhooks/terra"),
+        "SANDBOX_SESSION_TTL_SECONDS": _int(env, "SANDBOX_SESSION_TTL_SECONDS", 900),
+        "SANDBOX_USER_CAP": _int(env, "SANDBOX_USER_CAP", 50),
+        # Where the 50-user cap bites: inside the widget (default) or at session creation (403).
+        "SANDBOX_USER_CAP_MODE": _choice(env, "SANDBOX_USER_CAP_MODE", ("widget", "session"), "widget"),
+        # Accounts created after 2026-09-03 get 410 from the legacy widget endpoint.
+        "SANDBOX_LEGACY_GONE": _flag(env, "SANDBOX_LEGACY_GONE"),
+        # 2026 contract sends `auth_cancelled`; older docs describe `auth` with status `error`.
+        "SANDBOX_AUTH_FAILURE_SHAPE": _choice(
+            env, "SANDBOX_AUTH_FAILURE_SHAPE", ("auth_cancelled", "auth_error"), "auth_cancelled"
+        ),
+        "SANDBOX_REAUTH_ORDER": _choice(
+            env, "SANDBOX_REAUTH_ORDER", ("reauth_first", "auth_first"), "reauth_first"
+        ),
+        "SANDBOX_USERINFO_SHAPE": _choice(env, "SANDBOX_USERINFO_SHAPE", ("array", "object"), "array"),
+        # Terra retries a failed delivery up to 10 times, 30 s doubling to 8 h; tests shrink the clock.
+        "SANDBOX_WEBHOOK_RETRIES": _int(env, "SANDBOX_WEBHOOK_RETRIES", 10),
+        "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": float(env.get("SANDBOX_WEBHOOK_RETRY_BASE_SECONDS", "30")),
+        "SANDBOX_WEBHOOK_RETRY_CAP_SECONDS": float(env.get("SANDBOX_WEBHOOK_RETRY_CAP_SECONDS", "28800")),
+        "SANDBOX_WEBHOOK_TIMEOUT_SECONDS": float(env.get("SANDBOX_WEBHOOK_TIMEOUT_SECONDS", "8")),
+    }
+
+
+def database_url(env: Mapping[str, str], instance_path: str | None) -> str:
+    url = env.get("DATABASE_URL")
+    if not url:
+        folder = Path(instance_path or "instance")
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder.resolve() / 'terra_connect.sqlite'}"
+    # Hosting platforms hand out postgres:// URLs; SQLAlchemy needs the driver named (psycopg 3).
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _terra_mode(env: Mapping[str, str]) -> str:
+    present = [name for name in TERRA_CREDENTIALS if env.get(name)]
+    if not present:
+        return "sandbox"
+    if len(present) == len(TERRA_CREDENTIALS):
+        return "live"
+    missing = [name for name in TERRA_CREDENTIALS if name not in present]
+    raise ConfigError(
+        f"Live Terra mode needs all of {', '.join(TERRA_CREDENTIALS)}; missing {', '.join(missing)}. "
+        "Unset all three to use the embedded sandbox."
+    )
+
+
+def _secret_key(env: Mapping[str, str], app_env: str, instance_path: str | None) -> str:
+    key = env.get("SECRET_KEY")
+    if key:
+        return key
+    if app_env == "production":
+        raise ConfigError("SECRET_KEY is required when APP_ENV=production")
+    # Development and tests: one random key, kept in the instance folder so sessions survive restarts.
+    key_file = Path(instance_path or "instance") / "secret_key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(48))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {env[name]!r}") from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value

@@ -1,0 +1,78 @@
+"""A small console: the sandbox's Terra users and recent flows, with buttons that make things happen
+to a user (new data, a degraded connection, revoked access...) so the app's handling can be watched."""
+
+from __future__ import annotations
+
+from flask import current_app, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from extensions import db
+from sandbox.blueprint import bp
+from sandbox.errors import sandbox_error
+from sandbox.flows import active_user_count
+from sandbox.models import SandboxSession, SandboxUser
+from sandbox.user_events import USER_EVENT_TYPES, send_user_event
+
+RECENT_SESSIONS = 20
+# The knobs worth seeing while testing (never the signing secret).
+CONSOLE_SETTINGS = (
+    "SANDBOX_WEBHOOK_URL",
+    "SANDBOX_USER_CAP",
+    "SANDBOX_USER_CAP_MODE",
+    "SANDBOX_LEGACY_GONE",
+    "SANDBOX_AUTH_FAILURE_SHAPE",
+    "SANDBOX_REAUTH_ORDER",
+    "SANDBOX_USERINFO_SHAPE",
+    "SANDBOX_SESSION_TTL_SECONDS",
+)
+
+
+@bp.get("/")
+def console():
+    users = db.session.scalars(select(SandboxUser).order_by(SandboxUser.created_at.desc())).all()
+    sessions = db.session.scalars(
+        select(SandboxSession).order_by(SandboxSession.created_at.desc()).limit(RECENT_SESSIONS)
+    ).all()
+    return render_template(
+        "sandbox/console.html",
+        users=users,
+        sessions=sessions,
+        active_count=active_user_count(),
+        event_types=[kind for kind in USER_EVENT_TYPES if kind != "deauth"],  # deauth has its own button
+        sent=request.args.get("sent"),
+        settings={name: current_app.config[name] for name in CONSOLE_SETTINGS},
+    )
+
+
+@bp.post("/users/<user_id>/events")
+def send_event(user_id: str):
+    wants_json = request.is_json
+    if wants_json:
+        body = request.get_json(silent=True)
+        kind = body.get("type") if isinstance(body, dict) else None
+    else:
+        kind = request.form.get("type")
+
+    def refuse(status: int, code: str, message: str):
+        if wants_json:
+            return sandbox_error(status, code, message)
+        page = render_template(
+            "sandbox/message.html",
+            title="Not sent",
+            message=message,
+            back_url=url_for("sandbox.console"),
+            back_label="Back to the console",
+        )
+        return page, status
+
+    user = db.session.get(SandboxUser, user_id)
+    if user is None:
+        return refuse(404, "user_not_found", "No sandbox user has this id.")
+    if kind not in USER_EVENT_TYPES:
+        return refuse(400, "invalid_request", "type must be one of: " + ", ".join(USER_EVENT_TYPES))
+    if not user.active:
+        return refuse(409, "user_inactive", "This user is no longer connected; Terra sends it nothing.")
+    delivery = send_user_event(user, kind, current_app.config)
+    if wants_json:
+        return {"trace_id": delivery.trace_ids[0]}, 202
+    return redirect(url_for("sandbox.console", sent=kind), 303)

@@ -1,0 +1,236 @@
+"""What happens on Terra's side when a flow starts and when the user decides.
+
+Both the widget pages and the automation endpoint finish a flow through `complete_flow`, so the two
+can never disagree. The outcome is committed first and the webhooks are sent afterwards, from a thread
+(see `sandbox.delivery`), so no database transaction is open while the app's webhook is being called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Mapping
+
+from flask import url_for
+from sqlalchemy import func, select, update
+
+from extensions import db
+from models.time import utcnow
+from sandbox import events
+from sandbox import providers as catalogue
+from sandbox.delivery import DeliveryThread, deliver
+from sandbox.models import SandboxSession, SandboxUser, SessionState, new_uuid
+from sandbox.redirects import merge_query
+from sandbox.validation import FlowOptions
+
+# The user's decision on the consent screen, and the failure reason Terra reports for it.
+OUTCOME_REASONS = {"success": None, "denied": "access_denied", "cancelled": "auth_cancelled"}
+USER_LIMIT_REASON = "user_limit_reached"
+MAX_ACCOUNT_LENGTH = 100
+
+
+class FlowProblem(Exception):
+    """A flow cannot be completed. `code` is one of: not_found, used, expired, bad_input."""
+
+    def __init__(self, code: str, message: str, session: SandboxSession | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.session = session  # for used/expired: the page links back to the app's failure URL
+
+
+@dataclass(frozen=True)
+class Completion:
+    redirect_url: str
+    delivery: DeliveryThread
+
+
+# -- starting a flow ------------------------------------------------------------------------------
+
+
+def start_flow(
+    kind: str,
+    options: FlowOptions,
+    config: Mapping[str, Any],
+    *,
+    provider_codes: list[str] | None,
+    user_id: str | None = None,
+) -> SandboxSession:
+    now = utcnow()
+    session = SandboxSession(
+        id=new_uuid(),
+        kind=kind,
+        reference_id=options.reference_id,
+        success_url=options.success_url,
+        failure_url=options.failure_url,
+        providers=",".join(provider_codes) if provider_codes else None,
+        language=options.language,
+        user_id=user_id,
+        state=SessionState.OPEN,
+        created_at=now,
+        expires_at=now + timedelta(seconds=config["SANDBOX_SESSION_TTL_SECONDS"]),
+    )
+    db.session.add(session)
+    db.session.commit()
+    return session
+
+
+def active_user_count() -> int:
+    return db.session.scalar(select(func.count()).select_from(SandboxUser).where(SandboxUser.active.is_(True)))
+
+
+def user_cap_reached(config: Mapping[str, Any]) -> bool:
+    """Terra's test environments hold at most 50 connected users; existing ones are never evicted."""
+    return active_user_count() >= config["SANDBOX_USER_CAP"]
+
+
+# -- the state of a flow --------------------------------------------------------------------------
+
+
+def get_session(session_id: str) -> SandboxSession:
+    session = db.session.get(SandboxSession, session_id)
+    if session is None:
+        raise FlowProblem("not_found", "This sign-in link does not exist.")
+    return session
+
+
+def ensure_open(session: SandboxSession) -> None:
+    if session.state == SessionState.USED:
+        raise FlowProblem("used", "This sign-in link has already been used.", session)
+    if session.is_expired():
+        raise FlowProblem("expired", "This sign-in link has expired.", session)
+
+
+def offered_providers(session: SandboxSession) -> list[catalogue.Provider]:
+    if not session.providers:
+        return catalogue.web_providers()
+    return [provider for provider in map(catalogue.connectable, session.provider_codes) if provider]
+
+
+def offered_provider(session: SandboxSession, code: object) -> catalogue.Provider:
+    offered = offered_providers(session)
+    if code in (None, "") and len(offered) == 1:
+        return offered[0]
+    if not isinstance(code, str) or not code:
+        raise FlowProblem("bad_input", "Choose a provider.")
+    provider = catalogue.find(code)
+    if provider is None:
+        raise FlowProblem("bad_input", f"Unknown provider {code}.")
+    if provider not in offered:
+        raise FlowProblem("bad_input", f"This session does not offer {provider.code}.")
+    return provider
+
+
+def normalise_account(account: object) -> str:
+    """Account names are compared case-insensitively, like the e-mail logins most providers use."""
+    name = account.strip().casefold() if isinstance(account, str) else ""
+    if not name:
+        raise FlowProblem("bad_input", "Enter an account name.")
+    if len(name) > MAX_ACCOUNT_LENGTH:
+        raise FlowProblem("bad_input", f"Account names are at most {MAX_ACCOUNT_LENGTH} characters.")
+    return name
+
+
+def failure_return_url(session: SandboxSession, reason: str) -> str | None:
+    """The link back to the app from a dead session page (None when the app gave no failure URL)."""
+    if not session.failure_url:
+        return None
+    params = {"reference_id": session.reference_id or "null", "reason": reason}
+    if len(session.provider_codes) == 1:
+        params["resource"] = session.provider_codes[0]
+    return merge_query(session.failure_url, params)
+
+
+# -- finishing a flow -----------------------------------------------------------------------------
+
+
+def complete_flow(
+    session_id: str, *, provider_code: object, account: object, outcome: object, config: Mapping[str, Any]
+) -> Completion:
+    """Apply the user's decision; returns where to send the browser and the webhook delivery."""
+    session = get_session(session_id)
+    ensure_open(session)
+    if outcome not in OUTCOME_REASONS:
+        raise FlowProblem("bad_input", "outcome must be one of: " + ", ".join(OUTCOME_REASONS))
+    provider = offered_provider(session, provider_code)
+    account_name = normalise_account(account)
+    _claim(session)
+
+    reason = OUTCOME_REASONS[outcome]
+    if reason is None:
+        redirect_url, outgoing = _authenticate(session, provider, account_name, config)
+    else:
+        redirect_url, outgoing = _fail(session, provider, reason, config)
+    db.session.commit()
+    return Completion(redirect_url=redirect_url, delivery=deliver(outgoing, config))
+
+
+def _claim(session: SandboxSession) -> None:
+    """Mark the session used, atomically: of two simultaneous decisions only one goes through."""
+    result = db.session.execute(
+        update(SandboxSession)
+        .where(SandboxSession.id == session.id, SandboxSession.state == SessionState.OPEN)
+        .values(state=SessionState.USED)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        raise FlowProblem("used", "This sign-in link has already been used.", session)
+
+
+def _authenticate(
+    session: SandboxSession, provider: catalogue.Provider, account: str, config: Mapping[str, Any]
+) -> tuple[str, list[dict]]:
+    # Same provider account under the same reference_id: a re-auth, which replaces the user id.
+    previous = db.session.scalars(
+        select(SandboxUser)
+        .where(
+            SandboxUser.provider == provider.code,
+            SandboxUser.account == account,
+            SandboxUser.reference_id == session.reference_id,  # `IS NULL` when there is none
+            SandboxUser.active.is_(True),
+        )
+        .order_by(SandboxUser.created_at.desc())
+    ).first()
+    if previous is None and user_cap_reached(config):
+        return _fail(session, provider, USER_LIMIT_REASON, config)
+
+    user = SandboxUser(
+        user_id=session.user_id or new_uuid(),
+        provider=provider.code,
+        account=account,
+        reference_id=session.reference_id,
+        scopes=",".join(provider.scopes),
+        active=True,
+        created_at=utcnow(),
+    )
+    db.session.add(user)
+    outgoing = [events.auth_success(user, session)]
+    if previous is not None:
+        previous.active = False
+        reauth = events.user_reauth(user, previous)
+        if config["SANDBOX_REAUTH_ORDER"] == "reauth_first":
+            outgoing.insert(0, reauth)
+        else:
+            outgoing.append(reauth)
+    params = {"user_id": user.user_id, "resource": provider.code, "reference_id": session.reference_id or "null"}
+    return merge_query(session.success_url or _result_page(session), params), outgoing
+
+
+def _fail(
+    session: SandboxSession, provider: catalogue.Provider, reason: str, config: Mapping[str, Any]
+) -> tuple[str, list[dict]]:
+    event = events.auth_failure(
+        config["SANDBOX_AUTH_FAILURE_SHAPE"],
+        session,
+        provider=provider.code,
+        reason=reason,
+        # authenticateUser promised this id; a widget flow's would-be user never existed.
+        user_id=session.user_id or new_uuid(),
+    )
+    params = {"reference_id": session.reference_id or "null", "resource": provider.code, "reason": reason}
+    return merge_query(session.failure_url or _result_page(session), params), [event]
+
+
+def _result_page(session: SandboxSession) -> str:
+    """Without a redirect URL Terra keeps the user on its own result screen; so does the sandbox."""
+    return url_for("sandbox.widget_result", session_id=session.id, _external=True)

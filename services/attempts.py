@@ -1,0 +1,226 @@
+"""Connect attempts: creating one, the signed token our redirect URLs carry, and every state change.
+
+Rules (DESIGN.md "Truth" and "States"): only a verified webhook or a server-side userInfo check
+decides an outcome; browser hints are recorded but decide nothing; terminal states are sticky,
+except that a late verified success may still turn `cancelled` into `connected`. Every change bumps
+`version`, which is what pollers compare.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import current_app, url_for
+from itsdangerous import BadSignature
+from sqlalchemy import select
+
+from extensions import db
+from models import AttemptStatus, ConnectAttempt, Connection, User
+from models.connect_attempt import AttemptHint
+from models.time import utcnow
+from services.connections import upsert_connection
+from services.signing import timed_serializer
+from terra.client import TerraClient, TerraError, TerraUser, WidgetSession
+
+TOKEN_SALT = "connect-attempt-v1"
+
+
+class AttemptNotFound(LookupError):
+    pass
+
+
+def terra_client() -> TerraClient:
+    return current_app.extensions["terra_client"]
+
+
+# -- creating ---------------------------------------------------------------------------
+
+
+def start_widget_attempt(user: User, *, channel: str, providers: list[str] | None = None,
+                         language: str | None = None, return_urls: tuple[str, str] | None = None) -> ConnectAttempt:
+    """Create an attempt and its Terra widget session. Raises TerraError (the attempt is then failed)."""
+    attempt = _new_attempt(user, channel, provider=providers[0] if providers and len(providers) == 1 else None)
+    success_url, failure_url = return_urls or web_return_urls(attempt)
+    try:
+        session: WidgetSession = terra_client().create_widget_session(
+            reference_id=user.reference_id,
+            success_url=success_url,
+            failure_url=failure_url,
+            providers=providers,
+            language=language,
+        )
+    except TerraError as error:
+        _fail_without_terra(attempt, error)
+        raise
+    attempt.terra_session_id = session.session_id
+    attempt.widget_url = session.url
+    attempt.expires_at = utcnow() + timedelta(seconds=session.expires_in)
+    db.session.commit()
+    return attempt
+
+
+def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
+    """Custom UI: one provider through authenticateUser instead of the widget."""
+    attempt = _new_attempt(user, "web", provider=provider)
+    success_url, failure_url = web_return_urls(attempt)
+    try:
+        auth = terra_client().authenticate_user(
+            provider=provider, reference_id=user.reference_id, success_url=success_url, failure_url=failure_url
+        )
+    except TerraError as error:
+        _fail_without_terra(attempt, error)
+        raise
+    # authenticateUser has no session id; the Terra user id it announces correlates the webhook.
+    attempt.terra_session_id = auth.user_id
+    attempt.widget_url = auth.auth_url
+    db.session.commit()
+    return attempt
+
+
+def _new_attempt(user: User, channel: str, provider: str | None) -> ConnectAttempt:
+    # Terra sessions last 900 s unless the answer says otherwise; corrected once we know.
+    attempt = ConnectAttempt(
+        user_id=user.id, channel=channel, requested_provider=provider, expires_at=utcnow() + timedelta(seconds=900)
+    )
+    db.session.add(attempt)
+    # Committed before Terra is called: no transaction (or SQLite write lock) is held across HTTP.
+    db.session.commit()
+    return attempt
+
+
+def _fail_without_terra(attempt: ConnectAttempt, error: TerraError) -> None:
+    _change(attempt, status=AttemptStatus.FAILED, error=error.code)
+    db.session.commit()
+
+
+def web_return_urls(attempt: ConnectAttempt) -> tuple[str, str]:
+    token = attempt_token(attempt)
+    base = current_app.config["PUBLIC_BASE_URL"]
+    return (
+        base + url_for("connect.return_success", attempt=token),
+        base + url_for("connect.return_failure", attempt=token),
+    )
+
+
+# -- the signed token in our redirect URLs ------------------------------------------------
+
+
+def attempt_token(attempt: ConnectAttempt) -> str:
+    return timed_serializer(TOKEN_SALT).dumps(attempt.id)
+
+
+def attempt_from_token(token: str | None) -> ConnectAttempt:
+    """The attempt a redirect's token names; AttemptNotFound if forged, expired or unknown."""
+    if not token:
+        raise AttemptNotFound("missing attempt token")
+    try:
+        attempt_id = timed_serializer(TOKEN_SALT).loads(token, max_age=current_app.config["ATTEMPT_TOKEN_MAX_AGE"])
+    except BadSignature:
+        raise AttemptNotFound("invalid or expired attempt token") from None
+    attempt = db.session.get(ConnectAttempt, attempt_id)
+    if attempt is None:
+        raise AttemptNotFound("unknown attempt")
+    return attempt
+
+
+def owned_attempt(user: User, attempt_id: str) -> ConnectAttempt:
+    attempt = db.session.get(ConnectAttempt, attempt_id)
+    if attempt is None or attempt.user_id != user.id:
+        raise AttemptNotFound("unknown attempt")  # never reveal someone else's attempt exists
+    return attempt
+
+
+# -- state changes ------------------------------------------------------------------------
+
+
+def _change(attempt: ConnectAttempt, **fields) -> None:
+    for name, value in fields.items():
+        setattr(attempt, name, value)
+    # Incremented by the database, so two concurrent changes (say a webhook and a return-page hint)
+    # give two increments; a Python-side `+= 1` would let both write the same number.
+    attempt.version = ConnectAttempt.version + 1
+    attempt.updated_at = utcnow()
+
+
+def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None) -> None:
+    """What the browser said happened. Recorded for display and polling, never as an outcome."""
+    fields: dict = {}
+    if attempt.hint != hint:
+        fields.update(hint=hint, hinted_at=utcnow())
+    if terra_user_id and attempt.redirect_terra_user_id != terra_user_id:
+        fields["redirect_terra_user_id"] = terra_user_id[:64]
+    if fields:
+        _change(attempt, **fields)
+
+
+def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
+    if attempt.status not in (AttemptStatus.PENDING, AttemptStatus.CANCELLED):
+        return False
+    _change(attempt, status=AttemptStatus.CONNECTED, connection_id=connection.id, error=None)
+    attempt.connection = connection
+    return True
+
+
+def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
+    if attempt.status != AttemptStatus.PENDING:
+        return False
+    _change(attempt, status=AttemptStatus.FAILED, error=(reason or "auth_failed")[:255])
+    return True
+
+
+def expire_if_due(attempt: ConnectAttempt) -> bool:
+    if attempt.status == AttemptStatus.PENDING and attempt.expires_at <= utcnow():
+        _change(attempt, status=AttemptStatus.EXPIRED, error="session_expired")
+        return True
+    return False
+
+
+def find_attempt_for_event(user: User, session_ids: tuple[str, ...]) -> ConnectAttempt | None:
+    """The attempt an auth event answers: by Terra's session/flow id, else the newest pending one."""
+    if session_ids:
+        attempt = db.session.scalars(
+            select(ConnectAttempt).where(
+                ConnectAttempt.user_id == user.id, ConnectAttempt.terra_session_id.in_(session_ids)
+            )
+        ).first()
+        if attempt is not None:
+            return attempt
+    return db.session.scalars(
+        select(ConnectAttempt)
+        .where(ConnectAttempt.user_id == user.id, ConnectAttempt.status.in_([AttemptStatus.PENDING, AttemptStatus.CANCELLED]))
+        .order_by(ConnectAttempt.created_at.desc())
+        .limit(1)
+    ).first()
+
+
+def refresh(attempt: ConnectAttempt) -> ConnectAttempt:
+    """Bring a pending attempt up to date before showing it: expiry, then the userInfo check."""
+    if expire_if_due(attempt):
+        db.session.commit()
+    if attempt.status == AttemptStatus.PENDING and _userinfo_check_due(attempt):
+        if confirm_redirect_user(attempt):
+            db.session.commit()
+    return attempt
+
+
+def _userinfo_check_due(attempt: ConnectAttempt) -> bool:
+    if not attempt.redirect_terra_user_id or attempt.hinted_at is None:
+        return False
+    wait = timedelta(seconds=current_app.config["USERINFO_CHECK_AFTER_SECONDS"])
+    return utcnow() - attempt.hinted_at >= wait
+
+
+def confirm_redirect_user(attempt: ConnectAttempt) -> bool:
+    """The webhook is late: ask Terra whether the redirect's user id is really this user's."""
+    try:
+        terra_user: TerraUser | None = terra_client().user_info(attempt.redirect_terra_user_id)
+    except TerraError:
+        current_app.logger.warning("userInfo check failed for attempt %s; waiting for the webhook", attempt.id)
+        return False
+    owner = db.session.get(User, attempt.user_id)
+    if terra_user is None or not terra_user.active or terra_user.reference_id != owner.reference_id:
+        # Not confirmed: forget the claim so we do not ask again on every poll.
+        _change(attempt, redirect_terra_user_id=None)
+        return True
+    connection = upsert_connection(owner, terra_user)
+    return mark_connected(attempt, connection)

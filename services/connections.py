@@ -1,0 +1,108 @@
+"""Connections (one row per Terra user) and the changes Terra's events make to them.
+
+Every function here is idempotent and order-independent: the unique `terra_user_id` decides which
+row an event touches, and an insert that loses a race re-reads the winner's row instead of failing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from extensions import db
+from models import ConnectAttempt, Connection, ConnectionStatus, ReplacedTerraUser, User
+from models.time import utcnow
+from terra.client import TerraUser
+
+
+def by_terra_user_id(terra_user_id: str) -> Connection | None:
+    return db.session.scalars(select(Connection).where(Connection.terra_user_id == terra_user_id)).first()
+
+
+def was_replaced(terra_user_id: str) -> bool:
+    return db.session.get(ReplacedTerraUser, terra_user_id) is not None
+
+
+def _insert_or_get(owner: User, terra_user: TerraUser, status: str) -> tuple[Connection, bool]:
+    """The row for this Terra user, inserting it if absent. Returns (row, inserted)."""
+    connection = by_terra_user_id(terra_user.user_id)
+    if connection is not None:
+        return connection, False
+    try:
+        with db.session.begin_nested():
+            connection = Connection(
+                user_id=owner.id,
+                terra_user_id=terra_user.user_id,
+                provider=terra_user.provider,
+                scopes=terra_user.scopes,
+                status=status,
+                last_event_at=utcnow(),
+            )
+            db.session.add(connection)
+        return connection, True
+    except IntegrityError:
+        # Another delivery inserted it between our read and our write: use theirs.
+        return by_terra_user_id(terra_user.user_id), False
+
+
+def upsert_connection(owner: User, terra_user: TerraUser) -> Connection:
+    """A successful authentication: the Terra user is linked and active.
+
+    A revoked row stays revoked: Terra issues a new user id on every authentication, so an `auth`
+    for a revoked id is a late or replayed delivery, not a reconnection.
+    """
+    connection, inserted = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE)
+    if not inserted and connection.status != ConnectionStatus.REVOKED:
+        connection.status = ConnectionStatus.ACTIVE
+        connection.status_reason = None
+        connection.provider = terra_user.provider or connection.provider
+        connection.scopes = terra_user.scopes or connection.scopes
+        connection.last_event_at = utcnow()
+    return connection
+
+
+def set_status(owner: User, terra_user: TerraUser, status: str, reason: str) -> Connection:
+    """deauth, access_revoked, connection_error. A revocation for a user we have not seen yet still
+    leaves a revoked row, so an `auth` delivered after it cannot bring the connection back."""
+    connection, _ = _insert_or_get(owner, terra_user, status)
+    if connection.status != ConnectionStatus.REVOKED:
+        connection.status = status
+        connection.status_reason = reason
+    connection.last_event_at = utcnow()
+    return connection
+
+
+def change_scopes(owner: User, terra_user: TerraUser, added: list[str], removed: list[str]) -> Connection:
+    connection, _ = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE)
+    scopes = [scope for scope in connection.scope_list if scope not in removed]
+    scopes += [scope for scope in added if scope not in scopes]
+    connection.scopes = ",".join(scopes)
+    connection.last_event_at = utcnow()
+    return connection
+
+
+def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraUser) -> Connection:
+    """user_reauth: the same provider account got a new Terra user id; keep one row, in place.
+
+    Works in either order relative to the `auth` for the new id: if that `auth` already created a
+    row, the older row absorbs it (attempts are re-pointed) so the connection keeps its id.
+    """
+    old = by_terra_user_id(old_user.user_id) if old_user else None
+    new = by_terra_user_id(new_user.user_id)
+    if old is None:
+        return upsert_connection(owner, new_user)
+    if new is not None and new.id != old.id:
+        db.session.execute(
+            update(ConnectAttempt).where(ConnectAttempt.connection_id == new.id).values(connection_id=old.id)
+        )
+        db.session.delete(new)
+        db.session.flush()  # the unique terra_user_id must be free before the old row takes it
+    old_id = old.terra_user_id
+    old.terra_user_id = new_user.user_id
+    db.session.add(ReplacedTerraUser(old_terra_user_id=old_id, connection_id=old.id))
+    old.provider = new_user.provider or old.provider
+    old.scopes = new_user.scopes or old.scopes
+    old.status = ConnectionStatus.ACTIVE
+    old.status_reason = None
+    old.last_event_at = utcnow()
+    return old

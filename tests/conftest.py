@@ -1,0 +1,198 @@
+"""Shared fixtures, in the style of Flask's tutorial (`app`, `client`, `auth`), plus `live_server`,
+which serves the whole app (sandbox included) over real HTTP on loopback.
+
+The database is SQLite in a temporary folder by default, or the PostgreSQL named by
+TEST_DATABASE_URL. Either way the schema comes from the Alembic migrations, once per run, and every
+test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from typing import Callable
+
+import pytest
+import requests
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
+
+from app import create_app
+from config import database_url
+from extensions import db
+
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def database_uri(tmp_path_factory) -> str:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        uri = database_url({"DATABASE_URL": configured}, None)
+        _recreate_postgres_database(uri)
+    else:
+        uri = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}"
+    _migrate(uri)
+    return uri
+
+
+def _recreate_postgres_database(uri: str) -> None:
+    url = make_url(uri)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{url.database}"'))
+    admin.dispose()
+
+
+def _migrate(uri: str) -> None:
+    from flask_migrate import upgrade
+
+    app = create_app(environ=_environ(uri))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+def _environ(uri: str, **extra: str) -> dict[str, str]:
+    return {"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": uri, **extra}
+
+
+def _empty_tables(app) -> None:
+    with app.app_context():
+        names = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
+        with db.engine.begin() as connection:
+            for table in reversed(db.metadata.sorted_tables):
+                if table.name in names:
+                    connection.execute(table.delete())
+        db.engine.dispose()
+
+
+@pytest.fixture
+def app(database_uri, tmp_path):
+    app = create_app({"WTF_CSRF_ENABLED": False}, environ=_environ(database_uri))
+    app.instance_path = str(tmp_path)
+    yield app
+    _empty_tables(app)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class AuthActions:
+    def __init__(self, client):
+        self._client = client
+
+    def register(self, email="ada@example.com", password="correct horse battery"):
+        return self._client.post("/auth/register", data={"email": email, "password": password})
+
+    def login(self, email="ada@example.com", password="correct horse battery"):
+        return self._client.post("/auth/login", data={"email": email, "password": password})
+
+    def logout(self):
+        return self._client.post("/auth/logout")
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+class LiveServer:
+    """The app on a real port: the Terra client, the sandbox and webhooks all go over HTTP."""
+
+    def __init__(self, database_uri: str, **environ: str):
+        self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self.app = create_app(
+            environ=_environ(
+                database_uri,
+                PUBLIC_BASE_URL=self.url,
+                SANDBOX_WEBHOOK_RETRY_BASE_SECONDS="0.05",
+                SANDBOX_WEBHOOK_RETRY_CAP_SECONDS="0.5",
+                **environ,
+            )
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _dispatch(self, environ, start_response):
+        return self.app(environ, start_response)
+
+    def start(self) -> "LiveServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def start_live_server(database_uri):
+    """Start the app on a real port with extra environment, e.g. TERRA_WIDGET_API=legacy."""
+    servers: list[LiveServer] = []
+
+    def start(**environ: str) -> LiveServer:
+        servers.append(LiveServer(database_uri, **environ).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+    if servers:
+        _empty_tables(servers[0].app)
+
+
+@pytest.fixture
+def live_server(start_live_server) -> LiveServer:
+    return start_live_server()
+
+
+class Browser:
+    """A requests.Session that fills in CSRF tokens the way a browser submits the real forms."""
+
+    CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.http = requests.Session()
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.http.get(self._url(path), timeout=10, **kwargs)
+
+    def submit(self, page_path: str, action: str, data: dict | None = None, **kwargs) -> requests.Response:
+        """Load `page_path`, take its CSRF token, and post `data` to `action`."""
+        page = self.get(page_path)
+        match = self.CSRF.search(page.text)
+        assert match, f"no CSRF token on {page_path}"
+        return self.http.post(
+            self._url(action), data={"csrf_token": match.group(1), **(data or {})}, timeout=10, **kwargs
+        )
+
+    def register(self, email="ada@example.com", password="correct horse battery") -> requests.Response:
+        return self.submit("/auth/register", "/auth/register", {"email": email, "password": password})
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith("http") else self.base_url + path
+
+
+@pytest.fixture
+def browser(live_server) -> Browser:
+    return Browser(live_server.url)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):
+    """Poll until `predicate()` is truthy and return its value; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

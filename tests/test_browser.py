@@ -1,0 +1,70 @@
+"""The connect flow clicked through in headless Chromium (Debian's), on the real pages."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling Google, which this machine refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"Chromium is needed at {CHROMIUM} (`make test` installs Debian's chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    context = chromium.new_context()
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+@pytest.mark.browser
+def test_register_connect_consent_and_see_the_connection(page, live_server):
+    page.goto(live_server.url + "/auth/register")
+    page.fill("input[name=email]", "grace@example.com")
+    page.fill("input[name=password]", "correct horse battery")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Your connections")
+
+    page.click("#connect-device")
+    page.click("[data-provider=GARMIN]")
+    page.fill("input[name=account]", "grace-garmin")
+    page.click("button[type=submit]")
+    page.click("button[name=decision][value=allow]")
+
+    page.wait_for_url("**/connect/return/success**")
+    # The page polls until the signed webhook has been applied, then shows the outcome.
+    expect(page.locator("#attempt h1")).to_have_text("Connected to GARMIN")
+    page.click("text=Go to your connections")
+    expect(page.locator('tr[data-provider="GARMIN"]')).to_have_attribute("data-status", "active")
+
+
+@pytest.mark.browser
+def test_denying_consent_shows_why(page, live_server):
+    page.goto(live_server.url + "/auth/register")
+    page.fill("input[name=email]", "linus@example.com")
+    page.fill("input[name=password]", "correct horse battery")
+    page.click("button[type=submit]")
+    page.click("#connect-device")
+    page.click("[data-provider=OURA]")
+    page.fill("input[name=account]", "linus-oura")
+    page.click("button[type=submit]")
+    page.click("button[name=decision][value=deny]")
+
+    page.wait_for_url("**/connect/return/failure**")
+    expect(page.locator("#attempt h1")).to_have_text("The connection was not made")
+    expect(page.locator("#reason")).to_contain_text("declined the permissions")

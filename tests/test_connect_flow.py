@@ -1,0 +1,244 @@
+"""The web connect flow end to end, over real HTTP on loopback: app, sandbox and webhooks.
+
+Each test drives the app as a browser would (forms with their CSRF tokens, redirects followed) and
+finishes the sandbox widget through its automation endpoint, which does what its pages do.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from extensions import db
+from models import Connection, WebhookEvent
+from tests.conftest import Browser, wait_for
+
+
+def start_connect(browser: Browser) -> str:
+    """Press "Connect a device"; return the widget URL the app redirected to."""
+    response = browser.submit("/connections", "/connections/connect", allow_redirects=False)
+    assert response.status_code == 303, response.text
+    return response.headers["Location"]
+
+
+def finish_widget(widget_url: str, outcome: str = "success", account: str = "ada-garmin", provider: str = "GARMIN"):
+    response = requests.post(
+        widget_url + "/complete", json={"provider": provider, "account": account, "outcome": outcome}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["redirect_url"]
+
+
+def attempt_state(browser: Browser, return_url: str) -> dict:
+    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
+    response = browser.get("/connect/attempts/status", params={"attempt": token})
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    return response.json()
+
+
+def wait_for_terminal(browser: Browser, return_url: str) -> dict:
+    return wait_for(lambda: (state := attempt_state(browser, return_url))["terminal"] and state)
+
+
+def connections(live_server) -> list[Connection]:
+    with live_server.app.app_context():
+        return db.session.scalars(select(Connection).order_by(Connection.id)).all()
+
+
+@pytest.fixture
+def signed_in(browser) -> Browser:
+    response = browser.register()
+    assert response.status_code == 200 and "Your connections" in response.text
+    return browser
+
+
+def test_full_flow_register_connect_consent_webhook_dashboard(signed_in, live_server):
+    widget_url = start_connect(signed_in)
+    assert widget_url.startswith(live_server.url + "/sandbox/widget/")
+
+    return_url = finish_widget(widget_url)
+    query = parse_qs(urlsplit(return_url).query)
+    assert urlsplit(return_url).path == "/connect/return/success"
+    assert query["resource"] == ["GARMIN"] and query["user_id"][0]
+
+    page = signed_in.get(return_url)
+    assert page.status_code == 200
+    assert "Finishing your connection" in page.text or "Connected to GARMIN" in page.text
+
+    state = wait_for_terminal(signed_in, return_url)
+    assert state["status"] == "connected"
+    assert state["connection"]["terra_user_id"] == query["user_id"][0]
+    assert state["hint"] == "returned_success"
+    assert "Connected to GARMIN" in signed_in.get(return_url).text
+
+    dashboard = signed_in.get("/connections").text
+    assert 'data-provider="GARMIN" data-status="active"' in dashboard
+    assert query["user_id"][0] in dashboard
+
+
+@pytest.mark.parametrize(
+    "outcome, reason, text",
+    [("denied", "access_denied", "You declined the permissions"), ("cancelled", "auth_cancelled", "was cancelled")],
+)
+def test_deny_and_cancel_end_as_failed_with_their_reason(signed_in, live_server, outcome, reason, text):
+    return_url = finish_widget(start_connect(signed_in), outcome=outcome)
+    assert urlsplit(return_url).path == "/connect/return/failure"
+    state = wait_for_terminal(signed_in, return_url)
+    assert (state["status"], state["error"]) == ("failed", reason)
+    page = signed_in.get(return_url).text
+    assert text in page and "Try again" in page
+    assert connections(live_server) == []
+
+
+def test_reconnecting_the_same_account_keeps_one_connection_with_the_new_terra_user(signed_in, live_server):
+    first = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="same-account"))
+    second_url = finish_widget(start_connect(signed_in), account="same-account")
+    second = wait_for_terminal(signed_in, second_url)
+    new_terra_id = parse_qs(urlsplit(second_url).query)["user_id"][0]
+
+    assert second["status"] == "connected"
+    assert new_terra_id != first["connection"]["terra_user_id"]
+    # Both events arrive (user_reauth and auth); wait until both are applied.
+    wait_for(lambda: len([row for row in connections(live_server) if row.terra_user_id == new_terra_id]) == 1
+             and len(connections(live_server)) == 1)
+    [connection] = connections(live_server)
+    assert (connection.id, connection.terra_user_id, connection.status) == (
+        first["connection"]["id"], new_terra_id, "active")
+
+
+def test_a_different_account_adds_a_second_connection(signed_in, live_server):
+    wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="first"))
+    wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="second", provider="OURA"))
+    assert sorted(row.provider for row in connections(live_server)) == ["GARMIN", "OURA"]
+
+
+def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, live_server):
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
+    connection_id = state["connection"]["id"]
+    terra_id = state["connection"]["terra_user_id"]
+
+    response = signed_in.submit("/connections", f"/connections/{connection_id}/disconnect")
+    assert response.status_code == 200
+    assert 'data-status="revoked"' in response.text and "is disconnected" in response.text
+
+    info = requests.get(live_server.url + "/sandbox/v2/userInfo", params={"user_id": terra_id},
+                        headers={"dev-id": live_server.app.config["TERRA_DEV_ID"],
+                                 "x-api-key": live_server.app.config["TERRA_API_KEY"]}, timeout=10)
+    assert info.json()["is_authenticated"] is False
+    # Terra's deauth webhook follows; it must leave the connection revoked, not fail.
+    with live_server.app.app_context():
+        wait_for(lambda: db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "deauth")).first())
+    assert [row.status for row in connections(live_server)] == ["revoked"]
+
+
+def test_someone_elses_connection_cannot_be_disconnected(signed_in, live_server):
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
+    intruder = Browser(live_server.url)
+    intruder.register(email="eve@example.com")
+    response = intruder.submit("/connections", f"/connections/{state['connection']['id']}/disconnect")
+    assert response.status_code == 404
+    assert [row.status for row in connections(live_server)] == ["active"]
+
+
+def test_return_page_never_trusts_the_query_string(signed_in, live_server):
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"  # no webhook will come
+    widget_url = start_connect(signed_in)
+    session_id = widget_url.rsplit("/", 1)[1]
+    # Not finished in the widget: a hand-made "success" redirect with an invented Terra user id.
+    with live_server.app.app_context():
+        from models import ConnectAttempt
+        from services.attempts import attempt_token
+
+        attempt = db.session.scalars(select(ConnectAttempt).where(ConnectAttempt.terra_session_id == session_id)).one()
+        token_url = f"/connect/return/success?attempt={attempt_token(attempt)}"
+    finish_url = token_url + "&user_id=invented&resource=GARMIN"
+    live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
+    page = signed_in.get(finish_url)
+    assert "Finishing your connection" in page.text
+    state = attempt_state(signed_in, finish_url)
+    assert state["status"] == "pending" and state["connection"] is None
+    assert connections(live_server) == []
+
+
+@pytest.mark.parametrize("token", ["", "forged", "eyJhIjoxfQ.forged.signature"])
+def test_return_page_with_a_bad_token_is_404(signed_in, token):
+    response = signed_in.get("/connect/return/success", params={"attempt": token})
+    assert response.status_code == 404
+    assert "not valid" in response.text
+
+
+def test_late_webhook_is_settled_by_a_server_side_userinfo_check(signed_in, live_server):
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"
+    live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
+    return_url = finish_widget(start_connect(signed_in))
+    signed_in.get(return_url)  # records the redirect's user id as a hint
+    state = wait_for_terminal(signed_in, return_url)
+    assert state["status"] == "connected"
+    assert state["connection"]["terra_user_id"] == parse_qs(urlsplit(return_url).query)["user_id"][0]
+
+
+def test_expired_widget_session_offers_a_fresh_one(signed_in, live_server):
+    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 1
+    widget_url = start_connect(signed_in)
+    time.sleep(1.2)
+    late = requests.post(widget_url + "/complete", json={"provider": "GARMIN", "account": "a", "outcome": "success"},
+                         timeout=10)
+    assert late.status_code == 410
+    widget_page = requests.get(widget_url, timeout=10)
+    assert "expired" in widget_page.text
+    # The sandbox's expiry page links back to our failure page (reason=session_expired).
+    failure_url = next(part for part in widget_page.text.split('"') if "/connect/return/failure" in part)
+    page = signed_in.get(failure_url.replace("&amp;", "&"))
+    assert page.status_code == 200
+    assert "expired" in page.text and 'id="connect-device"' in page.text
+
+
+def test_custom_ui_lists_providers_and_connects_one_through_authenticate_user(signed_in, live_server):
+    page = signed_in.get("/connections/providers")
+    assert page.status_code == 200 and 'data-provider="OURA"' in page.text
+    response = signed_in.submit("/connections/providers", "/connections/connect/OURA", allow_redirects=False)
+    assert response.status_code == 303
+    auth_url = response.headers["Location"]
+    state = wait_for_terminal(signed_in, finish_widget(auth_url, provider="OURA"))
+    assert state["status"] == "connected" and state["connection"]["provider"] == "OURA"
+
+
+def test_unknown_provider_in_custom_ui_is_404(signed_in):
+    response = signed_in.submit("/connections/providers", "/connections/connect/NOT_A_PROVIDER")
+    assert response.status_code == 404
+
+
+def test_legacy_widget_endpoint_works_when_chosen(start_live_server):
+    server = start_live_server(TERRA_WIDGET_API="legacy")
+    browser = Browser(server.url)
+    browser.register()
+    state = wait_for_terminal(browser, finish_widget(start_connect(browser)))
+    assert state["status"] == "connected"
+
+
+def test_legacy_410_becomes_a_clear_message(start_live_server):
+    server = start_live_server(TERRA_WIDGET_API="legacy", SANDBOX_LEGACY_GONE="true")
+    browser = Browser(server.url)
+    browser.register()
+    page = browser.submit("/connections", "/connections/connect")
+    assert page.status_code == 200
+    assert "TERRA_WIDGET_API=session" in page.text
+    assert "failed" in page.text  # the attempt is shown as failed, not left pending
+
+
+def test_user_cap_of_the_test_environment_fails_the_attempt(signed_in, live_server):
+    live_server.app.config["SANDBOX_USER_CAP"] = 1
+    wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="first"))
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="second"))
+    assert (state["status"], state["error"]) == ("failed", "user_limit_reached")
+
+
+def test_pages_need_a_login(browser):
+    response = browser.get("/connections", allow_redirects=False)
+    assert response.status_code == 302 and "/auth/login" in response.headers["Location"]
+    assert browser.http.post(browser.base_url + "/connections/connect", timeout=10).status_code == 400  # no CSRF token

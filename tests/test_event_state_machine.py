@@ -1,0 +1,214 @@
+"""How each Terra event, in every order, changes connections and connect attempts."""
+
+import itertools
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from extensions import db
+from models import ConnectAttempt, Connection, WebhookEvent
+from services.webhook_inbox import apply
+from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
+
+
+@pytest.fixture
+def ctx(app):
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def send(client, ctx):
+    secret = ctx.config["TERRA_SIGNING_SECRET"]
+
+    def send(payload, trace_id="auto"):
+        response = deliver(client, payload, secret=secret, trace_id=trace_id)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        db.session.expire_all()
+        return response.json
+
+    return send
+
+
+@pytest.fixture
+def user(ctx):
+    return create_user()
+
+
+def connections():
+    return db.session.scalars(select(Connection).order_by(Connection.id)).all()
+
+
+def reauth_event(user, old, new):
+    return {"type": "user_reauth", "status": "warning", "message": "User has reauthenticated",
+            "version": "2022-03-16", "old_user": old, "new_user": new}
+
+
+def test_auth_connects_the_attempt_named_by_widget_session_id(send, user):
+    older = create_attempt(user)
+    target = create_attempt(user, session_id="sess-42")
+    send(auth_event(user, terra_user(user, "tu-1"), session_id="sess-42"))
+    db.session.refresh(target)
+    db.session.refresh(older)
+    assert target.status == "connected" and target.connection.terra_user_id == "tu-1"
+    assert target.version == 2
+    assert older.status == "pending"
+
+
+def test_auth_without_session_id_falls_back_to_newest_pending_attempt(send, user):
+    create_attempt(user)
+    newest = create_attempt(user)
+    send(auth_event(user, terra_user(user, "tu-2")))
+    db.session.refresh(newest)
+    assert newest.status == "connected"
+
+
+def test_auth_cancelled_fails_the_attempt_with_its_reason(send, user):
+    attempt = create_attempt(user, session_id="flow-1")
+    send({"type": "auth_cancelled", "status": "error", "flow_id": "flow-1", "reason": "access_denied",
+          "reference_id": user.reference_id})
+    db.session.refresh(attempt)
+    assert (attempt.status, attempt.error, attempt.terminal) == ("failed", "access_denied", True)
+    assert connections() == []
+
+
+def test_legacy_auth_error_shape_fails_the_attempt(send, user):
+    attempt = create_attempt(user, session_id="sess-legacy")
+    send({"type": "auth", "status": "error", "message": "User failed to authenticate and has been deleted",
+          "reason": "auth_cancelled", "reference_id": user.reference_id, "widget_session_id": "sess-legacy",
+          "user": terra_user(user, "tu-deleted")})
+    db.session.refresh(attempt)
+    assert (attempt.status, attempt.error) == ("failed", "auth_cancelled")
+    assert connections() == []
+
+
+def test_terminal_states_are_sticky_but_cancelled_can_still_connect(send, user):
+    failed = create_attempt(user, session_id="s-failed", status="failed", error="access_denied")
+    cancelled = create_attempt(user, session_id="s-cancelled", status="cancelled")
+    send(auth_event(user, terra_user(user, "tu-a"), session_id="s-failed"))
+    send(auth_event(user, terra_user(user, "tu-b"), session_id="s-cancelled"))
+    db.session.refresh(failed)
+    db.session.refresh(cancelled)
+    assert failed.status == "failed"
+    assert cancelled.status == "connected"
+
+
+def test_late_failure_does_not_undo_a_connection(send, user):
+    attempt = create_attempt(user, session_id="s-1")
+    send(auth_event(user, terra_user(user, "tu-1"), session_id="s-1"))
+    send({"type": "auth_cancelled", "status": "error", "flow_id": "s-1", "reason": "auth_cancelled",
+          "reference_id": user.reference_id})
+    db.session.refresh(attempt)
+    assert attempt.status == "connected"
+
+
+@pytest.mark.parametrize("order", ["reauth_first", "auth_first"])
+def test_user_reauth_in_either_order_leaves_one_connection_with_the_new_id(send, user, order):
+    send(auth_event(user, terra_user(user, "old-id")))
+    original_row = connections()[0].id
+    attempt = create_attempt(user, session_id="s-reauth")
+    old, new = terra_user(user, "old-id"), terra_user(user, "new-id", scopes="ACTIVITY_EXPORT,SLEEP_EXPORT")
+    events = [reauth_event(user, {**old, "active": False}, new), auth_event(user, new, session_id="s-reauth")]
+    for event in events if order == "reauth_first" else reversed(events):
+        send(event)
+    rows = connections()
+    assert [(row.id, row.terra_user_id, row.status) for row in rows] == [(original_row, "new-id", "active")]
+    assert rows[0].scope_list == ["ACTIVITY_EXPORT", "SLEEP_EXPORT"]
+    db.session.refresh(attempt)
+    assert attempt.status == "connected" and attempt.connection_id == original_row
+
+
+def test_user_reauth_without_old_user_creates_the_new_connection(send, user):
+    send(reauth_event(user, None, terra_user(user, "fresh-id")))
+    assert [row.terra_user_id for row in connections()] == ["fresh-id"]
+
+
+@pytest.mark.parametrize("event_type, status", [("deauth", "revoked"), ("access_revoked", "revoked"),
+                                                ("connection_error", "degraded")])
+def test_status_events(send, user, event_type, status):
+    send(auth_event(user, terra_user(user, "tu-1")))
+    send({"type": event_type, "status": "warning", "user": {**terra_user(user, "tu-1"), "active": False}})
+    [row] = connections()
+    assert (row.status, row.status_reason) == (status, event_type)
+
+
+def test_auth_after_connection_error_restores_active(send, user):
+    send(auth_event(user, terra_user(user, "tu-1")))
+    send({"type": "connection_error", "status": "warning", "user": terra_user(user, "tu-1")})
+    send(auth_event(user, terra_user(user, "tu-1")))
+    assert connections()[0].status == "active"
+
+
+def test_deauth_before_auth_leaves_the_connection_revoked(send, user):
+    attempt = create_attempt(user, session_id="s-1")
+    send({"type": "deauth", "status": "success", "user": terra_user(user, "tu-1")})
+    send(auth_event(user, terra_user(user, "tu-1"), session_id="s-1"))
+    [row] = connections()
+    assert row.status == "revoked"
+    db.session.refresh(attempt)
+    assert attempt.status == "pending"
+
+
+def test_permission_change_applies_added_and_removed_scopes(send, user):
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT,HEALTH_EXPORT")))
+    send({"type": "permission_change", "status": "warning", "scopes_added": "BODY_EXPORT",
+          "scopes_removed": "HEALTH_EXPORT", "user": terra_user(user, "tu-1")})
+    assert connections()[0].scope_list == ["ACTIVITY_EXPORT", "BODY_EXPORT"]
+
+
+@pytest.mark.parametrize("reference_id", ["forged.reference", "null", None])
+def test_events_for_foreign_reference_ids_change_nothing(send, user, reference_id):
+    attempt = create_attempt(user)
+    foreign = {**terra_user(user, "tu-x"), "reference_id": reference_id}
+    result = send({"type": "auth", "status": "success", "reference_id": reference_id, "user": foreign})
+    assert result["status"] == "ignored"
+    assert connections() == []
+    db.session.refresh(attempt)
+    assert attempt.status == "pending"
+
+
+def test_reference_id_of_another_app_with_valid_format_is_ignored(send, user, ctx):
+    # Signed with another key: looks right, is not ours.
+    from itsdangerous import URLSafeSerializer
+
+    other = URLSafeSerializer("another-apps-key", salt="terra-reference-id-v1").dumps("abc")
+    result = send({"type": "auth", "status": "success", "reference_id": other,
+                   "user": {**terra_user(user, "tu-y"), "reference_id": other}})
+    assert result["status"] == "ignored"
+    assert connections() == []
+
+
+def test_replaying_events_converges_to_the_same_state(send, user):
+    create_attempt(user, session_id="s-1")
+    send(auth_event(user, terra_user(user, "old"), session_id="s-1"))
+    send(reauth_event(user, terra_user(user, "old"), terra_user(user, "new")))
+    send(auth_event(user, terra_user(user, "new")))
+    send({"type": "connection_error", "status": "warning", "user": terra_user(user, "new")})
+    before = [(row.id, row.terra_user_id, row.status) for row in connections()]
+    for row in db.session.scalars(select(WebhookEvent).order_by(WebhookEvent.id)).all():
+        apply(row)
+    db.session.expire_all()
+    assert [(row.id, row.terra_user_id, row.status) for row in connections()] == before
+
+
+def test_every_order_of_auth_reauth_and_data_ends_in_one_active_connection(app, client, ctx):
+    secret = ctx.config["TERRA_SIGNING_SECRET"]
+    for index, order in enumerate(itertools.permutations(range(3))):
+        user = create_user(f"user{index}@example.com")
+        old, new = terra_user(user, f"old-{index}"), terra_user(user, f"new-{index}")
+        deliver(client, auth_event(user, old), secret=secret)
+        events = [reauth_event(user, old, new), auth_event(user, new),
+                  {"type": "daily", "user": new, "data": []}]
+        for position in order:
+            assert deliver(client, events[position], secret=secret).status_code == 200
+        db.session.expire_all()
+        rows = db.session.scalars(select(Connection).where(Connection.user_id == user.id)).all()
+        assert [(row.terra_user_id, row.status) for row in rows] == [(f"new-{index}", "active")], order
+
+
+def test_unknown_attempt_state_is_untouched_by_data_events(send, user):
+    attempt = create_attempt(user)
+    send({"type": "sleep", "user": terra_user(user, str(uuid.uuid4())), "data": []})
+    db.session.refresh(attempt)
+    assert attempt.status == "pending" and attempt.version == 1

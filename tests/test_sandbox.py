@@ -1,0 +1,575 @@
+"""The embedded Terra sandbox: its REST and widget endpoints, the widget pages, and signed webhook
+delivery over real HTTP to a small receiver started inside each test that needs one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import sandbox.models  # noqa: F401  (registers the sandbox tables before the schema is created)
+from extensions import db
+from models.time import utcnow
+from sandbox.delivery import deliver
+from sandbox.models import SandboxSession, SandboxUser
+from terra.signature import verify
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that records every POST and answers with scripted statuses."""
+
+    def __init__(self, statuses: list[int] | None = None):
+        self.deliveries: list[dict] = []
+        self.statuses = list(statuses or [])
+        self.changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.changed:
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                    receiver.deliveries.append({"headers": self.headers, "body": body, "status": status})
+                    receiver.changed.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/webhooks/terra"
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[dict]:
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.deliveries) >= count, timeout=timeout)
+            assert len(self.deliveries) >= count, f"expected {count} webhooks, got {len(self.deliveries)}"
+            return list(self.deliveries)
+
+    def events(self, count: int) -> list[dict]:
+        return [json.loads(delivery["body"]) for delivery in self.wait_for(count)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_stray_webhooks(app):
+    # Tests without a receiver send nothing (an empty URL turns delivery off).
+    app.config["SANDBOX_WEBHOOK_URL"] = ""
+    app.config["SANDBOX_WEBHOOK_RETRY_BASE_SECONDS"] = 0.01
+    app.config["SANDBOX_WEBHOOK_RETRY_CAP_SECONDS"] = 0.05
+
+
+@pytest.fixture
+def webhooks(app):
+    receiver = WebhookReceiver()
+    app.config["SANDBOX_WEBHOOK_URL"] = receiver.url
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def headers(app):
+    return {"dev-id": app.config["TERRA_DEV_ID"], "x-api-key": app.config["TERRA_API_KEY"]}
+
+
+def new_session(client, headers, **body) -> dict:
+    body.setdefault("reference_id", "ref-1")
+    body.setdefault("auth_success_redirect_url", "https://app.example/return/success?attempt=abc")
+    body.setdefault("auth_failure_redirect_url", "https://app.example/return/failure?attempt=abc")
+    response = client.post("/sandbox/api/widget/session", json=body, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def complete(client, session_id, provider="GARMIN", account="alice", outcome="success"):
+    return client.post(
+        f"/sandbox/widget/{session_id}/complete",
+        json={"provider": provider, "account": account, "outcome": outcome},
+    )
+
+
+def connect(client, headers, account="alice", **body) -> str:
+    """Run a whole successful widget flow; returns the new Terra user id."""
+    session = new_session(client, headers, **body)
+    response = complete(client, session["session_id"], account=account)
+    assert response.status_code == 200, response.get_json()
+    return query_of(response.get_json()["redirect_url"])["user_id"]
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {key: values[-1] for key, values in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
+
+
+# -- widget session endpoints ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sent", [{}, {"dev-id": "sandbox-dev-id"}, {"dev-id": "sandbox-dev-id", "x-api-key": "wrong"}]
+)
+def test_widget_session_rejects_bad_credentials(client, sent):
+    response = client.post("/sandbox/api/widget/session", json={}, headers=sent)
+    assert response.status_code == 403
+    body = response.get_json()
+    assert body["status"] == "error" and body["message"]
+
+
+def test_widget_session_answers_201_with_warnings_for_unusable_providers(client, headers):
+    response = client.post(
+        "/sandbox/api/widget/session", json={"providers": "garmin,NOPE,SUUNTO,APPLE", "extra": 1}, headers=headers
+    )
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["status"] == "success"
+    assert body["expires_in"] == 900
+    assert body["url"] == f"http://localhost/sandbox/widget/{body['session_id']}"
+    assert len(body["warnings"]) == 3
+    assert any("NOPE" in w for w in body["warnings"]) and any("SUUNTO" in w for w in body["warnings"])
+    # Only GARMIN is left, so the widget goes straight to its login.
+    page = client.get(urlsplit(body["url"]).path)
+    assert page.status_code == 303 and "provider=GARMIN" in page.headers["Location"]
+
+
+def test_widget_session_alias_path(client, headers):
+    response = client.post("/sandbox/widget/api/session", json={"providers": "OURA"}, headers=headers)
+    assert response.status_code == 201
+    assert response.get_json()["warnings"] == []
+
+
+def test_widget_session_with_no_usable_provider_is_400(client, headers):
+    response = client.post("/sandbox/api/widget/session", json={"providers": "NOPE,APPLE"}, headers=headers)
+    assert response.status_code == 400
+    assert response.get_json()["status"] == "error"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"data": "reference_id=x", "content_type": "application/x-www-form-urlencoded"},
+        {"data": "[1, 2]", "content_type": "application/json"},
+        {"data": "{not json", "content_type": "application/json"},
+    ],
+)
+def test_widget_session_needs_a_json_object(client, headers, kwargs):
+    response = client.post("/sandbox/api/widget/session", headers=headers, **kwargs)
+    assert response.status_code == 400
+    assert response.get_json()["status"] == "error"
+
+
+def test_reference_id_longer_than_255_is_rejected(client, headers):
+    ok = client.post("/sandbox/api/widget/session", json={"reference_id": "r" * 255}, headers=headers)
+    too_long = client.post("/sandbox/api/widget/session", json={"reference_id": "r" * 256}, headers=headers)
+    assert ok.status_code == 201
+    assert too_long.status_code == 400
+    assert "reference_id" in too_long.get_json()["message"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "javascript://example.com/%0aalert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "file:///etc/passwd",
+        "https://",
+        "not a url",
+        "//example.com/no-scheme",
+    ],
+)
+def test_bad_redirect_urls_are_rejected(client, headers, url):
+    response = client.post(
+        "/sandbox/api/widget/session", json={"auth_failure_redirect_url": url}, headers=headers
+    )
+    assert response.status_code == 400
+    assert "auth_failure_redirect_url" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize(
+    "url", ["https://app.example/cb?x=1", "http://localhost:5000/return", "myapp://connect/done"]
+)
+def test_web_and_app_link_redirect_urls_are_accepted(client, headers, url):
+    response = client.post("/sandbox/api/widget/session", json={"auth_success_redirect_url": url}, headers=headers)
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("prefix", ["/sandbox/v2", "/sandbox/api/v2"])
+def test_legacy_widget_endpoint_answers_200_until_gone(app, client, headers, prefix):
+    response = client.post(f"{prefix}/auth/generateWidgetSession", json={"language": "en"}, headers=headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "success" and body["session_id"] and "warnings" not in body
+
+    app.config["SANDBOX_LEGACY_GONE"] = True
+    gone = client.post(f"{prefix}/auth/generateWidgetSession", json={"language": "en"}, headers=headers)
+    assert gone.status_code == 410
+    error = gone.get_json(force=True)
+    text = error.get("message") or error.get("detail")
+    assert "deprecated" in text and "https://access.tryterra.co/api/widget/session" in text
+
+
+def test_session_mode_user_cap_refuses_new_sessions(app, client, headers):
+    app.config.update(SANDBOX_USER_CAP=1, SANDBOX_USER_CAP_MODE="session")
+    connect(client, headers)
+    response = client.post("/sandbox/api/widget/session", json={}, headers=headers)
+    assert response.status_code == 403
+    assert response.get_json()["message"].startswith("User limit reached")
+
+
+# -- completing a flow ----------------------------------------------------------------------------
+
+
+def test_success_merges_parameters_into_the_redirect_and_sends_auth(client, headers, webhooks):
+    session = new_session(client, headers)
+    response = complete(client, session["session_id"])
+    assert response.status_code == 200
+    url = response.get_json()["redirect_url"]
+    assert url.startswith("https://app.example/return/success?") and url.count("?") == 1
+    params = query_of(url)
+    assert params["attempt"] == "abc"
+    assert params["resource"] == "GARMIN" and params["reference_id"] == "ref-1"
+
+    [event] = webhooks.events(1)
+    assert event["type"] == "auth" and event["status"] == "success"
+    assert event["user"]["user_id"] == params["user_id"]
+    assert event["user"]["reference_id"] == event["reference_id"] == "ref-1"
+    assert event["widget_session_id"] == event["flow_id"] == session["session_id"]
+    assert event["user"]["created_at"].endswith("+00:00") and event["version"] == "2022-03-16"
+
+
+def test_success_without_reference_id_sends_literal_null(client, headers):
+    session = new_session(client, headers, reference_id=None)
+    params = query_of(complete(client, session["session_id"]).get_json()["redirect_url"])
+    assert params["reference_id"] == "null"
+
+
+@pytest.mark.parametrize("outcome, reason", [("denied", "access_denied"), ("cancelled", "auth_cancelled")])
+def test_failure_redirects_with_reason_and_sends_auth_cancelled(client, headers, webhooks, outcome, reason):
+    session = new_session(client, headers)
+    url = complete(client, session["session_id"], outcome=outcome).get_json()["redirect_url"]
+    assert url.startswith("https://app.example/return/failure?") and url.count("?") == 1
+    assert query_of(url) == {"attempt": "abc", "reference_id": "ref-1", "resource": "GARMIN", "reason": reason}
+
+    [event] = webhooks.events(1)
+    assert event == {
+        "type": "auth_cancelled",
+        "status": "error",
+        "flow_id": session["session_id"],
+        "reason": reason,
+        "reference_id": "ref-1",
+    }
+
+
+def test_legacy_failure_shape(app, client, headers, webhooks):
+    app.config["SANDBOX_AUTH_FAILURE_SHAPE"] = "auth_error"
+    session = new_session(client, headers)
+    complete(client, session["session_id"], provider="OURA", outcome="denied")
+    [event] = webhooks.events(1)
+    assert event["type"] == "auth" and event["status"] == "error"
+    assert event["reason"] == "access_denied" and event["widget_session_id"] == session["session_id"]
+    assert event["user"]["provider"] == "OURA" and event["user"]["user_id"]
+
+
+def test_a_session_is_single_use_and_expires(app, client, headers):
+    used = new_session(client, headers)
+    assert complete(client, used["session_id"]).status_code == 200
+    again = complete(client, used["session_id"])
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "session_used"
+
+    expired = new_session(client, headers)
+    with app.app_context():
+        db.session.get(SandboxSession, expired["session_id"]).expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    late = complete(client, expired["session_id"])
+    assert late.status_code == 410 and late.get_json()["error"]["code"] == "session_expired"
+
+    assert complete(client, "no-such-session").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"provider": "NOPE"}, {"provider": "OURA"}, {"outcome": "maybe"}, {"account": "   "}, {"account": None}],
+)
+def test_automation_endpoint_rejects_bad_input_without_using_the_session(client, headers, change):
+    session = new_session(client, headers, providers="GARMIN,FITBIT")
+    body = {"provider": "GARMIN", "account": "alice", "outcome": "success"} | change
+    response = client.post(f"/sandbox/widget/{session['session_id']}/complete", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_request"
+    assert complete(client, session["session_id"]).status_code == 200
+
+
+@pytest.mark.parametrize("order", ["reauth_first", "auth_first"])
+def test_same_account_again_is_a_reauth_with_a_new_user_id(app, client, headers, webhooks, order):
+    app.config["SANDBOX_REAUTH_ORDER"] = order
+    first = connect(client, headers, account="Alice")
+    second = connect(client, headers, account="alice ")  # same account: case and spaces do not matter
+    assert second != first
+
+    events = webhooks.events(3)[1:]
+    types = [event["type"] for event in events]
+    assert types == (["user_reauth", "auth"] if order == "reauth_first" else ["auth", "user_reauth"])
+    reauth = events[types.index("user_reauth")]
+    assert reauth["status"] == "warning" and reauth["version"] == "2022-03-16"
+    assert reauth["old_user"]["user_id"] == first and reauth["old_user"]["active"] is False
+    assert reauth["new_user"]["user_id"] == second and reauth["new_user"]["active"] is True
+
+    old = client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).get_json()
+    assert old["is_authenticated"] is False
+
+
+def test_another_account_or_reference_is_a_new_user_not_a_reauth(client, headers, webhooks):
+    connect(client, headers, account="alice")
+    connect(client, headers, account="bob")
+    connect(client, headers, account="alice", reference_id="ref-2")
+    assert [event["type"] for event in webhooks.events(3)] == ["auth", "auth", "auth"]
+
+
+def test_user_cap_fails_new_users_inside_the_widget_but_allows_reauth(app, client, headers, webhooks):
+    app.config["SANDBOX_USER_CAP"] = 2
+    connect(client, headers, account="a")
+    connect(client, headers, account="b")
+
+    session = new_session(client, headers)
+    url = complete(client, session["session_id"], account="c").get_json()["redirect_url"]
+    assert urlsplit(url).path == "/return/failure"
+    assert query_of(url)["reason"] == "user_limit_reached"
+    assert webhooks.events(3)[2]["reason"] == "user_limit_reached"
+
+    # A re-auth replaces a user, so it still fits under the cap.
+    reauth = complete(client, new_session(client, headers)["session_id"], account="a").get_json()["redirect_url"]
+    assert urlsplit(reauth).path == "/return/success"
+
+
+# -- REST endpoints -------------------------------------------------------------------------------
+
+
+def test_user_info_by_user_id_and_by_reference_in_both_shapes(app, client, headers):
+    user_id = connect(client, headers)
+    connect(client, headers, account="bob")
+
+    by_id = client.get("/sandbox/v2/userInfo", query_string={"user_id": user_id}, headers=headers)
+    body = by_id.get_json()
+    assert body["status"] == "success" and body["is_authenticated"] is True
+    assert body["user"]["user_id"] == user_id and body["user"]["provider"] == "GARMIN"
+    assert {"last_polled_at", "most_recent_data_at", "scopes", "created_at"} <= body["user"].keys()
+
+    listed = client.get("/sandbox/v2/userInfo", query_string={"reference_id": "ref-1"}, headers=headers).get_json()
+    assert isinstance(listed, list) and len(listed) == 2
+
+    app.config["SANDBOX_USERINFO_SHAPE"] = "object"
+    wrapped = client.get("/sandbox/v2/userInfo", query_string={"reference_id": "ref-1"}, headers=headers).get_json()
+    assert [user["user_id"] for user in wrapped["users"]] == [user["user_id"] for user in listed]
+
+    assert client.get("/sandbox/v2/userInfo", headers=headers).status_code == 400
+    assert client.get("/sandbox/v2/userInfo", query_string={"user_id": "nope"}, headers=headers).status_code == 404
+
+
+def test_deauthenticate_user_then_404_and_a_deauth_webhook(client, headers, webhooks):
+    user_id = connect(client, headers)
+    first = client.delete("/sandbox/v2/auth/deauthenticateUser", query_string={"user_id": user_id}, headers=headers)
+    assert first.status_code == 200 and first.get_json() == {"status": "success"}
+    second = client.delete("/sandbox/v2/auth/deauthenticateUser", query_string={"user_id": user_id}, headers=headers)
+    assert second.status_code == 404
+
+    deauth = webhooks.events(2)[1]
+    assert deauth["type"] == "deauth" and deauth["user"]["user_id"] == user_id and deauth["user"]["active"] is False
+    subscribed = client.get("/sandbox/v2/subscriptions", headers=headers).get_json()["users"]
+    assert user_id not in [user["user_id"] for user in subscribed]
+
+
+def test_authenticate_user_preallocates_the_user_id_and_skips_the_picker(client, headers, webhooks):
+    response = client.post(
+        "/sandbox/v2/auth/authenticateUser",
+        query_string={"resource": "oura"},
+        json={"reference_id": "ref-9", "auth_success_redirect_url": "https://app.example/ok"},
+        headers=headers,
+    )
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "success"
+    flow_path = urlsplit(body["auth_url"]).path
+    assert client.get(flow_path).headers["Location"].endswith("provider=OURA")
+
+    flow_id = flow_path.rsplit("/", 1)[1]
+    url = complete(client, flow_id, provider=None).get_json()["redirect_url"]
+    assert query_of(url) == {"user_id": body["user_id"], "resource": "OURA", "reference_id": "ref-9"}
+    [event] = webhooks.events(1)
+    assert event["user"]["user_id"] == body["user_id"]
+    assert event["flow_id"] == flow_id and event["widget_session_id"] is None
+
+
+def test_authenticate_user_needs_a_known_resource(client, headers):
+    missing = client.post("/sandbox/v2/auth/authenticateUser", headers=headers)
+    unknown = client.post("/sandbox/v2/auth/authenticateUser", query_string={"resource": "NOPE"}, headers=headers)
+    assert missing.status_code == 400 and unknown.status_code == 404
+
+
+def test_integrations_are_public(client):
+    listing = client.get("/sandbox/v2/integrations").get_json()
+    assert "GARMIN" in listing["providers"] and "APPLE" in listing["sdk_providers"]
+    assert "APPLE" not in listing["providers"]
+
+    detailed = client.get("/sandbox/api/v2/integrations/detailed").get_json()
+    by_code = {item["provider"]: item for item in detailed["providers"]}
+    assert detailed["status"] == "success"
+    assert by_code["GARMIN"]["name"] == "Garmin" and by_code["GARMIN"]["types"]["sleep"] is True
+    assert by_code["SUUNTO"]["enabled"] is False  # without dev-id every provider is listed
+    assert not any(item["icon"].startswith("http") for item in detailed["providers"])
+    assert "APPLE" not in by_code
+
+    with_sdk = client.get("/sandbox/v2/integrations/detailed", query_string={"sdk": "true"}).get_json()
+    assert "APPLE" in {item["provider"] for item in with_sdk["providers"]}
+
+    own = client.get("/sandbox/v2/integrations/detailed", headers={"dev-id": "sandbox-dev-id"}).get_json()
+    assert all(item["enabled"] for item in own["providers"])
+
+
+def test_new_host_answers_problem_json_and_old_host_status_message(client, headers):
+    unauthorised = client.get("/sandbox/api/v2/userInfo?user_id=x")
+    assert unauthorised.status_code == 401
+    assert unauthorised.mimetype == "application/problem+json"
+    problem = unauthorised.get_json(force=True)
+    assert problem["type"] == "about:blank" and problem["title"] == "unauthorized"
+    assert problem["instance"] == "/sandbox/api/v2/userInfo?user_id=x" and problem["detail"]
+
+    missing = client.get("/sandbox/api/v2/userInfo?user_id=x", headers=headers)
+    assert missing.status_code == 404 and missing.get_json(force=True)["title"] == "not found"
+
+    legacy = client.get("/sandbox/v2/userInfo?user_id=x", headers=headers)
+    assert legacy.status_code == 404 and legacy.mimetype == "application/json"
+    assert legacy.get_json() == {"status": "error", "message": "user not found"}
+
+
+# -- webhook delivery -----------------------------------------------------------------------------
+
+
+def test_webhooks_are_signed_under_both_header_names(app, client, headers, webhooks):
+    connect(client, headers)
+    [delivery] = webhooks.wait_for(1)
+    sent = delivery["headers"]
+    assert sent["Content-Type"] == "application/json"
+    assert sent["X-Terra-Signature"] == sent["terra-signature"]
+    verify(delivery["body"], sent["X-Terra-Signature"], app.config["TERRA_SIGNING_SECRET"])
+    assert sent["X-Terra-Trace-Id"] and sent["terra-reference"]
+    assert sent["X-Terra-Ordering-Timestamp"].isdigit() and len(sent["X-Terra-Ordering-Timestamp"]) == 13
+
+
+def test_failed_delivery_is_retried_with_the_same_trace_id(app, client, headers, webhooks):
+    webhooks.statuses = [500, 503]
+    connect(client, headers)
+    attempts = webhooks.wait_for(3)
+    assert [attempt["status"] for attempt in attempts] == [500, 503, 200]
+    assert len({attempt["headers"]["X-Terra-Trace-Id"] for attempt in attempts}) == 1
+    assert len({attempt["body"] for attempt in attempts}) == 1
+
+
+def test_delivery_gives_up_after_the_configured_retries(app, webhooks):
+    webhooks.statuses = [500] * 10
+    config = dict(app.config, SANDBOX_WEBHOOK_RETRIES=2)
+    thread = deliver([{"type": "auth"}, {"type": "deauth"}], config)  # no app context needed
+    thread.join(timeout=5)
+    assert thread.delivered == [False, False]
+    assert len(webhooks.wait_for(6)) == 6  # each event: 1 try + 2 retries, still in order
+
+
+# -- widget pages ---------------------------------------------------------------------------------
+
+
+def test_widget_pages_walk_from_picker_to_redirect(client, headers, webhooks):
+    session = new_session(client, headers, providers="GARMIN,FITBIT")
+    path = f"/sandbox/widget/{session['session_id']}"
+
+    picker = client.get(path)
+    assert picker.status_code == 200
+    assert b'data-provider="GARMIN"' in picker.data and b'data-provider="FITBIT"' in picker.data
+    assert b'data-provider="OURA"' not in picker.data
+
+    login = client.get(f"{path}/login", query_string={"provider": "FITBIT"})
+    assert b'name="account"' in login.data and b"the same name again is the same account" in login.data
+
+    empty = client.get(f"{path}/consent", query_string={"provider": "FITBIT", "account": ""})
+    assert empty.status_code == 400
+
+    consent = client.get(f"{path}/consent", query_string={"provider": "FITBIT", "account": "carol"})
+    for decision in (b"allow", b"deny", b"cancel"):
+        assert b'name="decision" value="' + decision + b'"' in consent.data
+    assert b"heartrate" in consent.data
+
+    done = client.post(f"{path}/decision", data={"provider": "FITBIT", "account": "carol", "decision": "allow"})
+    assert done.status_code == 303
+    location = done.headers["Location"]
+    assert location.startswith("https://app.example/return/success?") and location.count("?") == 1
+    assert query_of(location)["attempt"] == "abc" and query_of(location)["resource"] == "FITBIT"
+    assert webhooks.events(1)[0]["user"]["provider"] == "FITBIT"
+
+
+def test_dead_sessions_show_a_page_linking_back_to_the_app(app, client, headers):
+    session = new_session(client, headers, providers="GARMIN")
+    complete(client, session["session_id"])
+    used = client.get(f"/sandbox/widget/{session['session_id']}")
+    assert used.status_code == 409 and b"already used" in used.data
+    assert b"reason=session_used" in used.data and b"reference_id=ref-1" in used.data
+
+    expired = new_session(client, headers)
+    with app.app_context():
+        db.session.get(SandboxSession, expired["session_id"]).expires_at = utcnow()
+        db.session.commit()
+    page = client.get(f"/sandbox/widget/{expired['session_id']}")
+    assert page.status_code == 410 and b"This link has expired" in page.data and b"reason=session_expired" in page.data
+
+    assert client.get("/sandbox/widget/unknown").status_code == 404
+
+
+def test_without_redirect_urls_the_flow_ends_on_the_sandbox_result_page(client, headers):
+    session = new_session(client, headers, auth_success_redirect_url=None, auth_failure_redirect_url=None)
+    url = complete(client, session["session_id"]).get_json()["redirect_url"]
+    page = client.get(urlsplit(url).path, query_string=urlsplit(url).query)
+    assert page.status_code == 200 and b"Connected" in page.data
+
+
+# -- console --------------------------------------------------------------------------------------
+
+
+def test_console_lists_users_and_sends_events(app, client, headers, webhooks):
+    user_id = connect(client, headers)
+    page = client.get("/sandbox/")
+    assert page.status_code == 200 and user_id.encode() in page.data
+
+    changed = client.post(f"/sandbox/users/{user_id}/events", data={"type": "permission_change"})
+    assert changed.status_code == 303 and changed.headers["Location"].startswith("/sandbox/")
+    permission = webhooks.events(2)[1]
+    assert permission["scopes_removed"] == "WORKOUT_IMPORT" and permission["scopes_added"] == ""
+    assert permission["user"]["scopes"] == "ACTIVITY_EXPORT,HEALTH_EXPORT"
+
+    sent = client.post(f"/sandbox/users/{user_id}/events", json={"type": "sleep"})
+    assert sent.status_code == 202
+    delivery = webhooks.wait_for(3)[2]
+    assert delivery["headers"]["X-Terra-Trace-Id"] == sent.get_json()["trace_id"]
+    sleep = webhooks.events(3)[2]
+    assert sleep["type"] == "sleep" and sleep["data"][0]["sleep_durations_data"]["asleep"]
+    assert sleep["user"]["last_webhook_update"] is not None
+
+    assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "bogus"}).status_code == 400
+    assert client.post("/sandbox/users/nobody/events", json={"type": "sleep"}).status_code == 404
+
+    revoked = client.post(f"/sandbox/users/{user_id}/events", json={"type": "access_revoked"})
+    assert revoked.status_code == 202
+    assert webhooks.events(4)[3]["type"] == "access_revoked"
+    with app.app_context():
+        assert db.session.get(SandboxUser, user_id).active is False
+    assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "sleep"}).status_code == 409

@@ -1,0 +1,138 @@
+"""The Terra client against the sandbox over HTTP, and against a stub server for odd answers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from terra.client import (
+    LegacyWidgetEndpointGone,
+    TerraClient,
+    TerraNotFound,
+    TerraRejected,
+    TerraUnavailable,
+)
+
+
+@pytest.fixture
+def terra(live_server) -> TerraClient:
+    return TerraClient.from_config(live_server.app.config)
+
+
+def test_new_widget_session(terra, live_server):
+    session = terra.create_widget_session(reference_id="ref-1", success_url="https://app.example/ok",
+                                          failure_url="https://app.example/fail", providers=["GARMIN", "NOPE"])
+    assert session.url == f"{live_server.url}/sandbox/widget/{session.session_id}"
+    assert session.expires_in == 900
+    assert any("NOPE" in warning for warning in session.warnings)
+
+
+def test_legacy_widget_session_and_its_410(terra, live_server):
+    terra.widget_api = "legacy"
+    assert terra.create_widget_session(reference_id="r", success_url="https://a.example/s",
+                                       failure_url="https://a.example/f").session_id
+    live_server.app.config["SANDBOX_LEGACY_GONE"] = True
+    with pytest.raises(LegacyWidgetEndpointGone, match="TERRA_WIDGET_API=session") as raised:
+        terra.create_widget_session(reference_id="r", success_url="https://a.example/s",
+                                    failure_url="https://a.example/f")
+    assert raised.value.status == 410
+
+
+def test_bad_credentials_are_rejected_with_terras_message(terra):
+    terra.api_key = "wrong"
+    with pytest.raises(TerraRejected, match="403"):
+        terra.create_widget_session(reference_id="r", success_url="https://a.example/s",
+                                    failure_url="https://a.example/f")
+
+
+def test_user_info_by_id_and_by_reference_in_both_shapes(terra, live_server):
+    import requests
+
+    session = terra.create_widget_session(reference_id="ref-shapes", success_url="https://a.example/s",
+                                          failure_url="https://a.example/f")
+    redirect = requests.post(session.url + "/complete", json={"provider": "OURA", "account": "x", "outcome": "success"},
+                             timeout=10).json()["redirect_url"]
+    user_id = redirect.split("user_id=")[1].split("&")[0]
+
+    user = terra.user_info(user_id)
+    assert (user.user_id, user.provider, user.reference_id, user.active) == (user_id, "OURA", "ref-shapes", True)
+    assert terra.user_info("00000000-0000-0000-0000-000000000000") is None
+
+    assert [u.user_id for u in terra.users_by_reference("ref-shapes")] == [user_id]
+    live_server.app.config["SANDBOX_USERINFO_SHAPE"] = "object"
+    assert [u.user_id for u in terra.users_by_reference("ref-shapes")] == [user_id]
+    assert terra.users_by_reference("nobody") == []
+
+
+def test_deauthenticate_unknown_user_is_not_found(terra):
+    with pytest.raises(TerraNotFound):
+        terra.deauthenticate_user("00000000-0000-0000-0000-000000000000")
+
+
+def test_integrations_detailed(terra):
+    providers = {provider.code: provider for provider in terra.integrations_detailed()}
+    assert {"GARMIN", "OURA", "FITBIT"} <= providers.keys()
+    assert providers["GARMIN"].name
+
+
+class StubTerra(BaseHTTPRequestHandler):
+    status = 200
+    body = b"{}"
+
+    def do_POST(self):
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubTerra)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    yield server, TerraClient(dev_id="d", api_key="k", api_base_url=url + "/v2", widget_session_url=url + "/session",
+                              legacy_widget_url=url + "/legacy", timeout=2)
+    server.shutdown()
+
+
+def answer(server, status: int, body: bytes):
+    server.RequestHandlerClass = type("Answer", (StubTerra,), {"status": status, "body": body})
+
+
+@pytest.mark.parametrize("status", [200, 201, 202])
+def test_any_2xx_is_accepted(stub, status):
+    server, terra = stub
+    answer(server, status, json.dumps({"session_id": "s", "url": "https://w.example/s", "expires_in": 86400,
+                                       "warnings": ["language ignored"]}).encode())
+    session = terra.create_widget_session(reference_id="r", success_url="https://a/s", failure_url="https://a/f")
+    assert (session.session_id, session.expires_in, session.warnings) == ("s", 86400, ["language ignored"])
+
+
+@pytest.mark.parametrize("status, body, error, message", [
+    (500, b'{"message": "boom"}', TerraUnavailable, "500: boom"),
+    (429, b'{"detail": "rate limit exceeded"}', TerraUnavailable, "rate limit exceeded"),
+    (400, b'{"title": "bad request", "detail": "invalid start_date"}', TerraRejected, "invalid start_date"),
+    (200, b"<html>", TerraUnavailable, "not JSON"),
+    (200, b'{"status": "success"}', Exception, "no session_id"),
+])
+def test_failures_become_clear_errors(stub, status, body, error, message):
+    server, terra = stub
+    answer(server, status, body)
+    with pytest.raises(error, match=message):
+        terra.create_widget_session(reference_id="r", success_url="https://a/s", failure_url="https://a/f")
+
+
+def test_unreachable_terra_is_unavailable():
+    terra = TerraClient(dev_id="d", api_key="k", api_base_url="http://127.0.0.1:9/v2",
+                        widget_session_url="http://127.0.0.1:9/s", legacy_widget_url="http://127.0.0.1:9/l", timeout=1)
+    with pytest.raises(TerraUnavailable, match="could not be reached"):
+        terra.integrations_detailed()
