@@ -40,15 +40,19 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from blueprints.api import bp as api_bp
     from blueprints.auth import bp as auth_bp
     from blueprints.connect import bp as connect_bp
     from blueprints.health import bp as health_bp
     from blueprints.webhooks import bp as webhooks_bp
+    from mobile_redirects.views import bp as mobile_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(connect_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(mobile_bp)
     csrf.exempt(webhooks_bp)  # authenticated by Terra's signature instead
 
     if app.config["TERRA_MODE"] == "sandbox":
@@ -79,13 +83,19 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_security_headers(app: Flask) -> None:
+    # Chrome applies form-action to the redirect after a form post too: the widget's consent form
+    # (sandbox) may redirect into the app's own scheme, so that scheme is allowed as a target.
+    form_targets = "'self' http: https:"
+    if app.config["MOBILE_APP_SCHEME"]:
+        form_targets += f" {app.config['MOBILE_APP_SCHEME']}:"
+    default_policy = (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        f"frame-ancestors 'none'; form-action {form_targets}"
+    )
+
     @app.after_request
     def set_security_headers(response):
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-            "frame-ancestors 'none'; form-action 'self' http: https:",
-        )
+        response.headers.setdefault("Content-Security-Policy", default_policy)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")

@@ -8,9 +8,11 @@ half-working.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("development", "testing", "production")
 TERRA_CREDENTIALS = ("TERRA_DEV_ID", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
@@ -63,13 +65,16 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
-        # Mobile companion settings (used by mobile_redirects/ and the JSON API).
-        "MOBILE_APP_SCHEME": env.get("MOBILE_APP_SCHEME", ""),
-        "MOBILE_UNIVERSAL_LINK_BASE": env.get("MOBILE_UNIVERSAL_LINK_BASE", ""),
+        # Mobile companion (mobile_redirects/ and the JSON API). Deep links come only from here.
+        "MOBILE_APP_SCHEME": _app_scheme(env, app_env),
+        "MOBILE_UNIVERSAL_LINK_BASE": _universal_link_base(env),
         "MOBILE_REDIRECT_MODE": _choice(env, "MOBILE_REDIRECT_MODE", ("page", "app"), "page"),
-        "IOS_APP_IDS": _csv(env.get("IOS_APP_IDS", "")),
-        "ANDROID_PACKAGE_NAME": env.get("ANDROID_PACKAGE_NAME", ""),
-        "ANDROID_CERT_SHA256": _csv(env.get("ANDROID_CERT_SHA256", "")),
+        "IOS_APP_IDS": _ios_app_ids(env),
+        "ANDROID_PACKAGE_NAME": _android_package(env),
+        "ANDROID_CERT_SHA256": _cert_fingerprints(env),
+        "API_TOKEN_LIFETIME_SECONDS": _int(env, "API_TOKEN_LIFETIME_SECONDS", 30 * 24 * 3600),
+        "BROWSER_CLOSED_GRACE_SECONDS": _int(env, "BROWSER_CLOSED_GRACE_SECONDS", 10),
+        "STATUS_POLL_AFTER_MS": _int(env, "STATUS_POLL_AFTER_MS", 2000),
     }
     if terra_mode == "live":
         config.update(
@@ -161,6 +166,59 @@ def _secret_key(env: Mapping[str, str], app_env: str, instance_path: str | None)
         key_file.write_text(secrets.token_urlsafe(48))
         key_file.chmod(0o600)
     return key_file.read_text().strip()
+
+
+# A demo scheme outside production, so the mobile walkthrough works without configuration.
+DEVELOPMENT_APP_SCHEME = "com.example.terraconnect"
+APP_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{1,63}$")
+FORBIDDEN_SCHEMES = {"http", "https", "javascript", "data", "file", "vbscript", "blob", "about", "intent"}
+IOS_APP_ID = re.compile(r"^[A-Z0-9]{10}\.[A-Za-z0-9.-]+$")
+ANDROID_PACKAGE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*(\.[a-zA-Z][a-zA-Z0-9_]*)+$")
+CERT_FINGERPRINT = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
+
+
+def _app_scheme(env: Mapping[str, str], app_env: str) -> str:
+    default = "" if app_env == "production" else DEVELOPMENT_APP_SCHEME
+    scheme = env.get("MOBILE_APP_SCHEME", default).lower()
+    if scheme and (not APP_SCHEME.match(scheme) or scheme in FORBIDDEN_SCHEMES):
+        raise ConfigError(
+            f"MOBILE_APP_SCHEME must be an app's own URL scheme such as com.example.app, not {scheme!r}"
+        )
+    return scheme
+
+
+def _universal_link_base(env: Mapping[str, str]) -> str:
+    base = env.get("MOBILE_UNIVERSAL_LINK_BASE", "").rstrip("/")
+    if not base:
+        return ""
+    parts = urlsplit(base)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password or parts.query \
+            or parts.fragment or "\\" in base:
+        raise ConfigError("MOBILE_UNIVERSAL_LINK_BASE must be a plain https:// URL such as https://links.example.com/terra")
+    return base
+
+
+def _ios_app_ids(env: Mapping[str, str]) -> list[str]:
+    ids = _csv(env.get("IOS_APP_IDS", ""))
+    for app_id in ids:
+        if not IOS_APP_ID.match(app_id):
+            raise ConfigError(f"IOS_APP_IDS entries look like TEAMID1234.com.example.app, not {app_id!r}")
+    return ids
+
+
+def _android_package(env: Mapping[str, str]) -> str:
+    package = env.get("ANDROID_PACKAGE_NAME", "")
+    if package and not ANDROID_PACKAGE.match(package):
+        raise ConfigError(f"ANDROID_PACKAGE_NAME must be a package name such as com.example.app, not {package!r}")
+    return package
+
+
+def _cert_fingerprints(env: Mapping[str, str]) -> list[str]:
+    fingerprints = [value.upper() for value in _csv(env.get("ANDROID_CERT_SHA256", ""))]
+    for fingerprint in fingerprints:
+        if not CERT_FINGERPRINT.match(fingerprint):
+            raise ConfigError("ANDROID_CERT_SHA256 entries are colon-separated SHA-256 fingerprints (32 bytes)")
+    return fingerprints
 
 
 def _csv(value: str) -> list[str]:

@@ -9,32 +9,16 @@ from sqlalchemy import select
 
 from blueprints.auth import login_required
 from extensions import db
-from models import ConnectAttempt, Connection, ConnectionStatus
-from models.connect_attempt import AttemptHint
-from services import attempts
+from models import ConnectAttempt, Connection
+from models.connect_attempt import AttemptHint, reason_text
+from services import attempts, connections
 from terra.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
 
 PROVIDER_CODE = re.compile(r"^[A-Z0-9_]{2,40}$")
 
-# What a person reads for each failure reason; unknown reasons are shown as they are.
-REASON_TEXT = {
-    "access_denied": "You declined the permissions the app asked for.",
-    "auth_cancelled": "The connection was cancelled before it finished.",
-    "user_limit_reached": "This Terra test environment has reached its limit of 50 users.",
-    "session_expired": "The connection link expired before it was used.",
-    "session_used": "That connection link was already used.",
-    "terra_unavailable": "Terra could not be reached. Please try again in a moment.",
-    "terra_rejected": "Terra refused the request; the app's Terra settings need checking.",
-    "legacy_widget_endpoint_gone": "This Terra account cannot use the legacy widget endpoint.",
-}
-
-
-@bp.app_template_filter("reason_text")
-def reason_text(reason: str | None) -> str:
-    return REASON_TEXT.get(reason or "", reason or "")
-
+bp.add_app_template_filter(reason_text, "reason_text")
 
 @bp.get("/")
 def index():
@@ -46,7 +30,7 @@ def index():
 @bp.get("/connections")
 @login_required
 def dashboard():
-    connections = db.session.scalars(
+    user_connections = db.session.scalars(
         select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
     ).all()
     recent_attempts = db.session.scalars(
@@ -57,7 +41,7 @@ def dashboard():
     ).all()
     for attempt in recent_attempts:
         attempts.refresh(attempt)
-    return render_template("connect/dashboard.html", connections=connections, attempts=recent_attempts)
+    return render_template("connect/dashboard.html", connections=user_connections, attempts=recent_attempts)
 
 
 @bp.post("/connections/connect")
@@ -111,9 +95,11 @@ def return_failure():
 
 def _return_page(hint: AttemptHint):
     """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
-    attempt = _attempt_from_request_token()
-    attempts.record_hint(attempt, hint, terra_user_id=_redirect_user_id())
-    db.session.commit()
+    try:
+        attempt = attempts.record_return(request.args.get("attempt"), hint, request.args.get("user_id"))
+    except attempts.AttemptNotFound as error:
+        abort(404, description=f"This connection link is not valid ({error}).")
+    _check_viewer(attempt)
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=request.args["attempt"])
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
@@ -122,25 +108,20 @@ def _return_page(hint: AttemptHint):
 @bp.get("/connect/attempts/status")
 def attempt_status():
     """JSON state for the return page's live update, authorised by the signed attempt token."""
-    attempt = attempts.refresh(_attempt_from_request_token())
-    response = jsonify(attempt.to_dict())
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _attempt_from_request_token() -> ConnectAttempt:
     try:
         attempt = attempts.attempt_from_token(request.args.get("attempt"))
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
+    _check_viewer(attempt)
+    response = jsonify(attempts.refresh(attempt).to_dict())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _check_viewer(attempt: ConnectAttempt) -> None:
+    # The token is the capability; a different logged-in user still must not see someone's attempt.
     if g.user is not None and g.user.id != attempt.user_id:
         abort(404, description="This connection link is not valid (unknown attempt).")
-    return attempt
-
-
-def _redirect_user_id() -> str | None:
-    user_id = request.args.get("user_id")
-    return user_id if user_id and user_id != "null" else None
 
 
 @bp.post("/connections/<int:connection_id>/disconnect")
@@ -149,16 +130,10 @@ def disconnect(connection_id: int):
     connection = db.session.get(Connection, connection_id)
     if connection is None or connection.user_id != g.user.id:
         abort(404, description="No such connection.")
-    if connection.status != ConnectionStatus.REVOKED:
-        try:
-            attempts.terra_client().deauthenticate_user(connection.terra_user_id)
-        except TerraNotFound:
-            pass  # already gone on Terra's side: revoking locally is the right outcome
-        except TerraError as error:
-            flash(f"Could not disconnect {connection.provider}: {error}")
-            return redirect(url_for("connect.dashboard"), code=303)
-        connection.status = ConnectionStatus.REVOKED
-        connection.status_reason = "disconnected"
-        db.session.commit()
+    try:
+        connections.disconnect(connection, attempts.terra_client())
+    except TerraError as error:
+        flash(f"Could not disconnect {connection.provider}: {error}")
+        return redirect(url_for("connect.dashboard"), code=303)
     flash(f"{connection.provider} is disconnected.")
     return redirect(url_for("connect.dashboard"), code=303)

@@ -26,6 +26,26 @@ class AttemptHint(enum.StrEnum):
     BROWSER_CLOSED = "browser_closed"
 
 
+# What a person reads for each failure reason; unknown reasons (Terra may add some) are shown as they are.
+REASON_TEXT = {
+    "access_denied": "You declined the permissions the app asked for.",
+    "auth_cancelled": "The connection was cancelled before it finished.",
+    "auth_failed": "The provider did not complete the connection.",
+    "browser_closed": "The browser was closed before the connection finished.",
+    "user_limit_reached": "This Terra test environment has reached its limit of 50 users.",
+    "session_expired": "The connection link expired before it was used.",
+    "session_used": "That connection link was already used.",
+    "terra_unavailable": "Terra could not be reached. Please try again in a moment.",
+    "terra_rejected": "Terra refused the request; the app's Terra settings need checking.",
+    "terra_error": "Terra gave an answer the app could not use.",
+    "legacy_widget_endpoint_gone": "This Terra account cannot use the legacy widget endpoint.",
+}
+
+
+def reason_text(reason: str | None) -> str:
+    return REASON_TEXT.get(reason or "", reason or "")
+
+
 def new_attempt_id() -> str:
     return secrets.token_urlsafe(16)  # 128 bits
 
@@ -49,6 +69,10 @@ class ConnectAttempt(db.Model):
     # The Terra user id a redirect claimed; checked server-side before it is believed.
     redirect_terra_user_id: Mapped[str | None] = mapped_column(String(64))
     hinted_at: Mapped[datetime | None]
+    # Mobile: where Terra sends the browser back ("page": our HTTPS return page, "app": the deep link).
+    return_mode: Mapped[str | None] = mapped_column(String(8))
+    # The app said its in-app browser closed; without a verified outcome soon after, it is cancelled.
+    browser_closed_at: Mapped[datetime | None]
     connection_id: Mapped[int | None] = mapped_column(
         ForeignKey("connections.id", ondelete="SET NULL")
     )
@@ -72,7 +96,7 @@ class ConnectAttempt(db.Model):
             "hint": self.hint,
             "provider": connection.provider if connection else self.requested_provider,
             "connection": connection.to_dict() if connection else None,
-            "error": self.error,
+            "error": {"code": self.error, "message": reason_text(self.error)} if self.error else None,
             "version": self.version,
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),

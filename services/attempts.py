@@ -9,6 +9,7 @@ except that a late verified success may still turn `cancelled` into `connected`.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Callable
 
 from flask import current_app, url_for
 from itsdangerous import BadSignature
@@ -36,11 +37,19 @@ def terra_client() -> TerraClient:
 # -- creating ---------------------------------------------------------------------------
 
 
-def start_widget_attempt(user: User, *, channel: str, providers: list[str] | None = None,
-                         language: str | None = None, return_urls: tuple[str, str] | None = None) -> ConnectAttempt:
-    """Create an attempt and its Terra widget session. Raises TerraError (the attempt is then failed)."""
-    attempt = _new_attempt(user, channel, provider=providers[0] if providers and len(providers) == 1 else None)
-    success_url, failure_url = return_urls or web_return_urls(attempt)
+ReturnUrls = Callable[[ConnectAttempt], tuple[str, str]]
+
+
+def start_widget_attempt(user: User, *, channel: str = "web", return_urls: ReturnUrls | None = None,
+                         providers: list[str] | None = None, language: str | None = None,
+                         return_mode: str | None = None) -> ConnectAttempt:
+    """Create an attempt and its Terra widget session. Raises TerraError (the attempt is then failed).
+
+    `return_urls(attempt)` gives the (success, failure) redirect URLs; the web return pages by default.
+    """
+    attempt = _new_attempt(user, channel, provider=providers[0] if providers and len(providers) == 1 else None,
+                           return_mode=return_mode)
+    success_url, failure_url = (return_urls or web_return_urls)(attempt)
     try:
         session: WidgetSession = terra_client().create_widget_session(
             reference_id=user.reference_id,
@@ -77,11 +86,10 @@ def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
     return attempt
 
 
-def _new_attempt(user: User, channel: str, provider: str | None) -> ConnectAttempt:
+def _new_attempt(user: User, channel: str, provider: str | None, return_mode: str | None = None) -> ConnectAttempt:
     # Terra sessions last 900 s unless the answer says otherwise; corrected once we know.
-    attempt = ConnectAttempt(
-        user_id=user.id, channel=channel, requested_provider=provider, expires_at=utcnow() + timedelta(seconds=900)
-    )
+    attempt = ConnectAttempt(user_id=user.id, channel=channel, requested_provider=provider, return_mode=return_mode,
+                             expires_at=utcnow() + timedelta(seconds=900))
     db.session.add(attempt)
     # Committed before Terra is called: no transaction (or SQLite write lock) is held across HTTP.
     db.session.commit()
@@ -123,6 +131,16 @@ def attempt_from_token(token: str | None) -> ConnectAttempt:
     return attempt
 
 
+def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None) -> ConnectAttempt:
+    """A browser came back from Terra to one of our return pages: note what it claims, nothing more."""
+    attempt = attempt_from_token(token)
+    if claimed_terra_user_id == "null":  # Terra writes a literal "null" when it has no value
+        claimed_terra_user_id = None
+    record_hint(attempt, hint, terra_user_id=claimed_terra_user_id)
+    db.session.commit()
+    return attempt
+
+
 def owned_attempt(user: User, attempt_id: str) -> ConnectAttempt:
     attempt = db.session.get(ConnectAttempt, attempt_id)
     if attempt is None or attempt.user_id != user.id:
@@ -151,6 +169,23 @@ def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str |
         fields["redirect_terra_user_id"] = terra_user_id[:64]
     if fields:
         _change(attempt, **fields)
+
+
+def record_browser_closed(attempt: ConnectAttempt) -> None:
+    """The app says its in-app browser closed. Advisory: the user may have finished just before."""
+    if attempt.status == AttemptStatus.PENDING and attempt.browser_closed_at is None:
+        _change(attempt, hint=AttemptHint.BROWSER_CLOSED, browser_closed_at=utcnow())
+
+
+def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
+    """No verified outcome within the grace period after the browser closed: the user gave up."""
+    if attempt.status != AttemptStatus.PENDING or attempt.browser_closed_at is None:
+        return False
+    grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
+    if utcnow() - attempt.browser_closed_at < grace:
+        return False
+    _change(attempt, status=AttemptStatus.CANCELLED, error="browser_closed")
+    return True
 
 
 def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
@@ -194,8 +229,9 @@ def find_attempt_for_event(user: User, session_ids: tuple[str, ...]) -> ConnectA
 
 
 def refresh(attempt: ConnectAttempt) -> ConnectAttempt:
-    """Bring a pending attempt up to date before showing it: expiry, then the userInfo check."""
-    if expire_if_due(attempt):
+    """Bring a pending attempt up to date before showing it: expiry, an abandoned browser, then the
+    userInfo check. Each change is committed before Terra is asked anything."""
+    if expire_if_due(attempt) or cancel_if_abandoned(attempt):
         db.session.commit()
     if attempt.status == AttemptStatus.PENDING and _userinfo_check_due(attempt):
         if confirm_redirect_user(attempt):

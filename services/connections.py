@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from extensions import db
 from models import ConnectAttempt, Connection, ConnectionStatus, ReplacedTerraUser, User
 from models.time import utcnow
-from terra.client import TerraUser
+from terra.client import TerraClient, TerraNotFound, TerraUser
 
 
 def by_terra_user_id(terra_user_id: str) -> Connection | None:
@@ -106,3 +106,19 @@ def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraU
     old.status_reason = None
     old.last_event_at = utcnow()
     return old
+
+
+def disconnect(connection: Connection, terra: TerraClient) -> Connection:
+    """The user asked to disconnect: tell Terra first, then mark the connection revoked.
+
+    Raises TerraError when Terra could not be told; the connection is then left as it was.
+    """
+    if connection.status != ConnectionStatus.REVOKED:
+        try:
+            terra.deauthenticate_user(connection.terra_user_id)
+        except TerraNotFound:
+            pass  # already gone on Terra's side: revoking locally is the right outcome
+        connection.status = ConnectionStatus.REVOKED
+        connection.status_reason = "disconnected"
+        db.session.commit()
+    return connection

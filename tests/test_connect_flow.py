@@ -89,7 +89,7 @@ def test_deny_and_cancel_end_as_failed_with_their_reason(signed_in, live_server,
     return_url = finish_widget(start_connect(signed_in), outcome=outcome)
     assert urlsplit(return_url).path == "/connect/return/failure"
     state = wait_for_terminal(signed_in, return_url)
-    assert (state["status"], state["error"]) == ("failed", reason)
+    assert (state["status"], state["error"]["code"]) == ("failed", reason)
     page = signed_in.get(return_url).text
     assert text in page and "Try again" in page
     assert connections(live_server) == []
@@ -235,7 +235,7 @@ def test_user_cap_of_the_test_environment_fails_the_attempt(signed_in, live_serv
     live_server.app.config["SANDBOX_USER_CAP"] = 1
     wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="first"))
     state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="second"))
-    assert (state["status"], state["error"]) == ("failed", "user_limit_reached")
+    assert (state["status"], state["error"]["code"]) == ("failed", "user_limit_reached")
 
 
 def test_pages_need_a_login(browser):

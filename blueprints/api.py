@@ -1,0 +1,272 @@
+"""The mobile app's JSON API, version 1: bearer tokens, connect attempts and their status, connections.
+
+Every answer is JSON with `Cache-Control: no-store`; every error is `{"error": {"code", "message"}}`.
+Authentication is the bearer token only: no session cookie is read and no CSRF token is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from authlib.integrations.flask_oauth2 import current_token
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from sqlalchemy import select
+
+from blueprints.auth import find_user_by_credentials
+from extensions import csrf, db, limiter
+from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
+from models import ConnectAttempt, Connection
+from services import api_tokens, attempts, connections
+from services.api_tokens import require_token
+from terra.client import TerraError
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+LANGUAGE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z]{2,4})?$")
+MAX_WAIT_SECONDS = 25
+WAIT_CHECK_INTERVAL = 0.05  # how often a long-poll looks for a new version (cheap primary-key read)
+OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+@bp.errorhandler(ApiError)
+def handle_api_error(error: ApiError):
+    response = jsonify(error={"code": error.code, "message": error.message})
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+@bp.after_request
+def never_cache(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def json_body() -> dict:
+    data = request.get_json(silent=True)
+    if not request.is_json or not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def caller():
+    return current_token.user
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+@bp.post("/tokens")
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"])
+def create_token():
+    data = json_body()
+    email, password = data.get("email"), data.get("password")
+    if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
+        raise ApiError(400, "invalid_request", "email and password are required strings")
+    user = find_user_by_credentials(email, password)
+    if user is None:
+        raise ApiError(401, "invalid_credentials", "email or password is not right")
+    token, lifetime = api_tokens.issue_token(user)
+    return jsonify(access_token=token, token_type="Bearer", expires_in=lifetime), 201
+
+
+@bp.delete("/tokens/current")
+@require_token()
+def revoke_current_token():
+    api_tokens.revoke(current_token._get_current_object())
+    return "", 204
+
+
+# -- connect attempts -----------------------------------------------------------------------
+
+
+@bp.post("/connect-attempts")
+@require_token()
+def create_attempt():
+    data = json_body()
+    providers = _providers(data.get("providers"))
+    language = data.get("language")
+    if language is not None and (not isinstance(language, str) or not LANGUAGE.match(language)):
+        raise ApiError(400, "invalid_language", "language must be a code such as en or zh_cn")
+    return_mode = data.get("return", current_app.config["MOBILE_REDIRECT_MODE"])
+    if return_mode not in ("page", "app"):
+        raise ApiError(400, "invalid_return", 'return must be "page" or "app"')
+    if return_mode == "app":
+        _require_deep_link()
+    try:
+        attempt = attempts.start_widget_attempt(
+            caller(), channel="mobile", return_urls=_mobile_return_urls(return_mode), providers=providers,
+            language=language, return_mode=return_mode,
+        )
+    except TerraError as error:
+        raise ApiError(502, error.code, str(error)) from None
+    response = jsonify(
+        attempt_id=attempt.id,
+        url=attempt.widget_url,
+        status_url=url_for("api.get_attempt", attempt_id=attempt.id, _external=False),
+        expires_at=attempt.to_dict()["expires_at"],
+        poll_after_ms=current_app.config["STATUS_POLL_AFTER_MS"],
+    )
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_attempt", attempt_id=attempt.id)
+    return response
+
+
+def _providers(value) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise ApiError(400, "invalid_providers", "providers must be a non-empty list of provider codes")
+    try:
+        offered = {provider.code for provider in attempts.terra_client().integrations_detailed() if provider.enabled}
+    except TerraError as error:
+        raise ApiError(502, error.code, str(error)) from None
+    unknown = sorted({item.upper() for item in value} - offered)
+    if unknown:
+        raise ApiError(400, "unknown_provider", f"not offered: {', '.join(unknown)}")
+    return [item.upper() for item in value]
+
+
+def _require_deep_link() -> None:
+    try:
+        direct_link(current_app.config, "probe", "success")
+    except DeepLinkNotConfigured:
+        raise ApiError(409, "deep_link_not_configured",
+                       "return=app needs MOBILE_APP_SCHEME or MOBILE_UNIVERSAL_LINK_BASE on the server") from None
+
+
+def _mobile_return_urls(return_mode: str):
+    def urls(attempt: ConnectAttempt) -> tuple[str, str]:
+        if return_mode == "app":
+            # Terra redirects straight into the app; its query parameters are merged into the link.
+            return (direct_link(current_app.config, attempt.id, "success"),
+                    direct_link(current_app.config, attempt.id, "failure"))
+        token = attempts.attempt_token(attempt)
+        base = current_app.config["PUBLIC_BASE_URL"]
+        return (base + url_for("mobile.return_success", attempt=token),
+                base + url_for("mobile.return_failure", attempt=token))
+
+    return urls
+
+
+@bp.get("/connect-attempts/<attempt_id>")
+@require_token()
+def get_attempt(attempt_id: str):
+    attempt = _owned_attempt(attempt_id)
+    wait = _wait_seconds()
+    attempts.refresh(attempt)
+    if wait and _etag(attempt) in request.if_none_match and not attempt.terminal:
+        attempt = _wait_for_change(attempt, wait)
+    return _attempt_response(attempt)
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0
+    try:
+        wait = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_wait", "wait must be a whole number of seconds") from None
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ApiError(400, "invalid_wait", f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
+    return wait
+
+
+def _wait_for_change(attempt: ConnectAttempt, wait: float) -> ConnectAttempt:
+    """Hold the request until the attempt's version changes (in any process: it reads the database)
+    or `wait` runs out. Time-driven changes (expiry, abandoned browser) are checked each second."""
+    seen = attempt.version
+    attempt_id = attempt.id
+    deadline = time.monotonic() + wait
+    next_refresh = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        db.session.rollback()  # end the transaction: each read must see other processes' commits
+        version = db.session.scalar(select(ConnectAttempt.version).where(ConnectAttempt.id == attempt_id))
+        if version != seen:
+            break
+        if time.monotonic() >= next_refresh:
+            attempts.refresh(db.session.get(ConnectAttempt, attempt_id))
+            next_refresh = time.monotonic() + 1
+            continue
+        time.sleep(WAIT_CHECK_INTERVAL)
+    db.session.rollback()
+    return db.session.get(ConnectAttempt, attempt_id)
+
+
+def _etag(attempt: ConnectAttempt) -> str:
+    return str(attempt.version)
+
+
+def _attempt_response(attempt: ConnectAttempt):
+    etag = _etag(attempt)
+    if etag in request.if_none_match:
+        response = Response(status=304)
+    else:
+        body = attempt.to_dict()
+        body["poll_after_ms"] = None if attempt.terminal else current_app.config["STATUS_POLL_AFTER_MS"]
+        response = jsonify(body)
+    response.set_etag(etag)
+    return response
+
+
+@bp.post("/connect-attempts/<attempt_id>/browser-closed")
+@require_token()
+def browser_closed(attempt_id: str):
+    attempt = _owned_attempt(attempt_id)
+    attempts.record_browser_closed(attempt)
+    db.session.commit()
+    response = _attempt_response(attempts.refresh(attempt))
+    response.status_code = 202 if response.status_code == 200 else response.status_code
+    return response
+
+
+def _owned_attempt(attempt_id: str) -> ConnectAttempt:
+    try:
+        return attempts.owned_attempt(caller(), attempt_id)
+    except attempts.AttemptNotFound:
+        raise ApiError(404, "not_found", "no such connect attempt") from None
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+@bp.get("/connections")
+@require_token()
+def list_connections():
+    rows = db.session.scalars(
+        select(Connection).where(Connection.user_id == caller().id).order_by(Connection.created_at.desc())
+    ).all()
+    return jsonify(connections=[row.to_dict() for row in rows])
+
+
+@bp.delete("/connections/<int:connection_id>")
+@require_token()
+def delete_connection(connection_id: int):
+    connection = db.session.get(Connection, connection_id)
+    if connection is None or connection.user_id != caller().id:
+        raise ApiError(404, "not_found", "no such connection")
+    try:
+        connections.disconnect(connection, attempts.terra_client())
+    except TerraError as error:
+        raise ApiError(502, error.code, f"could not disconnect: {error}") from None
+    return jsonify(connection.to_dict())
+
+
+# -- the API's own description --------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return Response(OPENAPI_DOCUMENT.read_bytes(), mimetype="application/json")
+
+

@@ -1,0 +1,77 @@
+"""Routes of the mobile return leg: `/mobile/return/<outcome>` and the `.well-known` files."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+
+from extensions import csrf
+from mobile_redirects import association
+from mobile_redirects.deep_links import return_page_link
+from models.connect_attempt import AttemptHint
+from services import attempts
+
+bp = Blueprint("mobile", __name__)
+csrf.exempt(bp)
+
+
+@bp.get("/mobile/return/success")
+def return_success():
+    return _return_page("success", AttemptHint.RETURNED_SUCCESS)
+
+
+@bp.get("/mobile/return/failure")
+def return_failure():
+    return _return_page("failure", AttemptHint.RETURNED_FAILURE)
+
+
+def _return_page(outcome: str, hint: AttemptHint):
+    """Record the hint, try the app once, and always offer a "Return to app" link.
+
+    The automatic try can be dropped silently (Chrome needs a user gesture for app launches after a
+    while; iOS ignores universal links to the page's own domain), so the link is the real way back:
+    tapping it is a fresh gesture.
+    """
+    try:
+        attempt = attempts.record_return(request.args.get("attempt"), hint, request.args.get("user_id"))
+    except attempts.AttemptNotFound as error:
+        abort(404, description=f"This connection link is not valid ({error}).")
+
+    tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
+    fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
+        request.endpoint, attempt=request.args["attempt"], tried="1"
+    )
+    app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback)
+
+    nonce = secrets.token_urlsafe(16)
+    html = render_template(
+        "mobile/return.html", outcome=outcome, app_link=app_link, try_app=bool(app_link) and not tried_already,
+        nonce=nonce,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    # Strict: only this page's nonce'd script runs; navigating to the app link is not restricted by CSP.
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return response
+
+
+@bp.get("/.well-known/apple-app-site-association")
+def apple_app_site_association():
+    return _association_file(association.apple_app_site_association(current_app.config))
+
+
+@bp.get("/.well-known/assetlinks.json")
+def android_asset_links():
+    return _association_file(association.android_asset_links(current_app.config))
+
+
+def _association_file(document):
+    if document is None:
+        abort(404, description="App association is not configured.")
+    response = Response(association.render(document), mimetype="application/json")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
