@@ -67,6 +67,8 @@ def register_errorhandlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):
+        if error.response is not None:  # already a complete answer (e.g. Authlib's RFC 6750 error)
+            return error.response
         if wants_json():
             code = (error.name or "error").lower().replace(" ", "_")
             return jsonify(error={"code": code, "message": error.description}), error.code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from extensions import db
@@ -12,7 +13,10 @@ from models.webhook_event import EventOutcome
 
 
 def register(app: Flask) -> None:
+    from mobile_client import mobile_client_command
+
     app.cli.add_command(webhook_events)
+    app.cli.add_command(mobile_client_command)
 
 
 @click.group("webhooks", help="Inspect and replay the webhook inbox.")
@@ -21,6 +25,7 @@ def webhook_events() -> None:
 
 
 @webhook_events.command("list")
+@with_appcontext
 @click.option("--failed", is_flag=True, help="Only events whose application failed.")
 @click.option("--limit", default=20, show_default=True)
 def list_events(failed: bool, limit: int) -> None:
@@ -33,6 +38,7 @@ def list_events(failed: bool, limit: int) -> None:
 
 
 @webhook_events.command("replay")
+@with_appcontext
 @click.argument("trace_ids", nargs=-1)
 @click.option("--failed", is_flag=True, help="Replay every event whose application failed.")
 def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:

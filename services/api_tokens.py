@@ -11,9 +11,8 @@ from datetime import timedelta
 
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
-from authlib.integrations.flask_oauth2.errors import raise_http_exception
 from authlib.oauth2.rfc6750 import BearerTokenValidator
-from flask import current_app
+from flask import Response, abort, current_app
 from sqlalchemy import select
 
 from extensions import db
@@ -53,7 +52,7 @@ class BearerTokenProtector(ResourceProtector):
     def raise_error_response(self, error):
         message = error.get_error_description() or "a valid bearer token is required"
         body = json.dumps({"error": {"code": error.error or "unauthorized", "message": message}})
-        raise_http_exception(error.status_code, body, error.get_headers())
+        abort(Response(body, status=error.status_code, headers=error.get_headers()))
 
 
 require_token = BearerTokenProtector()

@@ -1,0 +1,167 @@
+"""A stand-in for the mobile app, to try the mobile flow without a phone: `flask --app app mobile-client`.
+
+It does what an iOS or Android app must do, in the same order, and prints each step:
+1. get a bearer token (POST /api/v1/tokens);
+2. start a connect attempt (POST /api/v1/connect-attempts);
+3. open the widget URL in a browser the app does not control (here headless Chromium, standing in for
+   ASWebAuthenticationSession or Custom Tabs) and let the user finish (here: clicks on the sandbox pages);
+4. catch the deep link the browser is sent to, then close the browser;
+5. ask the status endpoint for the truth, with If-None-Match and backoff with full jitter, until final.
+It talks to the server only over HTTP, like a real app.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
+
+import click
+import requests
+from flask.cli import with_appcontext
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+DECISIONS = {"success": "allow", "denied": "deny", "cancelled": "cancel"}
+
+
+@dataclass
+class Backoff:
+    """Full jitter: sleep a random time in [0, min(cap, base * 2**n)], never less than the server asks."""
+
+    base: float = 1.0
+    cap: float = 10.0
+    tries: int = 0
+
+    def next_delay(self, server_minimum: float) -> float:
+        ceiling = min(self.cap, self.base * 2 ** self.tries)
+        self.tries += 1
+        return max(server_minimum, random.uniform(0, ceiling))
+
+
+class MobileClient:
+    def __init__(self, base_url: str, say: Callable[[str], None] = print, timeout: float = 30):
+        self.base_url = base_url.rstrip("/")
+        self.http = requests.Session()
+        self.say = say
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+
+    def register(self, email: str, password: str) -> None:
+        """The API has no sign-up; a new user registers on the web pages (with their CSRF token)."""
+        page = self._call("GET", "/auth/register")
+        match = CSRF_FIELD.search(page.text)
+        if match is None:
+            raise click.ClickException("the registration page has no CSRF token")
+        token = match.group(1)
+        response = self._call("POST", "/auth/register", data={"csrf_token": token, "email": email,
+                                                               "password": password}, allow_redirects=False)
+        self.say(f"register {email}: {'created' if response.status_code == 303 else 'already exists or refused'}")
+        self.http.cookies.clear()  # the app itself never uses the web session
+
+    def sign_in(self, email: str, password: str) -> None:
+        response = self._call("POST", "/api/v1/tokens", json={"email": email, "password": password})
+        if response.status_code != 201:
+            raise click.ClickException(f"token refused ({response.status_code}): {response.text}")
+        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+        self.say(f"1. token issued, valid {response.json()['expires_in']} s")
+
+    def start_attempt(self, return_mode: str, providers: list[str] | None) -> dict:
+        body: dict = {"return": return_mode}
+        if providers:
+            body["providers"] = providers
+        response = self._call("POST", "/api/v1/connect-attempts", json=body)
+        if response.status_code != 201:
+            raise click.ClickException(f"attempt refused ({response.status_code}): {response.text}")
+        attempt = response.json()
+        self.say(f"2. attempt {attempt['attempt_id']} started; widget {attempt['url']}")
+        return attempt
+
+    def run_browser(self, url: str, scheme: str, provider: str, account: str, outcome: str,
+                    chromium: str) -> str | None:
+        """Finish the widget as a user would; return the deep link the browser was sent to."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            self.say("3. in-app browser opened")
+            page.goto(url)
+            if page.locator(f'[data-provider="{provider}"]').count():
+                page.click(f'[data-provider="{provider}"]')
+            page.fill("input[name=account]", account)
+            page.click("button[type=submit]")
+            try:
+                # The app's scheme is not a web page: the browser hands it to the OS, which opens the app.
+                with page.expect_request(lambda request: request.url.startswith(f"{scheme}:")) as deep_link:
+                    page.click(f"button[name=decision][value={DECISIONS[outcome]}]")
+                link = deep_link.value.url
+            except PlaywrightTimeout:
+                link = None
+            browser.close()
+        self.say(f"4. deep link caught: {link}; browser closed" if link else "4. no deep link; browser closed")
+        return link
+
+    def browser_closed(self, attempt_id: str) -> None:
+        self._call("POST", f"/api/v1/connect-attempts/{attempt_id}/browser-closed")
+        self.say("   told the server the browser closed without a deep link")
+
+    def poll_until_final(self, attempt_id: str, deadline_seconds: float = 120) -> dict:
+        backoff, etag, state = Backoff(), None, None
+        deadline = time.monotonic() + deadline_seconds
+        while time.monotonic() < deadline:
+            headers = {"If-None-Match": etag} if etag else {}
+            response = self._call("GET", f"/api/v1/connect-attempts/{attempt_id}", headers=headers)
+            if response.status_code == 200:
+                state, etag = response.json(), response.headers.get("ETag")
+                self.say(f"5. status {state['status']} (version {state['version']}, hint {state['hint']})")
+                if state["terminal"]:
+                    return state
+            elif response.status_code != 304:
+                raise click.ClickException(f"status failed ({response.status_code}): {response.text}")
+            asked = (state["poll_after_ms"] or 0) / 1000 if state else 0
+            server_minimum = max(asked, float(response.headers.get("Retry-After", 0)))
+            time.sleep(backoff.next_delay(server_minimum))
+        raise click.ClickException("the attempt did not finish in time")
+
+
+def deep_link_attempt_id(link: str) -> str | None:
+    return parse_qs(urlsplit(link).query).get("attempt_id", [None])[0]
+
+
+@click.command("mobile-client")
+@with_appcontext
+@click.option("--base-url", default=None, help="The server; defaults to PUBLIC_BASE_URL.")
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+@click.option("--register", is_flag=True, help="Create the account first (on the web pages).")
+@click.option("--provider", default="GARMIN", show_default=True)
+@click.option("--account", default="demo-account", show_default=True, help="The fake provider account.")
+@click.option("--outcome", type=click.Choice(sorted(DECISIONS)), default="success", show_default=True)
+@click.option("--return", "return_mode", type=click.Choice(["page", "app"]), default="page", show_default=True)
+@click.option("--chromium", default="/usr/bin/chromium", show_default=True)
+def mobile_client_command(base_url, email, password, register, provider, account, outcome, return_mode, chromium):
+    """Play the mobile app against a running server, end to end."""
+    from flask import current_app
+
+    client = MobileClient(base_url or current_app.config["PUBLIC_BASE_URL"], say=click.echo)
+    if register:
+        client.register(email, password)
+    client.sign_in(email, password)
+    attempt = client.start_attempt(return_mode, [provider])
+    link = client.run_browser(attempt["url"], current_app.config["MOBILE_APP_SCHEME"], provider, account,
+                              outcome, chromium)
+    if link is None:
+        client.browser_closed(attempt["attempt_id"])
+    elif deep_link_attempt_id(link) != attempt["attempt_id"]:
+        raise click.ClickException("the deep link names another attempt")
+    final = client.poll_until_final(attempt["attempt_id"])
+    click.echo(f"done: {final['status']}" + (f" ({final['error']['code']})" if final["error"] else ""))

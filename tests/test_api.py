@@ -1,0 +1,357 @@
+"""The mobile JSON API: bearer tokens, connect attempts and their status, connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from extensions import db
+from models import ApiToken, ConnectAttempt, Connection, User
+from models.time import utcnow
+from tests.conftest import Browser, wait_for
+from tests.helpers import auth_event, deliver, terra_user
+
+PASSWORD = "correct horse battery"
+
+
+class Api:
+    """A mobile app's view of the server: JSON over HTTP with a bearer token, nothing else."""
+
+    def __init__(self, base_url: str, token: str | None = None):
+        self.base_url = base_url
+        self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def __getattr__(self, method):
+        return lambda path, **kwargs: self.http.request(method.upper(), self.base_url + path, timeout=40, **kwargs)
+
+
+def sign_up(live_server, email="ada@example.com") -> Api:
+    Browser(live_server.url).register(email=email, password=PASSWORD)
+    response = requests.post(live_server.url + "/api/v1/tokens", json={"email": email, "password": PASSWORD},
+                             timeout=10)
+    assert response.status_code == 201
+    return Api(live_server.url, response.json()["access_token"])
+
+
+@pytest.fixture
+def api(live_server) -> Api:
+    return sign_up(live_server)
+
+
+def start(api: Api, **body) -> dict:
+    response = api.post("/api/v1/connect-attempts", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def complete(widget_url: str, outcome="success", account="ada-garmin", provider="GARMIN") -> str:
+    response = requests.post(widget_url + "/complete", timeout=10,
+                             json={"provider": provider, "account": account, "outcome": outcome})
+    assert response.status_code == 200, response.text
+    return response.json()["redirect_url"]
+
+
+def state(api: Api, attempt_id: str, **kwargs) -> requests.Response:
+    return api.get(f"/api/v1/connect-attempts/{attempt_id}", **kwargs)
+
+
+def final_state(api: Api, attempt_id: str) -> dict:
+    return wait_for(lambda: (body := state(api, attempt_id).json())["terminal"] and body)
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def test_token_is_random_and_only_its_hash_is_stored(live_server):
+    api = sign_up(live_server)
+    token = api.http.headers["Authorization"].removeprefix("Bearer ")
+    assert len(token) >= 43  # 256 bits, base64url
+    with live_server.app.app_context():
+        stored = db.session.scalars(select(ApiToken)).one()
+        assert token not in stored.token_hash and len(stored.token_hash) == 64
+
+
+def test_token_response_shape_and_no_store(live_server):
+    Browser(live_server.url).register(password=PASSWORD)
+    response = requests.post(live_server.url + "/api/v1/tokens",
+                             json={"email": "ada@example.com", "password": PASSWORD}, timeout=10)
+    assert response.status_code == 201
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == live_server.app.config["API_TOKEN_LIFETIME_SECONDS"]
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"email": "ada@example.com", "password": "wrong password"}, 401, "invalid_credentials"),
+    ({"email": "nobody@example.com", "password": PASSWORD}, 401, "invalid_credentials"),
+    ({"email": "ada@example.com"}, 400, "invalid_request"),
+    ({"email": 1, "password": 2}, 400, "invalid_request"),
+    ([1, 2], 400, "invalid_request"),
+])
+def test_bad_token_requests(live_server, body, status, code):
+    Browser(live_server.url).register(password=PASSWORD)
+    response = requests.post(live_server.url + "/api/v1/tokens", json=body, timeout=10)
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+
+
+def test_token_request_must_be_json(live_server):
+    response = requests.post(live_server.url + "/api/v1/tokens", data="email=a&password=b", timeout=10,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400 and "JSON object" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("authorization, error", [
+    (None, "missing_authorization"),
+    ("Bearer", "unsupported_token_type"),
+    ("Basic YTpi", "unsupported_token_type"),
+    ("Bearer not-a-real-token", "invalid_token"),
+])
+def test_missing_or_malformed_bearer(live_server, authorization, error):
+    headers = {"Authorization": authorization} if authorization else {}
+    response = requests.get(live_server.url + "/api/v1/connections", headers=headers, timeout=10)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == error and response.json()["error"]["message"]
+    assert response.headers["WWW-Authenticate"].lower().startswith("bearer")  # RFC 6750; scheme is case-insensitive
+
+
+def test_expired_token_is_refused(api, live_server):
+    with live_server.app.app_context():
+        db.session.execute(ApiToken.__table__.update().values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    response = api.get("/api/v1/connections")
+    assert response.status_code == 401 and 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_revoked_token_is_refused(api):
+    assert api.delete("/api/v1/tokens/current").status_code == 204
+    assert api.get("/api/v1/connections").status_code == 401
+    assert api.delete("/api/v1/tokens/current").status_code == 401
+
+
+def test_session_cookie_does_not_authenticate_the_api(live_server):
+    browser = Browser(live_server.url)
+    browser.register(password=PASSWORD)
+    assert browser.get("/connections").status_code == 200  # logged in on the web
+    assert browser.get("/api/v1/connections").status_code == 401
+
+
+def test_token_use_is_recorded(api, live_server):
+    api.get("/api/v1/connections")
+    with live_server.app.app_context():
+        assert db.session.scalars(select(ApiToken.last_used_at)).one() is not None
+
+
+# -- attempts -------------------------------------------------------------------------------
+
+
+def test_create_attempt_answers_201_with_everything_the_app_needs(api, live_server):
+    response = api.post("/api/v1/connect-attempts", json={"providers": ["garmin"], "language": "en"})
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"attempt_id", "url", "status_url", "expires_at", "poll_after_ms"}
+    assert len(body["attempt_id"]) >= 22  # 128 bits
+    assert body["url"].startswith(live_server.url + "/sandbox/widget/")
+    assert body["status_url"] == f"/api/v1/connect-attempts/{body['attempt_id']}"
+    assert response.headers["Location"] == body["status_url"]
+    with live_server.app.app_context():
+        attempt = db.session.get(ConnectAttempt, body["attempt_id"])
+        assert (attempt.channel, attempt.return_mode, attempt.requested_provider) == ("mobile", "page", "GARMIN")
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"providers": ["NOT_A_PROVIDER"]}, "unknown_provider"),
+    ({"providers": []}, "invalid_providers"),
+    ({"providers": "GARMIN"}, "invalid_providers"),
+    ({"language": "english please"}, "invalid_language"),
+    ({"return": "somewhere"}, "invalid_return"),
+])
+def test_invalid_attempt_requests(api, live_server, body, code):
+    response = api.post("/api/v1/connect-attempts", json=body)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, code)
+    with live_server.app.app_context():
+        assert db.session.scalars(select(ConnectAttempt)).first() is None
+
+
+def test_page_mode_redirects_through_the_https_return_page(api, live_server):
+    attempt = start(api)
+    redirect = complete(attempt["url"])
+    assert redirect.startswith(live_server.url + "/mobile/return/success?attempt=")
+    page = requests.get(redirect, timeout=10)
+    assert page.status_code == 200
+    assert f"com.example.terraconnect://connect/success?attempt_id={attempt['attempt_id']}" in page.text
+    body = final_state(api, attempt["attempt_id"])
+    assert (body["status"], body["hint"], body["connection"]["provider"]) == ("connected", "returned_success", "GARMIN")
+
+
+def test_app_mode_redirects_straight_to_the_deep_link(api):
+    attempt = start(api, **{"return": "app"})
+    redirect = complete(attempt["url"], outcome="denied")
+    assert redirect.startswith(f"com.example.terraconnect://connect/failure?attempt_id={attempt['attempt_id']}&")
+    body = final_state(api, attempt["attempt_id"])
+    assert (body["status"], body["error"]["code"]) == ("failed", "access_denied")
+
+
+def test_app_mode_without_a_deep_link_configured_is_409(start_live_server):
+    server = start_live_server(APP_ENV="testing", MOBILE_APP_SCHEME="", MOBILE_UNIVERSAL_LINK_BASE="")
+    server.app.config["MOBILE_APP_SCHEME"] = ""
+    api = sign_up(server)
+    response = api.post("/api/v1/connect-attempts", json={"return": "app"})
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "deep_link_not_configured")
+
+
+def test_someone_elses_attempt_is_404_like_an_unknown_one(api, live_server):
+    attempt = start(api)
+    eve = sign_up(live_server, "eve@example.com")
+    for path in (f"/api/v1/connect-attempts/{attempt['attempt_id']}", "/api/v1/connect-attempts/does-not-exist"):
+        response = eve.get(path)
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    assert eve.post(f"/api/v1/connect-attempts/{attempt['attempt_id']}/browser-closed").status_code == 404
+    assert state(api, attempt["attempt_id"]).json()["hint"] is None
+
+
+def test_status_etag_304_and_version_changes(api, live_server):
+    attempt = start(api)
+    first = state(api, attempt["attempt_id"])
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
+    etag = first.headers["ETag"]
+    assert etag == f'"{first.json()["version"]}"'
+    unchanged = state(api, attempt["attempt_id"], headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.headers["ETag"] == etag and unchanged.content == b""
+    assert unchanged.headers["Cache-Control"] == "no-store"
+
+    requests.get(complete(attempt["url"]), timeout=10)  # the browser reaches the return page: a hint
+    changed = state(api, attempt["attempt_id"], headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert changed.json()["version"] > first.json()["version"]
+
+
+def test_long_poll_is_woken_by_a_webhook_from_another_thread(api, live_server):
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""  # the sandbox sends nothing; we deliver by hand
+    attempt = start(api)
+    etag = state(api, attempt["attempt_id"]).headers["ETag"]
+    with live_server.app.app_context():
+        row = db.session.get(ConnectAttempt, attempt["attempt_id"])
+        owner = db.session.get(User, row.user_id)
+        event = auth_event(owner, terra_user(owner, "tu-long-poll"), session_id=row.terra_session_id)
+    secret = live_server.app.config["TERRA_SIGNING_SECRET"]
+
+    def deliver_later():
+        time.sleep(1.0)
+        deliver(requests_client(live_server), event, secret=secret)
+
+    threading.Thread(target=deliver_later).start()
+    started = time.monotonic()
+    response = state(api, attempt["attempt_id"], params={"wait": 20}, headers={"If-None-Match": etag})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200 and response.json()["status"] == "connected"
+    assert 0.9 <= elapsed < 10
+
+
+def requests_client(live_server):
+    """Adapter so tests.helpers.deliver can post over real HTTP."""
+
+    class Client:
+        def post(self, path, data, headers):
+            return requests.post(live_server.url + path, data=data, headers=headers, timeout=10)
+
+    return Client()
+
+
+def test_long_poll_returns_on_time_when_nothing_happens(api):
+    attempt = start(api)
+    etag = state(api, attempt["attempt_id"]).headers["ETag"]
+    started = time.monotonic()
+    response = state(api, attempt["attempt_id"], params={"wait": 2}, headers={"If-None-Match": etag})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 304
+    assert 1.9 <= elapsed < 4
+
+
+def test_long_poll_without_a_known_version_answers_at_once(api):
+    attempt = start(api)
+    started = time.monotonic()
+    assert state(api, attempt["attempt_id"], params={"wait": 20}).status_code == 200
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("wait", ["26", "-1", "soon", "1.5"])
+def test_bad_wait_is_400(api, wait):
+    attempt = start(api)
+    response = state(api, attempt["attempt_id"], params={"wait": wait})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_wait")
+
+
+def test_pending_attempt_expires_after_the_widget_session_lifetime(api, live_server):
+    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 1
+    attempt = start(api)
+    time.sleep(1.2)
+    body = state(api, attempt["attempt_id"]).json()
+    assert (body["status"], body["terminal"], body["error"]["code"]) == ("expired", True, "session_expired")
+    assert body["poll_after_ms"] is None
+
+
+def test_browser_closed_then_cancelled_then_late_success_connects(api, live_server):
+    live_server.app.config["BROWSER_CLOSED_GRACE_SECONDS"] = 1
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""  # hold Terra's webhook back
+    attempt = start(api)
+    closed = api.post(f"/api/v1/connect-attempts/{attempt['attempt_id']}/browser-closed")
+    assert closed.status_code == 202
+    assert (closed.json()["status"], closed.json()["hint"]) == ("pending", "browser_closed")
+    time.sleep(1.1)
+    body = state(api, attempt["attempt_id"]).json()
+    assert (body["status"], body["error"]["code"]) == ("cancelled", "browser_closed")
+
+    # The user had in fact finished: Terra's verified auth arrives late and wins.
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = live_server.url + "/webhooks/terra"
+    complete(attempt["url"])
+    wait_for(lambda: state(api, attempt["attempt_id"]).json()["status"] == "connected")
+
+
+def test_redirect_user_id_is_confirmed_by_userinfo_when_the_webhook_is_late(api, live_server):
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""
+    live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
+    attempt = start(api)
+    requests.get(complete(attempt["url"]), timeout=10)
+    body = final_state(api, attempt["attempt_id"])
+    assert body["status"] == "connected" and body["connection"]["provider"] == "GARMIN"
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+def test_list_and_delete_connections(api, live_server):
+    attempt = start(api)
+    connection = final_state_with(api, attempt, complete(attempt["url"]))["connection"]
+    listed = api.get("/api/v1/connections").json()["connections"]
+    assert [row["id"] for row in listed] == [connection["id"]] and listed[0]["status"] == "active"
+
+    deleted = api.delete(f"/api/v1/connections/{connection['id']}")
+    assert deleted.status_code == 200 and deleted.json()["status"] == "revoked"
+    assert api.get("/api/v1/connections").json()["connections"][0]["status"] == "revoked"
+
+
+def final_state_with(api, attempt, redirect_url):
+    requests.get(redirect_url, timeout=10)
+    return final_state(api, attempt["attempt_id"])
+
+
+def test_someone_elses_connection_cannot_be_deleted(api, live_server):
+    attempt = start(api)
+    connection = final_state_with(api, attempt, complete(attempt["url"]))["connection"]
+    eve = sign_up(live_server, "eve@example.com")
+    assert eve.delete(f"/api/v1/connections/{connection['id']}").status_code == 404
+    assert eve.get("/api/v1/connections").json() == {"connections": []}
+    with live_server.app.app_context():
+        assert db.session.scalars(select(Connection.status)).one() == "active"
+
+
+def test_api_needs_no_csrf_token(api):
+    # The live server runs with CSRF protection on; bearer-token routes are exempt.
+    assert start(api)["attempt_id"]

@@ -1,0 +1,47 @@
+"""The command that plays the mobile app, run end to end against the live server and Chromium."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from mobile_client import Backoff, MobileClient, deep_link_attempt_id
+from tests.test_browser import CHROMIUM
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("return_mode, outcome, final", [("page", "success", "connected"),
+                                                         ("app", "denied", "failed")])
+def test_client_walks_the_whole_mobile_flow(live_server, return_mode, outcome, final):
+    steps: list[str] = []
+    client = MobileClient(live_server.url, say=steps.append)
+    client.register("mobile@example.com", "correct horse battery")
+    client.sign_in("mobile@example.com", "correct horse battery")
+    attempt = client.start_attempt(return_mode, ["OURA"])
+    link = client.run_browser(attempt["url"], "com.example.terraconnect", "OURA", "phone-user", outcome, CHROMIUM)
+    assert link.startswith("com.example.terraconnect://connect/")
+    assert deep_link_attempt_id(link) == attempt["attempt_id"]
+    state = client.poll_until_final(attempt["attempt_id"], deadline_seconds=30)
+    assert state["status"] == final
+    assert [step.split(" ", 1)[0] for step in steps[:5]] == ["register", "1.", "2.", "3.", "4."]
+    assert steps[-1].startswith(f"5. status {final}")
+
+
+@pytest.mark.browser
+def test_command_prints_each_step(live_server):
+    runner = live_server.app.test_cli_runner()
+    result = runner.invoke(args=["mobile-client", "--base-url", live_server.url, "--email", "cli@example.com",
+                                 "--password", "correct horse battery", "--register", "--chromium", CHROMIUM])
+    assert result.exit_code == 0, result.output
+    assert "deep link caught: com.example.terraconnect://connect/success" in result.output
+    assert result.output.strip().endswith("done: connected")
+
+
+def test_backoff_has_full_jitter_and_respects_the_server():
+    random.seed(7)
+    backoff = Backoff(base=1, cap=8)
+    delays = [backoff.next_delay(0) for _ in range(8)]
+    ceilings = [min(8, 2 ** n) for n in range(8)]
+    assert all(0 <= delay <= ceiling for delay, ceiling in zip(delays, ceilings))
+    assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
+    assert Backoff(base=1, cap=8).next_delay(server_minimum=2.5) >= 2.5
