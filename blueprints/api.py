@@ -83,7 +83,7 @@ def create_token():
 @require_token()
 def revoke_current_token():
     api_tokens.revoke(current_token._get_current_object())
-    return "", 204
+    return Response(status=204)
 
 
 # -- connect attempts -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Callable
 
 from flask import current_app, url_for
 from itsdangerous import BadSignature
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from extensions import db
 from models import AttemptStatus, ConnectAttempt, Connection, User
@@ -97,7 +97,7 @@ def _new_attempt(user: User, channel: str, provider: str | None, return_mode: st
 
 
 def _fail_without_terra(attempt: ConnectAttempt, error: TerraError) -> None:
-    _change(attempt, status=AttemptStatus.FAILED, error=error.code)
+    mark_failed(attempt, error.code)
     db.session.commit()
 
 
@@ -160,6 +160,23 @@ def _change(attempt: ConnectAttempt, **fields) -> None:
     attempt.updated_at = utcnow()
 
 
+def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields) -> bool:
+    """Change the state atomically: the UPDATE matches only while the row is still in an allowed
+    state, so two concurrent outcomes (a webhook and a userInfo check, say) cannot both win, in one
+    process or across several."""
+    if attempt.status not in allowed_from:
+        return False
+    db.session.flush()
+    result = db.session.execute(
+        update(ConnectAttempt)
+        .where(ConnectAttempt.id == attempt.id, ConnectAttempt.status.in_(allowed_from))
+        .values(**fields, version=ConnectAttempt.version + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    db.session.expire(attempt)
+    return result.rowcount == 1
+
+
 def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None) -> None:
     """What the browser said happened. Recorded for display and polling, never as an outcome."""
     fields: dict = {}
@@ -184,30 +201,24 @@ def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
     grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
     if utcnow() - attempt.browser_closed_at < grace:
         return False
-    _change(attempt, status=AttemptStatus.CANCELLED, error="browser_closed")
-    return True
+    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.CANCELLED, error="browser_closed")
 
 
 def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
-    if attempt.status not in (AttemptStatus.PENDING, AttemptStatus.CANCELLED):
-        return False
-    _change(attempt, status=AttemptStatus.CONNECTED, connection_id=connection.id, error=None)
-    attempt.connection = connection
-    return True
+    # A late verified success still wins over the "browser closed" guess.
+    return _transition(attempt, (AttemptStatus.PENDING, AttemptStatus.CANCELLED),
+                       status=AttemptStatus.CONNECTED, connection_id=connection.id, error=None)
 
 
 def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
-    if attempt.status != AttemptStatus.PENDING:
-        return False
-    _change(attempt, status=AttemptStatus.FAILED, error=(reason or "auth_failed")[:255])
-    return True
+    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.FAILED,
+                       error=(reason or "auth_failed")[:255])
 
 
 def expire_if_due(attempt: ConnectAttempt) -> bool:
-    if attempt.status == AttemptStatus.PENDING and attempt.expires_at <= utcnow():
-        _change(attempt, status=AttemptStatus.EXPIRED, error="session_expired")
-        return True
-    return False
+    if attempt.expires_at > utcnow():
+        return False
+    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.EXPIRED, error="session_expired")
 
 
 def find_attempt_for_event(user: User, session_ids: tuple[str, ...]) -> ConnectAttempt | None:

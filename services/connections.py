@@ -6,7 +6,7 @@ row an event touches, and an insert that loses a race re-reads the winner's row 
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from extensions import db
@@ -95,8 +95,10 @@ def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraU
         db.session.execute(
             update(ConnectAttempt).where(ConnectAttempt.connection_id == new.id).values(connection_id=old.id)
         )
-        db.session.delete(new)
-        db.session.flush()  # the unique terra_user_id must be free before the old row takes it
+        # A plain DELETE: a concurrent delivery of the same swap may already have removed the row,
+        # which is fine (the retry in the inbox converges), so no "expected one row" check.
+        db.session.execute(delete(Connection).where(Connection.id == new.id))
+        db.session.expunge(new)
     old_id = old.terra_user_id
     old.terra_user_id = new_user.user_id
     db.session.add(ReplacedTerraUser(old_terra_user_id=old_id, connection_id=old.id))

@@ -7,9 +7,11 @@ of the body when absent). The insert either wins or raises IntegrityError: no ch
 from __future__ import annotations
 
 import hashlib
+import time
 
 from flask import current_app
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 
 from extensions import db
 from models import WebhookEvent
@@ -44,16 +46,42 @@ def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: st
     return row
 
 
+# Losing a race to a concurrent delivery shows up as one of these (a unique constraint, a deadlock or
+# lock timeout, a row another delivery just replaced); the next try sees the winner's rows.
+RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
+APPLY_TRIES = 4
+
+
 def apply(row: WebhookEvent) -> WebhookEvent:
-    """Apply a recorded event. A failure is kept on the row (and logged) for a later replay."""
-    try:
-        outcome, detail = apply_event(parse_event(row.body.encode("utf-8")))
-        row.outcome, row.detail = outcome, detail
-    except Exception as error:  # the event stays in the inbox; nothing already stored is lost
-        db.session.rollback()
-        current_app.logger.exception("applying webhook event %s (%s) failed", row.trace_id, row.event_type)
-        row = db.session.get(WebhookEvent, row.id)
-        row.outcome, row.detail = EventOutcome.FAILED, f"{type(error).__name__}: {error}"[:255]
-    row.applied_at = utcnow()
+    """Apply a recorded event and note the outcome on its row.
+
+    Applying is idempotent, so a try that lost a race (a unique constraint, a deadlock) is simply
+    run again. Any other failure is kept on the row, and logged, for a later replay; nothing that
+    was stored before is lost.
+    """
+    row_id, body = row.id, row.body.encode("utf-8")
+    for attempt_number in range(1, APPLY_TRIES + 1):
+        try:
+            outcome, detail = apply_event(parse_event(body))
+            return _finish(row_id, outcome, detail)
+        except RACE_ERRORS as error:
+            db.session.rollback()
+            if attempt_number == APPLY_TRIES:
+                return _record_failure(row_id, error)
+            time.sleep(0.01 * attempt_number)
+        except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
+            db.session.rollback()
+            return _record_failure(row_id, error)
+    raise AssertionError("unreachable")
+
+
+def _finish(row_id: int, outcome: str, detail: str | None) -> WebhookEvent:
+    row = db.session.get(WebhookEvent, row_id)
+    row.outcome, row.detail, row.applied_at = outcome, detail, utcnow()
     db.session.commit()
     return row
+
+
+def _record_failure(row_id: int, error: Exception) -> WebhookEvent:
+    current_app.logger.error("applying webhook event %s failed: %s", row_id, type(error).__name__, exc_info=error)
+    return _finish(row_id, EventOutcome.FAILED, f"{type(error).__name__}: {error}"[:255])

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -25,6 +29,7 @@ from config import database_url
 from extensions import db
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -151,6 +156,46 @@ def start_live_server(database_uri):
 @pytest.fixture
 def live_server(start_live_server) -> LiveServer:
     return start_live_server()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn_server(database_uri, tmp_path):
+    """The app under the shipped gunicorn configuration (several worker processes) on a free port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "APP_ENV": "testing",
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "DATABASE_URL": database_uri,
+        "PUBLIC_BASE_URL": url,
+        "BIND": f"127.0.0.1:{port}",
+        "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+    }
+    log = open(tmp_path / "gunicorn.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+
+    def healthy():
+        assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
+        try:
+            return requests.get(url + "/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(healthy, timeout=20, interval=0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
 
 
 class Browser:

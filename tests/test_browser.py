@@ -32,20 +32,23 @@ def page(chromium):
     context.close()
 
 
-@pytest.mark.browser
-def test_register_connect_consent_and_see_the_connection(page, live_server):
-    page.goto(live_server.url + "/auth/register")
-    page.fill("input[name=email]", "grace@example.com")
+def register_and_connect(page, base_url: str, email: str, provider: str, decision: str) -> None:
+    """Register, press "Connect a device", and go through the sandbox widget's three pages."""
+    page.goto(base_url + "/auth/register")
+    page.fill("input[name=email]", email)
     page.fill("input[name=password]", "correct horse battery")
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_have_text("Your connections")
-
     page.click("#connect-device")
-    page.click("[data-provider=GARMIN]")
-    page.fill("input[name=account]", "grace-garmin")
+    page.click(f"[data-provider={provider}]")
+    page.fill("input[name=account]", email.split("@")[0] + "-" + provider.lower())
     page.click("button[type=submit]")
-    page.click("button[name=decision][value=allow]")
+    page.click(f"button[name=decision][value={decision}]")
 
+
+@pytest.mark.browser
+def test_register_connect_consent_and_see_the_connection(page, live_server):
+    register_and_connect(page, live_server.url, "grace@example.com", "GARMIN", "allow")
     page.wait_for_url("**/connect/return/success**")
     # The page polls until the signed webhook has been applied, then shows the outcome.
     expect(page.locator("#attempt h1")).to_have_text("Connected to GARMIN")
@@ -55,16 +58,7 @@ def test_register_connect_consent_and_see_the_connection(page, live_server):
 
 @pytest.mark.browser
 def test_denying_consent_shows_why(page, live_server):
-    page.goto(live_server.url + "/auth/register")
-    page.fill("input[name=email]", "linus@example.com")
-    page.fill("input[name=password]", "correct horse battery")
-    page.click("button[type=submit]")
-    page.click("#connect-device")
-    page.click("[data-provider=OURA]")
-    page.fill("input[name=account]", "linus-oura")
-    page.click("button[type=submit]")
-    page.click("button[name=decision][value=deny]")
-
+    register_and_connect(page, live_server.url, "linus@example.com", "OURA", "deny")
     page.wait_for_url("**/connect/return/failure**")
     expect(page.locator("#attempt h1")).to_have_text("The connection was not made")
     expect(page.locator("#reason")).to_contain_text("declined the permissions")
