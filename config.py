@@ -65,6 +65,9 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
+        "STATUS_RATE_LIMIT": env.get("STATUS_RATE_LIMIT", "120 per minute"),
+        # Behind N reverse proxies, trust N hops of X-Forwarded-* (client address, scheme, host).
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         # Mobile companion (mobile_redirects/ and the JSON API). Deep links come only from here.
         "MOBILE_APP_SCHEME": _app_scheme(env, app_env),
         "MOBILE_UNIVERSAL_LINK_BASE": _universal_link_base(env),
@@ -103,6 +106,8 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
 
 def _sandbox_settings(env: Mapping[str, str], public_base_url: str) -> dict:
     """Knobs of the embedded Terra emulator; each mirrors a documented behaviour of Terra."""
+    from sandbox.faults import faults_setting  # the list of fault names lives with the faults
+
     return {
         "SANDBOX_WEBHOOK_URL": env.get("SANDBOX_WEBHOOK_URL", public_base_url + "/webhooks/terra"),
         "SANDBOX_SESSION_TTL_SECONDS": _int(env, "SANDBOX_SESSION_TTL_SECONDS", 900),
@@ -124,6 +129,13 @@ def _sandbox_settings(env: Mapping[str, str], public_base_url: str) -> dict:
         "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": float(env.get("SANDBOX_WEBHOOK_RETRY_BASE_SECONDS", "30")),
         "SANDBOX_WEBHOOK_RETRY_CAP_SECONDS": float(env.get("SANDBOX_WEBHOOK_RETRY_CAP_SECONDS", "28800")),
         "SANDBOX_WEBHOOK_TIMEOUT_SECONDS": float(env.get("SANDBOX_WEBHOOK_TIMEOUT_SECONDS", "8")),
+        # Switchable faults (see sandbox/faults.py): slow, 5xx, 429, reset, malformed, duplicate, reorder, late.
+        "SANDBOX_FAULTS": faults_setting(env.get("SANDBOX_FAULTS", "")),
+        "SANDBOX_SLOW_SECONDS": float(env.get("SANDBOX_SLOW_SECONDS", "15")),
+        "SANDBOX_RETRY_AFTER_SECONDS": _int(env, "SANDBOX_RETRY_AFTER_SECONDS", 1),
+        # Unset: the widget session lifetime plus 30 s, so a late webhook lands after the attempt expired.
+        "SANDBOX_LATE_SECONDS": float(env["SANDBOX_LATE_SECONDS"]) if env.get("SANDBOX_LATE_SECONDS") else None,
+        "SANDBOX_REORDER_WINDOW_SECONDS": float(env.get("SANDBOX_REORDER_WINDOW_SECONDS", "2")),
     }
 
 

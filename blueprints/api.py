@@ -14,6 +14,7 @@ from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 
+from blueprints import MAX_ROW_ID, storable_json
 from blueprints.auth import find_user_by_credentials
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
@@ -25,7 +26,8 @@ from terra.client import TerraError
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
-LANGUAGE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z]{2,4})?$")
+LANGUAGE = re.compile(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?")  # whole value (fullmatch): no trailing newline
+ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # what models.connect_attempt.new_attempt_id makes
 MAX_WAIT_SECONDS = 25
 WAIT_CHECK_INTERVAL = 0.05  # how often a long-poll looks for a new version (cheap primary-key read)
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
@@ -45,16 +47,15 @@ def handle_api_error(error: ApiError):
     return response
 
 
-@bp.after_request
-def never_cache(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 def json_body() -> dict:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON parser goes ("silent" does not cover it)
+        data = None
     if not request.is_json or not isinstance(data, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object (Content-Type: application/json)")
+    if not storable_json(data):
+        raise ApiError(400, "invalid_request", "the body must not contain NUL characters or lone surrogates")
     return data
 
 
@@ -95,7 +96,7 @@ def create_attempt():
     data = json_body()
     providers = _providers(data.get("providers"))
     language = data.get("language")
-    if language is not None and (not isinstance(language, str) or not LANGUAGE.match(language)):
+    if language is not None and (not isinstance(language, str) or not LANGUAGE.fullmatch(language)):
         raise ApiError(400, "invalid_language", "language must be a code such as en or zh_cn")
     return_mode = data.get("return", current_app.config["MOBILE_REDIRECT_MODE"])
     if return_mode not in ("page", "app"):
@@ -158,8 +159,14 @@ def _mobile_return_urls(return_mode: str):
     return urls
 
 
+def _poller_key() -> str:
+    # Per caller and attempt, not per address: many phones share one carrier NAT address.
+    return f"status:{current_token.user_id}:{request.view_args.get('attempt_id')}"
+
+
 @bp.get("/connect-attempts/<attempt_id>")
 @require_token()
+@limiter.limit(lambda: current_app.config["STATUS_RATE_LIMIT"], key_func=_poller_key)
 def get_attempt(attempt_id: str):
     attempt = _owned_attempt(attempt_id)
     wait = _wait_seconds()
@@ -231,6 +238,8 @@ def browser_closed(attempt_id: str):
 
 
 def _owned_attempt(attempt_id: str) -> ConnectAttempt:
+    if not ATTEMPT_ID.fullmatch(attempt_id):  # not an id we make; never worth a query (NUL breaks PostgreSQL's)
+        raise ApiError(404, "not_found", "no such connect attempt")
     try:
         return attempts.owned_attempt(caller(), attempt_id)
     except attempts.AttemptNotFound:
@@ -252,7 +261,7 @@ def list_connections():
 @bp.delete("/connections/<int:connection_id>")
 @require_token()
 def delete_connection(connection_id: int):
-    connection = db.session.get(Connection, connection_id)
+    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
     if connection is None or connection.user_id != caller().id:
         raise ApiError(404, "not_found", "no such connection")
     try:

@@ -98,8 +98,16 @@ def _start_session(user: User) -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only local paths: "//host" and "\\host" would leave the site.
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Only a local path. "//host" leaves the site, and so do "/\\host" and "/<tab>/host": browsers
+    read a backslash as "/" and drop tabs and newlines inside URLs (so does Werkzeug when it writes
+    the Location header). Control characters are refused too: CR/LF would split the header."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and not any(ord(char) < 0x20 or ord(char) == 0x7F for char in target)
+    ):
         return target
     return url_for("connect.dashboard")
 

@@ -7,6 +7,7 @@ import re
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from blueprints import MAX_ROW_ID, storable_text
 from blueprints.auth import login_required
 from extensions import db
 from models import ConnectAttempt, Connection
@@ -16,7 +17,7 @@ from terra.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
 
-PROVIDER_CODE = re.compile(r"^[A-Z0-9_]{2,40}$")
+PROVIDER_CODE = re.compile(r"[A-Z0-9_]{2,40}")  # the whole value (fullmatch): no trailing newline
 
 bp.add_app_template_filter(reason_text, "reason_text")
 
@@ -40,7 +41,9 @@ def dashboard():
         .limit(5)
     ).all()
     for attempt in recent_attempts:
-        attempts.refresh(attempt)
+        # Expiry only: a dashboard must not wait on Terra (userInfo) once per listed attempt.
+        if attempts.expire_if_due(attempt):
+            db.session.commit()
     return render_template("connect/dashboard.html", connections=user_connections, attempts=recent_attempts)
 
 
@@ -71,7 +74,7 @@ def providers():
 @bp.post("/connections/connect/<provider>")
 @login_required
 def connect_provider(provider: str):
-    if not PROVIDER_CODE.match(provider):
+    if not PROVIDER_CODE.fullmatch(provider):
         abort(404, description="Unknown provider.")
     try:
         attempt = attempts.start_provider_attempt(g.user, provider)
@@ -95,11 +98,13 @@ def return_failure():
 
 def _return_page(hint: AttemptHint):
     """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
+    token = request.args.get("attempt")
     try:
-        attempt = attempts.record_return(request.args.get("attempt"), hint, request.args.get("user_id"))
+        # The viewer is checked before anything is recorded: someone else's link changes nothing.
+        _check_viewer(attempts.attempt_from_token(token))
+        attempt = attempts.record_return(token, hint, claimed_terra_user_id())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
-    _check_viewer(attempt)
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=request.args["attempt"])
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
@@ -118,6 +123,13 @@ def attempt_status():
     return response
 
 
+def claimed_terra_user_id() -> str | None:
+    """The Terra user id a return redirect claims (a hint, checked later), or None when it is not
+    text the database can keep (`%00`)."""
+    value = request.args.get("user_id")
+    return value if value is not None and storable_text(value) else None
+
+
 def _check_viewer(attempt: ConnectAttempt) -> None:
     # The token is the capability; a different logged-in user still must not see someone's attempt.
     if g.user is not None and g.user.id != attempt.user_id:
@@ -127,7 +139,7 @@ def _check_viewer(attempt: ConnectAttempt) -> None:
 @bp.post("/connections/<int:connection_id>/disconnect")
 @login_required
 def disconnect(connection_id: int):
-    connection = db.session.get(Connection, connection_id)
+    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
     if connection is None or connection.user_id != g.user.id:
         abort(404, description="No such connection.")
     try:

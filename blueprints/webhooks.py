@@ -10,11 +10,15 @@ The order of operations is the contract, and each step guards the next:
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, current_app, jsonify, request
 
+from blueprints import storable_json, storable_text
+from models import WebhookEvent
 from services import webhook_inbox
 from terra import signature
-from terra.events import EventParseError, parse_event
+from terra.events import EventParseError, TerraEvent, parse_event
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -50,6 +54,9 @@ def receive_terra_event():
         event = parse_event(body)
     except EventParseError as error:
         return _error(400, "malformed_event", str(error))
+    problem = _unstorable(body, event)
+    if problem:
+        return _error(400, "malformed_event", problem)
     trace_id = webhook_inbox.trace_id_for(request.headers.get("X-Terra-Trace-Id"), body)
     row = webhook_inbox.record(body, event, trace_id=trace_id, terra_reference=request.headers.get("terra-reference"))
     if row is None:
@@ -60,3 +67,23 @@ def receive_terra_event():
 
     # 5. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
     return jsonify(status=row.outcome, trace_id=trace_id)
+
+
+TERRA_USER_ID_LENGTH = WebhookEvent.__table__.c.terra_user_id.type.length
+
+
+def _unstorable(body: bytes, event: TerraEvent) -> str | None:
+    """Why a verified, well-formed event still cannot be stored, or None. Terra never sends these;
+    without this check they would fail inside the database (a 500, and Terra retrying for hours)."""
+    # NUL and lone surrogates can only arrive as \u escapes; most bodies have none to look for.
+    if b"\\u" in body and not storable_json(json.loads(body)):
+        return "body contains NUL characters or lone surrogates"
+    for name in ("X-Terra-Trace-Id", "terra-reference"):
+        if not storable_text(request.headers.get(name, "")):
+            return f"the {name} header contains NUL characters"
+    if event.reference_id is not None and not isinstance(event.reference_id, str):  # e.g. user.reference_id: {}
+        return "reference_id must be a string"
+    for user in (event.user, event.old_user, event.new_user):
+        if user is not None and len(user.user_id) > TERRA_USER_ID_LENGTH:
+            return f"Terra user ids are at most {TERRA_USER_ID_LENGTH} characters"
+    return None

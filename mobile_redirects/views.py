@@ -6,6 +6,7 @@ import secrets
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
 
+from blueprints.connect import claimed_terra_user_id
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import return_page_link
@@ -34,7 +35,7 @@ def _return_page(outcome: str, hint: AttemptHint):
     tapping it is a fresh gesture.
     """
     try:
-        attempt = attempts.record_return(request.args.get("attempt"), hint, request.args.get("user_id"))
+        attempt = attempts.record_return(request.args.get("attempt"), hint, claimed_terra_user_id())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
 

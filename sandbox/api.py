@@ -15,6 +15,7 @@ from extensions import db
 from sandbox import providers as catalogue
 from sandbox.blueprint import bp
 from sandbox.errors import TerraApiError, render_terra_error
+from sandbox.faults import check_fault_names, terra_endpoint
 from sandbox.flows import start_flow, user_cap_reached
 from sandbox.models import FlowKind, SandboxSession, SandboxUser, new_uuid, terra_timestamp
 from sandbox.user_events import send_user_event
@@ -23,14 +24,17 @@ from sandbox.validation import FlowOptions, json_object_body, parse_flow_options
 NEW_WIDGET_SESSION_URL = "https://access.tryterra.co/api/widget/session"
 
 bp.register_error_handler(TerraApiError, render_terra_error)
+# Every sandbox request may carry X-Sandbox-Fault; a fault name the sandbox does not know is refused.
+bp.before_request(check_fault_names)
 
 
 def rest_route(rule: str, **options) -> Callable:
-    """Register a REST v2 path on both host layouts."""
+    """Register a REST v2 path on both host layouts, as a Terra endpoint (switchable faults apply)."""
 
     def decorator(view: Callable) -> Callable:
-        bp.add_url_rule("/v2" + rule, view_func=view, **options)
-        bp.add_url_rule("/api/v2" + rule, view_func=view, **options)
+        faultable = terra_endpoint(view)
+        bp.add_url_rule("/v2" + rule, view_func=faultable, **options)
+        bp.add_url_rule("/api/v2" + rule, view_func=faultable, **options)
         return view
 
     return decorator
@@ -65,6 +69,7 @@ def require_credentials(status: int) -> Callable:
 
 @bp.post("/api/widget/session")
 @bp.post("/widget/api/session")  # the path in Terra's OpenAPI file; its docs use the one above
+@terra_endpoint
 @require_credentials(403)
 def create_widget_session():
     session, options = _start_widget_session()

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from extensions import db
 from sandbox.blueprint import bp
 from sandbox.errors import sandbox_error
+from sandbox.faults import REST_FAULTS, WEBHOOK_FAULTS, run_faults
 from sandbox.flows import active_user_count
 from sandbox.models import SandboxSession, SandboxUser
 from sandbox.user_events import USER_EVENT_TYPES, send_user_event
@@ -41,7 +42,18 @@ def console():
         event_types=[kind for kind in USER_EVENT_TYPES if kind != "deauth"],  # deauth has its own button
         sent=request.args.get("sent"),
         settings={name: current_app.config[name] for name in CONSOLE_SETTINGS},
+        faults=run_faults(current_app.config),
+        rest_faults=REST_FAULTS,
+        webhook_faults=WEBHOOK_FAULTS,
     )
+
+
+@bp.post("/faults")
+def set_faults():
+    """Switch the run's faults from the console (this process only: every gunicorn worker has its own)."""
+    chosen = set(request.form.getlist("fault"))
+    current_app.config["SANDBOX_FAULTS"] = [name for name in (*REST_FAULTS, *WEBHOOK_FAULTS) if name in chosen]
+    return redirect(url_for("sandbox.console"), 303)
 
 
 @bp.post("/users/<user_id>/events")

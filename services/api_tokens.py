@@ -21,6 +21,9 @@ from models.api_token import hash_token, new_token
 from models.time import utcnow
 
 
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
 def issue_token(user: User) -> tuple[str, int]:
     """A new token for `user`: (the token itself, its lifetime in seconds)."""
     lifetime = current_app.config["API_TOKEN_LIFETIME_SECONDS"]
@@ -40,8 +43,11 @@ class HashedBearerTokenValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> ApiToken | None:
         token = db.session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token_string))).first()
         if token is not None and not token.is_expired() and not token.is_revoked():
-            token.last_used_at = utcnow()
-            db.session.commit()
+            now = utcnow()
+            # Coarse on purpose: a poll every second must not become a database write every second.
+            if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+                token.last_used_at = now
+                db.session.commit()
         return token
 
 

@@ -2,15 +2,28 @@
 
 Every call has a timeout, accepts any 2xx, and turns everything else into a `TerraError` subclass
 with a message a person can act on. Nothing here knows about Flask routes or our database.
+
+Retries: only idempotent reads (`GET userInfo`, `GET integrations/detailed`) are tried again, and
+only after `TerraUnavailable` (timeout, connection error, 5xx, 429, an answer that is not JSON):
+at most `read_attempts` tries, waiting with capped exponential backoff and full jitter, or exactly
+`Retry-After` when Terra sends one (a longer `Retry-After` than `max_retry_after` ends the retries),
+and never starting a try more than `retry_budget` seconds after the first one began. Creating a widget session or an
+authenticateUser flow (POST) and deauthenticateUser (DELETE) are tried once: a timed-out POST may
+well have created a session on Terra's side, and a second one must not be made without need.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Mapping
 
 import requests
+from urllib3.exceptions import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +33,15 @@ class TerraError(RuntimeError):
 
     code = "terra_error"  # stable, machine-readable; shown to API clients and stored on attempts
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds, from Terra's Retry-After header when it sent one
 
 
 class TerraUnavailable(TerraError):
-    """Terra could not be reached, timed out, or answered 5xx: worth trying again later."""
+    """Terra could not be reached, timed out, answered 5xx or 429, or sent something that is not
+    JSON: worth trying again later."""
 
     code = "terra_unavailable"
 
@@ -73,11 +88,14 @@ class TerraUser:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TerraUser":
+        scopes = data.get("scopes") or ""
+        if isinstance(scopes, list):  # documented as a comma-separated string; accept a list too
+            scopes = ",".join(str(scope) for scope in scopes)
         return cls(
             user_id=str(data["user_id"]),
-            provider=str(data.get("provider") or ""),
+            provider=str(data.get("provider") or "")[:64],  # provider codes are short upper-case words
             reference_id=data.get("reference_id"),
-            scopes=data.get("scopes") or "",
+            scopes=scopes if isinstance(scopes, str) else "",
             active=bool(data.get("active", True)),
         )
 
@@ -102,6 +120,12 @@ class TerraClient:
         widget_api: str = "session",
         timeout: float = 10.0,
         session: requests.Session | None = None,
+        read_attempts: int = 3,
+        backoff_base: float = 0.25,
+        backoff_cap: float = 2.0,
+        max_retry_after: float = 5.0,
+        retry_budget: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.dev_id = dev_id
         self.api_key = api_key
@@ -111,6 +135,13 @@ class TerraClient:
         self.widget_api = widget_api
         self.timeout = timeout
         self.http = session or requests.Session()
+        # Retries of idempotent reads (see the module docstring).
+        self.read_attempts = max(1, read_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_retry_after = max_retry_after
+        self.retry_budget = retry_budget
+        self._sleep = sleep
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TerraClient":
@@ -156,6 +187,8 @@ class TerraClient:
                     status=410,
                 ) from error
             raise
+        if not isinstance(data, dict):
+            raise TerraError("Terra's widget session answer was not a JSON object")
         warnings = [str(warning) for warning in data.get("warnings") or []]
         for warning in warnings:
             log.warning("Terra widget session warning: %s", warning)
@@ -182,7 +215,7 @@ class TerraClient:
         data = self._api("POST", "/auth/authenticateUser", params={"resource": provider}, json=body)
         try:
             return ProviderAuth(user_id=str(data["user_id"]), auth_url=str(data["auth_url"]))
-        except KeyError:
+        except (KeyError, TypeError):
             raise TerraError("Terra's authenticateUser answer had no auth_url") from None
 
     def deauthenticate_user(self, user_id: str) -> None:
@@ -193,7 +226,7 @@ class TerraClient:
     def user_info(self, user_id: str) -> TerraUser | None:
         """The Terra user with this id, or None when Terra does not know it."""
         try:
-            data = self._api("GET", "/userInfo", params={"user_id": user_id})
+            data = self._api("GET", "/userInfo", params={"user_id": user_id}, retry=True)
         except TerraNotFound:
             return None
         user = data.get("user") if isinstance(data, dict) else None
@@ -205,34 +238,70 @@ class TerraClient:
 
     def users_by_reference(self, reference_id: str) -> list[TerraUser]:
         try:
-            data = self._api("GET", "/userInfo", params={"reference_id": reference_id})
+            data = self._api("GET", "/userInfo", params={"reference_id": reference_id}, retry=True)
         except TerraNotFound:
             return []
         # Terra's spec answers a bare array; some of its examples wrap it in {"users": [...]}.
         users = data.get("users", []) if isinstance(data, dict) else data
-        return [TerraUser.from_json(user) for user in users or []]
+        try:
+            return [TerraUser.from_json(user) for user in users or []]
+        except (KeyError, TypeError, AttributeError):
+            raise TerraError("Terra's userInfo answer was not a list of users") from None
 
     def integrations_detailed(self) -> list[Provider]:
         # Only dev-id: with both headers Terra has been seen to answer an empty list.
         data = self._request(
-            "GET", self.api_base_url + "/integrations/detailed", headers={"dev-id": self.dev_id}, auth=False
+            "GET", self.api_base_url + "/integrations/detailed", headers={"dev-id": self.dev_id}, auth=False,
+            retry=True,
         )
-        return [
-            Provider(
-                code=str(item["provider"]),
-                name=str(item.get("name") or item["provider"]),
-                icon=str(item.get("icon") or ""),
-                enabled=bool(item.get("enabled", True)),
-            )
-            for item in data.get("providers") or []
-        ]
+        try:
+            return [
+                Provider(
+                    code=str(item["provider"]),
+                    name=str(item.get("name") or item["provider"]),
+                    icon=str(item.get("icon") or ""),
+                    enabled=bool(item.get("enabled", True)),
+                )
+                for item in data.get("providers") or []
+            ]
+        except (KeyError, TypeError, AttributeError):
+            raise TerraError("Terra's integrations answer was not a list of providers") from None
 
     # -- transport -----------------------------------------------------------------------
 
     def _api(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, self.api_base_url + path, **kwargs)
 
-    def _request(self, method: str, url: str, *, auth: bool = True, headers: dict | None = None, **kwargs: Any) -> Any:
+    def _request(self, method: str, url: str, *, retry: bool = False, **kwargs: Any) -> Any:
+        """One call, or for an idempotent read (`retry=True`, GET only) up to `read_attempts` tries."""
+        attempts = self.read_attempts if retry and method.upper() == "GET" else 1
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return self._request_once(method, url, **kwargs)
+            except TerraUnavailable as error:
+                wait = self._wait_before_retry(attempt, error) if attempt < attempts else None
+                if wait is None or time.monotonic() - started + wait > self.retry_budget:
+                    if attempt == 1:
+                        raise
+                    raise type(error)(
+                        f"{error} (tried {attempt} times)", status=error.status, retry_after=error.retry_after
+                    ) from None
+                log.warning("Terra %s %s failed (%s); try %d of %d in %.2f s",
+                            method, url.split("?")[0], error, attempt + 1, attempts, wait)
+                self._sleep(wait)
+                attempt += 1
+
+    def _wait_before_retry(self, attempt: int, error: TerraUnavailable) -> float | None:
+        """Seconds to wait before try `attempt + 1`, or None when trying again makes no sense."""
+        if error.retry_after is not None:
+            # Terra said when; sooner would only be refused again, much later is too long to hold a user.
+            return error.retry_after if error.retry_after <= self.max_retry_after else None
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+
+    def _request_once(self, method: str, url: str, *, auth: bool = True, headers: dict | None = None,
+                      **kwargs: Any) -> Any:
         request_headers = {"Accept": "application/json"}
         if auth:
             request_headers.update({"dev-id": self.dev_id, "x-api-key": self.api_key})
@@ -241,6 +310,10 @@ class TerraClient:
             response = self.http.request(method, url, headers=request_headers, timeout=self.timeout, **kwargs)
         except requests.Timeout:
             raise TerraUnavailable(f"Terra did not answer within {self.timeout:g} s") from None
+        except requests.ConnectionError as error:
+            if error.args and isinstance(error.args[0], ProtocolError):
+                raise TerraUnavailable("Terra closed the connection without answering") from None
+            raise TerraUnavailable(f"Terra could not be reached ({type(error).__name__})") from None
         except requests.RequestException as error:
             raise TerraUnavailable(f"Terra could not be reached ({type(error).__name__})") from None
         if not 200 <= response.status_code < 300:
@@ -248,14 +321,19 @@ class TerraClient:
         try:
             return response.json()
         except ValueError:
-            raise TerraUnavailable(f"Terra answered {response.status_code} with a body that is not JSON") from None
+            raise TerraUnavailable(
+                f"Terra answered {response.status_code} with a body that is not JSON", status=response.status_code
+            ) from None
 
 
 def _error_for(response: requests.Response) -> TerraError:
     detail = _error_detail(response)
     message = f"Terra answered {response.status_code}: {detail}"
     if response.status_code >= 500 or response.status_code == 429:
-        return TerraUnavailable(message, status=response.status_code)
+        retry_after = _retry_after(response)
+        if retry_after is not None:
+            message += f" (retry after {retry_after:g} s)"
+        return TerraUnavailable(message, status=response.status_code, retry_after=retry_after)
     if response.status_code == 404:
         return TerraNotFound(message, status=404)
     return TerraRejected(message, status=response.status_code)
@@ -272,3 +350,19 @@ def _error_detail(response: requests.Response) -> str:
             if data.get(key):
                 return str(data[key])[:300]
     return response.reason or "no detail"
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Retry-After in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3); None if absent or unreadable."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, round((moment - datetime.now(UTC)).total_seconds()))

@@ -63,10 +63,10 @@ def _parse(header: str) -> tuple[int, list[str]]:
         if not sep:
             continue
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise SignatureError("signature timestamp is not an integer") from None
+            # Unix seconds have 10 digits; a huge value is not a time (and would overflow the clock check).
+            if not value.isdigit() or len(value) > 15:
+                raise SignatureError("signature timestamp is not an integer")
+            timestamp = int(value)
         elif key == "v1":
             candidates.append(value.strip().lower())
     if timestamp is None:

@@ -165,37 +165,52 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gunicorn_server(database_uri, tmp_path):
-    """The app under the shipped gunicorn configuration (several worker processes) on a free port."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "APP_ENV": "testing",
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "DATABASE_URL": database_uri,
-        "PUBLIC_BASE_URL": url,
-        "BIND": f"127.0.0.1:{port}",
-        "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
-    }
-    log = open(tmp_path / "gunicorn.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+def start_gunicorn(database_uri, tmp_path):
+    """Start the app under the shipped gunicorn configuration (several worker processes) on a free
+    port, with extra environment; returns its URL. Its output goes to tmp_path/gunicorn-<port>.log."""
+    processes = []
 
-    def healthy():
-        assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
-        try:
-            return requests.get(url + "/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+    def start(**extra_env: str) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "APP_ENV": "testing",
+            "SECRET_KEY": TEST_SECRET_KEY,
+            "DATABASE_URL": database_uri,
+            "PUBLIC_BASE_URL": url,
+            "BIND": f"127.0.0.1:{port}",
+            "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+            **extra_env,
+        }
+        log_path = tmp_path / f"gunicorn-{port}.log"
+        log = open(log_path, "w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        processes.append((process, log))
 
-    wait_for(healthy, timeout=20, interval=0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+        def healthy():
+            assert process.poll() is None, log_path.read_text()
+            try:
+                return requests.get(url + "/healthz", timeout=2).status_code == 200
+            except requests.RequestException:  # not listening yet, or a worker still booting
+                return False
+
+        wait_for(healthy, timeout=30, interval=0.2)
+        return url
+
+    yield start
+    for process, log in processes:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def gunicorn_server(start_gunicorn) -> str:
+    return start_gunicorn()
 
 
 class Browser:

@@ -355,3 +355,13 @@ def test_someone_elses_connection_cannot_be_deleted(api, live_server):
 def test_api_needs_no_csrf_token(api):
     # The live server runs with CSRF protection on; bearer-token routes are exempt.
     assert start(api)["attempt_id"]
+
+
+def test_status_polling_is_rate_limited_per_caller_and_attempt(api, live_server):
+    live_server.app.config["STATUS_RATE_LIMIT"] = "3 per minute"
+    first, second = start(api), start(api)
+    statuses = [state(api, first["attempt_id"]).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = state(api, first["attempt_id"])
+    assert limited.json()["error"]["code"] == "too_many_requests" and int(limited.headers["Retry-After"]) > 0
+    assert state(api, second["attempt_id"]).status_code == 200  # another attempt has its own budget
