@@ -141,9 +141,9 @@ def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: s
     return attempt
 
 
-def owned_attempt(user: User, attempt_id: str) -> ConnectAttempt:
+def owned_attempt(user_id: int, attempt_id: str) -> ConnectAttempt:
     attempt = db.session.get(ConnectAttempt, attempt_id)
-    if attempt is None or attempt.user_id != user.id:
+    if attempt is None or attempt.user_id != user_id:
         raise AttemptNotFound("unknown attempt")  # never reveal someone else's attempt exists
     return attempt
 
