@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from extensions import db
-from models import ConnectAttempt, Connection, WebhookEvent
+from models import Connection, WebhookEvent
 from services.webhook_inbox import apply
 from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 

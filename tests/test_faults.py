@@ -9,10 +9,7 @@ environment) or per request (`X-Sandbox-Fault`). Timeouts are made small instead
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -520,32 +517,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gunicorn_with_reset(database_uri, tmp_path, app):  # `app` empties the tables afterwards
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri,
-           "PUBLIC_BASE_URL": url, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
-           "TERRA_TIMEOUT_SECONDS": "2", "SANDBOX_FAULTS": "reset"}
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-        def healthy():
-            assert process.poll() is None, log_path.read_text()
-            try:
-                return requests.get(url + "/healthz", timeout=2).status_code == 200
-            except requests.RequestException:  # not listening yet, or a worker still booting
-                return False
-
-        try:
-            wait_for(healthy, timeout=20, interval=0.2)
-            yield url, log_path
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+def gunicorn_with_reset(start_gunicorn, tmp_path, app):  # `app` empties the tables afterwards
+    url = start_gunicorn(WEB_CONCURRENCY="2", TERRA_TIMEOUT_SECONDS="2", SANDBOX_FAULTS="reset")
+    return url, tmp_path / f"gunicorn-{url.rsplit(':', 1)[1]}.log"
 
 
 def test_reset_under_gunicorn(gunicorn_with_reset):
