@@ -8,9 +8,13 @@ import os
 
 bind = os.environ.get("BIND", "127.0.0.1:" + os.environ.get("PORT", "5000"))
 worker_class = "gthread"
+# One worker process per core: Python runs one thread at a time per process (the GIL).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# Above the longest request we make: a Terra call's timeout, and later the status long-poll (25 s).
+# Many threads per worker: a status long-poll holds its thread for up to 25 s while it mostly sleeps,
+# so threads, not CPU, run out first. With 8 a worker, 16 open long-polls left no thread for the
+# webhook that would wake them (docs/performance.md, "wake-up with other long-polls open").
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+# Above the longest request we serve: the status long-poll (25 s) and a Terra call's timeout (10 s).
 timeout = 60
 graceful_timeout = 30
 accesslog = "-"
