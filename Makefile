@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test install install-dev chromium clean
+.PHONY: run test mobile-client install install-dev chromium clean
 
 run: install
 	$(BIN)/flask --app app db upgrade
@@ -14,6 +14,10 @@ run: install
 
 test: install-dev chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The stand-in mobile app (docs/mobile.md) against a running `make run`; it drives Debian's chromium.
+mobile-client: install-dev chromium
+	$(BIN)/flask --app app mobile-client $(ARGS)
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
