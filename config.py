@@ -47,7 +47,13 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "SECRET_KEY": _secret_key(env, app_env, instance_path),
         "SECRET_KEY_FALLBACKS": _csv(env.get("SECRET_KEY_FALLBACKS", "")),
         "SQLALCHEMY_DATABASE_URI": database_url(env, instance_path),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # As many pooled connections as a gunicorn worker has threads (gunicorn.conf.py: 32), so no
+        # request waits for a connection and none are opened and closed on every burst.
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_pre_ping": True,
+            "pool_size": _int(env, "DATABASE_POOL_SIZE", 10),
+            "max_overflow": _int(env, "DATABASE_MAX_OVERFLOW", 22),
+        },
         "PUBLIC_BASE_URL": public_base_url,
         # Session cookie: unreadable from scripts, sent on top-level navigations back from Terra.
         "SESSION_COOKIE_HTTPONLY": True,

@@ -202,8 +202,10 @@ def _wait_for_change(attempt: ConnectAttempt, wait: float) -> ConnectAttempt:
     deadline = time.monotonic() + wait
     next_refresh = time.monotonic() + 1
     while time.monotonic() < deadline:
-        db.session.rollback()  # end the transaction: each read must see other processes' commits
         version = db.session.scalar(select(ConnectAttempt.version).where(ConnectAttempt.id == attempt_id))
+        # End the transaction before sleeping: the connection goes back to the pool (a sleeping
+        # long-poll must not hold one), and the next read sees other processes' commits.
+        db.session.rollback()
         if version != seen:
             break
         if time.monotonic() >= next_refresh:
