@@ -6,6 +6,7 @@ import logging
 from typing import Any, Mapping
 
 from flask import Flask, jsonify, render_template, request
+from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -34,13 +35,30 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
 def register_extensions(app: Flask) -> None:
     import models  # noqa: F401  (registers the tables with SQLAlchemy before migrations look)
     import sandbox.models  # noqa: F401  (its tables exist in every mode; the schema is one migration history)
+    from services import api_tokens
     from terra.client import TerraClient
 
     db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _use_sqlite_wal)
     migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
     csrf.init_app(app)
     limiter.init_app(app)
     app.extensions["terra_client"] = TerraClient.from_config(app.config)
+    api_tokens.init_app(app)
+
+
+def _use_sqlite_wal(dbapi_connection, _connection_record) -> None:
+    # SQLite's default rollback journal makes every reader wait for the writer and every commit an
+    # fsync of the journal and the file; with a write-ahead log, reads go on during a write and a
+    # commit is one append. NORMAL in WAL mode: an app crash loses nothing committed, a power cut
+    # or OS crash may lose the last commits (SQLite is the development default; production runs
+    # PostgreSQL). docs/performance.md measured +35-50 % webhook throughput.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def register_blueprints(app: Flask) -> None:

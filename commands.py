@@ -43,7 +43,7 @@ def list_events(failed: bool, limit: int) -> None:
 @click.option("--failed", is_flag=True, help="Replay every event whose application failed.")
 def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
     """Apply recorded events again; safe because applying is idempotent."""
-    from services.webhook_inbox import apply
+    from services.webhook_inbox import replay
 
     query = select(WebhookEvent).order_by(WebhookEvent.id)
     if failed:
@@ -53,5 +53,5 @@ def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
     else:
         raise click.UsageError("name trace ids or pass --failed")
     for event in db.session.scalars(query).all():
-        event = apply(event)
-        click.echo(f"{event.trace_id}: {event.outcome} {event.detail or ''}")
+        outcome = replay(event)
+        click.echo(f"{event.trace_id}: {outcome} {event.detail or ''}")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+import limits
+
 ENVIRONMENTS = ("development", "testing", "production")
 TERRA_CREDENTIALS = ("TERRA_DEV_ID", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
 
@@ -48,9 +50,13 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "SECRET_KEY_FALLBACKS": _csv(env.get("SECRET_KEY_FALLBACKS", "")),
         "SQLALCHEMY_DATABASE_URI": database_url(env, instance_path),
         # As many pooled connections as a gunicorn worker has threads (gunicorn.conf.py: 32), so no
-        # request waits for a connection and none are opened and closed on every burst.
+        # request waits for a connection and none are opened and closed on every burst. No pre-ping:
+        # it is a round trip on every checkout (docs/performance.md); a connection the server dropped
+        # fails one request and SQLAlchemy then replaces the whole pool, and recycling keeps idle
+        # connections younger than typical server and proxy idle timeouts.
         "SQLALCHEMY_ENGINE_OPTIONS": {
-            "pool_pre_ping": True,
+            "pool_pre_ping": _flag(env, "DATABASE_POOL_PRE_PING"),
+            "pool_recycle": _int(env, "DATABASE_POOL_RECYCLE_SECONDS", 300),
             "pool_size": _int(env, "DATABASE_POOL_SIZE", 10),
             "max_overflow": _int(env, "DATABASE_MAX_OVERFLOW", 22),
         },
@@ -70,8 +76,9 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "TERRA_TIMEOUT_SECONDS": float(env.get("TERRA_TIMEOUT_SECONDS", "10")),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
-        "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute"),
-        "STATUS_RATE_LIMIT": env.get("STATUS_RATE_LIMIT", "120 per minute"),
+        "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
+        # Counted per worker process (services/request_windows.py), per caller and attempt.
+        "STATUS_RATE_LIMIT": _rate_limit(env, "STATUS_RATE_LIMIT", "120 per minute"),
         # Behind N reverse proxies, trust N hops of X-Forwarded-* (client address, scheme, host).
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         # Mobile companion (mobile_redirects/ and the JSON API). Deep links come only from here.
@@ -82,6 +89,12 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "ANDROID_PACKAGE_NAME": _android_package(env),
         "ANDROID_CERT_SHA256": _cert_fingerprints(env),
         "API_TOKEN_LIFETIME_SECONDS": _int(env, "API_TOKEN_LIFETIME_SECONDS", 30 * 24 * 3600),
+        # A checked token is trusted by the worker that checked it for this long without asking the
+        # database again; revoking evicts it there at once, other workers within this bound. 0: off.
+        "API_TOKEN_CACHE_SECONDS": _int(env, "API_TOKEN_CACHE_SECONDS", 5),
+        # Long-polls held at once per worker; beyond it `?wait=` answers at once, so the threads
+        # webhooks need are never all asleep. Half of gunicorn.conf.py's 32 threads.
+        "STATUS_MAX_WAITERS": _int(env, "STATUS_MAX_WAITERS", 16),
         "BROWSER_CLOSED_GRACE_SECONDS": _int(env, "BROWSER_CLOSED_GRACE_SECONDS", 10),
         "STATUS_POLL_AFTER_MS": _int(env, "STATUS_POLL_AFTER_MS", 2000),
     }
@@ -248,6 +261,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(env.get(name, default))
     except ValueError:
         raise ConfigError(f"{name} must be an integer, not {env[name]!r}") from None
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default)
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a rate such as '10 per minute', not {value!r}") from None
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

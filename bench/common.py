@@ -37,7 +37,6 @@ DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/terra_connect_ben
 SIGNING_SECRET = "sandbox-signing-secret-not-for-production"  # the sandbox default; set explicitly below
 APP_SPEC = "app:create_app()"
 BARE_SPEC = "bench.bare_app:create_app()"
-LEAN_SPEC = "bench.lean_status:create_app()"
 
 if str(ROOT) not in sys.path:  # `python -m bench.x` from the repository root already has it
     sys.path.insert(0, str(ROOT))
@@ -57,9 +56,6 @@ def parser(description: str, *, duration: float, duration_help: str = "seconds p
     p.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the app's server, to measure a configuration variant "
                         "(e.g. RATELIMIT_STORAGE_URI=redis://127.0.0.1:6379/15); repeatable")
-    p.add_argument("--sqlite-wal", action="store_true",
-                   help="SQLite only: put the database file in WAL journal mode before the servers start "
-                        "(a variant: the app itself does not set it)")
     return p
 
 
@@ -171,19 +167,10 @@ class Run(ExitStack):
         with app.app_context():
             upgrade()
         quiet_logs()
-        if self.args.sqlite_wal:
-            if self.args.db != "sqlite":
-                raise SystemExit("--sqlite-wal is for --db sqlite")
-            import sqlite3
-
-            connection = sqlite3.connect(self.database.url.removeprefix("sqlite:///"))
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            connection.close()
-            print(f"SQLite journal mode: {mode}")
         variant = app_env_overrides(self.args)
-        if variant or self.args.sqlite_wal:
-            self.results["variant"] = {"app_env": variant, "sqlite_wal": self.args.sqlite_wal}
-            print(f"VARIANT: app environment {variant}, SQLite WAL {self.args.sqlite_wal}")
+        if variant:
+            self.results["variant"] = {"app_env": variant}
+            print(f"VARIANT: app environment {variant}")
         return app
 
 

@@ -27,8 +27,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each measurement")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
     p.add_argument("--profile", type=common.Path, help="also profile the app's workers with py-spy into this folder")
-    p.add_argument("--lean", action="store_true",
-                   help="also measure bench/lean_status.py, a prototype of the recommended read path")
     args = p.parse_args(argv)
 
     with common.Run(args, "status") as run:
@@ -54,15 +52,6 @@ def main(argv: list[str] | None = None) -> None:
             "304": (status_url, [auth, f"If-None-Match: {etag}"]),
         }
         servers = {"bare": bare, "200": server, "304": server}
-        if args.lean:
-            lean = run.start_server(common.LEAN_SPEC, label="lean")
-            lean_url = f"{lean.url}/api/v1/connect-attempts/{attempt_id}"
-            same = requests.get(lean_url, headers={"Authorization": f"Bearer {seeded.token}"}, timeout=10)
-            assert same.status_code == 200 and same.headers["ETag"] == etag, (same.status_code, same.text)
-            assert set(same.json()) == set(first.json()), (sorted(same.json()), sorted(first.json()))
-            cases["lean 200"] = (lean_url, [auth])
-            cases["lean 304"] = (lean_url, [auth, f"If-None-Match: {etag}"])
-            servers.update({"lean 200": lean, "lean 304": lean})
         measured: dict[int, dict[str, common.LoadResult]] = {}
         for clients in args.concurrency:
             measured[clients] = {}
@@ -94,18 +83,6 @@ def main(argv: list[str] | None = None) -> None:
              "304 req/s", "p50 ms", "p99 ms", "304/bare", "targets"],
             rows,
         )
-        if args.lean:
-            lean_rows = []
-            for clients, by_case in measured.items():
-                b, ok, nm = by_case["bare"], by_case["lean 200"], by_case["lean 304"]
-                lean_rows.append([clients, b.rps, ok.rps, ok.p50_ms, ok.p99_ms, common.pct(ok.rps / b.rps),
-                                  nm.rps, nm.p50_ms, nm.p99_ms, common.pct(nm.rps / b.rps),
-                                  f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
-                                  f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}"])
-            common.print_table(
-                "prototype of the recommended read path (bench/lean_status.py) vs bare, same run",
-                ["clients", "bare req/s", "lean 200 req/s", "p50 ms", "p99 ms", "200/bare", "lean 304 req/s",
-                 "p50 ms", "p99 ms", "304/bare", "targets"], lean_rows)
         cpu_rows = [[clients, name, r.rps, r.cpu["app_ms"], r.cpu["postgres_ms"], r.cpu["loadgen_ms"], r.cpu["cores_busy"], r.cpu["other_cores"]]
                     for clients, by_case in measured.items() for name, r in by_case.items()]
         common.print_table("CPU per request (ms) by process group; cores busy during the cell (of 2), and how many "

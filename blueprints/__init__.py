@@ -1,41 +1,8 @@
 """Flask blueprints, one per capability: auth (web login), connect (web pages), webhooks, health.
 
-The few input checks every blueprint needs before a value reaches the database live here.
+Text checks that every input path needs live in `text_checks` (`terra/` uses them too).
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 # The largest value of an `integer` primary key (32 bits on PostgreSQL). A larger id in a URL names
 # nothing; handed to the database it would be an error (PostgreSQL: out of range, SQLite: overflow).
 MAX_ROW_ID = 2**31 - 1
-
-
-def storable_text(value: str) -> bool:
-    """Whether the database can store and compare `value`. PostgreSQL refuses NUL characters, and
-    no database can encode a lone UTF-16 surrogate; JSON carries both as `\\u` escapes and a query
-    string carries NUL as `%00`."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def storable_json(value: Any) -> bool:
-    """`storable_text` for every key and string in parsed JSON (iterative: nesting cannot overflow)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if not storable_text(item):
-                return False
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return True

@@ -7,6 +7,7 @@ Authentication is the bearer token only: no session cookie is read and no CSRF t
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -14,14 +15,16 @@ from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 
-from blueprints import MAX_ROW_ID, storable_json
+from blueprints import MAX_ROW_ID
 from blueprints.auth import find_user_by_credentials
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
-from models import ConnectAttempt, Connection
+from models import AttemptStatus, ConnectAttempt, Connection, User
 from services import api_tokens, attempts, connections
 from services.api_tokens import require_token
+from services.request_windows import RequestWindows
 from terra.client import TerraError
+from text_checks import storable_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -59,8 +62,8 @@ def json_body() -> dict:
     return data
 
 
-def caller():
-    return current_token.user
+def caller() -> User:
+    return db.session.get(User, current_token.user_id)
 
 
 def caller_id() -> int:
@@ -164,21 +167,35 @@ def _mobile_return_urls(return_mode: str):
     return urls
 
 
-def _poller_key() -> str:
+def _count_poll(attempt_id: str) -> None:
     # Per caller and attempt, not per address: many phones share one carrier NAT address.
-    return f"status:{current_token.user_id}:{request.view_args.get('attempt_id')}"
+    limit = current_app.config["STATUS_RATE_LIMIT"]
+    retry_after = current_app.extensions["status_windows"].hit(f"{current_token.user_id}:{attempt_id}", limit)
+    if retry_after is not None:
+        raise ApiError(429, "too_many_requests", f"status polls are limited to {limit}; see poll_after_ms",
+                       headers={"Retry-After": str(retry_after)})
+
+
+@bp.record_once
+def _create_poll_state(state) -> None:
+    state.app.extensions["status_waiters"] = threading.BoundedSemaphore(state.app.config["STATUS_MAX_WAITERS"])
+    state.app.extensions["status_windows"] = RequestWindows()
 
 
 @bp.get("/connect-attempts/<attempt_id>")
 @require_token()
-@limiter.limit(lambda: current_app.config["STATUS_RATE_LIMIT"], key_func=_poller_key)
 def get_attempt(attempt_id: str):
-    attempt = _owned_attempt(attempt_id)
+    _count_poll(attempt_id)
     wait = _wait_seconds()
-    attempts.refresh(attempt)
-    if wait and _etag(attempt) in request.if_none_match and not attempt.terminal:
-        attempt = _wait_for_change(attempt, wait)
-    return _attempt_response(attempt)
+    if request.if_none_match:
+        # Most conditional polls find nothing new: decide that from a few columns, and build the
+        # attempt only when there is news.
+        state = _owned(attempts.owned_poll_state, attempt_id)
+        if _etag(state) in request.if_none_match and not attempts.change_due(state):
+            held = wait and state.status == AttemptStatus.PENDING
+            if not (held and _long_poll(attempt_id, state.version, wait)):
+                return _not_modified(state)
+    return _attempt_response(attempts.refresh(_owned_attempt(attempt_id)))
 
 
 def _wait_seconds() -> float:
@@ -194,42 +211,51 @@ def _wait_seconds() -> float:
     return wait
 
 
-def _wait_for_change(attempt: ConnectAttempt, wait: float) -> ConnectAttempt:
-    """Hold the request until the attempt's version changes (in any process: it reads the database)
-    or `wait` runs out. Time-driven changes (expiry, abandoned browser) are checked each second."""
-    seen = attempt.version
-    attempt_id = attempt.id
+def _long_poll(attempt_id: str, seen_version: int, wait: float) -> bool:
+    """Wait for news if this worker has a waiter slot free; else answer at once (the client then
+    backs off, docs/mobile.md), so sleeping long-polls never hold every thread a webhook needs."""
+    slots = current_app.extensions["status_waiters"]
+    if not slots.acquire(blocking=False):
+        return False
+    try:
+        return _wait_for_change(attempt_id, seen_version, wait)
+    finally:
+        slots.release()
+
+
+def _wait_for_change(attempt_id: str, seen_version: int, wait: float) -> bool:
+    """Whether the attempt changed (in any process: this reads the database) or time alone changed
+    it, within `wait` seconds."""
     deadline = time.monotonic() + wait
-    next_refresh = time.monotonic() + 1
-    while time.monotonic() < deadline:
-        version = db.session.scalar(select(ConnectAttempt.version).where(ConnectAttempt.id == attempt_id))
+    while True:
         # End the transaction before sleeping: the connection goes back to the pool (a sleeping
         # long-poll must not hold one), and the next read sees other processes' commits.
         db.session.rollback()
-        if version != seen:
-            break
-        if time.monotonic() >= next_refresh:
-            attempts.refresh(db.session.get(ConnectAttempt, attempt_id))
-            next_refresh = time.monotonic() + 1
-            continue
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(WAIT_CHECK_INTERVAL)
-    db.session.rollback()
-    return db.session.get(ConnectAttempt, attempt_id)
+        state = attempts.poll_state(attempt_id)
+        if state is None or state.version != seen_version or attempts.change_due(state):
+            return True
 
 
-def _etag(attempt: ConnectAttempt) -> str:
+def _etag(attempt) -> str:
     return str(attempt.version)
 
 
-def _attempt_response(attempt: ConnectAttempt):
-    etag = _etag(attempt)
-    if etag in request.if_none_match:
-        response = Response(status=304)
-    else:
-        body = attempt.to_dict()
-        body["poll_after_ms"] = None if attempt.terminal else current_app.config["STATUS_POLL_AFTER_MS"]
-        response = jsonify(body)
-    response.set_etag(etag)
+def _not_modified(attempt) -> Response:
+    response = Response(status=304)
+    response.set_etag(_etag(attempt))
+    return response
+
+
+def _attempt_response(attempt: ConnectAttempt) -> Response:
+    if _etag(attempt) in request.if_none_match:
+        return _not_modified(attempt)
+    body = attempt.to_dict()
+    body["poll_after_ms"] = None if attempt.terminal else current_app.config["STATUS_POLL_AFTER_MS"]
+    response = jsonify(body)
+    response.set_etag(_etag(attempt))
     return response
 
 
@@ -245,10 +271,15 @@ def browser_closed(attempt_id: str):
 
 
 def _owned_attempt(attempt_id: str) -> ConnectAttempt:
+    return _owned(attempts.owned_attempt, attempt_id)
+
+
+def _owned(read, attempt_id: str):
+    """`read(caller's id, attempt_id)`, or a 404 for an id that is not the caller's."""
     if not ATTEMPT_ID.fullmatch(attempt_id):  # not an id we make; never worth a query (NUL breaks PostgreSQL's)
         raise ApiError(404, "not_found", "no such connect attempt")
     try:
-        return attempts.owned_attempt(caller_id(), attempt_id)
+        return read(caller_id(), attempt_id)
     except attempts.AttemptNotFound:
         raise ApiError(404, "not_found", "no such connect attempt") from None
 

@@ -7,7 +7,8 @@ import re
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from blueprints import MAX_ROW_ID, storable_text
+from blueprints import MAX_ROW_ID
+from text_checks import storable_text
 from blueprints.auth import login_required
 from extensions import db
 from models import ConnectAttempt, Connection

@@ -13,7 +13,7 @@ from typing import Callable
 
 from flask import current_app, url_for
 from itsdangerous import BadSignature
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from extensions import db
 from models import AttemptStatus, ConnectAttempt, Connection, User
@@ -148,6 +148,37 @@ def owned_attempt(user_id: int, attempt_id: str) -> ConnectAttempt:
     return attempt
 
 
+# What a poll must know to answer "not modified": the version, and whatever lets time alone change
+# a pending attempt (see `change_due`). Plain Core on the table, built once: most polls are this
+# one statement, and no ORM object or statement construction is paid for it.
+_columns = ConnectAttempt.__table__.c
+POLL_STATE = select(
+    _columns.id, _columns.user_id, _columns.version, _columns.status, _columns.expires_at,
+    _columns.browser_closed_at, _columns.hinted_at, _columns.redirect_terra_user_id,
+).where(_columns.id == bindparam("attempt_id"))
+
+
+def poll_state(attempt_id: str):
+    """The attempt's POLL_STATE columns as a row, or None."""
+    return db.session.connection().execute(POLL_STATE, {"attempt_id": attempt_id}).first()
+
+
+def owned_poll_state(user_id: int, attempt_id: str):
+    """`poll_state` of one of `user_id`'s attempts; AttemptNotFound as `owned_attempt`."""
+    state = poll_state(attempt_id)
+    if state is None or state.user_id != user_id:
+        raise AttemptNotFound("unknown attempt")
+    return state
+
+
+def change_due(attempt) -> bool:
+    """Whether time alone has changed a pending attempt (it expired, its browser was abandoned, or its
+    userInfo check is due), so `refresh` has work to do. Takes the model or a POLL_STATE row."""
+    return attempt.status == AttemptStatus.PENDING and (
+        _expired(attempt) or _abandoned(attempt) or _userinfo_check_due(attempt)
+    )
+
+
 # -- state changes ------------------------------------------------------------------------
 
 
@@ -196,10 +227,7 @@ def record_browser_closed(attempt: ConnectAttempt) -> None:
 
 def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
     """No verified outcome within the grace period after the browser closed: the user gave up."""
-    if attempt.status != AttemptStatus.PENDING or attempt.browser_closed_at is None:
-        return False
-    grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
-    if utcnow() - attempt.browser_closed_at < grace:
+    if attempt.status != AttemptStatus.PENDING or not _abandoned(attempt):
         return False
     return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.CANCELLED, error="browser_closed")
 
@@ -215,8 +243,19 @@ def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
                        error=(reason or "auth_failed")[:255])
 
 
+def _abandoned(attempt) -> bool:
+    if attempt.browser_closed_at is None:
+        return False
+    grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
+    return utcnow() - attempt.browser_closed_at >= grace
+
+
+def _expired(attempt) -> bool:
+    return attempt.expires_at <= utcnow()
+
+
 def expire_if_due(attempt: ConnectAttempt) -> bool:
-    if attempt.expires_at > utcnow():
+    if not _expired(attempt):
         return False
     return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.EXPIRED, error="session_expired")
 
@@ -250,7 +289,7 @@ def refresh(attempt: ConnectAttempt) -> ConnectAttempt:
     return attempt
 
 
-def _userinfo_check_due(attempt: ConnectAttempt) -> bool:
+def _userinfo_check_due(attempt) -> bool:
     if not attempt.redirect_terra_user_id or attempt.hinted_at is None:
         return False
     wait = timedelta(seconds=current_app.config["USERINFO_CHECK_AFTER_SECONDS"])

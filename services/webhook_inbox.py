@@ -2,11 +2,16 @@
 
 De-duplication is the unique `trace_id` (Terra's `X-Terra-Trace-Id`, stable across retries; a hash
 of the body when absent). The insert either wins or raises IntegrityError: no check-then-insert.
+
+A delivery is one transaction: `record` inserts the row (flushed, not committed), `apply` changes our
+state inside a SAVEPOINT, notes the outcome on the row and commits once. A failure rolls back to the
+savepoint only, so the event is still committed, with its failure, for a replay.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 
 from flask import current_app
@@ -17,8 +22,8 @@ from extensions import db
 from models import WebhookEvent
 from models.time import utcnow
 from models.webhook_event import EventOutcome
-from services.event_handlers import apply_event
-from terra.events import TerraEvent, parse_event
+from services.event_handlers import Outcome, apply_event
+from terra.events import EventParseError, TerraEvent, parse_event
 
 
 def trace_id_for(header_value: str | None, body: bytes) -> str:
@@ -28,7 +33,8 @@ def trace_id_for(header_value: str | None, body: bytes) -> str:
 
 
 def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: str | None) -> WebhookEvent | None:
-    """Store the event; None when this trace id was already recorded (a duplicate delivery)."""
+    """Insert the event into the inbox, uncommitted (`apply` commits); None when this trace id was
+    already recorded (a duplicate delivery)."""
     row = WebhookEvent(
         trace_id=trace_id,
         event_type=event.type[:64],
@@ -37,9 +43,9 @@ def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: st
         terra_reference=(terra_reference or "")[:128] or None,
         body=body.decode("utf-8"),
     )
+    db.session.add(row)
     try:
-        db.session.add(row)
-        db.session.commit()
+        db.session.flush()
     except IntegrityError:
         db.session.rollback()
         return None
@@ -52,36 +58,50 @@ RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
 APPLY_TRIES = 4
 
 
-def apply(row: WebhookEvent) -> WebhookEvent:
-    """Apply a recorded event and note the outcome on its row.
+def apply(row: WebhookEvent, event: TerraEvent) -> str:
+    """Apply a recorded event (`row`, parsed as `event`), note the outcome on its row, commit, and
+    return the outcome.
 
     Applying is idempotent, so a try that lost a race (a unique constraint, a deadlock) is simply
-    run again. Any other failure is kept on the row, and logged, for a later replay; nothing that
-    was stored before is lost.
+    run again, each try in its own savepoint. Any other failure is kept on the row, and logged, for
+    a later replay; the row itself is committed either way.
     """
-    row_id, body = row.id, row.body.encode("utf-8")
-    for attempt_number in range(1, APPLY_TRIES + 1):
+    try:
+        outcome, detail = _apply_with_retries(event)
+    except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
+        outcome, detail = _failure(row, error)
+    return _finish(row, outcome, detail)
+
+
+def _apply_with_retries(event: TerraEvent) -> Outcome:
+    for attempt_number in itertools.count(1):
         try:
-            outcome, detail = apply_event(parse_event(body))
-            return _finish(row_id, outcome, detail)
-        except RACE_ERRORS as error:
-            db.session.rollback()
+            with db.session.begin_nested():
+                return apply_event(event)
+        except RACE_ERRORS:
             if attempt_number == APPLY_TRIES:
-                return _record_failure(row_id, error)
+                raise
+            # Rolling back a savepoint expires only what it changed; rows it merely read must be
+            # read again too, or the next try would act on what the winner has since changed.
+            db.session.expire_all()
             time.sleep(0.01 * attempt_number)
-        except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
-            db.session.rollback()
-            return _record_failure(row_id, error)
-    raise AssertionError("unreachable")
 
 
-def _finish(row_id: int, outcome: str, detail: str | None) -> WebhookEvent:
-    row = db.session.get(WebhookEvent, row_id)
+def replay(row: WebhookEvent) -> str:
+    """Apply a stored event again (`flask webhooks replay`); safe because applying is idempotent."""
+    try:
+        event = parse_event(row.body.encode("utf-8"))
+    except EventParseError as error:  # a failure like any other: one bad row must not stop a replay
+        return _finish(row, *_failure(row, error))
+    return apply(row, event)
+
+
+def _finish(row: WebhookEvent, outcome: str, detail: str | None) -> str:
     row.outcome, row.detail, row.applied_at = outcome, detail, utcnow()
     db.session.commit()
-    return row
+    return outcome
 
 
-def _record_failure(row_id: int, error: Exception) -> WebhookEvent:
-    current_app.logger.error("applying webhook event %s failed: %s", row_id, type(error).__name__, exc_info=error)
-    return _finish(row_id, EventOutcome.FAILED, f"{type(error).__name__}: {error}"[:255])
+def _failure(row: WebhookEvent, error: Exception) -> Outcome:
+    current_app.logger.error("applying webhook event %s failed: %s", row.id, type(error).__name__, exc_info=error)
+    return EventOutcome.FAILED, f"{type(error).__name__}: {error}"[:255]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from terra.client import TerraUser
+from text_checks import storable_json
 
 # Events that change the connect flow's state; everything else is recorded only.
 AUTH_SUCCESS = "auth_success"
@@ -25,6 +26,8 @@ INFORMATIONAL_TYPES = frozenset(
     {"large_request_processing", "large_request_sending", "healthcheck", "google_no_datasource", "rate_limit_hit"}
 )
 MAX_NESTING = 64
+# The length of the terra_user_id columns (tests check it); a longer id could not be stored.
+MAX_USER_ID_LENGTH = 64
 
 
 class EventParseError(ValueError):
@@ -52,6 +55,9 @@ class TerraEvent:
 
 
 def parse_event(body: bytes) -> TerraEvent:
+    """The event in `body`, or EventParseError, also for an event that could not be stored: Terra
+    never sends those, and without this check they would fail inside the database (a 500, and Terra
+    retrying for hours)."""
     try:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -64,6 +70,9 @@ def parse_event(body: bytes) -> TerraEvent:
         raise EventParseError("body must be a JSON object")
     if _depth(data) > MAX_NESTING:
         raise EventParseError("body is nested too deeply")
+    # NUL and lone surrogates can only arrive as \u escapes; most bodies have none to look for.
+    if b"\\u" in body and not storable_json(data):
+        raise EventParseError("body contains NUL characters or lone surrogates")
     event_type = data.get("type")
     if not isinstance(event_type, str) or not event_type:
         raise EventParseError("event has no type")
@@ -79,6 +88,11 @@ def parse_event(body: bytes) -> TerraEvent:
     new_user = _user(data.get("new_user"))
     if not reference_id and new_user:
         reference_id = new_user.reference_id
+    if reference_id is not None and not isinstance(reference_id, str):  # e.g. user.reference_id: {}
+        raise EventParseError("reference_id must be a string")
+    old_user = _user(data.get("old_user"))
+    if any(each is not None and len(each.user_id) > MAX_USER_ID_LENGTH for each in (user, old_user, new_user)):
+        raise EventParseError(f"Terra user ids are at most {MAX_USER_ID_LENGTH} characters")
     return TerraEvent(
         type=event_type,
         kind=kind,
@@ -89,7 +103,7 @@ def parse_event(body: bytes) -> TerraEvent:
             value for value in (_optional_str(data.get("widget_session_id")), _optional_str(data.get("flow_id"))) if value
         ),
         reason=_optional_str(data.get("reason")),
-        old_user=_user(data.get("old_user")),
+        old_user=old_user,
         new_user=new_user,
         scopes_added=_scope_list(data.get("scopes_added")),
         scopes_removed=_scope_list(data.get("scopes_removed")),

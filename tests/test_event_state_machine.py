@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from extensions import db
 from models import Connection, WebhookEvent
-from services.webhook_inbox import apply
+from services.webhook_inbox import replay
 from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 
 
@@ -187,7 +187,7 @@ def test_replaying_events_converges_to_the_same_state(send, user):
     send({"type": "connection_error", "status": "warning", "user": terra_user(user, "new")})
     before = [(row.id, row.terra_user_id, row.status) for row in connections()]
     for row in db.session.scalars(select(WebhookEvent).order_by(WebhookEvent.id)).all():
-        apply(row)
+        replay(row)
     db.session.expire_all()
     assert [(row.id, row.terra_user_id, row.status) for row in connections()] == before
 

@@ -7,10 +7,13 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event as sqlalchemy_event, func, select
+from sqlalchemy.exc import OperationalError
 
 from extensions import db
-from models import Connection, WebhookEvent
+from models import Connection, ReplacedTerraUser, WebhookEvent
+from services import event_handlers, webhook_inbox
+from terra.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
 from terra.signature import sign
 from tests.helpers import auth_event, create_user, deliver, terra_user
 
@@ -154,3 +157,132 @@ def test_webhook_needs_no_csrf_token(app, secret, user):
     app.config["WTF_CSRF_ENABLED"] = True
     response = deliver(app.test_client(), auth_event(user, terra_user(user)), secret=secret)
     assert response.status_code == 200
+
+
+class DatabaseWork:
+    """Commits and pool checkouts on the app's engine while the block runs."""
+
+    def __init__(self, app):
+        self.commits = self.checkouts = 0
+        with app.app_context():
+            self._engine = db.engine
+
+    def __enter__(self):
+        sqlalchemy_event.listen(self._engine, "commit", self._commit)
+        sqlalchemy_event.listen(self._engine.pool, "checkout", self._checkout)
+        return self
+
+    def __exit__(self, *exc):
+        sqlalchemy_event.remove(self._engine, "commit", self._commit)
+        sqlalchemy_event.remove(self._engine.pool, "checkout", self._checkout)
+
+    def _commit(self, *args):
+        self.commits += 1
+
+    def _checkout(self, *args):
+        self.checkouts += 1
+
+
+@pytest.mark.parametrize("kind", ["activity", "auth"])
+def test_a_delivery_is_one_transaction(client, app, secret, user, kind):
+    """Recorded and applied in one transaction, on one connection: one commit per delivery."""
+    deliver(client, auth_event(user, terra_user(user, "tu-once")), secret=secret)
+    events = {"activity": {"type": "activity", "user": terra_user(user, "tu-once"), "data": []},
+              "auth": auth_event(user, terra_user(user, "tu-other"))}
+    with DatabaseWork(app) as work:
+        response = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}")
+    assert response.json["status"] == ("recorded" if kind == "activity" else "applied")
+    assert (work.commits, work.checkouts) == (1, 1)
+    with DatabaseWork(app) as work:
+        duplicate = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}")
+    assert duplicate.json == {"status": "duplicate", "trace_id": f"trace-{kind}"}
+    assert work.commits == 0
+
+
+def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(client, app, secret, user, monkeypatch,
+                                                                              caplog):
+    # Fails after the connection was written (flushed), the way a bug or a lost database would.
+    def broken(*args):
+        raise RuntimeError("the attempt lookup broke")
+
+    monkeypatch.setattr(event_handlers.attempts, "find_attempt_for_event", broken)
+    with DatabaseWork(app) as work, caplog.at_level(logging.ERROR):
+        response = deliver(client, auth_event(user, terra_user(user, "tu-failed")), secret=secret,
+                           trace_id="trace-failed")
+    assert (response.status_code, response.json["status"]) == (200, "failed")
+    assert work.commits == 1
+    assert "applying webhook event" in caplog.text and "the attempt lookup broke" in caplog.text
+    with app.app_context():
+        row = db.session.scalars(select(WebhookEvent)).one()
+        assert (row.trace_id, row.outcome, row.detail) == ("trace-failed", "failed",
+                                                           "RuntimeError: the attempt lookup broke")
+        assert row.applied_at is not None
+    assert count(app, Connection) == 0
+
+    assert deliver(client, auth_event(user, terra_user(user, "tu-failed")), secret=secret,
+                   trace_id="trace-failed").json["status"] == "duplicate"
+    monkeypatch.undo()
+    with app.app_context():
+        assert webhook_inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
+    assert count(app, Connection) == 1
+
+
+def test_a_lost_race_is_tried_again_in_a_new_savepoint(client, app, secret, user, monkeypatch):
+    real, tries = event_handlers.apply_event, []
+
+    def loses_once(parsed):
+        tries.append(parsed.type)
+        outcome = real(parsed)
+        if len(tries) == 1:  # after writing, as a deadlock would
+            db.session.flush()
+            raise OperationalError("UPDATE connections", {}, Exception("deadlock detected"))
+        return outcome
+
+    monkeypatch.setattr(webhook_inbox, "apply_event", loses_once)
+    with DatabaseWork(app) as work:
+        response = deliver(client, auth_event(user, terra_user(user, "tu-race")), secret=secret)
+    assert (response.json["status"], tries, work.commits) == ("applied", ["auth", "auth"], 1)
+    with app.app_context():
+        assert db.session.scalars(select(Connection.terra_user_id)).all() == ["tu-race"]
+        assert db.session.scalars(select(WebhookEvent.outcome)).one() == "applied"
+
+
+def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user, monkeypatch):
+    deliver(client, auth_event(user, terra_user(user, "tu-taken")), secret=secret)
+    tries = []
+
+    def always_conflicts(parsed):  # a second row for a Terra user that already has one: the unique constraint
+        tries.append(parsed.type)
+        db.session.add(Connection(user_id=user.id, terra_user_id="tu-taken", provider="GARMIN", scopes="",
+                                  status="active"))
+        return "applied", None
+
+    monkeypatch.setattr(webhook_inbox, "apply_event", always_conflicts)
+    with DatabaseWork(app) as work:
+        response = deliver(client, {"type": "activity", "user": terra_user(user, "tu-taken")}, secret=secret,
+                           trace_id="trace-lost")
+    assert (response.json["status"], len(tries), work.commits) == ("failed", webhook_inbox.APPLY_TRIES, 1)
+    with app.app_context():
+        row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.trace_id == "trace-lost")).one()
+        assert row.outcome == "failed" and row.detail.startswith("IntegrityError")
+    assert count(app, Connection) == 1
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"type": "auth\\u0000"}', "NUL characters or lone surrogates"),
+        (b'{"type": "auth", "user": {"user_id": "u\\ud800"}}', "NUL characters or lone surrogates"),
+        (b'{"type": "auth", "user": {"user_id": "u1", "reference_id": {}}}', "reference_id must be a string"),
+        (b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (MAX_USER_ID_LENGTH + 1) + b'"}}',
+         f"at most {MAX_USER_ID_LENGTH} characters"),
+    ],
+)
+def test_events_that_could_not_be_stored_do_not_parse(body, message):
+    with pytest.raises(EventParseError, match=message):
+        parse_event(body)
+
+
+def test_the_terra_user_id_limit_is_the_columns_length():
+    columns = (WebhookEvent.terra_user_id, Connection.terra_user_id, ReplacedTerraUser.old_terra_user_id)
+    assert {column.type.length for column in columns} == {MAX_USER_ID_LENGTH}

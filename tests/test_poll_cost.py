@@ -1,0 +1,197 @@
+"""What keeps a status poll cheap (docs/performance.md), each held to its behaviour: the worker's
+token cache, the column-only conditional read, the per-worker poll limit, the cap on sleeping
+long-polls, and the database settings."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, text, update
+
+from app import create_app
+from config import ConfigError, load_config
+from extensions import db
+from models import ApiToken
+from models.time import utcnow
+from services import api_tokens
+from services.request_windows import RequestWindows
+from tests.conftest import TEST_SECRET_KEY
+from tests.helpers import create_attempt, create_user
+
+
+@pytest.fixture
+def ada(app):
+    with app.app_context():
+        user = create_user()
+        attempt = create_attempt(user)
+        token, _ = api_tokens.issue_token(user)
+        return {"token": token, "attempt_id": attempt.id, "path": f"/api/v1/connect-attempts/{attempt.id}",
+                "headers": {"Authorization": f"Bearer {token}"}}
+
+
+@contextmanager
+def statements(app):
+    """The SQL statements the app sends while the block runs."""
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        sent.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def expire_token_in_database(app, token: str, **values) -> None:
+    with app.app_context():
+        db.session.execute(update(ApiToken).where(ApiToken.token_hash == api_tokens.hash_token(token)).values(**values))
+        db.session.commit()
+
+
+# -- the token cache -------------------------------------------------------------------------------
+
+
+def test_a_pollers_token_is_looked_up_once_per_cache_period(app, client, ada):
+    with statements(app) as sent:
+        for _ in range(5):
+            assert client.get(ada["path"], headers=ada["headers"]).status_code == 200
+    token_reads = [statement for statement in sent if "FROM api_tokens" in statement]
+    assert len(token_reads) == 1
+
+
+def test_a_conditional_poll_with_nothing_new_is_one_read_of_a_few_columns(app, client, ada):
+    etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    with statements(app) as sent:
+        response = client.get(ada["path"], headers={**ada["headers"], "If-None-Match": etag})
+    assert response.status_code == 304 and response.headers["ETag"] == etag
+    assert len(sent) == 1 and "connect_attempts.version" in sent[0] and "widget_url" not in sent[0]
+
+
+def test_revoking_through_the_api_takes_effect_at_once_in_the_same_worker(client, ada):
+    assert client.get(ada["path"], headers=ada["headers"]).status_code == 200  # now cached
+    assert client.delete("/api/v1/tokens/current", headers=ada["headers"]).status_code == 204
+    refused = client.get(ada["path"], headers=ada["headers"])
+    assert refused.status_code == 401 and refused.json["error"]["code"] == "invalid_token"
+
+
+def test_a_revocation_made_elsewhere_is_honoured_within_the_cache_period(app, client, ada):
+    app.extensions["api_token_cache"] = api_tokens.TokenCache(seconds=0.5)
+    assert client.get(ada["path"], headers=ada["headers"]).status_code == 200
+    expire_token_in_database(app, ada["token"], revoked_at=utcnow())  # another worker, or an operator
+    time.sleep(0.6)
+    assert client.get(ada["path"], headers=ada["headers"]).status_code == 401
+
+
+def test_a_cached_token_still_expires_on_time(app, client, ada):
+    expire_token_in_database(app, ada["token"], expires_at=utcnow() + timedelta(seconds=1))
+    assert client.get(ada["path"], headers=ada["headers"]).status_code == 200  # cached for 5 s
+    time.sleep(1.1)
+    assert client.get(ada["path"], headers=ada["headers"]).status_code == 401
+
+
+def test_an_unknown_token_is_never_cached(app, client, ada):
+    assert client.get(ada["path"], headers={"Authorization": "Bearer not-issued-yet"}).status_code == 401
+    assert len(app.extensions["api_token_cache"]._entries) == 0
+
+
+def test_the_cache_can_be_switched_off(database_uri, ada):
+    strict = create_app({"API_TOKEN_CACHE_SECONDS": 0},
+                        environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri})
+    client = strict.test_client()
+    with statements(strict) as sent:
+        for _ in range(3):
+            assert client.get(ada["path"], headers=ada["headers"]).status_code == 200
+    assert len([statement for statement in sent if "FROM api_tokens" in statement]) == 3
+
+
+# -- the poll limit --------------------------------------------------------------------------------
+
+
+def test_request_windows_count_per_key_and_say_how_long_to_wait():
+    windows = RequestWindows()
+    assert [windows.hit("ada:1", "2 per minute") for _ in range(2)] == [None, None]
+    retry_after = windows.hit("ada:1", "2 per minute")
+    assert retry_after is not None and 1 <= retry_after <= 60
+    assert windows.hit("ada:2", "2 per minute") is None  # another key has its own budget
+
+
+def test_request_windows_start_again_when_the_window_ends():
+    windows = RequestWindows()
+    assert windows.hit("key", "1 per second") is None
+    assert windows.hit("key", "1 per second") == 1
+    time.sleep(1.05)
+    assert windows.hit("key", "1 per second") is None
+
+
+def test_request_windows_forget_finished_windows_without_a_thread(monkeypatch):
+    monkeypatch.setattr("services.request_windows.SWEEP_SECONDS", 0.0)
+    threads_before = threading.active_count()
+    windows = RequestWindows()
+    for n in range(100):
+        windows.hit(f"poller:{n}", "5 per second")
+    time.sleep(1.05)
+    windows.hit("one more", "5 per second")
+    assert list(windows._windows) == ["one more"] and threading.active_count() == threads_before
+
+
+# -- the cap on sleeping long-polls ----------------------------------------------------------------
+
+
+def test_a_long_poll_beyond_the_workers_cap_answers_at_once(database_uri, ada):
+    capped = create_app({"STATUS_MAX_WAITERS": 1},
+                        environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri})
+    headers = {**ada["headers"], "If-None-Match": '"1"'}
+    held: dict = {}
+
+    def hold():
+        started = time.monotonic()
+        held["status"] = capped.test_client().get(ada["path"] + "?wait=2", headers=headers).status_code
+        held["seconds"] = time.monotonic() - started
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.3)  # the holder has the only slot
+    started = time.monotonic()
+    second = capped.test_client().get(ada["path"] + "?wait=2", headers=headers)
+    answered_in = time.monotonic() - started
+    holder.join()
+    assert second.status_code == 304 and answered_in < 1
+    assert held["status"] == 304 and held["seconds"] >= 1.9
+    third = capped.test_client().get(ada["path"] + "?wait=1", headers=headers)  # the slot is free again
+    assert third.status_code == 304
+
+
+# -- database settings -----------------------------------------------------------------------------
+
+
+def test_sqlite_runs_with_a_write_ahead_log(tmp_path):
+    from flask_migrate import upgrade
+
+    app = create_app(environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY,
+                              "DATABASE_URL": f"sqlite:///{tmp_path / 'wal.sqlite'}"})
+    with app.app_context():
+        upgrade(directory=app.root_path + "/migrations")
+        with db.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        db.engine.dispose()
+
+
+def test_pool_pre_ping_is_off_unless_asked_for():
+    assert load_config({"APP_ENV": "testing"})["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is False
+    asked = load_config({"APP_ENV": "testing", "DATABASE_POOL_PRE_PING": "1"})
+    assert asked["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is True
+
+
+@pytest.mark.parametrize("name", ["STATUS_RATE_LIMIT", "LOGIN_RATE_LIMIT"])
+def test_a_rate_that_cannot_be_read_stops_start_up(name):
+    with pytest.raises(ConfigError, match=name):
+        load_config({"APP_ENV": "testing", name: "plenty"})
