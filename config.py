@@ -93,8 +93,8 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         # database again; revoking evicts it there at once, other workers within this bound. 0: off.
         "API_TOKEN_CACHE_SECONDS": _int(env, "API_TOKEN_CACHE_SECONDS", 5),
         # Long-polls held at once per worker; beyond it `?wait=` answers at once, so the threads
-        # webhooks need are never all asleep. Half of gunicorn.conf.py's 32 threads.
-        "STATUS_MAX_WAITERS": _int(env, "STATUS_MAX_WAITERS", 16),
+        # webhooks need are never all asleep. Half of the worker's threads (gunicorn.conf.py).
+        "STATUS_MAX_WAITERS": _int(env, "STATUS_MAX_WAITERS", max(1, _int(env, "GUNICORN_THREADS", 32) // 2)),
         "BROWSER_CLOSED_GRACE_SECONDS": _int(env, "BROWSER_CLOSED_GRACE_SECONDS", 10),
         "STATUS_POLL_AFTER_MS": _int(env, "STATUS_POLL_AFTER_MS", 2000),
     }

@@ -12,7 +12,8 @@ worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Many threads per worker: a status long-poll holds its thread for up to 25 s while it mostly sleeps,
 # so threads, not CPU, run out first. With 8 a worker, 16 open long-polls left no thread for the
-# webhook that would wake them (docs/performance.md, "wake-up with other long-polls open").
+# webhook that would wake them (docs/performance.md). At most STATUS_MAX_WAITERS (16) of them wait
+# at once, so at least half the threads are always free for webhooks and other calls.
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 # Above the longest request we serve: the status long-poll (25 s) and a Terra call's timeout (10 s).
 timeout = 60

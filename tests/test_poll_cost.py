@@ -185,6 +185,12 @@ def test_sqlite_runs_with_a_write_ahead_log(tmp_path):
         db.engine.dispose()
 
 
+@pytest.mark.parametrize("environ, waiters", [({}, 16), ({"GUNICORN_THREADS": "8"}, 4),
+                                               ({"GUNICORN_THREADS": "1"}, 1), ({"STATUS_MAX_WAITERS": "3"}, 3)])
+def test_long_polls_may_hold_half_the_workers_threads_by_default(environ, waiters):
+    assert load_config({"APP_ENV": "testing", **environ})["STATUS_MAX_WAITERS"] == waiters
+
+
 def test_pool_pre_ping_is_off_unless_asked_for():
     assert load_config({"APP_ENV": "testing"})["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is False
     asked = load_config({"APP_ENV": "testing", "DATABASE_POOL_PRE_PING": "1"})
