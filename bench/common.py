@@ -603,10 +603,10 @@ def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request
     inclusive: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if within is not None and within not in stack:
+        stack, count = _sample(line)
+        if stack is None or (within is not None and within not in stack):
             continue
-        n = int(count)
+        n = count
         total += n
         frames = stack.split(";")
         start = 0 if within is None else next(i for i, frame in enumerate(frames) if within in frame)
@@ -621,16 +621,23 @@ def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request
     return [(name, count / total) for name, count in inclusive.most_common(top)]
 
 
+def _sample(line: str) -> tuple[str | None, int]:
+    """One line of py-spy's raw output: (stack, sample count); (None, 0) for a line that is not one
+    (a frame name can contain spaces and newlines, which split a sample across lines)."""
+    stack, _, count = line.rpartition(" ")
+    return (stack, int(count)) if count.isdigit() and stack else (None, 0)
+
+
 def leaf_profile(path: Path, *, within: str | None = None, top: int = 15) -> list[tuple[str, float]]:
     """Share of samples by the innermost frame (self time), among stacks through `within` (None: all)."""
     leaves: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if within is not None and within not in stack:
+        stack, count = _sample(line)
+        if stack is None or (within is not None and within not in stack):
             continue
-        total += int(count)
-        leaves[_frame_name(stack.split(";")[-1])] += int(count)
+        total += count
+        leaves[_frame_name(stack.split(";")[-1])] += count
     return [(name, count / total) for name, count in leaves.most_common(top)] if total else []
 
 
