@@ -59,6 +59,15 @@ def parser(description: str, *, duration: float, duration_help: str = "seconds p
     return p
 
 
+def add_wrk_load_options(p: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that load the server with wrk at several concurrencies."""
+    p.add_argument("--concurrency", type=concurrency_list, default=[1, 16, 64],
+                   help="client counts (default 1,16,64)")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each measurement")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
+    p.add_argument("--profile", type=Path, help="also profile the app's workers with py-spy into this folder")
+
+
 def app_env_overrides(args: argparse.Namespace) -> dict[str, str]:
     extra = {}
     for item in args.app_env:

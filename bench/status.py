@@ -22,11 +22,7 @@ TARGET_304 = 0.75
 
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0], duration=10)
-    p.add_argument("--concurrency", type=common.concurrency_list, default=[1, 16, 64],
-                   help="client counts (default 1,16,64)")
-    p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each measurement")
-    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
-    p.add_argument("--profile", type=common.Path, help="also profile the app's workers with py-spy into this folder")
+    common.add_wrk_load_options(p)
     args = p.parse_args(argv)
 
     with common.Run(args, "status") as run:

@@ -25,12 +25,8 @@ KINDS = ("auth", "activity")
 
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0], duration=10)
-    p.add_argument("--concurrency", type=common.concurrency_list, default=[1, 16, 64],
-                   help="client counts (default 1,16,64)")
+    common.add_wrk_load_options(p)
     p.add_argument("--users", type=int, default=200, help="distinct users (and Terra users) per event kind")
-    p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each measurement")
-    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
-    p.add_argument("--profile", type=common.Path, help="also profile the app's workers with py-spy into this folder")
     args = p.parse_args(argv)
 
     with common.Run(args, "webhooks") as run:
