@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -123,7 +124,8 @@ class LiveServer:
                 **environ,
             )
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Werkzeug checks for shutdown every poll_interval (0.5 s by default): each teardown would wait that long.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def _dispatch(self, environ, start_response):
         return self.app(environ, start_response)
@@ -203,7 +205,7 @@ def start_gunicorn(database_uri, tmp_path):
 
     yield start
     for process, log in processes:
-        process.terminate()
+        process.send_signal(signal.SIGINT)  # quick shutdown; SIGTERM waits for the workers' graceful exit
         process.wait(timeout=10)
         log.close()
 
