@@ -142,6 +142,15 @@ def test_session_cookie_does_not_authenticate_the_api(live_server):
     assert browser.get("/api/v1/connections").status_code == 401
 
 
+def test_logging_out_of_the_web_leaves_the_apps_token_working(api, live_server):
+    # The app is another device with its own sign-out (DELETE /api/v1/tokens/current).
+    browser = Browser(live_server.url)
+    browser.login(password=PASSWORD)
+    assert "You are logged out" in browser.submit("/connections", "/auth/logout").text
+    assert browser.get("/connections", allow_redirects=False).status_code == 302
+    assert api.get("/api/v1/connections").status_code == 200
+
+
 def test_token_use_is_recorded(api, live_server):
     api.get("/api/v1/connections")
     with live_server.app.app_context():

@@ -186,8 +186,10 @@ def build_world(app) -> World:
 
 
 def log_in(client, user_id: int) -> None:
+    with client.application.app_context():
+        generation = db.session.get(User, user_id).session_generation
     with client.session_transaction() as session:
-        session["user_id"] = user_id
+        session.update(user_id=user_id, session_generation=generation)
 
 
 def logged_in_as(client) -> int | None:
