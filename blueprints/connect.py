@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from blueprints import MAX_ROW_ID
 from text_checks import storable_text
 from blueprints.auth import login_required
-from extensions import db
+from extensions import db, limiter
 from models import ConnectAttempt, Connection
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections
@@ -21,6 +22,22 @@ bp = Blueprint("connect", __name__)
 PROVIDER_CODE = re.compile(r"[A-Z0-9_]{2,40}")  # the whole value (fullmatch): no trailing newline
 
 bp.add_app_template_filter(reason_text, "reason_text")
+
+
+def connect_rate_limit(user_id: Callable[[], int]):
+    """Starting a connect attempt spends a widget session (or authenticateUser call) of the
+    customer's Terra quota, so it is limited per user (not per address: many phones share a carrier's),
+    in one budget shared by the web pages and the API, before Terra is called. Counts live in
+    RATELIMIT_STORAGE_URI, like the login limit. `user_id` names the caller once authenticated."""
+
+    def rate() -> str:
+        return current_app.config["CONNECT_RATE_LIMIT"]
+
+    return limiter.shared_limit(
+        rate, scope="connect-attempts", key_func=lambda: f"user:{user_id()}",
+        error_message=lambda: f"Too many connections started: the limit is {rate()}. Please wait and try again.",
+    )
+
 
 @bp.get("/")
 def index():
@@ -50,6 +67,7 @@ def dashboard():
 
 @bp.post("/connections/connect")
 @login_required
+@connect_rate_limit(lambda: g.user.id)
 def connect():
     """Start a widget session and send the browser to it (303: the next request is a GET)."""
     try:
@@ -74,6 +92,7 @@ def providers():
 
 @bp.post("/connections/connect/<provider>")
 @login_required
+@connect_rate_limit(lambda: g.user.id)
 def connect_provider(provider: str):
     if not PROVIDER_CODE.fullmatch(provider):
         abort(404, description="Unknown provider.")
