@@ -270,3 +270,24 @@ def test_starting_connections_is_limited_per_user_before_terra_is_asked(signed_i
     other_user = Browser(live_server.url)
     other_user.register(email="eve@example.com")
     assert start_connect(other_user).startswith(live_server.url + "/sandbox/widget/")  # per user, not per address
+
+
+def test_finishing_someone_elses_widget_says_so_on_the_return_page(signed_in, live_server):
+    """The attacker's case: Eve sends Ada her own widget link. Ada, signed in here, connects her
+    device in it and lands on Eve's return page: it must not read as news about Ada's account."""
+    eve = Browser(live_server.url)
+    eve.register(email="eve@example.com")
+    return_url = finish_widget(start_connect(eve), account="ada-garmin")
+
+    page = signed_in.get(return_url)
+    assert page.status_code == 200
+    assert "This connection is not for your account" in page.text and "remove this access" in page.text
+    assert 'id="attempt"' not in page.text and "Connected" not in page.text and "attempt-status.js" not in page.text
+    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
+    assert signed_in.get("/connect/attempts/status", params={"attempt": token}).status_code == 404
+
+    # The verified outcome is Eve's, and nothing reached Ada's account.
+    assert wait_for_terminal(eve, return_url)["status"] == "connected"
+    assert 'data-provider="GARMIN"' not in signed_in.get("/connections").text
+    # A browser with no session at all (an in-app browser) holds the token, and that is enough.
+    assert "Connected to GARMIN" in Browser(live_server.url).get(return_url).text
