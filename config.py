@@ -77,6 +77,9 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
+        "REGISTER_RATE_LIMIT": _rate_limit(env, "REGISTER_RATE_LIMIT", "10 per hour"),
+        # Per user, web and API together: each attempt spends a widget session of the Terra quota.
+        "CONNECT_RATE_LIMIT": _rate_limit(env, "CONNECT_RATE_LIMIT", "10 per minute"),
         # Counted per worker process (services/request_windows.py), per caller and attempt.
         "STATUS_RATE_LIMIT": _rate_limit(env, "STATUS_RATE_LIMIT", "120 per minute"),
         # Behind N reverse proxies, trust N hops of X-Forwarded-* (client address, scheme, host).

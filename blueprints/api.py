@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from blueprints import MAX_ROW_ID
 from blueprints.auth import find_user_by_credentials
+from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, Connection, User
@@ -100,6 +101,7 @@ def revoke_current_token():
 
 @bp.post("/connect-attempts")
 @require_token()
+@connect_rate_limit(caller_id)
 def create_attempt():
     data = json_body()
     providers = _providers(data.get("providers"))

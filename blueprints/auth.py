@@ -1,12 +1,17 @@
-"""Web accounts: register, log in, log out. The session cookie carries only the user id."""
+"""Web accounts: register, log in, log out.
+
+The session cookie carries the user id and the user's session generation at login; a request whose
+generation is no longer the user's is signed out, so logging out ends every copy of the cookie.
+"""
 
 from __future__ import annotations
 
 import functools
+import secrets
 
-from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField
@@ -28,17 +33,39 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+def hash_password(password: str) -> str:
+    return generate_password_hash(password)
+
+
+@functools.cache
+def _dummy_password_hash() -> str:
+    # Made once per process, by the same function (algorithm and cost) as every real hash.
+    return hash_password(secrets.token_urlsafe(32))
+
+
 def find_user_by_credentials(email: str, password: str) -> User | None:
+    """The user these credentials sign in, or None. Used by the web login and the API's token
+    endpoint. An unknown email is checked against a dummy hash, so it costs the same time as a
+    wrong password and the answer's timing does not tell which addresses have an account."""
     user = db.session.scalars(select(User).where(func.lower(User.email) == normalise_email(email))).first()
-    if user is None or not check_password_hash(user.password_hash, password):
-        return None
-    return user
+    matches = check_password_hash(user.password_hash if user is not None else _dummy_password_hash(), password)
+    return user if user is not None and matches else None
 
 
 @bp.before_app_request
 def load_logged_in_user() -> None:
+    g.user = _session_user()
+
+
+def _session_user() -> User | None:
     user_id = session.get("user_id")
-    g.user = db.session.get(User, user_id) if user_id is not None else None
+    if user_id is None:
+        return None
+    user = db.session.get(User, user_id)
+    if user is None or session.get("session_generation") != user.session_generation:
+        session.clear()  # logged out since (in any browser), or the account is gone
+        return None
+    return user
 
 
 def login_required(view):
@@ -52,12 +79,15 @@ def login_required(view):
 
 
 @bp.route("/register", methods=("GET", "POST"))
+@limiter.limit(lambda: current_app.config["REGISTER_RATE_LIMIT"], methods=["POST"],
+               error_message="Too many sign-ups from your network. Please wait a while and try again.")
 def register():
+    # Limited per client address: each try costs a password hash, and accounts are free to make.
     form = CredentialsForm()
     if form.validate_on_submit():
         user = User(
             email=normalise_email(form.email.data),
-            password_hash=generate_password_hash(form.password.data),
+            password_hash=hash_password(form.password.data),
             reference_id=new_reference_id(),
         )
         db.session.add(user)
@@ -73,7 +103,7 @@ def register():
 
 
 @bp.route("/login", methods=("GET", "POST"))
-@limiter.limit(lambda: _login_rate_limit(), methods=["POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
 def login():
     form = CredentialsForm()
     if form.validate_on_submit():
@@ -87,14 +117,30 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    if g.user is not None:
+        end_web_sessions(g.user)
     session.clear()
     flash("You are logged out.")
     return redirect(url_for("auth.login"), code=303)
 
 
+def end_web_sessions(user: User) -> None:
+    """End every web session of `user`: in all browsers, and any copy of their cookies.
+
+    Logging out calls it; a password change or reset must call it too (the app has none yet) and
+    then also revoke the user's API tokens. Logging out of the web leaves the mobile app's tokens
+    alone: the app is another device with its own sign-out (`DELETE /api/v1/tokens/current`).
+    """
+    db.session.execute(
+        update(User).where(User.id == user.id).values(session_generation=User.session_generation + 1)
+    )
+    db.session.commit()
+
+
 def _start_session(user: User) -> None:
     session.clear()  # a fresh session on login: no fixation
     session["user_id"] = user.id
+    session["session_generation"] = user.session_generation
 
 
 def _safe_next(target: str | None) -> str:
@@ -110,9 +156,3 @@ def _safe_next(target: str | None) -> str:
     ):
         return target
     return url_for("connect.dashboard")
-
-
-def _login_rate_limit() -> str:
-    from flask import current_app
-
-    return current_app.config["LOGIN_RATE_LIMIT"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from blueprints import MAX_ROW_ID
 from text_checks import storable_text
 from blueprints.auth import login_required
-from extensions import db
+from extensions import db, limiter
 from models import ConnectAttempt, Connection
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections
@@ -21,6 +22,22 @@ bp = Blueprint("connect", __name__)
 PROVIDER_CODE = re.compile(r"[A-Z0-9_]{2,40}")  # the whole value (fullmatch): no trailing newline
 
 bp.add_app_template_filter(reason_text, "reason_text")
+
+
+def connect_rate_limit(user_id: Callable[[], int]):
+    """Starting a connect attempt spends a widget session (or authenticateUser call) of the
+    customer's Terra quota, so it is limited per user (not per address: many phones share a carrier's),
+    in one budget shared by the web pages and the API, before Terra is called. Counts live in
+    RATELIMIT_STORAGE_URI, like the login limit. `user_id` names the caller once authenticated."""
+
+    def rate() -> str:
+        return current_app.config["CONNECT_RATE_LIMIT"]
+
+    return limiter.shared_limit(
+        rate, scope="connect-attempts", key_func=lambda: f"user:{user_id()}",
+        error_message=lambda: f"Too many connections started: the limit is {rate()}. Please wait and try again.",
+    )
+
 
 @bp.get("/")
 def index():
@@ -50,6 +67,7 @@ def dashboard():
 
 @bp.post("/connections/connect")
 @login_required
+@connect_rate_limit(lambda: g.user.id)
 def connect():
     """Start a widget session and send the browser to it (303: the next request is a GET)."""
     try:
@@ -74,6 +92,7 @@ def providers():
 
 @bp.post("/connections/connect/<provider>")
 @login_required
+@connect_rate_limit(lambda: g.user.id)
 def connect_provider(provider: str):
     if not PROVIDER_CODE.fullmatch(provider):
         abort(404, description="Unknown provider.")
@@ -99,16 +118,34 @@ def return_failure():
 
 def _return_page(hint: AttemptHint):
     """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
-    token = request.args.get("attempt")
-    try:
-        # The viewer is checked before anything is recorded: someone else's link changes nothing.
-        _check_viewer(attempts.attempt_from_token(token))
-        attempt = attempts.record_return(token, hint, claimed_terra_user_id())
-    except attempts.AttemptNotFound as error:
-        abort(404, description=f"This connection link is not valid ({error}).")
+    attempt = record_return_visit(hint)
+    if signed_in_as_someone_else(attempt):
+        return render_template("connect/return.html", another_account=True)
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=request.args["attempt"])
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
+
+
+def record_return_visit(hint: AttemptHint) -> ConnectAttempt:
+    """What both return pages, web and mobile (mobile_redirects/views.py), do first.
+
+    The signed attempt token in the URL is the capability: it alone names the attempt, and a browser
+    with no session at all (an in-app browser) is served in full. Whoever holds it may record the
+    return hint, which is advisory: an outcome needs a verified webhook or a userInfo check against
+    the attempt owner's reference_id, so a visit cannot move a connection to anyone. 404 for a token
+    that is not valid.
+    """
+    try:
+        return attempts.record_return(request.args.get("attempt"), hint, claimed_terra_user_id())
+    except attempts.AttemptNotFound as error:
+        abort(404, description=f"This connection link is not valid ({error}).")
+
+
+def signed_in_as_someone_else(attempt: ConnectAttempt) -> bool:
+    """A browser signed in as another account than the attempt's owner is told the link is not
+    theirs and shown none of the attempt's state: someone who finished an attacker's widget or
+    followed an attacker's link must not read "Connected" as news about their own account."""
+    return g.user is not None and g.user.id != attempt.user_id
 
 
 @bp.get("/connect/attempts/status")
@@ -116,9 +153,10 @@ def attempt_status():
     """JSON state for the return page's live update, authorised by the signed attempt token."""
     try:
         attempt = attempts.attempt_from_token(request.args.get("attempt"))
+        if signed_in_as_someone_else(attempt):
+            raise attempts.AttemptNotFound("unknown attempt")
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
-    _check_viewer(attempt)
     response = jsonify(attempts.refresh(attempt).to_dict())
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -129,12 +167,6 @@ def claimed_terra_user_id() -> str | None:
     text the database can keep (`%00`)."""
     value = request.args.get("user_id")
     return value if value is not None and storable_text(value) else None
-
-
-def _check_viewer(attempt: ConnectAttempt) -> None:
-    # The token is the capability; a different logged-in user still must not see someone's attempt.
-    if g.user is not None and g.user.id != attempt.user_id:
-        abort(404, description="This connection link is not valid (unknown attempt).")
 
 
 @bp.post("/connections/<int:connection_id>/disconnect")

@@ -6,12 +6,11 @@ import secrets
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
 
-from blueprints.connect import claimed_terra_user_id
+from blueprints.connect import record_return_visit, signed_in_as_someone_else
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import return_page_link
 from models.connect_attempt import AttemptHint
-from services import attempts
 
 bp = Blueprint("mobile", __name__)
 csrf.exempt(bp)
@@ -32,12 +31,11 @@ def _return_page(outcome: str, hint: AttemptHint):
 
     The automatic try can be dropped silently (Chrome needs a user gesture for app launches after a
     while; iOS ignores universal links to the page's own domain), so the link is the real way back:
-    tapping it is a fresh gesture.
+    tapping it is a fresh gesture. Both return pages follow one rule for whose attempt it is
+    (`record_return_visit` in blueprints/connect.py); the app link stays either way, since the app
+    asks the API, as its own user, what happened.
     """
-    try:
-        attempt = attempts.record_return(request.args.get("attempt"), hint, claimed_terra_user_id())
-    except attempts.AttemptNotFound as error:
-        abort(404, description=f"This connection link is not valid ({error}).")
+    attempt = record_return_visit(hint)
 
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
     fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
@@ -48,7 +46,7 @@ def _return_page(outcome: str, hint: AttemptHint):
     nonce = secrets.token_urlsafe(16)
     html = render_template(
         "mobile/return.html", outcome=outcome, app_link=app_link, try_app=bool(app_link) and not tried_already,
-        nonce=nonce,
+        nonce=nonce, another_account=signed_in_as_someone_else(attempt),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"

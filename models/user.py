@@ -16,3 +16,6 @@ class User(db.Model):
     # Opaque and signed (services.reference_ids); it is what Terra echoes back in every event.
     reference_id: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Copied into the session cookie at login and compared on every request; raising it ends every
+    # web session of the user at once, including copies of the cookie (blueprints/auth.py).
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -239,6 +239,9 @@ class Browser:
     def register(self, email="ada@example.com", password="correct horse battery") -> requests.Response:
         return self.submit("/auth/register", "/auth/register", {"email": email, "password": password})
 
+    def login(self, email="ada@example.com", password="correct horse battery") -> requests.Response:
+        return self.submit("/auth/login", "/auth/login", {"email": email, "password": password})
+
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else self.base_url + path
 

@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from extensions import db
 from models import ApiToken, ConnectAttempt, Connection, User
 from models.time import utcnow
+from sandbox.traffic import traffic_of
 from tests.conftest import Browser, wait_for
 from tests.helpers import auth_event, deliver, terra_user
 
@@ -140,6 +141,15 @@ def test_session_cookie_does_not_authenticate_the_api(live_server):
     browser.register(password=PASSWORD)
     assert browser.get("/connections").status_code == 200  # logged in on the web
     assert browser.get("/api/v1/connections").status_code == 401
+
+
+def test_logging_out_of_the_web_leaves_the_apps_token_working(api, live_server):
+    # The app is another device with its own sign-out (DELETE /api/v1/tokens/current).
+    browser = Browser(live_server.url)
+    browser.login(password=PASSWORD)
+    assert "You are logged out" in browser.submit("/connections", "/auth/logout").text
+    assert browser.get("/connections", allow_redirects=False).status_code == 302
+    assert api.get("/api/v1/connections").status_code == 200
 
 
 def test_token_use_is_recorded(api, live_server):
@@ -365,3 +375,29 @@ def test_status_polling_is_rate_limited_per_caller_and_attempt(api, live_server)
     limited = state(api, first["attempt_id"])
     assert limited.json()["error"]["code"] == "too_many_requests" and int(limited.headers["Retry-After"]) > 0
     assert state(api, second["attempt_id"]).status_code == 200  # another attempt has its own budget
+
+
+def test_starting_attempts_is_limited_per_user_across_the_api_and_the_web(api, live_server):
+    live_server.app.config["CONNECT_RATE_LIMIT"] = "2 per minute"
+    traffic = traffic_of(live_server.app)
+    start(api)
+    start(api, providers=["GARMIN"])
+    terra_calls = len(traffic.requests())
+
+    refused = api.post("/api/v1/connect-attempts", json={"providers": ["GARMIN"]})
+    assert refused.status_code == 429 and refused.headers["Cache-Control"] == "no-store"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.json()["error"] == {
+        "code": "too_many_requests",
+        "message": "Too many connections started: the limit is 2 per minute. Please wait and try again."}
+    assert len(traffic.requests()) == terra_calls  # neither a widget session nor the provider list
+    with live_server.app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ConnectAttempt)) == 2
+
+    # One budget per user: the web's connect button is refused for the same user too ...
+    browser = Browser(live_server.url)
+    browser.login(password=PASSWORD)
+    assert browser.submit("/connections", "/connections/connect", allow_redirects=False).status_code == 429
+    assert len(traffic.requests()) == terra_calls
+    # ... and another user has a budget of their own.
+    assert start(sign_up(live_server, "eve@example.com"))["attempt_id"]

@@ -1,11 +1,13 @@
 """Register, log in, log out; the reference_id every user gets."""
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+import blueprints.auth
 from extensions import db
 from models import User
 from services.reference_ids import is_authentic, new_reference_id
+from tests.conftest import Browser
 
 
 def test_register_creates_user_with_hashed_password_and_reference_id(client, app, auth):
@@ -107,6 +109,86 @@ def test_reference_id_is_not_valid_as_another_kind_of_token(app):
     with app.test_request_context():
         with pytest.raises(AttemptNotFound):
             attempt_from_token(new_reference_id())
+
+
+def web_sign_in(client, email, password):
+    return client.post("/auth/login", data={"email": email, "password": password})
+
+
+def api_sign_in(client, email, password):
+    return client.post("/api/v1/tokens", json={"email": email, "password": password})
+
+
+@pytest.mark.parametrize("sign_in, refused", [(web_sign_in, 400), (api_sign_in, 401)], ids=["web", "api"])
+def test_an_unknown_email_costs_the_same_password_check_as_a_known_one(client, auth, monkeypatch, sign_in, refused):
+    """No timing difference to measure: an unknown email is checked against a dummy hash made the way
+    real ones are (same algorithm and cost), once per process."""
+    auth.register()
+    auth.logout()
+    checked_hashes = []
+    real_check = blueprints.auth.check_password_hash
+
+    def counting_check(password_hash, password):
+        checked_hashes.append(password_hash)
+        return real_check(password_hash, password)
+
+    monkeypatch.setattr(blueprints.auth, "check_password_hash", counting_check)
+    statuses = [sign_in(client, email, "wrong password!").status_code
+                for email in ("ada@example.com", "nobody@example.com", "someone@example.com")]
+    assert statuses == [refused] * 3
+    real_hash, dummy_hash, same_dummy_hash = checked_hashes
+    method = real_hash.split("$")[0]  # e.g. scrypt:32768:8:1: the algorithm and its cost
+    assert dummy_hash != real_hash and dummy_hash.split("$")[0] == method
+    assert same_dummy_hash == dummy_hash  # made once, not once per request
+
+
+def test_registration_is_rate_limited_per_client_address(app, client):
+    app.config["REGISTER_RATE_LIMIT"] = "2 per minute"
+
+    def register(email, address):
+        return client.post("/auth/register", data={"email": email, "password": "correct horse battery"},
+                           environ_base={"REMOTE_ADDR": address})
+
+    statuses = [register(f"user{n}@example.com", "203.0.113.7").status_code for n in range(3)]
+    assert statuses == [303, 303, 429]
+    limited = register("user3@example.com", "203.0.113.7")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+    assert "Too many sign-ups from your network" in limited.get_data(as_text=True)
+    assert client.get("/auth/register", environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code == 200
+    assert register("user4@example.com", "198.51.100.20").status_code == 303  # another address
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(User)) == 3
+
+
+def test_a_session_cookie_copied_before_logout_no_longer_opens_the_dashboard(live_server):
+    browser = Browser(live_server.url)
+    assert "Your connections" in browser.register().text
+    copied = browser.http.cookies.get("session")
+    other_browser = Browser(live_server.url)
+    other_browser.login()
+    assert other_browser.get("/connections", allow_redirects=False).status_code == 200
+
+    logged_out = browser.submit("/connections", "/auth/logout")
+    assert "You are logged out" in logged_out.text
+
+    replay = Browser(live_server.url)
+    replay.http.cookies.set("session", copied)
+    response = replay.get("/connections", allow_redirects=False)
+    assert response.status_code == 302 and response.headers["Location"].startswith("/auth/login")
+    assert "session=;" in response.headers["Set-Cookie"]  # the dead cookie is cleared as well
+    # Logging out ends every web session of the account, not only this browser's.
+    assert other_browser.get("/connections", allow_redirects=False).status_code == 302
+
+    browser.login()
+    assert browser.get("/connections", allow_redirects=False).status_code == 200
+    assert replay.get("/connections", allow_redirects=False).status_code == 302  # still dead after a new login
+
+
+def test_a_session_from_before_session_generations_is_signed_out(app, client, auth):
+    auth.register()
+    with client.session_transaction() as session:
+        del session["session_generation"]  # as cookies made before migration 0003 are
+    assert client.get("/connections").status_code == 302
 
 
 def test_login_is_rate_limited(client, auth, app):

@@ -11,10 +11,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from extensions import db
-from models import Connection, WebhookEvent
+from models import ConnectAttempt, Connection, WebhookEvent
+from sandbox.traffic import traffic_of
 from tests.conftest import Browser, wait_for
 
 
@@ -242,3 +243,51 @@ def test_pages_need_a_login(browser):
     response = browser.get("/connections", allow_redirects=False)
     assert response.status_code == 302 and "/auth/login" in response.headers["Location"]
     assert browser.http.post(browser.base_url + "/connections/connect", timeout=10).status_code == 400  # no CSRF token
+
+
+def terra_sessions_started(live_server) -> int:
+    """Widget sessions and authenticateUser calls the sandbox received: what spends the Terra quota."""
+    traffic = traffic_of(live_server.app)
+    return sum(len(traffic.requests(f"sandbox.{endpoint}")) for endpoint in
+               ("create_widget_session", "generate_widget_session", "authenticate_user"))
+
+
+def test_starting_connections_is_limited_per_user_before_terra_is_asked(signed_in, live_server):
+    live_server.app.config["CONNECT_RATE_LIMIT"] = "2 per minute"
+    start_connect(signed_in)
+    provider = signed_in.submit("/connections/providers", "/connections/connect/OURA", allow_redirects=False)
+    assert provider.status_code == 303
+    assert terra_sessions_started(live_server) == 2
+
+    for action in ("/connections/connect", "/connections/connect/OURA"):
+        refused = signed_in.submit("/connections", action, allow_redirects=False)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+        assert "Too many connections started: the limit is 2 per minute" in refused.text
+    assert terra_sessions_started(live_server) == 2  # no Terra call spent on a refused start
+    with live_server.app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ConnectAttempt)) == 2
+
+    other_user = Browser(live_server.url)
+    other_user.register(email="eve@example.com")
+    assert start_connect(other_user).startswith(live_server.url + "/sandbox/widget/")  # per user, not per address
+
+
+def test_finishing_someone_elses_widget_says_so_on_the_return_page(signed_in, live_server):
+    """The attacker's case: Eve sends Ada her own widget link. Ada, signed in here, connects her
+    device in it and lands on Eve's return page: it must not read as news about Ada's account."""
+    eve = Browser(live_server.url)
+    eve.register(email="eve@example.com")
+    return_url = finish_widget(start_connect(eve), account="ada-garmin")
+
+    page = signed_in.get(return_url)
+    assert page.status_code == 200
+    assert "This connection is not for your account" in page.text and "remove this access" in page.text
+    assert 'id="attempt"' not in page.text and "Connected" not in page.text and "attempt-status.js" not in page.text
+    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
+    assert signed_in.get("/connect/attempts/status", params={"attempt": token}).status_code == 404
+
+    # The verified outcome is Eve's, and nothing reached Ada's account.
+    assert wait_for_terminal(eve, return_url)["status"] == "connected"
+    assert 'data-provider="GARMIN"' not in signed_in.get("/connections").text
+    # A browser with no session at all (an in-app browser) holds the token, and that is enough.
+    assert "Connected to GARMIN" in Browser(live_server.url).get(return_url).text

@@ -186,8 +186,10 @@ def build_world(app) -> World:
 
 
 def log_in(client, user_id: int) -> None:
+    with client.application.app_context():
+        generation = db.session.get(User, user_id).session_generation
     with client.session_transaction() as session:
-        session["user_id"] = user_id
+        session.update(user_id=user_id, session_generation=generation)
 
 
 def logged_in_as(client) -> int | None:
@@ -734,12 +736,30 @@ def test_a_fresh_token_under_the_same_tiny_max_age_is_accepted(app, client, worl
     check(client.get("/connect/attempts/status", query_string={"attempt": world.ada_attempt_token}), 200)
 
 
-@pytest.mark.parametrize("page", RETURN_PAGES[:3])
-def test_web_return_pages_of_another_users_attempt_are_404_and_record_nothing(app, client, world, page):
+def test_the_live_status_of_another_users_attempt_is_404(app, client, world):
     log_in(client, world.eve_id)
     with unchanged(app):
-        response = client.get(page, query_string={"attempt": world.ada_attempt_token, "user_id": "terra-claim"})
+        response = client.get("/connect/attempts/status", query_string={"attempt": world.ada_attempt_token})
     check(response, 404)
+
+
+@pytest.mark.parametrize("page", [page for page in RETURN_PAGES if "/return/" in page])
+def test_return_pages_of_another_users_attempt_record_only_the_hint(app, client, world, page):
+    """The token is the capability and the hint is advisory (blueprints/connect.py): Eve's visit to
+    Ada's link may note the claim, and changes nothing else; the page tells Eve it is not hers."""
+    log_in(client, world.eve_id)
+    before = snapshot(app)
+    response = client.get(page, query_string={"attempt": world.ada_attempt_token, "user_id": "terra-claim"})
+    after = snapshot(app)
+    check(response, 200)
+    assert "not for your account" in body_text(response)
+    assert {name: rows for name, rows in after.items() if name != "connect_attempts"} == \
+           {name: rows for name, rows in before.items() if name != "connect_attempts"}
+    with app.app_context():
+        attempts = db.metadata.tables["connect_attempts"].c
+        row = db.session.execute(select(attempts.user_id, attempts.status, attempts.redirect_terra_user_id)
+                                 .where(attempts.id == world.ada_attempt)).one()
+    assert tuple(row) == (world.ada_id, "pending", "terra-claim")
 
 
 # Extra query parameters, as Terra merges them into our return URL (or an attacker adds them).

@@ -110,6 +110,48 @@ def test_bad_attempt_token_is_404(client, token):
     assert return_page(client, token).status_code == 404
 
 
+# One rule for both return pages, web and mobile (blueprints/connect.py: record_return_visit).
+BOTH_RETURN_PAGES = ["/connect/return/success", "/mobile/return/success"]
+
+
+def stored_hint(app, attempt_id):
+    with app.app_context():
+        from extensions import db
+        from models import ConnectAttempt
+
+        row = db.session.get(ConnectAttempt, attempt_id)
+        return row.hint, row.redirect_terra_user_id, row.status
+
+
+@pytest.mark.parametrize("page", BOTH_RETURN_PAGES)
+@pytest.mark.parametrize("signed_in_as", [None, "ada@example.com"], ids=["no session (in-app browser)", "the owner"])
+def test_the_token_alone_opens_the_return_page(client, app, auth, attempt, page, signed_in_as):
+    attempt_id, token = attempt
+    if signed_in_as:
+        assert auth.login(signed_in_as).status_code == 303
+    response = client.get(page, query_string={"attempt": token, "user_id": "terra-user-1"})
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "not for your account" not in text
+    assert ("Finishing your connection" if page.startswith("/connect/") else "Almost done") in text
+    assert stored_hint(app, attempt_id) == ("returned_success", "terra-user-1", "pending")
+
+
+@pytest.mark.parametrize("page", BOTH_RETURN_PAGES)
+def test_another_signed_in_account_is_told_the_link_is_not_theirs(client, app, auth, attempt, page):
+    attempt_id, token = attempt
+    auth.register("eve@example.com")
+    response = client.get(page, query_string={"attempt": token, "user_id": "terra-user-1"})
+    assert response.status_code == 200
+    text = " ".join(response.get_data(as_text=True).split())
+    assert "This connection is not for your account" in text and "nothing was connected to your account" in text
+    assert "Finishing your connection" not in text and "Almost done" not in text and 'id="attempt"' not in text
+    if page.startswith("/mobile/"):  # the app asks the API, as its own user, what happened
+        assert app_link(response) == f"com.example.terraconnect://connect/success?attempt_id={attempt_id}"
+    # The hint is advisory: recorded whoever holds the token, it decides nothing.
+    assert stored_hint(app, attempt_id) == ("returned_success", "terra-user-1", "pending")
+
+
 def test_deep_links_carry_only_the_attempt_and_the_outcome():
     config = {"MOBILE_APP_SCHEME": "com.example.app", "MOBILE_UNIVERSAL_LINK_BASE": "", "ANDROID_PACKAGE_NAME": ""}
     assert direct_link(config, "abc&x=1", "failure") == "com.example.app://connect/failure?attempt_id=abc%26x%3D1"

@@ -652,6 +652,13 @@ def test_too_many_sign_ins_are_429(live_server):
     assert response.json()["error"]["code"] == "too_many_requests"
 
 
+def test_too_many_connect_attempts_are_429(live_server, mobile):
+    live_server.app.config["CONNECT_RATE_LIMIT"] = "1 per minute"
+    start_attempt(mobile)
+    body = expect(mobile.call("POST", "/connect-attempts", json={}), 429)
+    assert body["error"]["code"] == "too_many_requests"
+
+
 def test_terra_failures_are_502(start_live_server):
     # Terra's REST API unreachable: the widget and its webhooks still work, the rest does not.
     server = start_live_server(TERRA_API_BASE_URL="http://127.0.0.1:9/v2")

@@ -197,7 +197,7 @@ def test_pool_pre_ping_is_off_unless_asked_for():
     assert asked["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is True
 
 
-@pytest.mark.parametrize("name", ["STATUS_RATE_LIMIT", "LOGIN_RATE_LIMIT"])
+@pytest.mark.parametrize("name", ["STATUS_RATE_LIMIT", "LOGIN_RATE_LIMIT", "REGISTER_RATE_LIMIT", "CONNECT_RATE_LIMIT"])
 def test_a_rate_that_cannot_be_read_stops_start_up(name):
     with pytest.raises(ConfigError, match=name):
         load_config({"APP_ENV": "testing", name: "plenty"})

@@ -100,8 +100,9 @@ class Caller:
 
 @pytest.fixture
 def caller(start_live_server) -> Caller:
-    # Sign-in is rate limited to 10 a minute; the fuzzer should reach the handler, not the limiter.
-    server = start_live_server(LOGIN_RATE_LIMIT="10000 per minute")
+    # Sign-in and starting attempts are rate limited to 10 a minute; the fuzzer should reach the
+    # handler, not the limiter.
+    server = start_live_server(LOGIN_RATE_LIMIT="10000 per minute", CONNECT_RATE_LIMIT="10000 per minute")
     return Caller(server)
 
 
