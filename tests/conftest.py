@@ -31,6 +31,10 @@ from extensions import db
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
 
+# A developer's .env must not reach the tests: apps built here get their whole environment passed in,
+# and the servers and commands started as subprocesses inherit this switch (config.load_env_file).
+os.environ["FLASK_SKIP_DOTENV"] = "1"
+
 
 @pytest.fixture(scope="session")
 def database_uri(tmp_path_factory) -> str:

@@ -6,6 +6,7 @@ from app import create_app
 from config import ConfigError, load_config
 
 LIVE = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
+PRODUCTION = {**LIVE, "APP_ENV": "production", "SECRET_KEY": "k" * 32, "PUBLIC_BASE_URL": "https://connect.example.com"}
 
 
 def test_defaults_run_the_sandbox_on_sqlite(tmp_path):
@@ -23,13 +24,60 @@ def test_development_secret_key_is_generated_once(tmp_path):
     assert load_config({}, str(tmp_path))["SECRET_KEY"] == first
 
 
-def test_production_requires_secret_key(tmp_path):
-    with pytest.raises(ConfigError, match="SECRET_KEY is required"):
-        load_config({"APP_ENV": "production"}, str(tmp_path))
+@pytest.mark.parametrize("missing, message", [
+    ("SECRET_KEY", "SECRET_KEY is required"),
+    ("PUBLIC_BASE_URL", "PUBLIC_BASE_URL is required"),
+    # Without live credentials production refuses, rather than serving the open sandbox.
+    (tuple(LIVE), "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET"),
+])
+def test_production_refuses_to_start_without(tmp_path, missing, message):
+    missing = missing if isinstance(missing, tuple) else (missing,)
+    env = {name: value for name, value in PRODUCTION.items() if name not in missing}
+    with pytest.raises(ConfigError, match=message):
+        load_config(env, str(tmp_path))
 
 
-def test_production_uses_secure_cookies(tmp_path):
-    assert load_config({"APP_ENV": "production", "SECRET_KEY": "k"}, str(tmp_path))["SESSION_COOKIE_SECURE"] is True
+def test_production_refuses_a_short_secret_key_without_showing_it(tmp_path):
+    short_key = "s3cr3t-but-only-31-characters.."
+    with pytest.raises(ConfigError, match="SECRET_KEY must be at least 32 characters") as refused:
+        load_config({**PRODUCTION, "SECRET_KEY": short_key}, str(tmp_path))
+    assert short_key not in str(refused.value)
+    assert load_config({**PRODUCTION, "SECRET_KEY": short_key + "."}, str(tmp_path))["SECRET_KEY"] == short_key + "."
+
+
+@pytest.mark.parametrize("url", ["http://connect.example.com", "https://connect.example.com/app",
+                                 "connect.example.com", "https://user@connect.example.com"])
+def test_production_public_base_url_is_an_https_origin(tmp_path, url):
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL must be"):
+        load_config({**PRODUCTION, "PUBLIC_BASE_URL": url}, str(tmp_path))
+
+
+def test_production_uses_secure_cookies_and_trusts_only_its_public_host(tmp_path):
+    config = load_config(PRODUCTION, str(tmp_path))
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["TRUSTED_HOSTS"] == ["connect.example.com"]
+    extra = load_config({**PRODUCTION, "EXTRA_TRUSTED_HOSTS": "10.0.3.7, .internal"}, str(tmp_path))
+    assert extra["TRUSTED_HOSTS"] == ["connect.example.com", "10.0.3.7", ".internal"]
+    assert load_config({}, str(tmp_path))["TRUSTED_HOSTS"] is None  # development answers to any host
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "http://127.0.0.1:5000"),
+    ({"PORT": "5731"}, "http://127.0.0.1:5731"),
+    ({"BIND": "127.0.0.2:8000", "PORT": "5731"}, "http://127.0.0.2:8000"),
+    ({"BIND": "0.0.0.0:8000"}, "http://127.0.0.1:8000"),
+    ({"PORT": "5731", "PUBLIC_BASE_URL": "https://tunnel.example.com/"}, "https://tunnel.example.com"),
+])
+def test_development_public_base_url_follows_the_bind_address(tmp_path, env, expected):
+    config = load_config(env, str(tmp_path))
+    assert config["PUBLIC_BASE_URL"] == expected
+    assert config["TERRA_WIDGET_SESSION_URL"] == expected + "/sandbox/api/widget/session"
+    assert config["SANDBOX_WEBHOOK_URL"] == expected + "/webhooks/terra"
+
+
+def test_a_unix_socket_bind_needs_public_base_url(tmp_path):
+    with pytest.raises(ConfigError, match="Set PUBLIC_BASE_URL"):
+        load_config({"BIND": "unix:/run/terra.sock"}, str(tmp_path))
 
 
 @pytest.mark.parametrize("missing", sorted(LIVE))
