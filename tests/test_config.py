@@ -1,9 +1,15 @@
-"""Configuration from the environment: defaults, validation, and failing fast."""
+"""Configuration from the environment: defaults, validation, and failing fast; and the entry points
+(`flask`, gunicorn, `flask run`) reading the same settings, `.env` included."""
+
+import os
+import subprocess
 
 import pytest
 
 from app import create_app
 from config import ConfigError, load_config
+from tests.conftest import ROOT, TEST_SECRET_KEY, VENV_BIN, Browser, _environ, free_port, server_process
+from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 LIVE = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
 PRODUCTION = {**LIVE, "APP_ENV": "production", "SECRET_KEY": "k" * 32, "PUBLIC_BASE_URL": "https://connect.example.com"}
@@ -123,3 +129,52 @@ def test_postgres_urls_use_psycopg3(tmp_path, url, expected):
 def test_invalid_values_are_named(tmp_path, env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(env, str(tmp_path))
+
+
+# == the entry points: the same settings for `flask`, gunicorn and `flask run` ==========================
+
+# What the developer's shell might carry that these tests set through .env or leave to derivation.
+SETTINGS_UNDER_TEST = ("FLASK_SKIP_DOTENV", "APP_ENV", "SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL", "PORT",
+                       "BIND", "WEB_CONCURRENCY", *LIVE)
+
+
+def connect_and_wait(url: str) -> None:
+    """Register and connect through the sandbox that the server at `url` serves itself."""
+    browser = Browser(url)
+    assert "Your connections" in browser.register().text
+    widget_url = start_connect(browser)
+    assert widget_url.startswith(url + "/sandbox/widget/")  # its own sandbox, not one on another port
+    assert wait_for_terminal(browser, finish_widget(widget_url))["status"] == "connected"
+
+
+def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
+    """A `.env` in the working directory, as README's quick start has one: `flask db upgrade` migrates
+    the database it names, gunicorn serves that same database on the PORT it names, and the sandbox
+    redirects and webhooks follow that port."""
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        "APP_ENV=development\n"
+        f"SECRET_KEY={TEST_SECRET_KEY}\n"
+        f"DATABASE_URL=sqlite:///{tmp_path / 'from-dotenv.sqlite'}\n"
+        f"PORT={port}\n"
+        "WEB_CONCURRENCY=1\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
+    env["PYTHONPATH"] = str(ROOT)  # run from the folder holding .env, as from a project checkout
+    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+    url = f"http://127.0.0.1:{port}"
+    gunicorn = [str(VENV_BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"), "app:create_app()"]
+    with server_process(gunicorn, health_url=url + "/healthz", env=env, cwd=tmp_path, log_path=tmp_path / "g.log"):
+        connect_and_wait(url)
+
+
+def test_flask_run_derives_public_base_url_from_its_port(database_uri, tmp_path, app):  # `app` empties the tables
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
+    env.update(_environ(database_uri), FLASK_SKIP_DOTENV="1")
+    url = f"http://127.0.0.1:{port}"
+    flask_run = [str(VENV_BIN / "flask"), "--app", "app", "run", "--port", str(port)]
+    with server_process(flask_run, health_url=url + "/healthz", env=env, log_path=tmp_path / "flask-run.log"):
+        connect_and_wait(url)
