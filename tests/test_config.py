@@ -3,6 +3,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -168,6 +169,21 @@ def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
     gunicorn = [str(VENV_BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"), "app:create_app()"]
     with server_process(gunicorn, health_url=url + "/healthz", env=env, cwd=tmp_path, log_path=tmp_path / "g.log"):
         connect_and_wait(url)
+
+
+@pytest.mark.parametrize("skip_dotenv, reads_dotenv", [("", True), ("1", False)])
+def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv, reads_dotenv):
+    """Without the `flask` command or gunicorn.conf.py around it (another WSGI server imports the
+    factory), create_app still reads .env; FLASK_SKIP_DOTENV=1, as the tests set it, turns that off."""
+    (tmp_path / ".env").write_text(f"DATABASE_URL=sqlite:///{tmp_path / 'from-dotenv.sqlite'}\n")
+    env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
+    env.update(PYTHONPATH=str(ROOT), FLASK_SKIP_DOTENV=skip_dotenv, SECRET_KEY=TEST_SECRET_KEY)
+    printed = subprocess.run(
+        [sys.executable, "-c", "from app import create_app; print(create_app().config['SQLALCHEMY_DATABASE_URI'])"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert ("from-dotenv.sqlite" in printed.stdout) is reads_dotenv
 
 
 def test_flask_run_derives_public_base_url_from_its_port(database_uri, tmp_path, app):  # `app` empties the tables
