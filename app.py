@@ -127,7 +127,7 @@ def register_security_headers(app: Flask) -> None:
         response.headers.setdefault("Content-Security-Policy", default_policy)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # Our own forms need the Referer: over HTTPS, Flask-WTF's CSRF check requires a same-origin one.
-        # Other sites never see our URLs (return pages carry signed tokens in their paths).
+        # Other sites never see our URLs (return pages carry signed attempt tokens in theirs).
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
         if request.path.startswith("/api/"):  # every API answer, routing errors included

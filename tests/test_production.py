@@ -232,7 +232,8 @@ REFUSALS = [
                  "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET",
                  id="no Terra credentials"),
     pytest.param({"PUBLIC_BASE_URL": None}, "PUBLIC_BASE_URL is required", id="no PUBLIC_BASE_URL"),
-    pytest.param({"PUBLIC_BASE_URL": "http://localhost"}, "PUBLIC_BASE_URL must be https://", id="http PUBLIC_BASE_URL"),
+    pytest.param({"PUBLIC_BASE_URL": "http://localhost"}, "PUBLIC_BASE_URL must be https://",
+                 id="http PUBLIC_BASE_URL"),
     pytest.param({"SECRET_KEY": "short-secret-key-of-31-chars..."}, "SECRET_KEY must be at least 32 characters",
                  id="short SECRET_KEY"),
 ]
@@ -253,7 +254,7 @@ def test_production_refuses_to_start(tmp_path, changes, message, entry_point):
         assert not secret or secret not in output
 
 
-def test_behind_a_tls_proxy_forwarded_headers_decide_scheme_host_and_client(database_uri, tmp_path):
+def test_behind_a_tls_proxy(database_uri, tmp_path, app):  # `app` empties the tables afterwards
     """TRUSTED_PROXY_COUNT=1 and plain HTTP on loopback: the proxy terminates TLS and says so in
     X-Forwarded-*. The app then holds form posts to the HTTPS rules (a same-origin Referer), answers only
     to the public host, and rate-limits by the client's address rather than the proxy's."""

@@ -119,8 +119,8 @@ def test_production_never_mounts_the_sandbox(production_app):
 
 def test_form_action_allows_plain_http_only_outside_production(production_app, tmp_path):
     def form_action(app) -> str:
-        csp = app.test_client().get("/auth/login", base_url=app.config["PUBLIC_BASE_URL"]).headers["Content-Security-Policy"]
-        return re.search(r"form-action ([^;]+)", csp).group(1)
+        page = app.test_client().get("/auth/login", base_url=app.config["PUBLIC_BASE_URL"])
+        return re.search(r"form-action ([^;]+)", page.headers["Content-Security-Policy"]).group(1)
 
     assert form_action(production_app) == "'self' https:"
     scheme_app = create_app(environ={**PRODUCTION, "MOBILE_APP_SCHEME": "com.example.health",
