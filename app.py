@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask, jsonify, render_template, request
 from sqlalchemy import event
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config
@@ -94,6 +94,10 @@ def register_errorhandlers(app: Flask) -> None:
         if wants_json():
             code = (error.name or "error").lower().replace(" ", "_")
             return jsonify(error={"code": code, "message": error.description}), error.code
+        if isinstance(error, (BadHost, SecurityError)):
+            # A Host header that is malformed (an overlong or empty label) or not trusted leaves the
+            # request without URL routing, so the page template (its url_for) cannot be rendered.
+            return error.description, error.code, {"Content-Type": "text/plain; charset=utf-8"}
         return render_template("errors/error.html", error=error), error.code
 
     @app.errorhandler(Exception)
@@ -107,9 +111,10 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_security_headers(app: Flask) -> None:
-    # Chrome applies form-action to the redirect after a form post too: the widget's consent form
-    # (sandbox) may redirect into the app's own scheme, so that scheme is allowed as a target.
-    form_targets = "'self' http: https:"
+    # Chrome applies form-action to the redirect after a form post too: "Connect" redirects to Terra's
+    # widget (https), the sandbox's pages to http:// loopback addresses (never in production), and the
+    # widget's consent form may redirect into the app's own scheme, so that scheme is allowed as a target.
+    form_targets = "'self' https:" if app.config["APP_ENV"] == "production" else "'self' http: https:"
     if app.config["MOBILE_APP_SCHEME"]:
         form_targets += f" {app.config['MOBILE_APP_SCHEME']}:"
     default_policy = (
@@ -121,10 +126,15 @@ def register_security_headers(app: Flask) -> None:
     def set_security_headers(response):
         response.headers.setdefault("Content-Security-Policy", default_policy)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # Our own forms need the Referer: over HTTPS, Flask-WTF's CSRF check requires a same-origin one.
+        # Other sites never see our URLs (return pages carry signed attempt tokens in theirs).
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
         if request.path.startswith("/api/"):  # every API answer, routing errors included
             response.headers["Cache-Control"] = "no-store"
+        elif response.mimetype == "text/html":
+            # Every page shows a user's data or holds a CSRF token of their session: never cached.
+            response.headers.setdefault("Cache-Control", "no-store")
         if app.config["SESSION_COOKIE_SECURE"]:  # production: HTTPS only, remembered by the browser
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         return response

@@ -2,7 +2,8 @@
 
 `load_config()` returns a plain dict for `app.config`. It fails fast, with a message naming the
 variable, when something is missing or inconsistent, so a misconfigured deployment never starts
-half-working.
+half-working. The process environment is completed by a `.env` file (`load_env_file`), the same one
+the `flask` command reads, so every entry point sees the same settings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+import click
+import dotenv
 import limits
 
 ENVIRONMENTS = ("development", "testing", "production")
@@ -29,20 +32,52 @@ SANDBOX_DEV_ID = "sandbox-dev-id"
 SANDBOX_API_KEY = "sandbox-api-key"
 DEFAULT_SANDBOX_SIGNING_SECRET = "sandbox-signing-secret-not-for-production"
 
+MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
+DEFAULT_PORT = "5000"
+
 
 class ConfigError(RuntimeError):
     """The environment does not describe a runnable app."""
 
 
+def load_env_file() -> None:
+    """Fill the process environment from the `.env` that the `flask` command reads (the nearest one
+    from the working directory up), never overriding a variable that is already set. gunicorn
+    (gunicorn.conf.py) and the app factory call it, so the server, the CLI and migrations agree.
+    FLASK_SKIP_DOTENV=1 turns it off, for the CLI too: the test suite sets it."""
+    if os.environ.get("FLASK_SKIP_DOTENV", "").lower() not in ("", "0", "false", "no"):
+        return
+    path = dotenv.find_dotenv(usecwd=True)
+    if path:
+        dotenv.load_dotenv(path, override=False, encoding="utf-8")
+
+
+def process_environment() -> dict[str, str]:
+    """The settings of this process: its environment and `.env`, and under `flask run` the address
+    it listens on (its --host/--port are not in the environment), from which PUBLIC_BASE_URL derives."""
+    load_env_file()
+    env = dict(os.environ)
+    command = click.get_current_context(silent=True)
+    if command is not None and command.info_name == "run" and "port" in command.params:
+        env["BIND"] = f"{command.params['host']}:{command.params['port']}"
+    return env
+
+
+def bind_address(env: Mapping[str, str]) -> str:
+    """Where gunicorn listens (gunicorn.conf.py): BIND, else loopback on PORT."""
+    return env.get("BIND") or "127.0.0.1:" + (env.get("PORT") or DEFAULT_PORT)
+
+
 def load_config(environ: Mapping[str, str] | None = None, instance_path: str | None = None) -> dict:
     # An empty value means "not set", so a copied .env.example with blanks behaves like no .env.
-    env = {name: value for name, value in (os.environ if environ is None else environ).items() if value != ""}
+    environ = process_environment() if environ is None else environ
+    env = {name: value for name, value in environ.items() if value != ""}
     app_env = env.get("APP_ENV", "development")
     if app_env not in ENVIRONMENTS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {app_env!r}")
 
-    public_base_url = env.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").rstrip("/")
-    terra_mode = _terra_mode(env)
+    public_base_url = _public_base_url(env, app_env)
+    terra_mode = _terra_mode(env, app_env)
     config: dict = {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
@@ -61,6 +96,7 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
             "max_overflow": _int(env, "DATABASE_MAX_OVERFLOW", 22),
         },
         "PUBLIC_BASE_URL": public_base_url,
+        "TRUSTED_HOSTS": _trusted_hosts(env, app_env, public_base_url),
         # Session cookie: unreadable from scripts, sent on top-level navigations back from Terra.
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -174,9 +210,45 @@ def database_url(env: Mapping[str, str], instance_path: str | None) -> str:
     return url
 
 
-def _terra_mode(env: Mapping[str, str]) -> str:
+def _public_base_url(env: Mapping[str, str], app_env: str) -> str:
+    """The public origin Terra sends browsers back to. Production names it (https only); elsewhere it
+    defaults to the address this process listens on, so `PORT=5731 make run` redirects to itself."""
+    url = env.get("PUBLIC_BASE_URL", "").rstrip("/")
+    if not url:
+        if app_env == "production":
+            raise ConfigError("PUBLIC_BASE_URL is required when APP_ENV=production: the public https:// origin "
+                              "of the app, such as https://connect.example.com")
+        host, _, port = bind_address(env).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"Set PUBLIC_BASE_URL: it cannot be derived from BIND={env['BIND']!r}")
+        # A wildcard bind is reachable on loopback, the address a developer's browser uses.
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment \
+            or parts.username or parts.password:
+        raise ConfigError(f"PUBLIC_BASE_URL must be an origin such as https://connect.example.com, not {url!r}")
+    if app_env == "production" and parts.scheme != "https":
+        raise ConfigError(f"PUBLIC_BASE_URL must be https:// when APP_ENV=production, not {url!r}")
+    return url
+
+
+def _trusted_hosts(env: Mapping[str, str], app_env: str, public_base_url: str) -> list[str] | None:
+    """Production answers only to its public host (Flask's TRUSTED_HOSTS; other hosts get 400), plus
+    EXTRA_TRUSTED_HOSTS, e.g. the address a load balancer's health check sends as Host."""
+    if app_env != "production":
+        return None
+    return [urlsplit(public_base_url).hostname, *_csv(env.get("EXTRA_TRUSTED_HOSTS", ""))]
+
+
+def _terra_mode(env: Mapping[str, str], app_env: str) -> str:
     present = [name for name in TERRA_CREDENTIALS if env.get(name)]
     if not present:
+        # The sandbox has no login and signs with a published secret: never in production.
+        if app_env == "production":
+            raise ConfigError(f"APP_ENV=production needs live Terra credentials: set {', '.join(TERRA_CREDENTIALS)} "
+                              "(production never serves the embedded sandbox)")
         return "sandbox"
     if len(present) == len(TERRA_CREDENTIALS):
         return "live"
@@ -189,10 +261,16 @@ def _terra_mode(env: Mapping[str, str]) -> str:
 
 def _secret_key(env: Mapping[str, str], app_env: str, instance_path: str | None) -> str:
     key = env.get("SECRET_KEY")
+    if app_env == "production":
+        if not key:
+            raise ConfigError("SECRET_KEY is required when APP_ENV=production")
+        if len(key) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
+            raise ConfigError(
+                f"SECRET_KEY must be at least {MIN_PRODUCTION_SECRET_KEY_LENGTH} characters when APP_ENV=production; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
     if key:
         return key
-    if app_env == "production":
-        raise ConfigError("SECRET_KEY is required when APP_ENV=production")
     # Development and tests: one random key, kept in the instance folder so sessions survive restarts.
     key_file = Path(instance_path or "instance") / "secret_key"
     key_file.parent.mkdir(parents=True, exist_ok=True)

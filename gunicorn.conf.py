@@ -6,7 +6,12 @@ mode, to the sandbox it serves itself): a sync worker would block on its own req
 
 import os
 
-bind = os.environ.get("BIND", "127.0.0.1:" + os.environ.get("PORT", "5000"))
+from config import bind_address, load_env_file
+
+# The same .env as the app and the `flask` command, read before the settings below (PORT, BIND, ...).
+load_env_file()
+# The app derives PUBLIC_BASE_URL from the same address in development (config.py).
+bind = bind_address(os.environ)
 worker_class = "gthread"
 # One worker process per core: Python runs one thread at a time per process (the GIL).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))

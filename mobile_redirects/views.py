@@ -50,6 +50,8 @@ def _return_page(outcome: str, hint: AttemptHint):
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
+    # No forms here, and the URL carries the attempt token: send it to no one, not even ourselves.
+    response.headers["Referrer-Policy"] = "no-referrer"
     # Strict: only this page's nonce'd script runs; navigating to the app link is not restricted by CSP.
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "

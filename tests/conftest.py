@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -31,6 +32,11 @@ from extensions import db
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent  # the `flask` and `gunicorn` commands of this environment
+
+# A developer's .env must not reach the tests: apps built here get their whole environment passed in,
+# and the servers and commands started as subprocesses inherit this switch (config.load_env_file).
+os.environ["FLASK_SKIP_DOTENV"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -166,48 +172,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def server_process(command: list[str], *, health_url: str, env: dict[str, str], log_path: Path,
+                   cwd: Path = ROOT, verify: bool | str = True) -> Iterator[subprocess.Popen]:
+    """Run a server as a subprocess until the block ends, once `health_url` answers 200 (`verify`: the
+    CA bundle for https). Its output goes to `log_path`; it fails the test if the process exits early."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def healthy():
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    return requests.get(health_url, timeout=2, verify=verify).status_code == 200
+                except requests.RequestException:  # not listening yet, or a worker still booting
+                    return False
+
+            wait_for(healthy, timeout=30, interval=0.2)
+            yield process
+        finally:
+            process.send_signal(signal.SIGINT)  # quick shutdown; gunicorn's SIGTERM waits for its workers
+            process.wait(timeout=10)
+
+
 @pytest.fixture
 def start_gunicorn(database_uri, tmp_path):
     """Start the app under the shipped gunicorn configuration (several worker processes) on a free
     port, with extra environment; returns its URL. Its output goes to tmp_path/gunicorn-<port>.log."""
-    processes = []
+    with ExitStack() as servers:
+        def start(**extra_env: str) -> str:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            env = {
+                **os.environ,
+                "APP_ENV": "testing",
+                "SECRET_KEY": TEST_SECRET_KEY,
+                "DATABASE_URL": database_uri,
+                "PUBLIC_BASE_URL": url,
+                "BIND": f"127.0.0.1:{port}",
+                "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+                **extra_env,
+            }
+            servers.enter_context(server_process(
+                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
+                health_url=url + "/healthz", env=env, log_path=tmp_path / f"gunicorn-{port}.log",
+            ))
+            return url
 
-    def start(**extra_env: str) -> str:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "APP_ENV": "testing",
-            "SECRET_KEY": TEST_SECRET_KEY,
-            "DATABASE_URL": database_uri,
-            "PUBLIC_BASE_URL": url,
-            "BIND": f"127.0.0.1:{port}",
-            "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
-            **extra_env,
-        }
-        log_path = tmp_path / f"gunicorn-{port}.log"
-        log = open(log_path, "w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        processes.append((process, log))
-
-        def healthy():
-            assert process.poll() is None, log_path.read_text()
-            try:
-                return requests.get(url + "/healthz", timeout=2).status_code == 200
-            except requests.RequestException:  # not listening yet, or a worker still booting
-                return False
-
-        wait_for(healthy, timeout=30, interval=0.2)
-        return url
-
-    yield start
-    for process, log in processes:
-        process.send_signal(signal.SIGINT)  # quick shutdown; SIGTERM waits for the workers' graceful exit
-        process.wait(timeout=10)
-        log.close()
+        yield start
 
 
 @pytest.fixture

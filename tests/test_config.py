@@ -1,11 +1,19 @@
-"""Configuration from the environment: defaults, validation, and failing fast."""
+"""Configuration from the environment: defaults, validation, and failing fast; and the entry points
+(`flask`, gunicorn, `flask run`) reading the same settings, `.env` included."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from app import create_app
 from config import ConfigError, load_config
+from tests.conftest import ROOT, TEST_SECRET_KEY, VENV_BIN, Browser, _environ, free_port, server_process
+from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 LIVE = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
+PRODUCTION = {**LIVE, "APP_ENV": "production", "SECRET_KEY": "k" * 32, "PUBLIC_BASE_URL": "https://connect.example.com"}
 
 
 def test_defaults_run_the_sandbox_on_sqlite(tmp_path):
@@ -23,13 +31,60 @@ def test_development_secret_key_is_generated_once(tmp_path):
     assert load_config({}, str(tmp_path))["SECRET_KEY"] == first
 
 
-def test_production_requires_secret_key(tmp_path):
-    with pytest.raises(ConfigError, match="SECRET_KEY is required"):
-        load_config({"APP_ENV": "production"}, str(tmp_path))
+@pytest.mark.parametrize("missing, message", [
+    ("SECRET_KEY", "SECRET_KEY is required"),
+    ("PUBLIC_BASE_URL", "PUBLIC_BASE_URL is required"),
+    # Without live credentials production refuses, rather than serving the open sandbox.
+    (tuple(LIVE), "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET"),
+])
+def test_production_refuses_to_start_without(tmp_path, missing, message):
+    missing = missing if isinstance(missing, tuple) else (missing,)
+    env = {name: value for name, value in PRODUCTION.items() if name not in missing}
+    with pytest.raises(ConfigError, match=message):
+        load_config(env, str(tmp_path))
 
 
-def test_production_uses_secure_cookies(tmp_path):
-    assert load_config({"APP_ENV": "production", "SECRET_KEY": "k"}, str(tmp_path))["SESSION_COOKIE_SECURE"] is True
+def test_production_refuses_a_short_secret_key_without_showing_it(tmp_path):
+    short_key = "s3cr3t-but-only-31-characters.."
+    with pytest.raises(ConfigError, match="SECRET_KEY must be at least 32 characters") as refused:
+        load_config({**PRODUCTION, "SECRET_KEY": short_key}, str(tmp_path))
+    assert short_key not in str(refused.value)
+    assert load_config({**PRODUCTION, "SECRET_KEY": short_key + "."}, str(tmp_path))["SECRET_KEY"] == short_key + "."
+
+
+@pytest.mark.parametrize("url", ["http://connect.example.com", "https://connect.example.com/app",
+                                 "connect.example.com", "https://user@connect.example.com"])
+def test_production_public_base_url_is_an_https_origin(tmp_path, url):
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL must be"):
+        load_config({**PRODUCTION, "PUBLIC_BASE_URL": url}, str(tmp_path))
+
+
+def test_production_uses_secure_cookies_and_trusts_only_its_public_host(tmp_path):
+    config = load_config(PRODUCTION, str(tmp_path))
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["TRUSTED_HOSTS"] == ["connect.example.com"]
+    extra = load_config({**PRODUCTION, "EXTRA_TRUSTED_HOSTS": "10.0.3.7, .internal"}, str(tmp_path))
+    assert extra["TRUSTED_HOSTS"] == ["connect.example.com", "10.0.3.7", ".internal"]
+    assert load_config({}, str(tmp_path))["TRUSTED_HOSTS"] is None  # development answers to any host
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "http://127.0.0.1:5000"),
+    ({"PORT": "5731"}, "http://127.0.0.1:5731"),
+    ({"BIND": "127.0.0.2:8000", "PORT": "5731"}, "http://127.0.0.2:8000"),
+    ({"BIND": "0.0.0.0:8000"}, "http://127.0.0.1:8000"),
+    ({"PORT": "5731", "PUBLIC_BASE_URL": "https://tunnel.example.com/"}, "https://tunnel.example.com"),
+])
+def test_development_public_base_url_follows_the_bind_address(tmp_path, env, expected):
+    config = load_config(env, str(tmp_path))
+    assert config["PUBLIC_BASE_URL"] == expected
+    assert config["TERRA_WIDGET_SESSION_URL"] == expected + "/sandbox/api/widget/session"
+    assert config["SANDBOX_WEBHOOK_URL"] == expected + "/webhooks/terra"
+
+
+def test_a_unix_socket_bind_needs_public_base_url(tmp_path):
+    with pytest.raises(ConfigError, match="Set PUBLIC_BASE_URL"):
+        load_config({"BIND": "unix:/run/terra.sock"}, str(tmp_path))
 
 
 @pytest.mark.parametrize("missing", sorted(LIVE))
@@ -75,3 +130,67 @@ def test_postgres_urls_use_psycopg3(tmp_path, url, expected):
 def test_invalid_values_are_named(tmp_path, env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(env, str(tmp_path))
+
+
+# == the entry points: the same settings for `flask`, gunicorn and `flask run` ==========================
+
+# What the developer's shell might carry that these tests set through .env or leave to derivation.
+SETTINGS_UNDER_TEST = ("FLASK_SKIP_DOTENV", "APP_ENV", "SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL", "PORT",
+                       "BIND", "WEB_CONCURRENCY", *LIVE)
+
+
+def connect_and_wait(url: str) -> None:
+    """Register and connect through the sandbox that the server at `url` serves itself."""
+    browser = Browser(url)
+    assert "Your connections" in browser.register().text
+    widget_url = start_connect(browser)
+    assert widget_url.startswith(url + "/sandbox/widget/")  # its own sandbox, not one on another port
+    assert wait_for_terminal(browser, finish_widget(widget_url))["status"] == "connected"
+
+
+def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
+    """A `.env` in the working directory, as README's quick start has one: `flask db upgrade` migrates
+    the database it names, gunicorn serves that same database on the PORT it names, and the sandbox
+    redirects and webhooks follow that port."""
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        "APP_ENV=development\n"
+        f"SECRET_KEY={TEST_SECRET_KEY}\n"
+        f"DATABASE_URL=sqlite:///{tmp_path / 'from-dotenv.sqlite'}\n"
+        f"PORT={port}\n"
+        "WEB_CONCURRENCY=1\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
+    env["PYTHONPATH"] = str(ROOT)  # run from the folder holding .env, as from a project checkout
+    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+    url = f"http://127.0.0.1:{port}"
+    gunicorn = [str(VENV_BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"), "app:create_app()"]
+    with server_process(gunicorn, health_url=url + "/healthz", env=env, cwd=tmp_path, log_path=tmp_path / "g.log"):
+        connect_and_wait(url)
+
+
+@pytest.mark.parametrize("skip_dotenv, reads_dotenv", [("", True), ("1", False)])
+def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv, reads_dotenv):
+    """Without the `flask` command or gunicorn.conf.py around it (another WSGI server imports the
+    factory), create_app still reads .env; FLASK_SKIP_DOTENV=1, as the tests set it, turns that off."""
+    (tmp_path / ".env").write_text(f"DATABASE_URL=sqlite:///{tmp_path / 'from-dotenv.sqlite'}\n")
+    env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
+    env.update(PYTHONPATH=str(ROOT), FLASK_SKIP_DOTENV=skip_dotenv, SECRET_KEY=TEST_SECRET_KEY)
+    printed = subprocess.run(
+        [sys.executable, "-c", "from app import create_app; print(create_app().config['SQLALCHEMY_DATABASE_URI'])"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert ("from-dotenv.sqlite" in printed.stdout) is reads_dotenv
+
+
+def test_flask_run_derives_public_base_url_from_its_port(database_uri, tmp_path, app):  # `app` empties the tables
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
+    env.update(_environ(database_uri), FLASK_SKIP_DOTENV="1")
+    url = f"http://127.0.0.1:{port}"
+    flask_run = [str(VENV_BIN / "flask"), "--app", "app", "run", "--port", str(port)]
+    with server_process(flask_run, health_url=url + "/healthz", env=env, log_path=tmp_path / "flask-run.log"):
+        connect_and_wait(url)

@@ -10,6 +10,7 @@ import requests
 from app import create_app
 from config import DEFAULT_SANDBOX_SIGNING_SECRET, SANDBOX_API_KEY
 from tests.conftest import TEST_SECRET_KEY, Browser
+from tests.test_config import PRODUCTION
 from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 PASSWORD = "correct horse battery staple"
@@ -21,16 +22,15 @@ PAGES = ["/", "/auth/login", "/auth/register", "/healthz", "/readyz", "/sandbox/
 def test_security_headers_on_every_answer(client, path):
     response = client.get(path)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert "Strict-Transport-Security" not in response.headers  # plain HTTP in tests
 
 
 def test_production_adds_hsts_and_secure_cookies(tmp_path):
-    app = create_app(environ={"APP_ENV": "production", "SECRET_KEY": "k" * 40,
-                              "DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"})
-    response = app.test_client().get("/healthz")
+    app = create_app(environ={**PRODUCTION, "DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"})
+    response = app.test_client().get("/healthz", base_url="https://connect.example.com")
     assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
     assert app.config["SESSION_COOKIE_SECURE"] is True
 
@@ -83,3 +83,58 @@ def test_no_secret_or_token_appears_in_the_logs_of_a_full_flow(gunicorn_server, 
     }
     for name, value in secrets.items():
         assert value and value not in log, f"the {name} appears in the logs"
+
+
+# Werkzeug refuses a Host with an empty or over-long (64+) label before routing; the error page then
+# has no URLs to build. Each must be a plain 400, never a 500, on every kind of page.
+HOSTILE_HOSTS = ["a" * 64 + ".example.com", "connect..example.com"]
+
+
+@pytest.mark.parametrize("host", HOSTILE_HOSTS)
+@pytest.mark.parametrize("path", PAGES)
+def test_a_malformed_host_header_is_a_400(client, path, host):
+    response = client.get(path, headers={"Host": host})
+    assert response.status_code == 400
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.fixture
+def production_app(tmp_path):
+    return create_app(environ={**PRODUCTION, "DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"})
+
+
+@pytest.mark.parametrize("host", ["evil.example.net", "connect.example.com.evil.example.net", *HOSTILE_HOSTS])
+@pytest.mark.parametrize("path", ["/", "/auth/login", "/healthz", "/api/v1/connections", "/no-such-page"])
+def test_production_answers_only_to_its_public_host(production_app, path, host):
+    client = production_app.test_client()
+    assert client.get(path, headers={"Host": host}, base_url="https://connect.example.com").status_code == 400
+    trusted = client.get(path, base_url="https://connect.example.com")
+    assert trusted.status_code in (200, 401, 404)
+
+
+def test_production_never_mounts_the_sandbox(production_app):
+    assert not any(rule.rule.startswith("/sandbox") for rule in production_app.url_map.iter_rules())
+    assert production_app.test_client().get("/sandbox/", base_url="https://connect.example.com").status_code == 404
+
+
+def test_form_action_allows_plain_http_only_outside_production(production_app, tmp_path):
+    def form_action(app) -> str:
+        page = app.test_client().get("/auth/login", base_url=app.config["PUBLIC_BASE_URL"])
+        return re.search(r"form-action ([^;]+)", page.headers["Content-Security-Policy"]).group(1)
+
+    assert form_action(production_app) == "'self' https:"
+    scheme_app = create_app(environ={**PRODUCTION, "MOBILE_APP_SCHEME": "com.example.health",
+                                     "DATABASE_URL": f"sqlite:///{tmp_path}/s.sqlite"})
+    assert form_action(scheme_app) == "'self' https: com.example.health:"
+    # The sandbox's own pages and their redirects stay on http:// loopback in development.
+    development = create_app(environ={"DATABASE_URL": f"sqlite:///{tmp_path}/d.sqlite"})
+    assert form_action(development) == "'self' http: https: com.example.terraconnect:"
+
+
+@pytest.mark.parametrize("path", ["/", "/connections", "/connections/providers", "/auth/login", "/auth/register",
+                                  "/connect/return/success?attempt=forged"])
+def test_pages_are_never_cached(client, auth, path):
+    assert auth.register().status_code == 303
+    response = client.get(path)
+    assert response.mimetype == "text/html"
+    assert response.headers["Cache-Control"] == "no-store"
