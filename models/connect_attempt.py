@@ -32,6 +32,7 @@ REASON_TEXT = {
     "auth_cancelled": "The connection was cancelled before it finished.",
     "auth_failed": "The provider did not complete the connection.",
     "browser_closed": "The browser was closed before the connection finished.",
+    "returned_failure": "The connection was not completed.",
     "user_limit_reached": "This Terra test environment has reached its limit of 50 users.",
     "session_expired": "The connection link expired before it was used.",
     "session_used": "That connection link was already used.",
@@ -39,6 +40,12 @@ REASON_TEXT = {
     "terra_rejected": "Terra refused the request; the app's Terra settings need checking.",
     "terra_error": "Terra gave an answer the app could not use.",
     "legacy_widget_endpoint_gone": "This Terra account cannot use the legacy widget endpoint.",
+    # Why a connection ended (Connection.status_reason).
+    "relinked_elsewhere": "This provider account was connected to another account of this app, so it was "
+                          "disconnected here.",
+    "disconnected": "You disconnected it.",
+    "deauth": "It was disconnected at Terra.",
+    "access_revoked": "Access was withdrawn in the provider's own settings.",
 }
 
 

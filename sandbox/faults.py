@@ -23,7 +23,23 @@ Faults of webhook delivery (each batch: the events of one completed flow or one 
 - `late`: the batch waits SANDBOX_LATE_SECONDS before its first try (default: the widget session
   lifetime plus 30 s, so it arrives after the app's connect attempt expired).
 
+- `stale_signature`: retries keep the first delivery's `t=` (and so its signature) instead of being
+  signed afresh; Terra does not say which it does. A retry later than the receiver's tolerance fails.
+- `s3_payload`: data events are delivered the way ping-mode destinations get them, as an `s3_payload`
+  event whose `url` the receiver downloads (the sandbox serves it at `/sandbox/payloads/<id>`).
+
 Retries after a non-2xx answer are not a fault: the sandbox always retries, as Terra does.
+
+Variants of a widget flow (shapes Terra's documents allow, or leave open, that are not the default):
+
+- `relink_across_users`: a provider account already connected under another reference_id is a
+  re-link, as Terra does it: the earlier Terra user is deleted, and `user_reauth` names it as
+  `old_user` (under the earlier reference_id) and the new user (under this one) as `new_user`.
+  By default only the same account under the same reference_id is a re-auth.
+- `foreign_flow_id`: auth events carry a `flow_id` that is not the widget session id (nothing in
+  Terra's contract says it is), so an `auth_cancelled` names no session the app knows.
+- `appended_redirect`: Terra's parameters are appended as `?user_id=…&resource=…&reference_id=…`,
+  as its docs literally describe, instead of being merged into the redirect URL's query string.
 
 Switching them:
 
@@ -55,8 +71,9 @@ FAULT_HEADER = "X-Sandbox-Fault"
 REST_FAULTS = ("slow", "5xx", "429", "reset", "malformed")
 # The faults that replace the answer, in order of precedence; `slow` only delays whatever answer goes out.
 ANSWER_FAULTS = ("reset", "5xx", "429", "malformed")
-WEBHOOK_FAULTS = ("duplicate", "reorder", "late")
-ALL_FAULTS = (*REST_FAULTS, *WEBHOOK_FAULTS)
+WEBHOOK_FAULTS = ("duplicate", "reorder", "late", "stale_signature", "s3_payload")
+FLOW_VARIANTS = ("relink_across_users", "foreign_flow_id", "appended_redirect")
+ALL_FAULTS = (*REST_FAULTS, *WEBHOOK_FAULTS, *FLOW_VARIANTS)
 LATE_MARGIN_SECONDS = 30  # the default `late` delay is the session lifetime plus this
 
 MALFORMED_BODY = (
@@ -115,6 +132,11 @@ def active_faults(config: Mapping[str, Any], family: tuple[str, ...]) -> tuple[s
 
 def webhook_faults(config: Mapping[str, Any]) -> tuple[str, ...]:
     return active_faults(config, WEBHOOK_FAULTS)
+
+
+def flow_variant(config: Mapping[str, Any], name: str) -> bool:
+    """Whether the flow variant `name` (one of FLOW_VARIANTS) is switched on for this run or request."""
+    return name in active_faults(config, FLOW_VARIANTS)
 
 
 def late_seconds(config: Mapping[str, Any]) -> float:

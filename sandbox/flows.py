@@ -7,6 +7,7 @@ can never disagree. The outcome is committed first and the webhooks are sent aft
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Mapping
@@ -19,6 +20,7 @@ from models.time import utcnow
 from sandbox import events
 from sandbox import providers as catalogue
 from sandbox.delivery import DeliveryThread, deliver
+from sandbox.faults import flow_variant
 from sandbox.models import SandboxSession, SandboxUser, SessionState, new_uuid
 from sandbox.redirects import merge_query
 from sandbox.validation import FlowOptions
@@ -181,15 +183,12 @@ def _authenticate(
     session: SandboxSession, provider: catalogue.Provider, account: str, config: Mapping[str, Any]
 ) -> tuple[str, list[dict]]:
     # Same provider account under the same reference_id: a re-auth, which replaces the user id.
+    # With `relink_across_users`, the same account under any reference_id (another app user) too.
+    identity = [SandboxUser.provider == provider.code, SandboxUser.account == account, SandboxUser.active.is_(True)]
+    if not flow_variant(config, "relink_across_users"):
+        identity.append(SandboxUser.reference_id == session.reference_id)  # `IS NULL` when there is none
     previous = db.session.scalars(
-        select(SandboxUser)
-        .where(
-            SandboxUser.provider == provider.code,
-            SandboxUser.account == account,
-            SandboxUser.reference_id == session.reference_id,  # `IS NULL` when there is none
-            SandboxUser.active.is_(True),
-        )
-        .order_by(SandboxUser.created_at.desc())
+        select(SandboxUser).where(*identity).order_by(SandboxUser.created_at.desc())
     ).first()
     if previous is None and user_cap_reached(config):
         return _fail(session, provider, USER_LIMIT_REASON, config)
@@ -204,7 +203,7 @@ def _authenticate(
         created_at=utcnow(),
     )
     db.session.add(user)
-    outgoing = [events.auth_success(user, session)]
+    outgoing = [events.auth_success(user, session, flow_id=flow_id(session, config))]
     if previous is not None:
         previous.active = False
         reauth = events.user_reauth(user, previous)
@@ -222,6 +221,7 @@ def _fail(
     event = events.auth_failure(
         config["SANDBOX_AUTH_FAILURE_SHAPE"],
         session,
+        flow_id=flow_id(session, config),
         provider=provider.code,
         reason=reason,
         # authenticateUser promised this id; a widget flow's would-be user never existed.
@@ -229,6 +229,14 @@ def _fail(
     )
     params = {"reference_id": session.reference_id or "null", "resource": provider.code, "reason": reason}
     return merge_query(session.failure_url or _result_page(session), params), [event]
+
+
+def flow_id(session: SandboxSession, config: Mapping[str, Any]) -> str:
+    """The `flow_id` of the session's events: its own id, or with `foreign_flow_id` another id,
+    stable for the session, that the app never saw."""
+    if flow_variant(config, "foreign_flow_id"):
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox-flow:" + session.id))
+    return session.id
 
 
 def _result_page(session: SandboxSession) -> str:

@@ -154,7 +154,7 @@ def owned_attempt(user_id: int, attempt_id: str) -> ConnectAttempt:
 _columns = ConnectAttempt.__table__.c
 POLL_STATE = select(
     _columns.id, _columns.user_id, _columns.version, _columns.status, _columns.expires_at,
-    _columns.browser_closed_at, _columns.hinted_at, _columns.redirect_terra_user_id,
+    _columns.browser_closed_at, _columns.hint, _columns.hinted_at, _columns.redirect_terra_user_id,
 ).where(_columns.id == bindparam("attempt_id"))
 
 
@@ -226,10 +226,13 @@ def record_browser_closed(attempt: ConnectAttempt) -> None:
 
 
 def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
-    """No verified outcome within the grace period after the browser closed: the user gave up."""
+    """No verified outcome within the grace period after the browser closed, or came back through
+    the failure URL (whose webhook may name no attempt we know): the user gave up. A late verified
+    success still turns it into `connected`."""
     if attempt.status != AttemptStatus.PENDING or not _abandoned(attempt):
         return False
-    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.CANCELLED, error="browser_closed")
+    reason = "browser_closed" if attempt.browser_closed_at is not None else "returned_failure"
+    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.CANCELLED, error=reason)
 
 
 def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
@@ -244,10 +247,13 @@ def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
 
 
 def _abandoned(attempt) -> bool:
-    if attempt.browser_closed_at is None:
+    given_up_at = attempt.browser_closed_at
+    if given_up_at is None and attempt.hint == AttemptHint.RETURNED_FAILURE:
+        given_up_at = attempt.hinted_at
+    if given_up_at is None:
         return False
     grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
-    return utcnow() - attempt.browser_closed_at >= grace
+    return utcnow() - given_up_at >= grace
 
 
 def _expired(attempt) -> bool:
@@ -261,21 +267,18 @@ def expire_if_due(attempt: ConnectAttempt) -> bool:
 
 
 def find_attempt_for_event(user: User, session_ids: tuple[str, ...]) -> ConnectAttempt | None:
-    """The attempt an auth event answers: by Terra's session/flow id, else the newest pending one."""
-    if session_ids:
-        attempt = db.session.scalars(
-            select(ConnectAttempt).where(
-                ConnectAttempt.user_id == user.id, ConnectAttempt.terra_session_id.in_(session_ids)
-            )
-        ).first()
-        if attempt is not None:
-            return attempt
-    return db.session.scalars(
+    """The one attempt an auth event answers, by Terra's widget session / flow id (or, for
+    authenticateUser, the Terra user id it announced). None when the event names no attempt of
+    `user`, or more than one: such an event never ends an attempt (nothing in Terra's contract says
+    `flow_id` is the widget session id); the return redirect, browser-closed and expiry still can."""
+    if not session_ids:
+        return None
+    matches = db.session.scalars(
         select(ConnectAttempt)
-        .where(ConnectAttempt.user_id == user.id, ConnectAttempt.status.in_([AttemptStatus.PENDING, AttemptStatus.CANCELLED]))
-        .order_by(ConnectAttempt.created_at.desc())
-        .limit(1)
-    ).first()
+        .where(ConnectAttempt.user_id == user.id, ConnectAttempt.terra_session_id.in_(session_ids))
+        .limit(2)
+    ).all()
+    return matches[0] if len(matches) == 1 else None
 
 
 def refresh(attempt: ConnectAttempt) -> ConnectAttempt:

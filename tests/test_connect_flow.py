@@ -242,3 +242,42 @@ def test_pages_need_a_login(browser):
     response = browser.get("/connections", allow_redirects=False)
     assert response.status_code == 302 and "/auth/login" in response.headers["Location"]
     assert browser.http.post(browser.base_url + "/connections/connect", timeout=10).status_code == 400  # no CSRF token
+
+
+# -- Terra's ambiguous shapes, produced by the sandbox's switches --------------------------------
+
+
+@pytest.mark.parametrize("order", ["reauth_first", "auth_first"])
+def test_a_relink_by_another_app_user_ends_the_first_users_connection(start_live_server, order):
+    server = start_live_server(SANDBOX_FAULTS="relink_across_users", SANDBOX_REAUTH_ORDER=order)
+    ada, bob = Browser(server.url), Browser(server.url)
+    ada.register("ada@example.com")
+    bob.register("bob@example.com")
+    ada_state = wait_for_terminal(ada, finish_widget(start_connect(ada), account="shared-watch"))
+    bob_url = finish_widget(start_connect(bob), account="shared-watch")
+    bob_state = wait_for_terminal(bob, bob_url)
+    bob_terra_id = parse_qs(urlsplit(bob_url).query)["user_id"][0]
+
+    assert bob_state["status"] == "connected" and bob_state["connection"]["terra_user_id"] == bob_terra_id
+    assert bob_state["connection"]["id"] != ada_state["connection"]["id"]
+    wait_for(lambda: [row.status for row in connections(server)] == ["revoked", "active"])
+    ada_row, bob_row = connections(server)
+    assert (ada_row.terra_user_id, ada_row.status_reason) == (ada_state["connection"]["terra_user_id"],
+                                                              "relinked_elsewhere")
+    assert bob_row.terra_user_id == bob_terra_id
+    assert "connected to another account of this app" in ada.get("/connections").text
+    assert bob_terra_id not in ada.get("/connections").text
+
+
+def test_a_cancel_whose_flow_id_names_no_attempt_is_ended_by_the_failure_return(start_live_server):
+    server = start_live_server(SANDBOX_FAULTS="foreign_flow_id", BROWSER_CLOSED_GRACE_SECONDS="1")
+    browser = Browser(server.url)
+    browser.register()
+    return_url = finish_widget(start_connect(browser), outcome="denied")
+    with server.app.app_context():
+        wait_for(lambda: db.session.scalars(select(WebhookEvent).where(
+            WebhookEvent.event_type == "auth_cancelled", WebhookEvent.outcome == "applied")).first())
+    assert attempt_state(browser, return_url)["status"] == "pending"  # the webhook named no attempt
+    assert browser.get(return_url).status_code == 200  # the browser came back through the failure URL
+    state = wait_for_terminal(browser, return_url)
+    assert (state["status"], state["error"]["code"]) == ("cancelled", "returned_failure")

@@ -97,10 +97,11 @@ def new_session(client, headers, **body) -> dict:
     return response.get_json()
 
 
-def complete(client, session_id, provider="GARMIN", account="alice", outcome="success"):
+def complete(client, session_id, provider="GARMIN", account="alice", outcome="success", fault=None):
     return client.post(
         f"/sandbox/widget/{session_id}/complete",
         json={"provider": provider, "account": account, "outcome": outcome},
+        headers={"X-Sandbox-Fault": fault} if fault else {},
     )
 
 
@@ -337,6 +338,31 @@ def test_another_account_or_reference_is_a_new_user_not_a_reauth(client, headers
     connect(client, headers, account="bob")
     connect(client, headers, account="alice", reference_id="ref-2")
     assert [event["type"] for event in webhooks.events(3)] == ["auth", "auth", "auth"]
+
+
+def test_relink_across_users_makes_another_reference_a_reauth_under_both_reference_ids(app, client, headers,
+                                                                                      webhooks):
+    first = connect(client, headers, account="alice", reference_id="ref-ada")
+    app.config["SANDBOX_FAULTS"] = ["relink_across_users"]
+    second = connect(client, headers, account="alice", reference_id="ref-bob")
+    reauth = next(event for event in webhooks.events(3)[1:] if event["type"] == "user_reauth")
+    assert (reauth["old_user"]["user_id"], reauth["old_user"]["reference_id"]) == (first, "ref-ada")
+    assert (reauth["new_user"]["user_id"], reauth["new_user"]["reference_id"]) == (second, "ref-bob")
+    old = client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).get_json()
+    assert old["is_authenticated"] is False
+
+
+@pytest.mark.parametrize("outcome", ["success", "denied"])
+def test_foreign_flow_id_keeps_the_widget_session_id_but_not_as_flow_id(client, headers, webhooks, outcome):
+    session = new_session(client, headers)
+    response = complete(client, session["session_id"], outcome=outcome)
+    plain = webhooks.events(1)[0]
+    session = new_session(client, headers)
+    complete(client, session["session_id"], account="bob", outcome=outcome, fault="foreign_flow_id")
+    varied = webhooks.events(2)[1]
+    assert response.status_code == 200 and plain["flow_id"] != varied["flow_id"]
+    assert varied["flow_id"] != session["session_id"] and varied["flow_id"]
+    assert varied.get("widget_session_id") in (None, session["session_id"])
 
 
 def test_user_cap_fails_new_users_inside_the_widget_but_allows_reauth(app, client, headers, webhooks):
