@@ -159,10 +159,7 @@ def _mobile_return_urls(return_mode: str):
             # Terra redirects straight into the app; its query parameters are merged into the link.
             return (direct_link(current_app.config, attempt.id, "success"),
                     direct_link(current_app.config, attempt.id, "failure"))
-        token = attempts.attempt_token(attempt)
-        base = current_app.config["PUBLIC_BASE_URL"]
-        return (base + url_for("mobile.return_success", attempt=token),
-                base + url_for("mobile.return_failure", attempt=token))
+        return attempts.return_page_urls(attempt, "mobile")
 
     return urls
 

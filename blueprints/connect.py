@@ -87,19 +87,18 @@ def connect_provider(provider: str):
     return redirect(attempt.widget_url, code=303)
 
 
-@bp.get("/connect/return/success")
-def return_success():
-    return _return_page(AttemptHint.RETURNED_SUCCESS)
+@bp.get("/connect/return/success/<token>")
+def return_success(token: str):
+    return _return_page(token, AttemptHint.RETURNED_SUCCESS)
 
 
-@bp.get("/connect/return/failure")
-def return_failure():
-    return _return_page(AttemptHint.RETURNED_FAILURE)
+@bp.get("/connect/return/failure/<token>")
+def return_failure(token: str):
+    return _return_page(token, AttemptHint.RETURNED_FAILURE)
 
 
-def _return_page(hint: AttemptHint):
+def _return_page(token: str, hint: AttemptHint):
     """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
-    token = request.args.get("attempt")
     try:
         # The viewer is checked before anything is recorded: someone else's link changes nothing.
         _check_viewer(attempts.attempt_from_token(token))
@@ -107,7 +106,7 @@ def _return_page(hint: AttemptHint):
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
     attempts.refresh(attempt)
-    status_url = url_for("connect.attempt_status", attempt=request.args["attempt"])
+    status_url = url_for("connect.attempt_status", attempt=token)
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
 
 

@@ -17,17 +17,17 @@ bp = Blueprint("mobile", __name__)
 csrf.exempt(bp)
 
 
-@bp.get("/mobile/return/success")
-def return_success():
-    return _return_page("success", AttemptHint.RETURNED_SUCCESS)
+@bp.get("/mobile/return/success/<token>")
+def return_success(token: str):
+    return _return_page(token, "success", AttemptHint.RETURNED_SUCCESS)
 
 
-@bp.get("/mobile/return/failure")
-def return_failure():
-    return _return_page("failure", AttemptHint.RETURNED_FAILURE)
+@bp.get("/mobile/return/failure/<token>")
+def return_failure(token: str):
+    return _return_page(token, "failure", AttemptHint.RETURNED_FAILURE)
 
 
-def _return_page(outcome: str, hint: AttemptHint):
+def _return_page(token: str, outcome: str, hint: AttemptHint):
     """Record the hint, try the app once, and always offer a "Return to app" link.
 
     The automatic try can be dropped silently (Chrome needs a user gesture for app launches after a
@@ -35,13 +35,13 @@ def _return_page(outcome: str, hint: AttemptHint):
     tapping it is a fresh gesture.
     """
     try:
-        attempt = attempts.record_return(request.args.get("attempt"), hint, claimed_terra_user_id())
+        attempt = attempts.record_return(token, hint, claimed_terra_user_id())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
 
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
     fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
-        request.endpoint, attempt=request.args["attempt"], tried="1"
+        request.endpoint, token=token, tried="1"
     )
     app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback)
 

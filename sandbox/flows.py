@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Mapping
+from urllib.parse import urlencode
 
 from flask import url_for
 from sqlalchemy import func, select, update
@@ -133,14 +134,14 @@ def normalise_account(account: object) -> str:
     return name
 
 
-def failure_return_url(session: SandboxSession, reason: str) -> str | None:
+def failure_return_url(session: SandboxSession, reason: str, config: Mapping[str, Any]) -> str | None:
     """The link back to the app from a dead session page (None when the app gave no failure URL)."""
     if not session.failure_url:
         return None
     params = {"reference_id": session.reference_id or "null", "reason": reason}
     if len(session.provider_codes) == 1:
         params["resource"] = session.provider_codes[0]
-    return merge_query(session.failure_url, params)
+    return add_terra_parameters(session.failure_url, params, config)
 
 
 # -- finishing a flow -----------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def _authenticate(
         else:
             outgoing.append(reauth)
     params = {"user_id": user.user_id, "resource": provider.code, "reference_id": session.reference_id or "null"}
-    return merge_query(session.success_url or _result_page(session), params), outgoing
+    return add_terra_parameters(session.success_url or _result_page(session), params, config), outgoing
 
 
 def _fail(
@@ -228,7 +229,15 @@ def _fail(
         user_id=session.user_id or new_uuid(),
     )
     params = {"reference_id": session.reference_id or "null", "resource": provider.code, "reason": reason}
-    return merge_query(session.failure_url or _result_page(session), params), [event]
+    return add_terra_parameters(session.failure_url or _result_page(session), params, config), [event]
+
+
+def add_terra_parameters(url: str, params: dict[str, str], config: Mapping[str, Any]) -> str:
+    """The redirect URL with Terra's parameters: merged into its query string, or with
+    `appended_redirect` appended as `?…` whatever the URL already holds (Terra's docs, literally)."""
+    if flow_variant(config, "appended_redirect"):
+        return f"{url}?{urlencode(params)}"
+    return merge_query(url, params)
 
 
 def flow_id(session: SandboxSession, config: Mapping[str, Any]) -> str:

@@ -49,7 +49,7 @@ def start_widget_attempt(user: User, *, channel: str = "web", return_urls: Retur
     """
     attempt = _new_attempt(user, channel, provider=providers[0] if providers and len(providers) == 1 else None,
                            return_mode=return_mode)
-    success_url, failure_url = (return_urls or web_return_urls)(attempt)
+    success_url, failure_url = (return_urls or return_page_urls)(attempt)
     try:
         session: WidgetSession = terra_client().create_widget_session(
             reference_id=user.reference_id,
@@ -71,7 +71,7 @@ def start_widget_attempt(user: User, *, channel: str = "web", return_urls: Retur
 def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
     """Custom UI: one provider through authenticateUser instead of the widget."""
     attempt = _new_attempt(user, "web", provider=provider)
-    success_url, failure_url = web_return_urls(attempt)
+    success_url, failure_url = return_page_urls(attempt)
     try:
         auth = terra_client().authenticate_user(
             provider=provider, reference_id=user.reference_id, success_url=success_url, failure_url=failure_url
@@ -101,12 +101,16 @@ def _fail_without_terra(attempt: ConnectAttempt, error: TerraError) -> None:
     db.session.commit()
 
 
-def web_return_urls(attempt: ConnectAttempt) -> tuple[str, str]:
+def return_page_urls(attempt: ConnectAttempt, pages: str = "connect") -> tuple[str, str]:
+    """The (success, failure) URLs Terra sends the browser back to: the return pages of blueprint
+    `pages` (`connect` on the web, `mobile` for the app). The signed attempt token is in the path and
+    there is no query string, so Terra's `user_id`, `resource` and `reference_id` arrive intact
+    whether it merges them into the URL or appends `?…` as its docs literally describe."""
     token = attempt_token(attempt)
     base = current_app.config["PUBLIC_BASE_URL"]
     return (
-        base + url_for("connect.return_success", attempt=token),
-        base + url_for("connect.return_failure", attempt=token),
+        base + url_for(f"{pages}.return_success", token=token),
+        base + url_for(f"{pages}.return_failure", token=token),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from extensions import db
 from models import Connection, WebhookEvent
 from tests.conftest import Browser, wait_for
+from tests.helpers import token_of
 
 
 def start_connect(browser: Browser) -> str:
@@ -34,8 +35,7 @@ def finish_widget(widget_url: str, outcome: str = "success", account: str = "ada
 
 
 def attempt_state(browser: Browser, return_url: str) -> dict:
-    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
-    response = browser.get("/connect/attempts/status", params={"attempt": token})
+    response = browser.get("/connect/attempts/status", params={"attempt": token_of(return_url)})
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
     return response.json()
@@ -63,7 +63,7 @@ def test_full_flow_register_connect_consent_webhook_dashboard(signed_in, live_se
 
     return_url = finish_widget(widget_url)
     query = parse_qs(urlsplit(return_url).query)
-    assert urlsplit(return_url).path == "/connect/return/success"
+    assert urlsplit(return_url).path.startswith("/connect/return/success/")
     assert query["resource"] == ["GARMIN"] and query["user_id"][0]
 
     page = signed_in.get(return_url)
@@ -87,7 +87,7 @@ def test_full_flow_register_connect_consent_webhook_dashboard(signed_in, live_se
 )
 def test_deny_and_cancel_end_as_failed_with_their_reason(signed_in, live_server, outcome, reason, text):
     return_url = finish_widget(start_connect(signed_in), outcome=outcome)
-    assert urlsplit(return_url).path == "/connect/return/failure"
+    assert urlsplit(return_url).path.startswith("/connect/return/failure/")
     state = wait_for_terminal(signed_in, return_url)
     assert (state["status"], state["error"]["code"]) == ("failed", reason)
     page = signed_in.get(return_url).text
@@ -155,8 +155,8 @@ def test_return_page_never_trusts_the_query_string(signed_in, live_server):
         from services.attempts import attempt_token
 
         attempt = db.session.scalars(select(ConnectAttempt).where(ConnectAttempt.terra_session_id == session_id)).one()
-        token_url = f"/connect/return/success?attempt={attempt_token(attempt)}"
-    finish_url = token_url + "&user_id=invented&resource=GARMIN"
+        token_url = f"/connect/return/success/{attempt_token(attempt)}"
+    finish_url = token_url + "?user_id=invented&resource=GARMIN"
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
     page = signed_in.get(finish_url)
     assert "Finishing your connection" in page.text
@@ -165,9 +165,9 @@ def test_return_page_never_trusts_the_query_string(signed_in, live_server):
     assert connections(live_server) == []
 
 
-@pytest.mark.parametrize("token", ["", "forged", "eyJhIjoxfQ.forged.signature"])
+@pytest.mark.parametrize("token", ["forged", "eyJhIjoxfQ.forged.signature"])
 def test_return_page_with_a_bad_token_is_404(signed_in, token):
-    response = signed_in.get("/connect/return/success", params={"attempt": token})
+    response = signed_in.get(f"/connect/return/success/{token}")
     assert response.status_code == 404
     assert "not valid" in response.text
 
@@ -281,3 +281,14 @@ def test_a_cancel_whose_flow_id_names_no_attempt_is_ended_by_the_failure_return(
     assert browser.get(return_url).status_code == 200  # the browser came back through the failure URL
     state = wait_for_terminal(browser, return_url)
     assert (state["status"], state["error"]["code"]) == ("cancelled", "returned_failure")
+
+
+@pytest.mark.parametrize("outcome, status", [("success", "connected"), ("denied", "failed")])
+def test_return_pages_work_when_terra_appends_its_parameters(start_live_server, outcome, status):
+    server = start_live_server(SANDBOX_FAULTS="appended_redirect")
+    browser = Browser(server.url)
+    browser.register()
+    return_url = finish_widget(start_connect(browser), outcome=outcome)
+    assert return_url.count("?") == 1 and "/return/" in urlsplit(return_url).path
+    assert browser.get(return_url).status_code == 200
+    assert wait_for_terminal(browser, return_url)["status"] == status

@@ -31,6 +31,7 @@ from sandbox.models import SandboxSession
 from sandbox.traffic import traffic_of
 from terra.client import TerraClient, TerraUnavailable
 from tests.conftest import TEST_SECRET_KEY, Browser, wait_for
+from tests.helpers import token_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -83,8 +84,7 @@ def finish_widget(widget_url: str, account: str = "ada-garmin", provider: str = 
 
 
 def attempt_status(browser: Browser, return_url: str) -> dict:
-    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
-    response = browser.get("/connect/attempts/status", params={"attempt": token})
+    response = browser.get("/connect/attempts/status", params={"attempt": token_of(return_url)})
     assert response.status_code == 200, response.text
     return response.json()
 

@@ -430,8 +430,8 @@ def test_webhook_with_a_foreign_reference_id_is_recorded_and_ignored(app, client
 
 def test_webhook_for_eve_naming_adas_attempt_leaves_adas_attempt_alone(app, client, world):
     """Correlation by widget session id is limited to the event's owner: Eve's genuine auth that names
-    Ada's widget session connects Eve (her own newest pending attempt), and Ada's attempts stay as
-    they were."""
+    Ada's widget session links Eve's connection, ends none of Eve's attempts (it names none of
+    them), and Ada's attempts stay as they were."""
     eve = SimpleNamespace(reference_id=world.eve_reference_id)
     body = json.dumps(auth_event(eve, terra_user(eve, "eve-new-terra-user"), session_id=world.ada_session_id)).encode()
     attempts = db.metadata.tables["connect_attempts"]
@@ -448,7 +448,7 @@ def test_webhook_for_eve_naming_adas_attempt_leaves_adas_attempt_alone(app, clie
         eves = db.session.execute(select(attempts).where(attempts.c.id == world.eve_attempt)).one()
         new_connection = db.session.scalars(
             select(Connection).where(Connection.terra_user_id == "eve-new-terra-user")).one()
-    assert (eves.status, eves.connection_id, new_connection.user_id) == ("connected", new_connection.id, world.eve_id)
+    assert (eves.status, eves.connection_id, new_connection.user_id) == ("pending", None, world.eve_id)
 
 
 # == the JSON API =======================================================================================
@@ -685,6 +685,14 @@ RETURN_PAGES = ["/connect/return/success", "/connect/return/failure", "/connect/
 TINY_MAX_AGE = 60  # seconds; the default is two days
 
 
+def with_token(page: str, token: str | None, **params) -> tuple[str, dict]:
+    """(path, query) of `page` for `token`: in the path of the return pages, in the query of the
+    status endpoint (None: no token at all)."""
+    if page.startswith("/connect/attempts/"):
+        return page, params if token is None else {"attempt": token, **params}
+    return (page if token is None else f"{page}/{quote(token, safe='')}"), params
+
+
 class _TwoMinutesAgo(TimestampSigner):
     def get_timestamp(self) -> int:
         return int(time.time()) - 2 * TINY_MAX_AGE
@@ -699,7 +707,7 @@ def signed_attempt_id(attempt_id: str) -> str:
     return URLSafeTimedSerializer(signing_keys(), salt=TOKEN_SALT).dumps(attempt_id)
 
 
-# Each: (app, world) -> the `attempt` query parameter (None: absent).
+# Each: (app, world) -> the attempt token (None: absent).
 ATTEMPT_TOKENS = [
     pytest.param(lambda app, w: None, id="absent"),
     pytest.param(lambda app, w: "", id="empty"),
@@ -724,7 +732,8 @@ ATTEMPT_TOKENS = [
 def test_return_pages_refuse_tampered_attempt_tokens(app, client, world, page, make_token):
     token = in_request(app, lambda: make_token(app, world))
     with unchanged(app):
-        response = client.get(page, query_string={} if token is None else {"attempt": token})
+        path, query = with_token(page, token)
+        response = client.get(path, query_string=query)
     check(response, 404)
 
 
@@ -738,7 +747,8 @@ def test_a_fresh_token_under_the_same_tiny_max_age_is_accepted(app, client, worl
 def test_web_return_pages_of_another_users_attempt_are_404_and_record_nothing(app, client, world, page):
     log_in(client, world.eve_id)
     with unchanged(app):
-        response = client.get(page, query_string={"attempt": world.ada_attempt_token, "user_id": "terra-claim"})
+        path, query = with_token(page, world.ada_attempt_token, user_id="terra-claim")
+        response = client.get(path, query_string=query)
     check(response, 404)
 
 
@@ -762,7 +772,7 @@ def test_return_pages_show_no_query_parameter_and_store_nothing(app, client, wor
     # The attempt already carries the hint this page records, so a visit changes nothing.
     token = world.returned_success if page.endswith("success") else world.returned_failure
     with unchanged(app):
-        response = client.get(page, query_string={"attempt": token, **params})
+        response = client.get(f"{page}/{token}", query_string=params)
     check(response, 200)
     assert content_type(response) == "text/html"
 
@@ -787,7 +797,7 @@ REDIRECT_PARAMS = [
 def test_mobile_return_links_come_only_from_configuration(app, client, world, params, outcome, agent):
     token = world.returned_success if outcome == "success" else world.returned_failure
     with unchanged(app):
-        response = client.get(f"/mobile/return/{outcome}", query_string={"attempt": token, **params},
+        response = client.get(f"/mobile/return/{outcome}/{token}", query_string=params,
                               headers={"User-Agent": agent})
     check(response, 200)
     page = response.get_data(as_text=True)
@@ -802,8 +812,8 @@ def test_mobile_return_links_come_only_from_configuration(app, client, world, pa
 
 def test_a_claimed_terra_user_id_is_stored_as_a_claim_and_never_shown(app, client, world):
     before = snapshot(app)
-    response = check(client.get("/connect/return/success",
-                                query_string={"attempt": world.returned_success, "user_id": SCRIPT}), 200)
+    response = check(client.get(f"/connect/return/success/{world.returned_success}",
+                                query_string={"user_id": SCRIPT}), 200)
     after = snapshot(app)
     assert {k: v for k, v in after.items() if k != "connect_attempts"} == \
            {k: v for k, v in before.items() if k != "connect_attempts"}
@@ -926,7 +936,7 @@ def test_html_from_a_signed_webhook_is_shown_escaped(app, client, world):
     log_in(client, world.ada_id)
     dashboard = check(client.get("/connections"), 200).get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dashboard
-    page = check(client.get("/connect/return/failure", query_string={"attempt": world.ada_attempt_token}), 200)
+    page = check(client.get(f"/connect/return/failure/{world.ada_attempt_token}"), 200)
     assert "&lt;script&gt;" in page.get_data(as_text=True)
 
 

@@ -252,6 +252,15 @@ def test_success_merges_parameters_into_the_redirect_and_sends_auth(client, head
     assert event["user"]["created_at"].endswith("+00:00") and event["version"] == "2022-03-16"
 
 
+@pytest.mark.parametrize("outcome", ["success", "denied"])
+def test_appended_redirect_adds_a_second_query_string_as_terras_docs_describe(client, headers, outcome):
+    session = new_session(client, headers)
+    response = complete(client, session["session_id"], outcome=outcome, fault="appended_redirect")
+    base, _, appended = response.get_json()["redirect_url"].partition("?attempt=abc?")
+    assert base.startswith("https://app.example/return/")
+    assert appended.startswith("user_id=" if outcome == "success" else "reference_id=")
+
+
 def test_success_without_reference_id_sends_literal_null(client, headers):
     session = new_session(client, headers, reference_id=None)
     params = query_of(complete(client, session["session_id"]).get_json()["redirect_url"])
