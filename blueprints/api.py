@@ -136,7 +136,9 @@ def _providers(value) -> list[str] | None:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise ApiError(400, "invalid_providers", "providers must be a non-empty list of provider codes")
     try:
-        offered = {provider.code for provider in attempts.terra_client().integrations_detailed() if provider.enabled}
+        # SDK-only providers too: Terra's widget offers them, and hands the user back to the app.
+        offered = {provider.code for provider in attempts.terra_client().integrations_detailed(include_sdk=True)
+                   if provider.enabled}
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
     unknown = sorted({item.upper() for item in value} - offered)

@@ -102,7 +102,7 @@ def _return_page(token: str, hint: AttemptHint):
     try:
         # The viewer is checked before anything is recorded: someone else's link changes nothing.
         _check_viewer(attempts.attempt_from_token(token))
-        attempt = attempts.record_return(token, hint, claimed_terra_user_id())
+        attempt = attempts.record_return(token, hint, claimed_terra_user_id(), claimed_resource())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
     attempts.refresh(attempt)
@@ -128,6 +128,12 @@ def claimed_terra_user_id() -> str | None:
     text the database can keep (`%00`)."""
     value = request.args.get("user_id")
     return value if value is not None and storable_text(value) else None
+
+
+def claimed_resource() -> str | None:
+    """The provider code a return redirect names (`resource`), or None when it does not look like one."""
+    value = request.args.get("resource", "").upper()
+    return value if PROVIDER_CODE.fullmatch(value) else None
 
 
 def _check_viewer(attempt: ConnectAttempt) -> None:

@@ -6,11 +6,11 @@ import secrets
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
 
-from blueprints.connect import claimed_terra_user_id
+from blueprints.connect import claimed_resource, claimed_terra_user_id
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import return_page_link
-from models.connect_attempt import AttemptHint
+from models.connect_attempt import AttemptHint, AttemptStatus
 from services import attempts
 
 bp = Blueprint("mobile", __name__)
@@ -35,7 +35,7 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
     tapping it is a fresh gesture.
     """
     try:
-        attempt = attempts.record_return(token, hint, claimed_terra_user_id())
+        attempt = attempts.record_return(token, hint, claimed_terra_user_id(), claimed_resource())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
 
@@ -43,7 +43,8 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
     fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
         request.endpoint, token=token, tried="1"
     )
-    app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback)
+    app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback,
+                                resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None)
 
     nonce = secrets.token_urlsafe(16)
     html = render_template(

@@ -16,6 +16,9 @@ class AttemptStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Terra's widget handed the user back with no Terra user: the provider (Apple Health, Samsung
+    # Health, Health Connect) is connected through Terra's mobile SDK, in the app, not on the web.
+    SDK_REQUIRED = "sdk_required"
 
 
 class AttemptHint(enum.StrEnum):
@@ -70,6 +73,8 @@ class ConnectAttempt(db.Model):
     terra_session_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     widget_url: Mapped[str | None] = mapped_column(String(2048))
     requested_provider: Mapped[str | None] = mapped_column(String(64))
+    # The provider Terra's redirect named (`resource`); a hint, like the user id it claimed.
+    resource: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=AttemptStatus.PENDING)
     hint: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(String(255))
@@ -101,7 +106,8 @@ class ConnectAttempt(db.Model):
             "status": self.status,
             "terminal": self.terminal,
             "hint": self.hint,
-            "provider": connection.provider if connection else self.requested_provider,
+            "provider": connection.provider if connection else (self.resource or self.requested_provider),
+            "resource": self.resource,
             "connection": connection.to_dict() if connection else None,
             "error": {"code": self.error, "message": reason_text(self.error)} if self.error else None,
             "version": self.version,

@@ -106,8 +106,8 @@ def ensure_open(session: SandboxSession) -> None:
 
 def offered_providers(session: SandboxSession) -> list[catalogue.Provider]:
     if not session.providers:
-        return catalogue.web_providers()
-    return [provider for provider in map(catalogue.connectable, session.provider_codes) if provider]
+        return catalogue.widget_providers()
+    return [provider for provider in map(catalogue.offerable, session.provider_codes) if provider]
 
 
 def offered_provider(session: SandboxSession, code: object) -> catalogue.Provider:
@@ -156,11 +156,13 @@ def complete_flow(
     if outcome not in OUTCOME_REASONS:
         raise FlowProblem("bad_input", "outcome must be one of: " + ", ".join(OUTCOME_REASONS))
     provider = offered_provider(session, provider_code)
-    account_name = normalise_account(account)
+    account_name = None if provider.sdk_only else normalise_account(account)
     _claim(session)
 
     reason = OUTCOME_REASONS[outcome]
-    if reason is None:
+    if reason is None and provider.sdk_only:
+        redirect_url, outgoing = _hand_over_to_sdk(session, provider, config)
+    elif reason is None:
         redirect_url, outgoing = _authenticate(session, provider, account_name, config)
     else:
         redirect_url, outgoing = _fail(session, provider, reason, config)
@@ -214,6 +216,15 @@ def _authenticate(
             outgoing.append(reauth)
     params = {"user_id": user.user_id, "resource": provider.code, "reference_id": session.reference_id or "null"}
     return add_terra_parameters(session.success_url or _result_page(session), params, config), outgoing
+
+
+def _hand_over_to_sdk(
+    session: SandboxSession, provider: catalogue.Provider, config: Mapping[str, Any]
+) -> tuple[str, list[dict]]:
+    """An SDK-only provider: back to the success URL with `user_id=null`, and no webhook. The app
+    connects it through Terra's mobile SDK."""
+    params = {"user_id": "null", "resource": provider.code, "reference_id": session.reference_id or "null"}
+    return add_terra_parameters(session.success_url or _result_page(session), params, config), []
 
 
 def _fail(

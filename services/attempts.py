@@ -135,12 +135,18 @@ def attempt_from_token(token: str | None) -> ConnectAttempt:
     return attempt
 
 
-def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None) -> ConnectAttempt:
-    """A browser came back from Terra to one of our return pages: note what it claims, nothing more."""
+def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None,
+                  claimed_resource: str | None = None) -> ConnectAttempt:
+    """A browser came back from Terra to one of our return pages: note what it claims. A success
+    with no Terra user but a provider is an SDK-only provider (Terra sends no webhook for it): the
+    attempt ends at once as `sdk_required`, so the app can connect it through Terra's mobile SDK."""
     attempt = attempt_from_token(token)
     if claimed_terra_user_id == "null":  # Terra writes a literal "null" when it has no value
         claimed_terra_user_id = None
-    record_hint(attempt, hint, terra_user_id=claimed_terra_user_id)
+    record_hint(attempt, hint, terra_user_id=claimed_terra_user_id, resource=claimed_resource)
+    resource = attempt.resource or attempt.requested_provider
+    if hint == AttemptHint.RETURNED_SUCCESS and claimed_terra_user_id is None and resource:
+        _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.SDK_REQUIRED, resource=resource)
     db.session.commit()
     return attempt
 
@@ -212,13 +218,16 @@ def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields
     return result.rowcount == 1
 
 
-def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None) -> None:
+def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None,
+                resource: str | None = None) -> None:
     """What the browser said happened. Recorded for display and polling, never as an outcome."""
     fields: dict = {}
     if attempt.hint != hint:
         fields.update(hint=hint, hinted_at=utcnow())
     if terra_user_id and attempt.redirect_terra_user_id != terra_user_id:
         fields["redirect_terra_user_id"] = terra_user_id[:64]
+    if resource and attempt.resource != resource:
+        fields["resource"] = resource
     if fields:
         _change(attempt, **fields)
 
@@ -240,8 +249,8 @@ def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
 
 
 def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
-    # A late verified success still wins over the "browser closed" guess.
-    return _transition(attempt, (AttemptStatus.PENDING, AttemptStatus.CANCELLED),
+    # A late verified success still wins over the "browser closed" guess and over "use the SDK".
+    return _transition(attempt, (AttemptStatus.PENDING, AttemptStatus.CANCELLED, AttemptStatus.SDK_REQUIRED),
                        status=AttemptStatus.CONNECTED, connection_id=connection.id, error=None)
 
 

@@ -248,11 +248,12 @@ class TerraClient:
         except (KeyError, TypeError, AttributeError):
             raise TerraError("Terra's userInfo answer was not a list of users") from None
 
-    def integrations_detailed(self) -> list[Provider]:
+    def integrations_detailed(self, *, include_sdk: bool = False) -> list[Provider]:
+        """The enabled providers; `include_sdk` adds those connected through Terra's mobile SDK."""
         # Only dev-id: with both headers Terra has been seen to answer an empty list.
         data = self._request(
             "GET", self.api_base_url + "/integrations/detailed", headers={"dev-id": self.dev_id}, auth=False,
-            retry=True,
+            params={"sdk": "true"} if include_sdk else None, retry=True,
         )
         try:
             return [

@@ -292,3 +292,13 @@ def test_return_pages_work_when_terra_appends_its_parameters(start_live_server, 
     assert return_url.count("?") == 1 and "/return/" in urlsplit(return_url).path
     assert browser.get(return_url).status_code == 200
     assert wait_for_terminal(browser, return_url)["status"] == status
+
+
+def test_an_sdk_only_provider_on_the_web_says_to_use_the_mobile_app_at_once(signed_in, live_server):
+    return_url = finish_widget(start_connect(signed_in), provider="HEALTH_CONNECT")
+    assert parse_qs(urlsplit(return_url).query)["user_id"] == ["null"]
+    page = signed_in.get(return_url).text
+    assert "Connect HEALTH_CONNECT from the mobile app" in page and 'id="sdk-required"' in page
+    state = attempt_state(signed_in, return_url)
+    assert (state["status"], state["terminal"], state["resource"]) == ("sdk_required", True, "HEALTH_CONNECT")
+    assert connections(live_server) == []

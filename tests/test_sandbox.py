@@ -132,18 +132,35 @@ def test_widget_session_rejects_bad_credentials(client, sent):
 
 def test_widget_session_answers_201_with_warnings_for_unusable_providers(client, headers):
     response = client.post(
-        "/sandbox/api/widget/session", json={"providers": "garmin,NOPE,SUUNTO,APPLE", "extra": 1}, headers=headers
+        "/sandbox/api/widget/session", json={"providers": "garmin,NOPE,SUUNTO", "extra": 1}, headers=headers
     )
     assert response.status_code == 201
     body = response.get_json()
     assert body["status"] == "success"
     assert body["expires_in"] == 900
     assert body["url"] == f"http://localhost/sandbox/widget/{body['session_id']}"
-    assert len(body["warnings"]) == 3
+    assert len(body["warnings"]) == 2
     assert any("NOPE" in w for w in body["warnings"]) and any("SUUNTO" in w for w in body["warnings"])
     # Only GARMIN is left, so the widget goes straight to its login.
     page = client.get(urlsplit(body["url"]).path)
     assert page.status_code == 303 and "provider=GARMIN" in page.headers["Location"]
+
+
+@pytest.mark.parametrize("provider", ["APPLE", "SAMSUNG", "HEALTH_CONNECT"])
+def test_sdk_only_providers_hand_back_to_the_app_with_a_null_user_and_no_webhook(client, headers, webhooks,
+                                                                                 provider):
+    session = new_session(client, headers, providers=f"{provider},GARMIN")
+    picker = client.get(f"/sandbox/widget/{session['session_id']}").get_data(as_text=True)
+    assert f'data-provider="{provider}"' in picker
+    handoff = client.get(f"/sandbox/widget/{session['session_id']}/login", query_string={"provider": provider})
+    assert 'id="sdk-handoff"' in handoff.get_data(as_text=True)
+    decided = client.post(f"/sandbox/widget/{session['session_id']}/decision",
+                          data={"provider": provider, "decision": "allow"})
+    assert decided.status_code == 303
+    assert query_of(decided.headers["Location"]) == {"attempt": "abc", "user_id": "null", "resource": provider,
+                                                     "reference_id": "ref-1"}
+    connect(client, headers, account="after")  # one delivery later: the SDK handoff sent none before it
+    assert [event["type"] for event in webhooks.events(1)] == ["auth"]
 
 
 def test_widget_session_alias_path(client, headers):
@@ -153,7 +170,7 @@ def test_widget_session_alias_path(client, headers):
 
 
 def test_widget_session_with_no_usable_provider_is_400(client, headers):
-    response = client.post("/sandbox/api/widget/session", json={"providers": "NOPE,APPLE"}, headers=headers)
+    response = client.post("/sandbox/api/widget/session", json={"providers": "NOPE,SUUNTO"}, headers=headers)
     assert response.status_code == 400
     assert response.get_json()["status"] == "error"
 

@@ -1,0 +1,26 @@
+"""the provider a return redirect named, kept on the connect attempt
+
+Revision ID: 0005
+Revises: 0002
+Create Date: 2026-11-30 10:00:00
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+# revision identifiers, used by Alembic.
+revision = '0005'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table('connect_attempts', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('resource', sa.String(length=64), nullable=True))
+
+
+def downgrade():
+    with op.batch_alter_table('connect_attempts', schema=None) as batch_op:
+        batch_op.drop_column('resource')
