@@ -320,7 +320,7 @@ def confirm_redirect_user(attempt: ConnectAttempt) -> bool:
         current_app.logger.warning("userInfo check failed for attempt %s; waiting for the webhook", attempt.id)
         return False
     owner = db.session.get(User, attempt.user_id)
-    if terra_user is None or not terra_user.active or terra_user.reference_id != owner.reference_id:
+    if terra_user is None or terra_user.active is False or terra_user.reference_id != owner.reference_id:
         # Not confirmed: forget the claim so we do not ask again on every poll.
         _change(attempt, redirect_terra_user_id=None)
         return True

@@ -52,6 +52,36 @@ def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: st
     return row
 
 
+UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
+
+
+def record_unreadable(body: bytes, problem: str, *, trace_id: str, terra_reference: str | None) -> str:
+    """Keep a verified body that is not a readable event (no user, bad JSON, nesting...) as a failed
+    row, committed, and return its outcome ("duplicate" when this trace id is already kept).
+
+    Terra's guidance is to log and acknowledge such deliveries: an error answer would only make
+    Terra retry them for hours. The row is there to look at, and to replay once the code reads it.
+    """
+    current_app.logger.warning("webhook %s kept as failed: %s", trace_id, problem)
+    row = WebhookEvent(
+        trace_id=trace_id,
+        event_type=UNREADABLE,
+        terra_reference=(terra_reference or "")[:128] or None,
+        # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
+        body=body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
+        outcome=EventOutcome.FAILED,
+        detail=problem[:255],
+        applied_at=utcnow(),
+    )
+    db.session.add(row)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return "duplicate"
+    return EventOutcome.FAILED
+
+
 # Losing a race to a concurrent delivery shows up as one of these (a unique constraint, a deadlock or
 # lock timeout, a row another delivery just replaced); the next try sees the winner's rows.
 RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)

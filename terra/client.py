@@ -84,7 +84,7 @@ class TerraUser:
     provider: str
     reference_id: str | None
     scopes: str
-    active: bool
+    active: bool | None  # the spec allows null: Terra did not say, which is not "inactive"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TerraUser":
@@ -96,7 +96,7 @@ class TerraUser:
             provider=str(data.get("provider") or "")[:64],  # provider codes are short upper-case words
             reference_id=data.get("reference_id"),
             scopes=scopes if isinstance(scopes, str) else "",
-            active=bool(data.get("active", True)),
+            active=None if data.get("active") is None else bool(data["active"]),
         )
 
 
@@ -232,8 +232,8 @@ class TerraClient:
         user = data.get("user") if isinstance(data, dict) else None
         if not user:
             return None
-        if "is_authenticated" in data:
-            user = {**user, "active": bool(data["is_authenticated"]) and user.get("active", True)}
+        if data.get("is_authenticated") is False:
+            user = {**user, "active": False}
         return TerraUser.from_json(user)
 
     def users_by_reference(self, reference_id: str) -> list[TerraUser]:

@@ -25,6 +25,8 @@ DATA_TYPES = frozenset(
 INFORMATIONAL_TYPES = frozenset(
     {"large_request_processing", "large_request_sending", "healthcheck", "google_no_datasource", "rate_limit_hit"}
 )
+# Events that carry no `user` by design (the v5-only healthcheck; s3_payload names only its download).
+USERLESS_TYPES = frozenset({"s3_payload", "healthcheck"})
 MAX_NESTING = 64
 # The length of the terra_user_id columns (tests check it); a longer id could not be stored.
 MAX_USER_ID_LENGTH = 64
