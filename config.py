@@ -74,6 +74,9 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "TERRA_MODE": terra_mode,
         "TERRA_WIDGET_API": _choice(env, "TERRA_WIDGET_API", ("session", "legacy"), "session"),
         "TERRA_TIMEOUT_SECONDS": float(env.get("TERRA_TIMEOUT_SECONDS", "10")),
+        # s3_payload downloads: within Terra's 8 s delivery window; Terra caps each payload at 10 MB.
+        "TERRA_PAYLOAD_TIMEOUT_SECONDS": float(env.get("TERRA_PAYLOAD_TIMEOUT_SECONDS", "5")),
+        "TERRA_PAYLOAD_MAX_BYTES": _int(env, "TERRA_PAYLOAD_MAX_BYTES", 10 * 1024 * 1024),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),

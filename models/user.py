@@ -16,3 +16,5 @@ class User(db.Model):
     # Opaque and signed (services.reference_ids); it is what Terra echoes back in every event.
     reference_id: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When this user's connections were last checked against Terra's userInfo (services.reconciliation).
+    connections_reconciled_at: Mapped[datetime | None]

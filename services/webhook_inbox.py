@@ -23,7 +23,8 @@ from models import WebhookEvent
 from models.time import utcnow
 from models.webhook_event import EventOutcome
 from services.event_handlers import Outcome, apply_event
-from terra.events import EventParseError, TerraEvent, parse_event
+from terra.client import download_payload
+from terra.events import PING_TYPE, EventParseError, TerraEvent, parse_event
 
 
 def trace_id_for(header_value: str | None, body: bytes) -> str:
@@ -97,10 +98,26 @@ def apply(row: WebhookEvent, event: TerraEvent) -> str:
     a later replay; the row itself is committed either way.
     """
     try:
+        if event.type == PING_TYPE:
+            event = _downloaded(event)
         outcome, detail = _apply_with_retries(event)
     except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
         outcome, detail = _failure(row, error)
     return _finish(row, outcome, detail)
+
+
+def _downloaded(ping: TerraEvent) -> TerraEvent:
+    """The data event an `s3_payload` points at, fetched (timeout, size limit) and parsed as if it
+    had arrived inline. The row is committed first: no transaction stays open across the download."""
+    db.session.commit()
+    if not ping.download_url:
+        raise EventParseError("s3_payload without a url")
+    config = current_app.config
+    event = parse_event(download_payload(ping.download_url, timeout=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
+                                         max_bytes=config["TERRA_PAYLOAD_MAX_BYTES"]))
+    if event.type == PING_TYPE:
+        raise EventParseError("an s3_payload must not point at another s3_payload")
+    return event
 
 
 def _apply_with_retries(event: TerraEvent) -> Outcome:

@@ -302,3 +302,22 @@ def test_an_sdk_only_provider_on_the_web_says_to_use_the_mobile_app_at_once(sign
     state = attempt_state(signed_in, return_url)
     assert (state["status"], state["terminal"], state["resource"]) == ("sdk_required", True, "HEALTH_CONNECT")
     assert connections(live_server) == []
+
+
+def s3_rows(server) -> list[WebhookEvent]:
+    with server.app.app_context():
+        return db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "s3_payload")).all()
+
+
+@pytest.mark.parametrize("max_bytes, outcome, detail", [
+    ("10485760", "recorded", None), ("100", "failed", "larger than 100 bytes"),
+])
+def test_ping_mode_data_is_downloaded_within_a_size_limit(start_live_server, max_bytes, outcome, detail):
+    server = start_live_server(SANDBOX_FAULTS="s3_payload", TERRA_PAYLOAD_MAX_BYTES=max_bytes)
+    browser = Browser(server.url)
+    browser.register()
+    terra_id = wait_for_terminal(browser, finish_widget(start_connect(browser)))["connection"]["terra_user_id"]
+    sent = requests.post(f"{server.url}/sandbox/users/{terra_id}/events", json={"type": "activity"}, timeout=10)
+    assert sent.status_code == 202
+    [row] = wait_for(lambda: [row for row in s3_rows(server) if row.outcome != "received"])
+    assert row.outcome == outcome and (detail is None or detail in row.detail)

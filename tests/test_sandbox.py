@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy import update
 
 import sandbox.models  # noqa: F401  (registers the sandbox tables before the schema is created)
 from extensions import db
 from models.time import utcnow
 from sandbox.delivery import deliver
-from sandbox.models import SandboxSession, SandboxUser
+from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra.signature import verify
 
 
@@ -530,6 +531,18 @@ def test_failed_delivery_is_retried_with_the_same_trace_id(app, client, headers,
     assert len({attempt["body"] for attempt in attempts}) == 1
 
 
+@pytest.mark.parametrize("faults, same_timestamp", [([], False), (["stale_signature"], True)])
+def test_retries_are_signed_afresh_unless_stale_signature_keeps_the_first_t(app, webhooks, faults, same_timestamp):
+    webhooks.statuses = [500]
+    config = dict(app.config, SANDBOX_WEBHOOK_RETRY_BASE_SECONDS=1.1, SANDBOX_WEBHOOK_RETRY_CAP_SECONDS=2,
+                  SANDBOX_WEBHOOK_RETRIES=1)
+    deliver([{"type": "deauth"}], config, faults).join(timeout=5)
+    first, retry = (delivery["headers"]["X-Terra-Signature"] for delivery in webhooks.wait_for(2))
+    assert (first == retry) is same_timestamp
+    for header in (first, retry):
+        verify(b'{"type":"deauth"}', header, app.config["TERRA_SIGNING_SECRET"], tolerance=60)
+
+
 def test_delivery_gives_up_after_the_configured_retries(app, webhooks):
     webhooks.statuses = [500] * 10
     config = dict(app.config, SANDBOX_WEBHOOK_RETRIES=2)
@@ -625,3 +638,22 @@ def test_console_lists_users_and_sends_events(app, client, headers, webhooks):
     with app.app_context():
         assert db.session.get(SandboxUser, user_id).active is False
     assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "sleep"}).status_code == 409
+
+
+def test_s3_payload_delivers_a_download_url_that_serves_the_data_event_until_it_expires(app, client, headers,
+                                                                                         webhooks):
+    user_id = connect(client, headers)
+    app.config["SANDBOX_FAULTS"] = ["s3_payload"]
+    assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "activity"}).status_code == 202
+    ping = next(event for event in webhooks.events(2) if event["type"] != "auth")
+    assert (ping["type"], ping["status"], ping["expires_in"]) == ("s3_payload", "success", 300)
+    download = client.get(urlsplit(ping["url"]).path)
+    assert download.status_code == 200 and download.mimetype == "application/json"
+    data_event = download.get_json()
+    assert (data_event["type"], data_event["user"]["user_id"]) == ("activity", user_id)
+    assert data_event["data"][0]["metadata"]["summary_id"]
+    with app.app_context():
+        db.session.execute(update(SandboxPayload).values(expires_at=utcnow()))
+        db.session.commit()
+    assert client.get(urlsplit(ping["url"]).path).status_code == 403
+    assert client.get("/sandbox/payloads/no-such-payload").status_code == 404

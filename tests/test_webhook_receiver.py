@@ -3,7 +3,9 @@
 import json
 import logging
 import time
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -308,3 +310,36 @@ def test_verified_events_without_a_user_are_kept_as_failed_and_acknowledged(clie
     with app.app_context():
         [row] = db.session.scalars(select(WebhookEvent)).all()
         assert row.outcome == "failed" and "without a user" in row.detail
+
+
+class SlowStorage(BaseHTTPRequestHandler):
+    """A storage host that answers after a second and notes the headers it was sent."""
+
+    seen: list = []
+
+    def do_GET(self):
+        SlowStorage.seen.append(dict(self.headers))
+        time.sleep(1)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"type": "activity", "data": []}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_our_credentials(client, app, secret):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowStorage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    app.config["TERRA_PAYLOAD_TIMEOUT_SECONDS"] = 0.3
+    url = f"http://127.0.0.1:{server.server_port}/payloads/p1?X-Amz-Signature=abc"
+    try:
+        response = deliver(client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300},
+                           secret=secret)
+    finally:
+        server.shutdown()
+    assert (response.status_code, response.json["status"]) == (200, "failed")
+    with app.app_context():
+        [row] = db.session.scalars(select(WebhookEvent)).all()
+        assert "did not finish within 0.3 s" in row.detail
+    assert [{name.lower() for name in headers} & {"x-api-key", "dev-id"} for headers in SlowStorage.seen] == [set()]
