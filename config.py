@@ -99,6 +99,8 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         # webhooks need are never all asleep. Half of the worker's threads (gunicorn.conf.py).
         "STATUS_MAX_WAITERS": _int(env, "STATUS_MAX_WAITERS", max(1, _int(env, "GUNICORN_THREADS", 32) // 2)),
         "BROWSER_CLOSED_GRACE_SECONDS": _int(env, "BROWSER_CLOSED_GRACE_SECONDS", 10),
+        # Opening the connections (web or mobile) reconciles them with Terra at most this often per user.
+        "RECONCILE_INTERVAL_SECONDS": _int(env, "RECONCILE_INTERVAL_SECONDS", 60),
         "STATUS_POLL_AFTER_MS": _int(env, "STATUS_POLL_AFTER_MS", 2000),
     }
     if terra_mode == "live":

@@ -20,7 +20,7 @@ from blueprints.auth import find_user_by_credentials
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, Connection, User
-from services import api_tokens, attempts, connections
+from services import api_tokens, attempts, connections, reconciliation
 from services.api_tokens import require_token
 from services.request_windows import RequestWindows
 from terra.client import TerraError
@@ -289,6 +289,7 @@ def _owned(read, attempt_id: str):
 @bp.get("/connections")
 @require_token()
 def list_connections():
+    reconciliation.reconcile_if_due(caller(), attempts.terra_client())
     rows = db.session.scalars(
         select(Connection).where(Connection.user_id == caller_id()).order_by(Connection.created_at.desc())
     ).all()

@@ -11,9 +11,9 @@ from blueprints import MAX_ROW_ID
 from text_checks import storable_text
 from blueprints.auth import login_required
 from extensions import db
-from models import ConnectAttempt, Connection
+from models import ConnectAttempt, Connection, User
 from models.connect_attempt import AttemptHint, reason_text
-from services import attempts, connections
+from services import attempts, connections, reconciliation
 from terra.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
@@ -32,6 +32,7 @@ def index():
 @bp.get("/connections")
 @login_required
 def dashboard():
+    reconciliation.reconcile_if_due(g.user, attempts.terra_client())
     user_connections = db.session.scalars(
         select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
     ).all()
@@ -105,6 +106,9 @@ def _return_page(token: str, hint: AttemptHint):
         attempt = attempts.record_return(token, hint, claimed_terra_user_id(), claimed_resource())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
+    if hint == AttemptHint.RETURNED_SUCCESS:
+        # Terra's guidance: reconcile on the success redirect, the webhook may not have landed yet.
+        reconciliation.reconcile_quietly(db.session.get(User, attempt.user_id), attempts.terra_client())
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=token)
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)

@@ -49,6 +49,7 @@ REASON_TEXT = {
     "disconnected": "You disconnected it.",
     "deauth": "It was disconnected at Terra.",
     "access_revoked": "Access was withdrawn in the provider's own settings.",
+    "not_at_terra": "Terra no longer has this connection.",
 }
 
 

@@ -67,7 +67,8 @@ def _auth_failure(owner: User, event: TerraEvent) -> Outcome:
 
 
 def _user_reauth(owner: User, event: TerraEvent) -> Outcome:
-    connection = connections.replace_terra_user(owner, event.old_user, event.new_user)
+    old_owner = _owner(event.old_user.reference_id) if event.old_user else None
+    connection = connections.replace_terra_user(owner, event.old_user, event.new_user, old_owner)
     return EventOutcome.APPLIED, f"connection {connection.terra_user_id} replaces the old Terra user"
 
 
