@@ -8,7 +8,8 @@ integrations, subscriptions; not the widget pages, the automation endpoint or th
   longer than the app's client waits. Terra did the work; the caller never hears about it. Combined
   with an error fault, the error answer is the one held back.
 - `5xx`: 503 with a JSON error body, in the shape of the host (`{status, message}` or problem+json).
-- `429`: 429 `{"detail": "rate limit exceeded"}` with `Retry-After: <SANDBOX_RETRY_AFTER_SECONDS>`.
+- `429`: 429 `{"detail": "rate limit exceeded"}` (problem+json on the access host) with
+  `Retry-After: <SANDBOX_RETRY_AFTER_SECONDS>`.
 - `reset`: the connection is closed without any answer.
 - `malformed`: 200 with a body that is not JSON (an HTML page, as a proxy in the way would send).
 
@@ -64,7 +65,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from flask import Response, current_app, has_request_context, request
 
 from extensions import db
-from sandbox.errors import TerraApiError, render_terra_error
+from sandbox.errors import PROBLEM_SURFACE_PREFIX, TerraApiError, problem_response, render_terra_error
 from sandbox.traffic import TerraRequest, current_traffic
 
 FAULT_HEADER = "X-Sandbox-Fault"
@@ -196,13 +197,14 @@ def _fault_answer(faults: tuple[str, ...]) -> Response | None:
             TerraApiError(503, "Service temporarily unavailable, please try again later (sandbox fault 5xx)")
         )
     if fault == "429":
+        # `{"detail": ...}` on the old host; a full problem+json body on the access host, as its spec says.
+        if request.path.startswith(PROBLEM_SURFACE_PREFIX):
+            response = problem_response(429, "rate limit exceeded")
+        else:
+            response = Response(json.dumps({"detail": "rate limit exceeded"}), status=429, mimetype="application/json")
         retry_after = int(current_app.config["SANDBOX_RETRY_AFTER_SECONDS"])
-        return Response(
-            json.dumps({"detail": "rate limit exceeded"}),
-            status=429,
-            mimetype="application/json",
-            headers={"Retry-After": str(retry_after), "X-Terra-RateLimit-Rule": "r2"},
-        )
+        response.headers.update({"Retry-After": str(retry_after), "X-Terra-RateLimit-Rule": "r2"})
+        return response
     if fault == "malformed":
         return Response(MALFORMED_BODY, status=200, mimetype="text/html")
     return None
