@@ -108,7 +108,8 @@ def _return_page(token: str, hint: AttemptHint):
         abort(404, description=f"This connection link is not valid ({error}).")
     if hint == AttemptHint.RETURNED_SUCCESS:
         # Terra's guidance: reconcile on the success redirect, the webhook may not have landed yet.
-        reconciliation.reconcile_quietly(db.session.get(User, attempt.user_id), attempts.terra_client())
+        # Throttled like the dashboard: the page's own userInfo check follows USERINFO_CHECK_AFTER_SECONDS.
+        reconciliation.reconcile_if_due(db.session.get(User, attempt.user_id), attempts.terra_client())
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=token)
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)

@@ -10,8 +10,8 @@ applies the same rules as the webhook handlers, so the two reach the same state 
 - a returned user that is inactive, and any connection Terra no longer returns, is revoked;
 - a Terra user that a re-authentication replaced never comes back.
 
-It runs when the user opens their connections (web dashboard, mobile list; throttled per user), on the
-return page, and for everyone from `flask terra reconcile` on a schedule.
+It runs when the user opens their connections (web dashboard, mobile list) and on the success return
+page, throttled per user, and for everyone from `flask terra reconcile` on a schedule.
 """
 
 from __future__ import annotations
@@ -61,18 +61,10 @@ def reconcile(user: User, terra: TerraClient) -> int:
     return changed
 
 
-def reconcile_quietly(user: User, terra: TerraClient) -> None:
-    """Reconcile for a page: a Terra failure is logged, and the page shows what we have."""
-    try:
-        reconcile(user, terra)
-    except TerraError as error:
-        db.session.rollback()
-        current_app.logger.warning("reconciling user %s failed: %s", user.id, error)
-
-
 def reconcile_if_due(user: User, terra: TerraClient) -> None:
-    """Reconcile at most once per RECONCILE_INTERVAL_SECONDS per user, across processes: the claim
-    is one UPDATE that only matches when the last run is old enough."""
+    """Reconcile for a page, at most once per RECONCILE_INTERVAL_SECONDS per user across processes
+    (the claim is one UPDATE that only matches when the last run is old enough). A Terra failure is
+    logged, and the page shows what we have."""
     cutoff = utcnow() - timedelta(seconds=current_app.config["RECONCILE_INTERVAL_SECONDS"])
     claimed = db.session.execute(
         update(User)
@@ -82,8 +74,13 @@ def reconcile_if_due(user: User, terra: TerraClient) -> None:
         .execution_options(synchronize_session=False)
     ).rowcount == 1
     db.session.commit()
-    if claimed:
-        reconcile_quietly(user, terra)
+    if not claimed:
+        return
+    try:
+        reconcile(user, terra)
+    except TerraError as error:
+        db.session.rollback()
+        current_app.logger.warning("reconciling user %s failed: %s", user.id, error)
 
 
 def users_to_sweep() -> list[int]:

@@ -70,7 +70,9 @@ def snapshot(app) -> dict[str, list[tuple]]:
             rows = {}
             for name in TABLES:
                 table = db.metadata.tables[name]
-                query = select(table).order_by(*table.primary_key.columns)
+                # When the user's connections were last reconciled with Terra is bookkeeping, not input kept.
+                columns = [column for column in table.columns if column.name != "connections_reconciled_at"]
+                query = select(*columns).order_by(*table.primary_key.columns)
                 rows[name] = [tuple(row) for row in connection.execute(query)]
             return rows
 
