@@ -16,7 +16,41 @@ def register(app: Flask) -> None:
     from mobile_client import mobile_client_command
 
     app.cli.add_command(webhook_events)
+    app.cli.add_command(terra_commands)
     app.cli.add_command(mobile_client_command)
+
+
+@click.group("terra", help="Keep connections in step with Terra.")
+def terra_commands() -> None:
+    pass
+
+
+@terra_commands.command("reconcile")
+@with_appcontext
+def reconcile_connections() -> None:
+    """Reconcile every user with a connection that is not revoked against Terra's userInfo (run it on
+    a schedule, e.g. every 6 hours). One user's failure is reported and the sweep goes on; the exit
+    status is 1 when any user failed."""
+    from flask import current_app
+
+    from models import User
+    from services.reconciliation import reconcile, users_to_sweep
+
+    terra = current_app.extensions["terra_client"]
+    user_ids = users_to_sweep()
+    failures = 0
+    for number, user_id in enumerate(user_ids, 1):
+        try:
+            changed = reconcile(db.session.get(User, user_id), terra)
+        except Exception as error:  # noqa: BLE001 (one user's failure must not stop the sweep)
+            db.session.rollback()
+            failures += 1
+            click.echo(f"[{number}/{len(user_ids)}] user {user_id}: failed ({type(error).__name__}: {error})", err=True)
+            continue
+        click.echo(f"[{number}/{len(user_ids)}] user {user_id}: {changed} connection(s) changed")
+    click.echo(f"Reconciled {len(user_ids) - failures} of {len(user_ids)} users; {failures} failed.")
+    if failures:
+        raise SystemExit(1)
 
 
 @click.group("webhooks", help="Inspect and replay the webhook inbox.")

@@ -110,6 +110,9 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         "TERRA_MODE": terra_mode,
         "TERRA_WIDGET_API": _choice(env, "TERRA_WIDGET_API", ("session", "legacy"), "session"),
         "TERRA_TIMEOUT_SECONDS": float(env.get("TERRA_TIMEOUT_SECONDS", "10")),
+        # s3_payload downloads: within Terra's 8 s delivery window; Terra caps each payload at 10 MB.
+        "TERRA_PAYLOAD_TIMEOUT_SECONDS": float(env.get("TERRA_PAYLOAD_TIMEOUT_SECONDS", "5")),
+        "TERRA_PAYLOAD_MAX_BYTES": _int(env, "TERRA_PAYLOAD_MAX_BYTES", 10 * 1024 * 1024),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_HEADERS_ENABLED": True,
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
@@ -135,6 +138,8 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
         # webhooks need are never all asleep. Half of the worker's threads (gunicorn.conf.py).
         "STATUS_MAX_WAITERS": _int(env, "STATUS_MAX_WAITERS", max(1, _int(env, "GUNICORN_THREADS", 32) // 2)),
         "BROWSER_CLOSED_GRACE_SECONDS": _int(env, "BROWSER_CLOSED_GRACE_SECONDS", 10),
+        # Opening the connections (web or mobile) reconciles them with Terra at most this often per user.
+        "RECONCILE_INTERVAL_SECONDS": _int(env, "RECONCILE_INTERVAL_SECONDS", 60),
         "STATUS_POLL_AFTER_MS": _int(env, "STATUS_POLL_AFTER_MS", 2000),
     }
     if terra_mode == "live":

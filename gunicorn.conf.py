@@ -23,6 +23,22 @@ threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 # Above the longest request we serve: the status long-poll (25 s) and a Terra call's timeout (10 s).
 timeout = 60
 graceful_timeout = 30
+import re
+
+from gunicorn.glogging import Logger
+
 accesslog = "-"
 # Query strings carry signed attempt tokens; log the path only.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# So do the return pages' paths (/connect/return/success/<token>): the token is logged as "…".
+RETURN_PAGE_TOKEN = re.compile(r"^(/(?:connect|mobile)/return/(?:success|failure)/)[^/]+")
+
+
+class TokenRedactingLogger(Logger):
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        atoms["U"] = RETURN_PAGE_TOKEN.sub(r"\1…", atoms["U"])
+        return atoms
+
+
+logger_class = TokenRedactingLogger

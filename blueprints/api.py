@@ -21,7 +21,7 @@ from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, Connection, User
-from services import api_tokens, attempts, connections
+from services import api_tokens, attempts, connections, reconciliation
 from services.api_tokens import require_token
 from services.request_windows import RequestWindows
 from terra.client import TerraError
@@ -138,7 +138,9 @@ def _providers(value) -> list[str] | None:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise ApiError(400, "invalid_providers", "providers must be a non-empty list of provider codes")
     try:
-        offered = {provider.code for provider in attempts.terra_client().integrations_detailed() if provider.enabled}
+        # SDK-only providers too: Terra's widget offers them, and hands the user back to the app.
+        offered = {provider.code for provider in attempts.terra_client().integrations_detailed(include_sdk=True)
+                   if provider.enabled}
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
     unknown = sorted({item.upper() for item in value} - offered)
@@ -161,10 +163,7 @@ def _mobile_return_urls(return_mode: str):
             # Terra redirects straight into the app; its query parameters are merged into the link.
             return (direct_link(current_app.config, attempt.id, "success"),
                     direct_link(current_app.config, attempt.id, "failure"))
-        token = attempts.attempt_token(attempt)
-        base = current_app.config["PUBLIC_BASE_URL"]
-        return (base + url_for("mobile.return_success", attempt=token),
-                base + url_for("mobile.return_failure", attempt=token))
+        return attempts.return_page_urls(attempt, "mobile")
 
     return urls
 
@@ -292,6 +291,7 @@ def _owned(read, attempt_id: str):
 @bp.get("/connections")
 @require_token()
 def list_connections():
+    reconciliation.reconcile_if_due(caller(), attempts.terra_client())
     rows = db.session.scalars(
         select(Connection).where(Connection.user_id == caller_id()).order_by(Connection.created_at.desc())
     ).all()

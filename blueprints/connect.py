@@ -12,9 +12,9 @@ from blueprints import MAX_ROW_ID
 from text_checks import storable_text
 from blueprints.auth import login_required
 from extensions import db, limiter
-from models import ConnectAttempt, Connection
+from models import ConnectAttempt, Connection, User
 from models.connect_attempt import AttemptHint, reason_text
-from services import attempts, connections
+from services import attempts, connections, reconciliation
 from terra.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
@@ -49,6 +49,7 @@ def index():
 @bp.get("/connections")
 @login_required
 def dashboard():
+    reconciliation.reconcile_if_due(g.user, attempts.terra_client())
     user_connections = db.session.scalars(
         select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
     ).all()
@@ -106,27 +107,31 @@ def connect_provider(provider: str):
     return redirect(attempt.widget_url, code=303)
 
 
-@bp.get("/connect/return/success")
-def return_success():
-    return _return_page(AttemptHint.RETURNED_SUCCESS)
+@bp.get("/connect/return/success/<token>")
+def return_success(token: str):
+    return _return_page(token, AttemptHint.RETURNED_SUCCESS)
 
 
-@bp.get("/connect/return/failure")
-def return_failure():
-    return _return_page(AttemptHint.RETURNED_FAILURE)
+@bp.get("/connect/return/failure/<token>")
+def return_failure(token: str):
+    return _return_page(token, AttemptHint.RETURNED_FAILURE)
 
 
-def _return_page(hint: AttemptHint):
+def _return_page(token: str, hint: AttemptHint):
     """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
-    attempt = record_return_visit(hint)
+    attempt = record_return_visit(token, hint)
     if signed_in_as_someone_else(attempt):
         return render_template("connect/return.html", another_account=True)
+    if hint == AttemptHint.RETURNED_SUCCESS:
+        # Terra's guidance: reconcile on the success redirect, the webhook may not have landed yet.
+        # Throttled like the dashboard: the page's own userInfo check follows USERINFO_CHECK_AFTER_SECONDS.
+        reconciliation.reconcile_if_due(db.session.get(User, attempt.user_id), attempts.terra_client())
     attempts.refresh(attempt)
-    status_url = url_for("connect.attempt_status", attempt=request.args["attempt"])
+    status_url = url_for("connect.attempt_status", attempt=token)
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
 
 
-def record_return_visit(hint: AttemptHint) -> ConnectAttempt:
+def record_return_visit(token: str, hint: AttemptHint) -> ConnectAttempt:
     """What both return pages, web and mobile (mobile_redirects/views.py), do first.
 
     The signed attempt token in the URL is the capability: it alone names the attempt, and a browser
@@ -136,7 +141,7 @@ def record_return_visit(hint: AttemptHint) -> ConnectAttempt:
     that is not valid.
     """
     try:
-        return attempts.record_return(request.args.get("attempt"), hint, claimed_terra_user_id())
+        return attempts.record_return(token, hint, claimed_terra_user_id(), claimed_resource())
     except attempts.AttemptNotFound as error:
         abort(404, description=f"This connection link is not valid ({error}).")
 
@@ -167,6 +172,12 @@ def claimed_terra_user_id() -> str | None:
     text the database can keep (`%00`)."""
     value = request.args.get("user_id")
     return value if value is not None and storable_text(value) else None
+
+
+def claimed_resource() -> str | None:
+    """The provider code a return redirect names (`resource`), or None when it does not look like one."""
+    value = request.args.get("resource", "").upper()
+    return value if PROVIDER_CODE.fullmatch(value) else None
 
 
 @bp.post("/connections/<int:connection_id>/disconnect")

@@ -49,14 +49,17 @@ def receive_terra_event():
         return _error(401, "invalid_signature", str(error))
 
     # 3. Record (uncommitted: step 4 commits the event with its outcome).
-    try:
-        event = parse_event(body)
-    except EventParseError as error:
-        return _error(400, "malformed_event", str(error))
     problem = _unstorable_headers()
     if problem:
         return _error(400, "malformed_event", problem)
     trace_id = webhook_inbox.trace_id_for(request.headers.get("X-Terra-Trace-Id"), body)
+    try:
+        event = parse_event(body)
+    except EventParseError as error:
+        # Verified, so it is Terra's: kept as failed (for replay) and acknowledged, not retried for hours.
+        outcome = webhook_inbox.record_unreadable(body, str(error), trace_id=trace_id,
+                                                  terra_reference=request.headers.get("terra-reference"))
+        return jsonify(status=outcome, trace_id=trace_id)
     row = webhook_inbox.record(body, event, trace_id=trace_id, terra_reference=request.headers.get("terra-reference"))
     if row is None:
         return jsonify(status="duplicate", trace_id=trace_id)

@@ -1,7 +1,9 @@
 """Deep links into the mobile app, built only from configuration.
 
 A link names the attempt and the outcome, nothing else: no Terra user id, no token, no secret. The
-app then asks the status endpoint what really happened. The shapes, for outcome `success`:
+app then asks the status endpoint what really happened. The one exception is `resource`, added when
+Terra's redirect named an SDK-only provider (Apple Health, Samsung Health, Health Connect), so that
+the app can start Terra's mobile SDK for it at once. The shapes, for outcome `success`:
 
     custom scheme   com.example.app://connect/success?attempt_id=<id>
     universal link  https://links.example.com/terra/connect/success?attempt_id=<id>
@@ -22,23 +24,25 @@ class DeepLinkNotConfigured(LookupError):
     """Neither MOBILE_APP_SCHEME nor MOBILE_UNIVERSAL_LINK_BASE is set."""
 
 
-def _path_and_query(attempt_id: str, outcome: Outcome) -> str:
+def _path_and_query(attempt_id: str, outcome: Outcome, resource: str | None = None) -> str:
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
-    return f"connect/{outcome}?{urlencode({'attempt_id': attempt_id})}"
+    params = {"attempt_id": attempt_id} | ({"resource": resource} if resource else {})
+    return f"connect/{outcome}?{urlencode(params)}"
 
 
-def scheme_link(config: Mapping, attempt_id: str, outcome: Outcome) -> str | None:
+def scheme_link(config: Mapping, attempt_id: str, outcome: Outcome, resource: str | None = None) -> str | None:
     scheme = config["MOBILE_APP_SCHEME"]
-    return f"{scheme}://{_path_and_query(attempt_id, outcome)}" if scheme else None
+    return f"{scheme}://{_path_and_query(attempt_id, outcome, resource)}" if scheme else None
 
 
-def universal_link(config: Mapping, attempt_id: str, outcome: Outcome) -> str | None:
+def universal_link(config: Mapping, attempt_id: str, outcome: Outcome, resource: str | None = None) -> str | None:
     base = config["MOBILE_UNIVERSAL_LINK_BASE"]
-    return f"{base}/{_path_and_query(attempt_id, outcome)}" if base else None
+    return f"{base}/{_path_and_query(attempt_id, outcome, resource)}" if base else None
 
 
-def android_intent_link(config: Mapping, attempt_id: str, outcome: Outcome, fallback_url: str) -> str | None:
+def android_intent_link(config: Mapping, attempt_id: str, outcome: Outcome, fallback_url: str,
+                        resource: str | None = None) -> str | None:
     """Chrome on Android launches the app from this, or loads `fallback_url` when it cannot."""
     scheme, package = config["MOBILE_APP_SCHEME"], config["ANDROID_PACKAGE_NAME"]
     if not scheme:
@@ -47,7 +51,7 @@ def android_intent_link(config: Mapping, attempt_id: str, outcome: Outcome, fall
     if package:
         extras += f"package={package};"
     extras += f"S.browser_fallback_url={quote(fallback_url, safe='')};"
-    return f"intent://{_path_and_query(attempt_id, outcome)}#Intent;{extras}end"
+    return f"intent://{_path_and_query(attempt_id, outcome, resource)}#Intent;{extras}end"
 
 
 def direct_link(config: Mapping, attempt_id: str, outcome: Outcome) -> str:
@@ -59,16 +63,17 @@ def direct_link(config: Mapping, attempt_id: str, outcome: Outcome) -> str:
 
 
 def return_page_link(config: Mapping, attempt_id: str, outcome: Outcome, user_agent: str,
-                     fallback_url: str) -> str | None:
+                     fallback_url: str, resource: str | None = None) -> str | None:
     """The link the return page tries once and offers as "Return to app", chosen per platform:
     an intent: URL on Android (Chrome falls back to `fallback_url`), the custom scheme on iOS, else
     the universal link. None when nothing is configured."""
     agent = user_agent.lower()
     if "android" in agent:
-        candidates = (android_intent_link(config, attempt_id, outcome, fallback_url),)
+        candidates = (android_intent_link(config, attempt_id, outcome, fallback_url, resource),)
     elif any(device in agent for device in ("iphone", "ipad", "ipod")):
-        candidates = (scheme_link(config, attempt_id, outcome),)
+        candidates = (scheme_link(config, attempt_id, outcome, resource),)
     else:
         candidates = ()
-    candidates += (universal_link(config, attempt_id, outcome), scheme_link(config, attempt_id, outcome))
+    candidates += (universal_link(config, attempt_id, outcome, resource),
+                   scheme_link(config, attempt_id, outcome, resource))
     return next((link for link in candidates if link), None)

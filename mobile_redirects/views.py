@@ -10,23 +10,23 @@ from blueprints.connect import record_return_visit, signed_in_as_someone_else
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import return_page_link
-from models.connect_attempt import AttemptHint
+from models.connect_attempt import AttemptHint, AttemptStatus
 
 bp = Blueprint("mobile", __name__)
 csrf.exempt(bp)
 
 
-@bp.get("/mobile/return/success")
-def return_success():
-    return _return_page("success", AttemptHint.RETURNED_SUCCESS)
+@bp.get("/mobile/return/success/<token>")
+def return_success(token: str):
+    return _return_page(token, "success", AttemptHint.RETURNED_SUCCESS)
 
 
-@bp.get("/mobile/return/failure")
-def return_failure():
-    return _return_page("failure", AttemptHint.RETURNED_FAILURE)
+@bp.get("/mobile/return/failure/<token>")
+def return_failure(token: str):
+    return _return_page(token, "failure", AttemptHint.RETURNED_FAILURE)
 
 
-def _return_page(outcome: str, hint: AttemptHint):
+def _return_page(token: str, outcome: str, hint: AttemptHint):
     """Record the hint, try the app once, and always offer a "Return to app" link.
 
     The automatic try can be dropped silently (Chrome needs a user gesture for app launches after a
@@ -35,13 +35,14 @@ def _return_page(outcome: str, hint: AttemptHint):
     (`record_return_visit` in blueprints/connect.py); the app link stays either way, since the app
     asks the API, as its own user, what happened.
     """
-    attempt = record_return_visit(hint)
+    attempt = record_return_visit(token, hint)
 
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
     fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
-        request.endpoint, attempt=request.args["attempt"], tried="1"
+        request.endpoint, token=token, tried="1"
     )
-    app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback)
+    app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback,
+                                resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None)
 
     nonce = secrets.token_urlsafe(16)
     html = render_template(

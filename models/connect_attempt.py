@@ -16,6 +16,9 @@ class AttemptStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Terra's widget handed the user back with no Terra user: the provider (Apple Health, Samsung
+    # Health, Health Connect) is connected through Terra's mobile SDK, in the app, not on the web.
+    SDK_REQUIRED = "sdk_required"
 
 
 class AttemptHint(enum.StrEnum):
@@ -32,6 +35,7 @@ REASON_TEXT = {
     "auth_cancelled": "The connection was cancelled before it finished.",
     "auth_failed": "The provider did not complete the connection.",
     "browser_closed": "The browser was closed before the connection finished.",
+    "returned_failure": "The connection was not completed.",
     "user_limit_reached": "This Terra test environment has reached its limit of 50 users.",
     "session_expired": "The connection link expired before it was used.",
     "session_used": "That connection link was already used.",
@@ -39,6 +43,13 @@ REASON_TEXT = {
     "terra_rejected": "Terra refused the request; the app's Terra settings need checking.",
     "terra_error": "Terra gave an answer the app could not use.",
     "legacy_widget_endpoint_gone": "This Terra account cannot use the legacy widget endpoint.",
+    # Why a connection ended (Connection.status_reason).
+    "relinked_elsewhere": "This provider account was connected to another account of this app, so it was "
+                          "disconnected here.",
+    "disconnected": "You disconnected it.",
+    "deauth": "It was disconnected at Terra.",
+    "access_revoked": "Access was withdrawn in the provider's own settings.",
+    "not_at_terra": "Terra no longer has this connection.",
 }
 
 
@@ -63,6 +74,8 @@ class ConnectAttempt(db.Model):
     terra_session_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     widget_url: Mapped[str | None] = mapped_column(String(2048))
     requested_provider: Mapped[str | None] = mapped_column(String(64))
+    # The provider Terra's redirect named (`resource`); a hint, like the user id it claimed.
+    resource: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=AttemptStatus.PENDING)
     hint: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(String(255))
@@ -94,7 +107,8 @@ class ConnectAttempt(db.Model):
             "status": self.status,
             "terminal": self.terminal,
             "hint": self.hint,
-            "provider": connection.provider if connection else self.requested_provider,
+            "provider": connection.provider if connection else (self.resource or self.requested_provider),
+            "resource": self.resource,
             "connection": connection.to_dict() if connection else None,
             "error": {"code": self.error, "message": reason_text(self.error)} if self.error else None,
             "version": self.version,

@@ -19,3 +19,5 @@ class User(db.Model):
     # Copied into the session cookie at login and compared on every request; raising it ends every
     # web session of the user at once, including copies of the cookie (blueprints/auth.py).
     session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    # When this user's connections were last checked against Terra's userInfo (services.reconciliation).
+    connections_reconciled_at: Mapped[datetime | None]

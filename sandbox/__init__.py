@@ -6,7 +6,7 @@ automation endpoint), `flows` (what a decision in the widget does), `user_events
 connected user later), `events` (webhook bodies), `delivery` (signed webhooks with retries), `faults`
 (switchable failures of Terra's endpoints and of webhook delivery), `traffic` (a record of what the
 sandbox received and sent), `console` (a page listing sandbox users), `providers` (the catalogue),
-`models` (the sandbox's tables).
+`payloads` (ping-mode downloads), `models` (the sandbox's tables).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from flask import Flask
 
 def init_sandbox(app: Flask) -> None:
     from extensions import csrf
-    from sandbox import api, console, widget  # noqa: F401  (each adds its routes to the blueprint)
+    from sandbox import api, console, payloads, widget  # noqa: F401  (each adds its routes to the blueprint)
     from sandbox.blueprint import URL_PREFIX, bp
     from sandbox.traffic import install
 

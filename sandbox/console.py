@@ -9,7 +9,7 @@ from sqlalchemy import select
 from extensions import db
 from sandbox.blueprint import bp
 from sandbox.errors import sandbox_error
-from sandbox.faults import REST_FAULTS, WEBHOOK_FAULTS, run_faults
+from sandbox.faults import ALL_FAULTS, FLOW_VARIANTS, REST_FAULTS, WEBHOOK_FAULTS, run_faults
 from sandbox.flows import active_user_count
 from sandbox.models import SandboxSession, SandboxUser
 from sandbox.user_events import USER_EVENT_TYPES, send_user_event
@@ -45,6 +45,7 @@ def console():
         faults=run_faults(current_app.config),
         rest_faults=REST_FAULTS,
         webhook_faults=WEBHOOK_FAULTS,
+        flow_variants=FLOW_VARIANTS,
     )
 
 
@@ -52,7 +53,7 @@ def console():
 def set_faults():
     """Switch the run's faults from the console (this process only: every gunicorn worker has its own)."""
     chosen = set(request.form.getlist("fault"))
-    current_app.config["SANDBOX_FAULTS"] = [name for name in (*REST_FAULTS, *WEBHOOK_FAULTS) if name in chosen]
+    current_app.config["SANDBOX_FAULTS"] = [name for name in ALL_FAULTS if name in chosen]
     return redirect(url_for("sandbox.console"), 303)
 
 

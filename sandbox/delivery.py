@@ -5,7 +5,8 @@ matters when the app and the sandbox share one process: the sandbox's request mu
 returned before the app's webhook handler runs, or the two could wait on each other. Everything the
 thread needs (settings, bodies, ids, faults) is captured up front, so it needs no Flask app context.
 
-The webhook faults of `sandbox.faults` (duplicate, reorder, late) are applied here.
+The webhook faults of `sandbox.faults` (duplicate, reorder, late, stale_signature) are applied here;
+`s3_payload` is applied where data events are made (`sandbox.payloads`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class DeliveryFaults:
     duplicate: bool = False
     hold_seconds: float = 0.0  # `late`: wait this long before the first try
     reorder_window_seconds: float | None = None  # `reorder`: collect batches this long, send reversed
+    stale_signature: bool = False  # retries keep the first try's `t=` instead of being signed afresh
 
     @classmethod
     def from_names(cls, names: Iterable[str], config: Mapping[str, Any]) -> "DeliveryFaults":
@@ -80,6 +82,7 @@ class DeliveryFaults:
             duplicate="duplicate" in names,
             hold_seconds=late_seconds(config) if "late" in names else 0.0,
             reorder_window_seconds=float(config["SANDBOX_REORDER_WINDOW_SECONDS"]) if "reorder" in names else None,
+            stale_signature="stale_signature" in names,
         )
 
 
@@ -129,7 +132,8 @@ class DeliveryThread(threading.Thread):
         return list(reversed(self.envelopes))
 
     def _send_all(self, envelopes: list[Envelope], copy: int) -> list[bool]:
-        return [_send_with_retries(envelope, self.settings, copy, self.traffic) for envelope in envelopes]
+        return [_send_with_retries(envelope, self.settings, copy, self.traffic, self.faults.stale_signature)
+                for envelope in envelopes]
 
 
 class _Follower(DeliveryThread):
@@ -200,14 +204,15 @@ def deliver(events: list[dict], config: Mapping[str, Any], faults: Iterable[str]
 
 
 def _send_with_retries(envelope: Envelope, settings: WebhookSettings, copy: int = 1,
-                       traffic: Traffic | None = None) -> bool:
+                       traffic: Traffic | None = None, stale_signature: bool = False) -> bool:
     if not settings.url:
         log.info("sandbox webhook %s not sent: SANDBOX_WEBHOOK_URL is empty", envelope.event_type)
         return False
     attempts = 1 + max(settings.retries, 0)
     attempt = 1
+    first_signed_at = int(time.time())
     while True:
-        status, failure = _post_once(envelope, settings)
+        status, failure = _post_once(envelope, settings, first_signed_at if stale_signature else None)
         if traffic is not None:
             traffic.record_webhook(
                 WebhookPost(envelope.trace_id, envelope.event_type, attempt, copy, status, failure)
@@ -232,10 +237,12 @@ def _send_with_retries(envelope: Envelope, settings: WebhookSettings, copy: int 
         attempt += 1
 
 
-def _post_once(envelope: Envelope, settings: WebhookSettings) -> tuple[int | None, str | None]:
+def _post_once(envelope: Envelope, settings: WebhookSettings,
+               signed_at: int | None = None) -> tuple[int | None, str | None]:
     """(status, None) on a 2xx answer, otherwise (status or None, a short description of what went wrong)."""
-    # Signed afresh on each attempt, so a late retry still falls inside the receiver's time window.
-    signature = sign(envelope.body, settings.secret)
+    # Signed afresh on each attempt (unless `signed_at` pins the time: `stale_signature`), so a late
+    # retry still falls inside the receiver's time window.
+    signature = sign(envelope.body, settings.secret, signed_at)
     headers = {
         "Content-Type": "application/json",
         "X-Terra-Signature": signature,

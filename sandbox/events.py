@@ -13,14 +13,14 @@ def _widget_session_id(session: SandboxSession) -> str | None:
     return session.id if session.kind == FlowKind.WIDGET else None
 
 
-def auth_success(user: SandboxUser, session: SandboxSession) -> dict:
+def auth_success(user: SandboxUser, session: SandboxSession, *, flow_id: str) -> dict:
     return {
         "type": "auth",
         "status": "success",
         "message": "User has successfully authenticated",
         "reference_id": user.reference_id,
         "widget_session_id": _widget_session_id(session),
-        "flow_id": session.id,
+        "flow_id": flow_id,
         "version": API_VERSION,
         "user": user.to_terra(),
     }
@@ -37,14 +37,15 @@ def user_reauth(new_user: SandboxUser, old_user: SandboxUser) -> dict:
     }
 
 
-def auth_failure(shape: str, session: SandboxSession, *, provider: str, reason: str, user_id: str) -> dict:
+def auth_failure(shape: str, session: SandboxSession, *, flow_id: str, provider: str, reason: str,
+                 user_id: str) -> dict:
     """The failed-authentication event in the 2026 shape (`auth_cancelled`) or the older one
     (`auth` with status `error`, which still names the user that was being created)."""
     if shape == "auth_cancelled":
         return {
             "type": "auth_cancelled",
             "status": "error",
-            "flow_id": session.id,
+            "flow_id": flow_id,
             "reason": reason,
             "reference_id": session.reference_id,
         }

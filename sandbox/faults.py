@@ -8,7 +8,8 @@ integrations, subscriptions; not the widget pages, the automation endpoint or th
   longer than the app's client waits. Terra did the work; the caller never hears about it. Combined
   with an error fault, the error answer is the one held back.
 - `5xx`: 503 with a JSON error body, in the shape of the host (`{status, message}` or problem+json).
-- `429`: 429 `{"detail": "rate limit exceeded"}` with `Retry-After: <SANDBOX_RETRY_AFTER_SECONDS>`.
+- `429`: 429 `{"detail": "rate limit exceeded"}` (problem+json on the access host) with
+  `Retry-After: <SANDBOX_RETRY_AFTER_SECONDS>`.
 - `reset`: the connection is closed without any answer.
 - `malformed`: 200 with a body that is not JSON (an HTML page, as a proxy in the way would send).
 
@@ -23,7 +24,23 @@ Faults of webhook delivery (each batch: the events of one completed flow or one 
 - `late`: the batch waits SANDBOX_LATE_SECONDS before its first try (default: the widget session
   lifetime plus 30 s, so it arrives after the app's connect attempt expired).
 
+- `stale_signature`: retries keep the first delivery's `t=` (and so its signature) instead of being
+  signed afresh; Terra does not say which it does. A retry later than the receiver's tolerance fails.
+- `s3_payload`: data events are delivered the way ping-mode destinations get them, as an `s3_payload`
+  event whose `url` the receiver downloads (the sandbox serves it at `/sandbox/payloads/<id>`).
+
 Retries after a non-2xx answer are not a fault: the sandbox always retries, as Terra does.
+
+Variants of a widget flow (shapes Terra's documents allow, or leave open, that are not the default):
+
+- `relink_across_users`: a provider account already connected under another reference_id is a
+  re-link, as Terra does it: the earlier Terra user is deleted, and `user_reauth` names it as
+  `old_user` (under the earlier reference_id) and the new user (under this one) as `new_user`.
+  By default only the same account under the same reference_id is a re-auth.
+- `foreign_flow_id`: auth events carry a `flow_id` that is not the widget session id (nothing in
+  Terra's contract says it is), so an `auth_cancelled` names no session the app knows.
+- `appended_redirect`: Terra's parameters are appended as `?user_id=…&resource=…&reference_id=…`,
+  as its docs literally describe, instead of being merged into the redirect URL's query string.
 
 Switching them:
 
@@ -48,15 +65,16 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from flask import Response, current_app, has_request_context, request
 
 from extensions import db
-from sandbox.errors import TerraApiError, render_terra_error
+from sandbox.errors import PROBLEM_SURFACE_PREFIX, TerraApiError, problem_response, render_terra_error
 from sandbox.traffic import TerraRequest, current_traffic
 
 FAULT_HEADER = "X-Sandbox-Fault"
 REST_FAULTS = ("slow", "5xx", "429", "reset", "malformed")
 # The faults that replace the answer, in order of precedence; `slow` only delays whatever answer goes out.
 ANSWER_FAULTS = ("reset", "5xx", "429", "malformed")
-WEBHOOK_FAULTS = ("duplicate", "reorder", "late")
-ALL_FAULTS = (*REST_FAULTS, *WEBHOOK_FAULTS)
+WEBHOOK_FAULTS = ("duplicate", "reorder", "late", "stale_signature", "s3_payload")
+FLOW_VARIANTS = ("relink_across_users", "foreign_flow_id", "appended_redirect")
+ALL_FAULTS = (*REST_FAULTS, *WEBHOOK_FAULTS, *FLOW_VARIANTS)
 LATE_MARGIN_SECONDS = 30  # the default `late` delay is the session lifetime plus this
 
 MALFORMED_BODY = (
@@ -117,6 +135,11 @@ def webhook_faults(config: Mapping[str, Any]) -> tuple[str, ...]:
     return active_faults(config, WEBHOOK_FAULTS)
 
 
+def flow_variant(config: Mapping[str, Any], name: str) -> bool:
+    """Whether the flow variant `name` (one of FLOW_VARIANTS) is switched on for this run or request."""
+    return name in active_faults(config, FLOW_VARIANTS)
+
+
 def late_seconds(config: Mapping[str, Any]) -> float:
     configured = config.get("SANDBOX_LATE_SECONDS")
     if configured is not None:
@@ -174,13 +197,14 @@ def _fault_answer(faults: tuple[str, ...]) -> Response | None:
             TerraApiError(503, "Service temporarily unavailable, please try again later (sandbox fault 5xx)")
         )
     if fault == "429":
+        # `{"detail": ...}` on the old host; a full problem+json body on the access host, as its spec says.
+        if request.path.startswith(PROBLEM_SURFACE_PREFIX):
+            response = problem_response(429, "rate limit exceeded")
+        else:
+            response = Response(json.dumps({"detail": "rate limit exceeded"}), status=429, mimetype="application/json")
         retry_after = int(current_app.config["SANDBOX_RETRY_AFTER_SECONDS"])
-        return Response(
-            json.dumps({"detail": "rate limit exceeded"}),
-            status=429,
-            mimetype="application/json",
-            headers={"Retry-After": str(retry_after), "X-Terra-RateLimit-Rule": "r2"},
-        )
+        response.headers.update({"Retry-After": str(retry_after), "X-Terra-RateLimit-Rule": "r2"})
+        return response
     if fault == "malformed":
         return Response(MALFORMED_BODY, status=200, mimetype="text/html")
     return None

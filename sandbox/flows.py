@@ -7,9 +7,11 @@ can never disagree. The outcome is committed first and the webhooks are sent aft
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Mapping
+from urllib.parse import urlencode
 
 from flask import url_for
 from sqlalchemy import func, select, update
@@ -19,6 +21,7 @@ from models.time import utcnow
 from sandbox import events
 from sandbox import providers as catalogue
 from sandbox.delivery import DeliveryThread, deliver
+from sandbox.faults import flow_variant
 from sandbox.models import SandboxSession, SandboxUser, SessionState, new_uuid
 from sandbox.redirects import merge_query
 from sandbox.validation import FlowOptions
@@ -103,8 +106,8 @@ def ensure_open(session: SandboxSession) -> None:
 
 def offered_providers(session: SandboxSession) -> list[catalogue.Provider]:
     if not session.providers:
-        return catalogue.web_providers()
-    return [provider for provider in map(catalogue.connectable, session.provider_codes) if provider]
+        return catalogue.widget_providers()
+    return [provider for provider in map(catalogue.offerable, session.provider_codes) if provider]
 
 
 def offered_provider(session: SandboxSession, code: object) -> catalogue.Provider:
@@ -131,14 +134,14 @@ def normalise_account(account: object) -> str:
     return name
 
 
-def failure_return_url(session: SandboxSession, reason: str) -> str | None:
+def failure_return_url(session: SandboxSession, reason: str, config: Mapping[str, Any]) -> str | None:
     """The link back to the app from a dead session page (None when the app gave no failure URL)."""
     if not session.failure_url:
         return None
     params = {"reference_id": session.reference_id or "null", "reason": reason}
     if len(session.provider_codes) == 1:
         params["resource"] = session.provider_codes[0]
-    return merge_query(session.failure_url, params)
+    return add_terra_parameters(session.failure_url, params, config)
 
 
 # -- finishing a flow -----------------------------------------------------------------------------
@@ -153,11 +156,13 @@ def complete_flow(
     if outcome not in OUTCOME_REASONS:
         raise FlowProblem("bad_input", "outcome must be one of: " + ", ".join(OUTCOME_REASONS))
     provider = offered_provider(session, provider_code)
-    account_name = normalise_account(account)
+    account_name = None if provider.sdk_only else normalise_account(account)
     _claim(session)
 
     reason = OUTCOME_REASONS[outcome]
-    if reason is None:
+    if reason is None and provider.sdk_only:
+        redirect_url, outgoing = _hand_over_to_sdk(session, provider, config)
+    elif reason is None:
         redirect_url, outgoing = _authenticate(session, provider, account_name, config)
     else:
         redirect_url, outgoing = _fail(session, provider, reason, config)
@@ -181,15 +186,12 @@ def _authenticate(
     session: SandboxSession, provider: catalogue.Provider, account: str, config: Mapping[str, Any]
 ) -> tuple[str, list[dict]]:
     # Same provider account under the same reference_id: a re-auth, which replaces the user id.
+    # With `relink_across_users`, the same account under any reference_id (another app user) too.
+    identity = [SandboxUser.provider == provider.code, SandboxUser.account == account, SandboxUser.active.is_(True)]
+    if not flow_variant(config, "relink_across_users"):
+        identity.append(SandboxUser.reference_id == session.reference_id)  # `IS NULL` when there is none
     previous = db.session.scalars(
-        select(SandboxUser)
-        .where(
-            SandboxUser.provider == provider.code,
-            SandboxUser.account == account,
-            SandboxUser.reference_id == session.reference_id,  # `IS NULL` when there is none
-            SandboxUser.active.is_(True),
-        )
-        .order_by(SandboxUser.created_at.desc())
+        select(SandboxUser).where(*identity).order_by(SandboxUser.created_at.desc())
     ).first()
     if previous is None and user_cap_reached(config):
         return _fail(session, provider, USER_LIMIT_REASON, config)
@@ -204,7 +206,7 @@ def _authenticate(
         created_at=utcnow(),
     )
     db.session.add(user)
-    outgoing = [events.auth_success(user, session)]
+    outgoing = [events.auth_success(user, session, flow_id=flow_id(session, config))]
     if previous is not None:
         previous.active = False
         reauth = events.user_reauth(user, previous)
@@ -213,7 +215,16 @@ def _authenticate(
         else:
             outgoing.append(reauth)
     params = {"user_id": user.user_id, "resource": provider.code, "reference_id": session.reference_id or "null"}
-    return merge_query(session.success_url or _result_page(session), params), outgoing
+    return add_terra_parameters(session.success_url or _result_page(session), params, config), outgoing
+
+
+def _hand_over_to_sdk(
+    session: SandboxSession, provider: catalogue.Provider, config: Mapping[str, Any]
+) -> tuple[str, list[dict]]:
+    """An SDK-only provider: back to the success URL with `user_id=null`, and no webhook. The app
+    connects it through Terra's mobile SDK."""
+    params = {"user_id": "null", "resource": provider.code, "reference_id": session.reference_id or "null"}
+    return add_terra_parameters(session.success_url or _result_page(session), params, config), []
 
 
 def _fail(
@@ -222,13 +233,30 @@ def _fail(
     event = events.auth_failure(
         config["SANDBOX_AUTH_FAILURE_SHAPE"],
         session,
+        flow_id=flow_id(session, config),
         provider=provider.code,
         reason=reason,
         # authenticateUser promised this id; a widget flow's would-be user never existed.
         user_id=session.user_id or new_uuid(),
     )
     params = {"reference_id": session.reference_id or "null", "resource": provider.code, "reason": reason}
-    return merge_query(session.failure_url or _result_page(session), params), [event]
+    return add_terra_parameters(session.failure_url or _result_page(session), params, config), [event]
+
+
+def add_terra_parameters(url: str, params: dict[str, str], config: Mapping[str, Any]) -> str:
+    """The redirect URL with Terra's parameters: merged into its query string, or with
+    `appended_redirect` appended as `?…` whatever the URL already holds (Terra's docs, literally)."""
+    if flow_variant(config, "appended_redirect"):
+        return f"{url}?{urlencode(params)}"
+    return merge_query(url, params)
+
+
+def flow_id(session: SandboxSession, config: Mapping[str, Any]) -> str:
+    """The `flow_id` of the session's events: its own id, or with `foreign_flow_id` another id,
+    stable for the session, that the app never saw."""
+    if flow_variant(config, "foreign_flow_id"):
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox-flow:" + session.id))
+    return session.id
 
 
 def _result_page(session: SandboxSession) -> str:

@@ -69,6 +69,16 @@ class SandboxSession(db.Model):
         return (now or utcnow()) >= self.expires_at
 
 
+class SandboxPayload(db.Model):
+    """A data event held for a ping-mode (`s3_payload`) delivery: what Terra puts in its S3 bucket."""
+
+    __tablename__ = "sandbox_payloads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    body: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime]
+
+
 class SandboxUser(db.Model):
     """A Terra user: one provider account connected under one reference_id."""
 

@@ -78,6 +78,18 @@ def sdk_providers() -> list[Provider]:
     return [p for p in CATALOGUE if p.sdk_only]
 
 
+def widget_providers() -> list[Provider]:
+    """What the widget offers by default: every enabled provider, SDK-only ones included (picking one
+    hands the user back to the app, which connects it through Terra's mobile SDK)."""
+    return [p for p in CATALOGUE if p.enabled]
+
+
+def offerable(code: str | None) -> Provider | None:
+    """The provider when the widget can offer it, else None."""
+    provider = find(code)
+    return provider if provider and provider.enabled else None
+
+
 def connectable(code: str | None) -> Provider | None:
     """The provider when the sandbox can run a web login for it, else None."""
     provider = find(code)

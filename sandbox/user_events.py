@@ -10,6 +10,8 @@ from models.time import utcnow
 from sandbox import events
 from sandbox import providers as catalogue
 from sandbox.delivery import DeliveryThread, deliver
+from sandbox.faults import webhook_faults
+from sandbox.payloads import ping_event
 from sandbox.models import SandboxUser
 from sandbox.sample_data import DATA_KINDS
 
@@ -21,6 +23,8 @@ def send_user_event(user: SandboxUser, kind: str, config: Mapping[str, Any]) -> 
     if kind in DATA_KINDS:
         user.last_webhook_update = utcnow()
         event = events.data_event(kind, user)
+        if "s3_payload" in webhook_faults(config):  # a ping-mode destination: a download URL instead
+            event = ping_event(event)
     elif kind == "connection_error":
         event = events.connection_error(user)
     elif kind == "permission_change":

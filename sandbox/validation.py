@@ -85,8 +85,6 @@ def _providers(body: dict[str, Any]) -> tuple[list[str] | None, list[str]]:
             warnings.append(f"Unknown provider {code} was ignored")
         elif not provider.enabled:
             warnings.append(f"Provider {code} is not enabled for this developer and was ignored")
-        elif provider.sdk_only:
-            warnings.append(f"Provider {code} connects through the mobile SDK, not the widget, and was ignored")
         else:
             chosen.append(code)
     if not chosen:

@@ -36,7 +36,7 @@ _PROBLEMS = {
 @bp.errorhandler(FlowProblem)
 def flow_problem_page(problem: FlowProblem):
     status, _, title, reason = _PROBLEMS[problem.code]
-    back_url = failure_return_url(problem.session, reason) if problem.session is not None and reason else None
+    back_url = failure_return_url(problem.session, reason, current_app.config) if problem.session is not None and reason else None
     page = render_template(
         "sandbox/message.html", title=title, message=problem.message, back_url=back_url, back_label="Back to the app"
     )
@@ -78,6 +78,8 @@ def widget_consent(session_id: str):
 
 
 def _login_page(session: SandboxSession, provider: catalogue.Provider, error: str | None = None) -> str:
+    if provider.sdk_only:  # no web login: Terra's widget hands the user back to the app
+        return render_template("sandbox/sdk_handoff.html", flow=session, provider=provider)
     can_choose_again = session.kind == FlowKind.WIDGET and len(offered_providers(session)) > 1
     return render_template(
         "sandbox/login.html", flow=session, provider=provider, error=error, can_choose_again=can_choose_again
@@ -106,7 +108,7 @@ def widget_result(session_id: str):
     provider = catalogue.find(request.args.get("resource"))
     return render_template(
         "sandbox/result.html",
-        connected=bool(request.args.get("user_id")),
+        connected=request.args.get("user_id") not in (None, "", "null"),
         provider_name=provider.name if provider else request.args.get("resource"),
         reason=request.args.get("reason"),
     )

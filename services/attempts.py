@@ -49,7 +49,7 @@ def start_widget_attempt(user: User, *, channel: str = "web", return_urls: Retur
     """
     attempt = _new_attempt(user, channel, provider=providers[0] if providers and len(providers) == 1 else None,
                            return_mode=return_mode)
-    success_url, failure_url = (return_urls or web_return_urls)(attempt)
+    success_url, failure_url = (return_urls or return_page_urls)(attempt)
     try:
         session: WidgetSession = terra_client().create_widget_session(
             reference_id=user.reference_id,
@@ -71,7 +71,7 @@ def start_widget_attempt(user: User, *, channel: str = "web", return_urls: Retur
 def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
     """Custom UI: one provider through authenticateUser instead of the widget."""
     attempt = _new_attempt(user, "web", provider=provider)
-    success_url, failure_url = web_return_urls(attempt)
+    success_url, failure_url = return_page_urls(attempt)
     try:
         auth = terra_client().authenticate_user(
             provider=provider, reference_id=user.reference_id, success_url=success_url, failure_url=failure_url
@@ -101,12 +101,16 @@ def _fail_without_terra(attempt: ConnectAttempt, error: TerraError) -> None:
     db.session.commit()
 
 
-def web_return_urls(attempt: ConnectAttempt) -> tuple[str, str]:
+def return_page_urls(attempt: ConnectAttempt, pages: str = "connect") -> tuple[str, str]:
+    """The (success, failure) URLs Terra sends the browser back to: the return pages of blueprint
+    `pages` (`connect` on the web, `mobile` for the app). The signed attempt token is in the path and
+    there is no query string, so Terra's `user_id`, `resource` and `reference_id` arrive intact
+    whether it merges them into the URL or appends `?…` as its docs literally describe."""
     token = attempt_token(attempt)
     base = current_app.config["PUBLIC_BASE_URL"]
     return (
-        base + url_for("connect.return_success", attempt=token),
-        base + url_for("connect.return_failure", attempt=token),
+        base + url_for(f"{pages}.return_success", token=token),
+        base + url_for(f"{pages}.return_failure", token=token),
     )
 
 
@@ -131,12 +135,18 @@ def attempt_from_token(token: str | None) -> ConnectAttempt:
     return attempt
 
 
-def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None) -> ConnectAttempt:
-    """A browser came back from Terra to one of our return pages: note what it claims, nothing more."""
+def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None,
+                  claimed_resource: str | None = None) -> ConnectAttempt:
+    """A browser came back from Terra to one of our return pages: note what it claims. A success
+    with no Terra user but a provider is an SDK-only provider (Terra sends no webhook for it): the
+    attempt ends at once as `sdk_required`, so the app can connect it through Terra's mobile SDK."""
     attempt = attempt_from_token(token)
     if claimed_terra_user_id == "null":  # Terra writes a literal "null" when it has no value
         claimed_terra_user_id = None
-    record_hint(attempt, hint, terra_user_id=claimed_terra_user_id)
+    record_hint(attempt, hint, terra_user_id=claimed_terra_user_id, resource=claimed_resource)
+    resource = attempt.resource or attempt.requested_provider
+    if hint == AttemptHint.RETURNED_SUCCESS and claimed_terra_user_id is None and resource:
+        _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.SDK_REQUIRED, resource=resource)
     db.session.commit()
     return attempt
 
@@ -154,7 +164,7 @@ def owned_attempt(user_id: int, attempt_id: str) -> ConnectAttempt:
 _columns = ConnectAttempt.__table__.c
 POLL_STATE = select(
     _columns.id, _columns.user_id, _columns.version, _columns.status, _columns.expires_at,
-    _columns.browser_closed_at, _columns.hinted_at, _columns.redirect_terra_user_id,
+    _columns.browser_closed_at, _columns.hint, _columns.hinted_at, _columns.redirect_terra_user_id,
 ).where(_columns.id == bindparam("attempt_id"))
 
 
@@ -208,13 +218,16 @@ def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields
     return result.rowcount == 1
 
 
-def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None) -> None:
+def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None,
+                resource: str | None = None) -> None:
     """What the browser said happened. Recorded for display and polling, never as an outcome."""
     fields: dict = {}
     if attempt.hint != hint:
         fields.update(hint=hint, hinted_at=utcnow())
     if terra_user_id and attempt.redirect_terra_user_id != terra_user_id:
         fields["redirect_terra_user_id"] = terra_user_id[:64]
+    if resource and attempt.resource != resource:
+        fields["resource"] = resource
     if fields:
         _change(attempt, **fields)
 
@@ -226,15 +239,18 @@ def record_browser_closed(attempt: ConnectAttempt) -> None:
 
 
 def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
-    """No verified outcome within the grace period after the browser closed: the user gave up."""
+    """No verified outcome within the grace period after the browser closed, or came back through
+    the failure URL (whose webhook may name no attempt we know): the user gave up. A late verified
+    success still turns it into `connected`."""
     if attempt.status != AttemptStatus.PENDING or not _abandoned(attempt):
         return False
-    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.CANCELLED, error="browser_closed")
+    reason = "browser_closed" if attempt.browser_closed_at is not None else "returned_failure"
+    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.CANCELLED, error=reason)
 
 
 def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
-    # A late verified success still wins over the "browser closed" guess.
-    return _transition(attempt, (AttemptStatus.PENDING, AttemptStatus.CANCELLED),
+    # A late verified success still wins over the "browser closed" guess and over "use the SDK".
+    return _transition(attempt, (AttemptStatus.PENDING, AttemptStatus.CANCELLED, AttemptStatus.SDK_REQUIRED),
                        status=AttemptStatus.CONNECTED, connection_id=connection.id, error=None)
 
 
@@ -244,10 +260,13 @@ def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
 
 
 def _abandoned(attempt) -> bool:
-    if attempt.browser_closed_at is None:
+    given_up_at = attempt.browser_closed_at
+    if given_up_at is None and attempt.hint == AttemptHint.RETURNED_FAILURE:
+        given_up_at = attempt.hinted_at
+    if given_up_at is None:
         return False
     grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
-    return utcnow() - attempt.browser_closed_at >= grace
+    return utcnow() - given_up_at >= grace
 
 
 def _expired(attempt) -> bool:
@@ -261,21 +280,18 @@ def expire_if_due(attempt: ConnectAttempt) -> bool:
 
 
 def find_attempt_for_event(user: User, session_ids: tuple[str, ...]) -> ConnectAttempt | None:
-    """The attempt an auth event answers: by Terra's session/flow id, else the newest pending one."""
-    if session_ids:
-        attempt = db.session.scalars(
-            select(ConnectAttempt).where(
-                ConnectAttempt.user_id == user.id, ConnectAttempt.terra_session_id.in_(session_ids)
-            )
-        ).first()
-        if attempt is not None:
-            return attempt
-    return db.session.scalars(
+    """The one attempt an auth event answers, by Terra's widget session / flow id (or, for
+    authenticateUser, the Terra user id it announced). None when the event names no attempt of
+    `user`, or more than one: such an event never ends an attempt (nothing in Terra's contract says
+    `flow_id` is the widget session id); the return redirect, browser-closed and expiry still can."""
+    if not session_ids:
+        return None
+    matches = db.session.scalars(
         select(ConnectAttempt)
-        .where(ConnectAttempt.user_id == user.id, ConnectAttempt.status.in_([AttemptStatus.PENDING, AttemptStatus.CANCELLED]))
-        .order_by(ConnectAttempt.created_at.desc())
-        .limit(1)
-    ).first()
+        .where(ConnectAttempt.user_id == user.id, ConnectAttempt.terra_session_id.in_(session_ids))
+        .limit(2)
+    ).all()
+    return matches[0] if len(matches) == 1 else None
 
 
 def refresh(attempt: ConnectAttempt) -> ConnectAttempt:
@@ -304,7 +320,7 @@ def confirm_redirect_user(attempt: ConnectAttempt) -> bool:
         current_app.logger.warning("userInfo check failed for attempt %s; waiting for the webhook", attempt.id)
         return False
     owner = db.session.get(User, attempt.user_id)
-    if terra_user is None or not terra_user.active or terra_user.reference_id != owner.reference_id:
+    if terra_user is None or terra_user.active is False or terra_user.reference_id != owner.reference_id:
         # Not confirmed: forget the claim so we do not ask again on every poll.
         _change(attempt, redirect_terra_user_id=None)
         return True

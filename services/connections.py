@@ -15,12 +15,21 @@ from models.time import utcnow
 from terra.client import TerraClient, TerraNotFound, TerraUser
 
 
+# Why a connection ended, for its owner to read (models.connect_attempt.REASON_TEXT).
+RELINKED_ELSEWHERE = "relinked_elsewhere"
+
+
 def by_terra_user_id(terra_user_id: str) -> Connection | None:
     return db.session.scalars(select(Connection).where(Connection.terra_user_id == terra_user_id)).first()
 
 
 def was_replaced(terra_user_id: str) -> bool:
     return db.session.get(ReplacedTerraUser, terra_user_id) is not None
+
+
+def _replacement_of(terra_user_id: str) -> Connection | None:
+    replaced = db.session.get(ReplacedTerraUser, terra_user_id)
+    return db.session.get(Connection, replaced.connection_id) if replaced else None
 
 
 def _insert_or_get(owner: User, terra_user: TerraUser, status: str) -> tuple[Connection, bool]:
@@ -48,13 +57,15 @@ def _insert_or_get(owner: User, terra_user: TerraUser, status: str) -> tuple[Con
 def upsert_connection(owner: User, terra_user: TerraUser) -> Connection:
     """A successful authentication: the Terra user is linked and active.
 
-    A revoked row stays revoked: Terra issues a new user id on every authentication, so an `auth`
-    for a revoked id is a late or replayed delivery, not a reconnection.
+    An existing row keeps its status: Terra issues a new user id on every authentication, so an
+    `auth` for a known id is a late or replayed delivery, and must not undo a `deauth` or a
+    `connection_error` that was sent after it but arrived first.
     """
+    replacement = _replacement_of(terra_user.user_id)
+    if replacement is not None:  # a later re-authentication already replaced this id (events out of order)
+        return replacement
     connection, inserted = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE)
     if not inserted and connection.status != ConnectionStatus.REVOKED:
-        connection.status = ConnectionStatus.ACTIVE
-        connection.status_reason = None
         connection.provider = terra_user.provider or connection.provider
         connection.scopes = terra_user.scopes or connection.scopes
         connection.last_event_at = utcnow()
@@ -64,8 +75,8 @@ def upsert_connection(owner: User, terra_user: TerraUser) -> Connection:
 def set_status(owner: User, terra_user: TerraUser, status: str, reason: str) -> Connection:
     """deauth, access_revoked, connection_error. A revocation for a user we have not seen yet still
     leaves a revoked row, so an `auth` delivered after it cannot bring the connection back."""
-    connection, _ = _insert_or_get(owner, terra_user, status)
-    if connection.status != ConnectionStatus.REVOKED:
+    connection, inserted = _insert_or_get(owner, terra_user, status)
+    if inserted or connection.status != ConnectionStatus.REVOKED:
         connection.status = status
         connection.status_reason = reason
     connection.last_event_at = utcnow()
@@ -81,31 +92,56 @@ def change_scopes(owner: User, terra_user: TerraUser, added: list[str], removed:
     return connection
 
 
-def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraUser) -> Connection:
-    """user_reauth: the same provider account got a new Terra user id; keep one row, in place.
+def revoke(connection: Connection, reason: str) -> None:
+    if connection.status != ConnectionStatus.REVOKED:
+        connection.status = ConnectionStatus.REVOKED
+        connection.status_reason = reason
+    connection.last_event_at = utcnow()
 
-    Works in either order relative to the `auth` for the new id: if that `auth` already created a
-    row, the older row absorbs it (attempts are re-pointed) so the connection keeps its id.
+
+def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraUser,
+                       old_owner: User | None = None) -> Connection:
+    """user_reauth: the same provider account got a new Terra user id.
+
+    Within one owner the row is kept and its id swapped in place, in either order relative to the
+    `auth` for the new id: if that `auth` already created a row, the older row absorbs it (attempts
+    are re-pointed, and it takes that row's status) so the connection keeps its id. When another
+    app user re-linked the account (the old row, or the old user's reference_id, is `old_owner`'s),
+    nothing moves between owners: the old owner's connection ends revoked (created so, if its `auth`
+    has not arrived yet), and `owner` gets a connection of their own.
     """
     old = by_terra_user_id(old_user.user_id) if old_user else None
-    new = by_terra_user_id(new_user.user_id)
-    if old is None:
-        return upsert_connection(owner, new_user)
+    if old is None and old_owner is not None and old_owner.id != owner.id:
+        # The old owner's `auth` has not arrived yet (and now never counts): their row starts ended.
+        old = set_status(old_owner, old_user, ConnectionStatus.REVOKED, RELINKED_ELSEWHERE)
+        db.session.flush()
+    if old is None or old.user_id != owner.id:
+        if old is not None:
+            revoke(old, RELINKED_ELSEWHERE)
+        connection = upsert_connection(owner, new_user)
+        if old_user is not None:
+            # Remembered even when we never saw it: its `auth` may still be on its way.
+            db.session.add(ReplacedTerraUser(old_terra_user_id=old_user.user_id,
+                                             connection_id=(old or connection).id))
+        return connection
+    db.session.add(ReplacedTerraUser(old_terra_user_id=old.terra_user_id, connection_id=old.id))
+    # The new id's row; or, when a later re-authentication already replaced the new id too (events
+    # out of order), the row that holds the newest id.
+    new = by_terra_user_id(new_user.user_id) or _replacement_of(new_user.user_id)
+    status, reason, newest_id = ConnectionStatus.ACTIVE, None, new_user.user_id
     if new is not None and new.id != old.id:
-        db.session.execute(
-            update(ConnectAttempt).where(ConnectAttempt.connection_id == new.id).values(connection_id=old.id)
-        )
+        # A deauth or connection_error for the new id may have arrived first: keep what it said.
+        status, reason, newest_id = new.status, new.status_reason, new.terra_user_id
+        for model in (ConnectAttempt, ReplacedTerraUser):
+            db.session.execute(update(model).where(model.connection_id == new.id).values(connection_id=old.id))
         # A plain DELETE: a concurrent delivery of the same swap may already have removed the row,
         # which is fine (the retry in the inbox converges), so no "expected one row" check.
         db.session.execute(delete(Connection).where(Connection.id == new.id))
         db.session.expunge(new)
-    old_id = old.terra_user_id
-    old.terra_user_id = new_user.user_id
-    db.session.add(ReplacedTerraUser(old_terra_user_id=old_id, connection_id=old.id))
+    old.terra_user_id = newest_id
     old.provider = new_user.provider or old.provider
     old.scopes = new_user.scopes or old.scopes
-    old.status = ConnectionStatus.ACTIVE
-    old.status_reason = None
+    old.status, old.status_reason = status, reason
     old.last_event_at = utcnow()
     return old
 
@@ -120,7 +156,6 @@ def disconnect(connection: Connection, terra: TerraClient) -> Connection:
             terra.deauthenticate_user(connection.terra_user_id)
         except TerraNotFound:
             pass  # already gone on Terra's side: revoking locally is the right outcome
-        connection.status = ConnectionStatus.REVOKED
-        connection.status_reason = "disconnected"
+        revoke(connection, "disconnected")
         db.session.commit()
     return connection

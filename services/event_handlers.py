@@ -16,7 +16,7 @@ from models.time import utcnow
 from models.webhook_event import EventOutcome
 from services import attempts, connections
 from services.reference_ids import is_authentic
-from terra.events import AUTH_FAILURE, AUTH_SUCCESS, DATA_TYPES, INFORMATIONAL_TYPES, TerraEvent
+from terra.events import AUTH_FAILURE, AUTH_SUCCESS, DATA_TYPES, INFORMATIONAL_TYPES, USERLESS_TYPES, TerraEvent
 
 Outcome = tuple[str, str | None]
 
@@ -26,7 +26,10 @@ def apply_event(event: TerraEvent) -> Outcome:
         return _touch_connection(event)
     handler = HANDLERS.get(event.kind)
     if handler is None:
-        return EventOutcome.IGNORED, f"unknown event type {event.type!r}"
+        # Terra adds event types over time: kept for the record, never an error (forward compatible).
+        return EventOutcome.RECORDED, f"unknown event type {event.type!r}"
+    if event.terra_user_id is None and event.kind != AUTH_FAILURE:  # only a failed auth has no user
+        return _without_user(event)
     owner = _owner(event.reference_id)
     if owner is None:
         return EventOutcome.IGNORED, "reference_id is not one of ours"
@@ -45,8 +48,6 @@ def _owner(reference_id: str | None) -> User | None:
 
 
 def _auth_success(owner: User, event: TerraEvent) -> Outcome:
-    if event.user is None:
-        return EventOutcome.IGNORED, "auth event without a user"
     connection = connections.upsert_connection(owner, event.user)
     db.session.flush()
     if connection.status == ConnectionStatus.REVOKED:
@@ -66,16 +67,13 @@ def _auth_failure(owner: User, event: TerraEvent) -> Outcome:
 
 
 def _user_reauth(owner: User, event: TerraEvent) -> Outcome:
-    if event.new_user is None:
-        return EventOutcome.IGNORED, "user_reauth without new_user"
-    connection = connections.replace_terra_user(owner, event.old_user, event.new_user)
+    old_owner = _owner(event.old_user.reference_id) if event.old_user else None
+    connection = connections.replace_terra_user(owner, event.old_user, event.new_user, old_owner)
     return EventOutcome.APPLIED, f"connection {connection.terra_user_id} replaces the old Terra user"
 
 
 def _status_change(status: str) -> Callable[[User, TerraEvent], Outcome]:
     def handle(owner: User, event: TerraEvent) -> Outcome:
-        if event.user is None:
-            return EventOutcome.IGNORED, f"{event.type} without a user"
         connection = connections.set_status(owner, event.user, status, reason=event.type)
         return EventOutcome.APPLIED, f"connection {connection.status}"
 
@@ -83,14 +81,19 @@ def _status_change(status: str) -> Callable[[User, TerraEvent], Outcome]:
 
 
 def _permission_change(owner: User, event: TerraEvent) -> Outcome:
-    if event.user is None:
-        return EventOutcome.IGNORED, "permission_change without a user"
     connection = connections.change_scopes(owner, event.user, event.scopes_added, event.scopes_removed)
     return EventOutcome.APPLIED, f"scopes now {connection.scopes}"[:255]
 
 
+def _without_user(event: TerraEvent) -> Outcome:
+    """A verified event that should name a Terra user and does not: kept as failed, for a replay."""
+    return EventOutcome.FAILED, f"{event.type} event without a user"
+
+
 def _touch_connection(event: TerraEvent) -> Outcome:
     """Data and informational events are recorded; they only note when we last heard of the user."""
+    if event.terra_user_id is None and event.type not in USERLESS_TYPES:
+        return _without_user(event)
     if event.terra_user_id:
         connection = connections.by_terra_user_id(event.terra_user_id)
         if connection is not None:

@@ -23,7 +23,8 @@ from models import WebhookEvent
 from models.time import utcnow
 from models.webhook_event import EventOutcome
 from services.event_handlers import Outcome, apply_event
-from terra.events import EventParseError, TerraEvent, parse_event
+from terra.client import download_payload
+from terra.events import PING_TYPE, EventParseError, TerraEvent, parse_event
 
 
 def trace_id_for(header_value: str | None, body: bytes) -> str:
@@ -52,6 +53,36 @@ def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: st
     return row
 
 
+UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
+
+
+def record_unreadable(body: bytes, problem: str, *, trace_id: str, terra_reference: str | None) -> str:
+    """Keep a verified body that is not a readable event (no user, bad JSON, nesting...) as a failed
+    row, committed, and return its outcome ("duplicate" when this trace id is already kept).
+
+    Terra's guidance is to log and acknowledge such deliveries: an error answer would only make
+    Terra retry them for hours. The row is there to look at, and to replay once the code reads it.
+    """
+    current_app.logger.warning("webhook %s kept as failed: %s", trace_id, problem)
+    row = WebhookEvent(
+        trace_id=trace_id,
+        event_type=UNREADABLE,
+        terra_reference=(terra_reference or "")[:128] or None,
+        # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
+        body=body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
+        outcome=EventOutcome.FAILED,
+        detail=problem[:255],
+        applied_at=utcnow(),
+    )
+    db.session.add(row)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return "duplicate"
+    return EventOutcome.FAILED
+
+
 # Losing a race to a concurrent delivery shows up as one of these (a unique constraint, a deadlock or
 # lock timeout, a row another delivery just replaced); the next try sees the winner's rows.
 RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
@@ -67,10 +98,26 @@ def apply(row: WebhookEvent, event: TerraEvent) -> str:
     a later replay; the row itself is committed either way.
     """
     try:
+        if event.type == PING_TYPE:
+            event = _downloaded(event)
         outcome, detail = _apply_with_retries(event)
     except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
         outcome, detail = _failure(row, error)
     return _finish(row, outcome, detail)
+
+
+def _downloaded(ping: TerraEvent) -> TerraEvent:
+    """The data event an `s3_payload` points at, fetched (timeout, size limit) and parsed as if it
+    had arrived inline. The row is committed first: no transaction stays open across the download."""
+    db.session.commit()
+    if not ping.download_url:
+        raise EventParseError("s3_payload without a url")
+    config = current_app.config
+    event = parse_event(download_payload(ping.download_url, timeout=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
+                                         max_bytes=config["TERRA_PAYLOAD_MAX_BYTES"]))
+    if event.type == PING_TYPE:
+        raise EventParseError("an s3_payload must not point at another s3_payload")
+    return event
 
 
 def _apply_with_retries(event: TerraEvent) -> Outcome:

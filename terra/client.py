@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ProtocolError
@@ -84,7 +85,7 @@ class TerraUser:
     provider: str
     reference_id: str | None
     scopes: str
-    active: bool
+    active: bool | None  # the spec allows null: Terra did not say, which is not "inactive"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TerraUser":
@@ -96,7 +97,7 @@ class TerraUser:
             provider=str(data.get("provider") or "")[:64],  # provider codes are short upper-case words
             reference_id=data.get("reference_id"),
             scopes=scopes if isinstance(scopes, str) else "",
-            active=bool(data.get("active", True)),
+            active=None if data.get("active") is None else bool(data["active"]),
         )
 
 
@@ -232,8 +233,8 @@ class TerraClient:
         user = data.get("user") if isinstance(data, dict) else None
         if not user:
             return None
-        if "is_authenticated" in data:
-            user = {**user, "active": bool(data["is_authenticated"]) and user.get("active", True)}
+        if data.get("is_authenticated") is False:
+            user = {**user, "active": False}
         return TerraUser.from_json(user)
 
     def users_by_reference(self, reference_id: str) -> list[TerraUser]:
@@ -248,11 +249,12 @@ class TerraClient:
         except (KeyError, TypeError, AttributeError):
             raise TerraError("Terra's userInfo answer was not a list of users") from None
 
-    def integrations_detailed(self) -> list[Provider]:
+    def integrations_detailed(self, *, include_sdk: bool = False) -> list[Provider]:
+        """The enabled providers; `include_sdk` adds those connected through Terra's mobile SDK."""
         # Only dev-id: with both headers Terra has been seen to answer an empty list.
         data = self._request(
             "GET", self.api_base_url + "/integrations/detailed", headers={"dev-id": self.dev_id}, auth=False,
-            retry=True,
+            params={"sdk": "true"} if include_sdk else None, retry=True,
         )
         try:
             return [
@@ -324,6 +326,33 @@ class TerraClient:
             raise TerraUnavailable(
                 f"Terra answered {response.status_code} with a body that is not JSON", status=response.status_code
             ) from None
+
+
+def download_payload(url: str, *, timeout: float, max_bytes: int, session: requests.Session | None = None) -> bytes:
+    """The body at an `s3_payload` event's pre-signed URL, read with a timeout and at most `max_bytes`.
+
+    A plain GET without our Terra credentials (the URL is the capability, and our API key must never
+    reach a storage host); redirects are not followed. Raises TerraError when it cannot be had.
+    """
+    if urlsplit(url).scheme not in ("https", "http"):
+        raise TerraRejected("the s3_payload url is not an http(s) URL")
+    try:
+        with (session or requests).get(url, timeout=timeout, stream=True, allow_redirects=False) as response:
+            if response.status_code != 200:
+                raise TerraRejected(f"downloading the s3_payload answered {response.status_code}",
+                                    status=response.status_code)
+            if int(response.headers.get("Content-Length") or 0) > max_bytes:
+                raise TerraRejected(f"the s3_payload is larger than {max_bytes} bytes")
+            body = bytearray()
+            for chunk in response.iter_content(64 * 1024):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise TerraRejected(f"the s3_payload is larger than {max_bytes} bytes")
+            return bytes(body)
+    except requests.Timeout:
+        raise TerraUnavailable(f"the s3_payload download did not finish within {timeout:g} s") from None
+    except requests.RequestException as error:
+        raise TerraUnavailable(f"the s3_payload could not be downloaded ({type(error).__name__})") from None
 
 
 def _error_for(response: requests.Response) -> TerraError:

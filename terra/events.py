@@ -25,6 +25,9 @@ DATA_TYPES = frozenset(
 INFORMATIONAL_TYPES = frozenset(
     {"large_request_processing", "large_request_sending", "healthcheck", "google_no_datasource", "rate_limit_hit"}
 )
+PING_TYPE = "s3_payload"  # ping-mode delivery: a download URL in place of the data event
+# Events that carry no `user` by design (the v5-only healthcheck; s3_payload names only its download).
+USERLESS_TYPES = frozenset({PING_TYPE, "healthcheck"})
 MAX_NESTING = 64
 # The length of the terra_user_id columns (tests check it); a longer id could not be stored.
 MAX_USER_ID_LENGTH = 64
@@ -47,6 +50,7 @@ class TerraEvent:
     new_user: TerraUser | None = None
     scopes_added: list[str] = field(default_factory=list)
     scopes_removed: list[str] = field(default_factory=list)
+    download_url: str | None = None  # s3_payload: where the data event itself is to be fetched
 
     @property
     def terra_user_id(self) -> str | None:
@@ -107,6 +111,7 @@ def parse_event(body: bytes) -> TerraEvent:
         new_user=new_user,
         scopes_added=_scope_list(data.get("scopes_added")),
         scopes_removed=_scope_list(data.get("scopes_removed")),
+        download_url=data["url"] if event_type == PING_TYPE and isinstance(data.get("url"), str) else None,
     )
 
 

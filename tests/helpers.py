@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from werkzeug.security import generate_password_hash
 
@@ -40,6 +41,11 @@ def auth_event(user: User, terra: dict, session_id: str | None = None) -> dict:
     return {"type": "auth", "status": "success", "message": "User has successfully authenticated",
             "reference_id": user.reference_id, "widget_session_id": session_id, "flow_id": session_id,
             "version": "2022-03-16", "user": terra}
+
+
+def token_of(return_url: str) -> str:
+    """The signed attempt token in the path of one of our return URLs."""
+    return urlsplit(return_url).path.rsplit("/", 1)[1]
 
 
 def deliver(client, payload: dict | bytes, *, secret: str, trace_id: str | None = "auto",

@@ -192,7 +192,7 @@ def test_invalid_attempt_requests(api, live_server, body, code):
 def test_page_mode_redirects_through_the_https_return_page(api, live_server):
     attempt = start(api)
     redirect = complete(attempt["url"])
-    assert redirect.startswith(live_server.url + "/mobile/return/success?attempt=")
+    assert redirect.startswith(live_server.url + "/mobile/return/success/")
     page = requests.get(redirect, timeout=10)
     assert page.status_code == 200
     assert f"com.example.terraconnect://connect/success?attempt_id={attempt['attempt_id']}" in page.text

@@ -17,6 +17,7 @@ from extensions import db
 from models import ConnectAttempt, Connection, WebhookEvent
 from sandbox.traffic import traffic_of
 from tests.conftest import Browser, wait_for
+from tests.helpers import token_of
 
 
 def start_connect(browser: Browser) -> str:
@@ -35,8 +36,7 @@ def finish_widget(widget_url: str, outcome: str = "success", account: str = "ada
 
 
 def attempt_state(browser: Browser, return_url: str) -> dict:
-    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
-    response = browser.get("/connect/attempts/status", params={"attempt": token})
+    response = browser.get("/connect/attempts/status", params={"attempt": token_of(return_url)})
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
     return response.json()
@@ -64,7 +64,7 @@ def test_full_flow_register_connect_consent_webhook_dashboard(signed_in, live_se
 
     return_url = finish_widget(widget_url)
     query = parse_qs(urlsplit(return_url).query)
-    assert urlsplit(return_url).path == "/connect/return/success"
+    assert urlsplit(return_url).path.startswith("/connect/return/success/")
     assert query["resource"] == ["GARMIN"] and query["user_id"][0]
 
     page = signed_in.get(return_url)
@@ -88,7 +88,7 @@ def test_full_flow_register_connect_consent_webhook_dashboard(signed_in, live_se
 )
 def test_deny_and_cancel_end_as_failed_with_their_reason(signed_in, live_server, outcome, reason, text):
     return_url = finish_widget(start_connect(signed_in), outcome=outcome)
-    assert urlsplit(return_url).path == "/connect/return/failure"
+    assert urlsplit(return_url).path.startswith("/connect/return/failure/")
     state = wait_for_terminal(signed_in, return_url)
     assert (state["status"], state["error"]["code"]) == ("failed", reason)
     page = signed_in.get(return_url).text
@@ -156,8 +156,8 @@ def test_return_page_never_trusts_the_query_string(signed_in, live_server):
         from services.attempts import attempt_token
 
         attempt = db.session.scalars(select(ConnectAttempt).where(ConnectAttempt.terra_session_id == session_id)).one()
-        token_url = f"/connect/return/success?attempt={attempt_token(attempt)}"
-    finish_url = token_url + "&user_id=invented&resource=GARMIN"
+        token_url = f"/connect/return/success/{attempt_token(attempt)}"
+    finish_url = token_url + "?user_id=invented&resource=GARMIN"
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
     page = signed_in.get(finish_url)
     assert "Finishing your connection" in page.text
@@ -166,9 +166,9 @@ def test_return_page_never_trusts_the_query_string(signed_in, live_server):
     assert connections(live_server) == []
 
 
-@pytest.mark.parametrize("token", ["", "forged", "eyJhIjoxfQ.forged.signature"])
+@pytest.mark.parametrize("token", ["forged", "eyJhIjoxfQ.forged.signature"])
 def test_return_page_with_a_bad_token_is_404(signed_in, token):
-    response = signed_in.get("/connect/return/success", params={"attempt": token})
+    response = signed_in.get(f"/connect/return/success/{token}")
     assert response.status_code == 404
     assert "not valid" in response.text
 
@@ -283,7 +283,7 @@ def test_finishing_someone_elses_widget_says_so_on_the_return_page(signed_in, li
     assert page.status_code == 200
     assert "This connection is not for your account" in page.text and "remove this access" in page.text
     assert 'id="attempt"' not in page.text and "Connected" not in page.text and "attempt-status.js" not in page.text
-    token = parse_qs(urlsplit(return_url).query)["attempt"][0]
+    token = token_of(return_url)
     assert signed_in.get("/connect/attempts/status", params={"attempt": token}).status_code == 404
 
     # The verified outcome is Eve's, and nothing reached Ada's account.
@@ -291,3 +291,82 @@ def test_finishing_someone_elses_widget_says_so_on_the_return_page(signed_in, li
     assert 'data-provider="GARMIN"' not in signed_in.get("/connections").text
     # A browser with no session at all (an in-app browser) holds the token, and that is enough.
     assert "Connected to GARMIN" in Browser(live_server.url).get(return_url).text
+
+
+# -- Terra's ambiguous shapes, produced by the sandbox's switches --------------------------------
+
+
+@pytest.mark.parametrize("order", ["reauth_first", "auth_first"])
+def test_a_relink_by_another_app_user_ends_the_first_users_connection(start_live_server, order):
+    server = start_live_server(SANDBOX_FAULTS="relink_across_users", SANDBOX_REAUTH_ORDER=order)
+    ada, bob = Browser(server.url), Browser(server.url)
+    ada.register("ada@example.com")
+    bob.register("bob@example.com")
+    ada_state = wait_for_terminal(ada, finish_widget(start_connect(ada), account="shared-watch"))
+    bob_url = finish_widget(start_connect(bob), account="shared-watch")
+    bob_state = wait_for_terminal(bob, bob_url)
+    bob_terra_id = parse_qs(urlsplit(bob_url).query)["user_id"][0]
+
+    assert bob_state["status"] == "connected" and bob_state["connection"]["terra_user_id"] == bob_terra_id
+    assert bob_state["connection"]["id"] != ada_state["connection"]["id"]
+    wait_for(lambda: [row.status for row in connections(server)] == ["revoked", "active"])
+    ada_row, bob_row = connections(server)
+    assert (ada_row.terra_user_id, ada_row.status_reason) == (ada_state["connection"]["terra_user_id"],
+                                                              "relinked_elsewhere")
+    assert bob_row.terra_user_id == bob_terra_id
+    assert "connected to another account of this app" in ada.get("/connections").text
+    assert bob_terra_id not in ada.get("/connections").text
+
+
+def test_a_cancel_whose_flow_id_names_no_attempt_is_ended_by_the_failure_return(start_live_server):
+    server = start_live_server(SANDBOX_FAULTS="foreign_flow_id", BROWSER_CLOSED_GRACE_SECONDS="1")
+    browser = Browser(server.url)
+    browser.register()
+    return_url = finish_widget(start_connect(browser), outcome="denied")
+    with server.app.app_context():
+        wait_for(lambda: db.session.scalars(select(WebhookEvent).where(
+            WebhookEvent.event_type == "auth_cancelled", WebhookEvent.outcome == "applied")).first())
+    assert attempt_state(browser, return_url)["status"] == "pending"  # the webhook named no attempt
+    assert browser.get(return_url).status_code == 200  # the browser came back through the failure URL
+    state = wait_for_terminal(browser, return_url)
+    assert (state["status"], state["error"]["code"]) == ("cancelled", "returned_failure")
+
+
+@pytest.mark.parametrize("outcome, status", [("success", "connected"), ("denied", "failed")])
+def test_return_pages_work_when_terra_appends_its_parameters(start_live_server, outcome, status):
+    server = start_live_server(SANDBOX_FAULTS="appended_redirect")
+    browser = Browser(server.url)
+    browser.register()
+    return_url = finish_widget(start_connect(browser), outcome=outcome)
+    assert return_url.count("?") == 1 and "/return/" in urlsplit(return_url).path
+    assert browser.get(return_url).status_code == 200
+    assert wait_for_terminal(browser, return_url)["status"] == status
+
+
+def test_an_sdk_only_provider_on_the_web_says_to_use_the_mobile_app_at_once(signed_in, live_server):
+    return_url = finish_widget(start_connect(signed_in), provider="HEALTH_CONNECT")
+    assert parse_qs(urlsplit(return_url).query)["user_id"] == ["null"]
+    page = signed_in.get(return_url).text
+    assert "Connect HEALTH_CONNECT from the mobile app" in page and 'id="sdk-required"' in page
+    state = attempt_state(signed_in, return_url)
+    assert (state["status"], state["terminal"], state["resource"]) == ("sdk_required", True, "HEALTH_CONNECT")
+    assert connections(live_server) == []
+
+
+def s3_rows(server) -> list[WebhookEvent]:
+    with server.app.app_context():
+        return db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "s3_payload")).all()
+
+
+@pytest.mark.parametrize("max_bytes, outcome, detail", [
+    ("10485760", "recorded", None), ("100", "failed", "larger than 100 bytes"),
+])
+def test_ping_mode_data_is_downloaded_within_a_size_limit(start_live_server, max_bytes, outcome, detail):
+    server = start_live_server(SANDBOX_FAULTS="s3_payload", TERRA_PAYLOAD_MAX_BYTES=max_bytes)
+    browser = Browser(server.url)
+    browser.register()
+    terra_id = wait_for_terminal(browser, finish_widget(start_connect(browser)))["connection"]["terra_user_id"]
+    sent = requests.post(f"{server.url}/sandbox/users/{terra_id}/events", json={"type": "activity"}, timeout=10)
+    assert sent.status_code == 202
+    [row] = wait_for(lambda: [row for row in s3_rows(server) if row.outcome != "received"])
+    assert row.outcome == outcome and (detail is None or detail in row.detail)

@@ -56,12 +56,31 @@ def test_auth_connects_the_attempt_named_by_widget_session_id(send, user):
     assert older.status == "pending"
 
 
-def test_auth_without_session_id_falls_back_to_newest_pending_attempt(send, user):
+def test_auth_without_a_known_session_id_connects_but_ends_no_attempt(send, user):
     create_attempt(user)
     newest = create_attempt(user)
-    send(auth_event(user, terra_user(user, "tu-2")))
+    send(auth_event(user, terra_user(user, "tu-2"), session_id="not-a-session-of-ours"))
     db.session.refresh(newest)
-    assert newest.status == "connected"
+    assert newest.status == "pending" and newest.version == 1
+    assert [(row.terra_user_id, row.status) for row in connections()] == [("tu-2", "active")]
+
+
+def test_auth_cancelled_with_an_unknown_flow_id_ends_no_attempt(send, user):
+    attempt = create_attempt(user, session_id="widget-session")
+    result = send({"type": "auth_cancelled", "status": "error", "flow_id": "some-other-flow",
+                   "reason": "access_denied", "reference_id": user.reference_id})
+    assert result["status"] == "applied"
+    db.session.refresh(attempt)
+    assert (attempt.status, attempt.version) == ("pending", 1)
+
+
+def test_an_event_naming_two_attempts_ends_neither(send, user):
+    first, second = create_attempt(user, session_id="s-a"), create_attempt(user, session_id="s-b")
+    send({"type": "auth", "status": "error", "reason": "access_denied", "reference_id": user.reference_id,
+          "widget_session_id": "s-a", "flow_id": "s-b", "user": terra_user(user, "tu-gone")})
+    db.session.refresh(first)
+    db.session.refresh(second)
+    assert (first.status, second.status) == ("pending", "pending")
 
 
 def test_auth_cancelled_fails_the_attempt_with_its_reason(send, user):
@@ -133,11 +152,41 @@ def test_status_events(send, user, event_type, status):
     assert (row.status, row.status_reason) == (status, event_type)
 
 
-def test_auth_after_connection_error_restores_active(send, user):
-    send(auth_event(user, terra_user(user, "tu-1")))
-    send({"type": "connection_error", "status": "warning", "user": terra_user(user, "tu-1")})
-    send(auth_event(user, terra_user(user, "tu-1")))
-    assert connections()[0].status == "active"
+@pytest.mark.parametrize("auth_first", [True, False])
+def test_a_late_auth_does_not_undo_a_connection_error(send, user, auth_first):
+    # Every authentication makes a new Terra user id: an auth for a known id is late or replayed.
+    events = [auth_event(user, terra_user(user, "tu-1")),
+              {"type": "connection_error", "status": "warning", "user": terra_user(user, "tu-1")}]
+    for event in events if auth_first else reversed(events):
+        send(event)
+    assert [row.status for row in connections()] == ["degraded"]
+
+
+def test_reauth_after_a_deauth_of_the_new_id_keeps_it_revoked(send, user):
+    send(auth_event(user, terra_user(user, "old-id")))
+    send({"type": "deauth", "status": "success", "user": terra_user(user, "new-id")})
+    send(reauth_event(user, terra_user(user, "old-id"), terra_user(user, "new-id")))
+    assert [(row.terra_user_id, row.status, row.status_reason) for row in connections()] == [
+        ("new-id", "revoked", "deauth")]
+
+
+@pytest.mark.parametrize("order", ["reauth_first", "auth_first"])
+def test_a_relink_by_another_app_user_revokes_the_old_owners_connection(send, ctx, order):
+    ada, bob = create_user("ada@example.com"), create_user("bob@example.com")
+    send(auth_event(ada, terra_user(ada, "ada-terra-id")))
+    ada_row = connections()[0].id
+    bob_attempt = create_attempt(bob, session_id="bob-session")
+    # Terra deleted Ada's Terra user and made a new one under Bob's reference_id.
+    old, new = terra_user(ada, "ada-terra-id"), terra_user(bob, "bob-terra-id")
+    events = [reauth_event(bob, {**old, "active": False}, new), auth_event(bob, new, session_id="bob-session")]
+    for event in events if order == "reauth_first" else reversed(events):
+        send(event)
+    rows = {row.user_id: row for row in connections()}
+    assert (rows[ada.id].id, rows[ada.id].terra_user_id, rows[ada.id].status, rows[ada.id].status_reason) == (
+        ada_row, "ada-terra-id", "revoked", "relinked_elsewhere")
+    assert (rows[bob.id].terra_user_id, rows[bob.id].status) == ("bob-terra-id", "active")
+    db.session.refresh(bob_attempt)
+    assert bob_attempt.status == "connected" and bob_attempt.connection_id == rows[bob.id].id
 
 
 def test_deauth_before_auth_leaves_the_connection_revoked(send, user):

@@ -31,7 +31,7 @@ def attempt(app):
 
 
 def return_page(client, token, outcome="success", agent=DESKTOP, **params):
-    return client.get(f"/mobile/return/{outcome}", query_string={"attempt": token, **params},
+    return client.get(f"/mobile/return/{outcome}/{token}", query_string=params,
                       headers={"User-Agent": agent})
 
 
@@ -81,8 +81,8 @@ def test_android_gets_an_intent_url_with_a_fallback_to_this_page(client, app, at
     assert ";scheme=com.example.terraconnect;" in f";{link.split('#Intent;')[1]}"
     assert "package=com.example.terraconnect;" in link and link.endswith(";end")
     fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", link).group(1))
-    assert urlsplit(fallback).path == "/mobile/return/success"
-    assert parse_qs(urlsplit(fallback).query) == {"attempt": [token], "tried": ["1"]}
+    assert urlsplit(fallback).path == f"/mobile/return/success/{token}"
+    assert parse_qs(urlsplit(fallback).query) == {"tried": ["1"]}
 
 
 def test_after_the_fallback_the_page_does_not_try_again_but_keeps_the_link(client, attempt):
@@ -264,7 +264,7 @@ def test_return_page_sends_chromium_to_the_deep_link_and_shows_the_link(live_ser
         page = browser.new_page()
         expected = f"com.example.terraconnect://connect/success?attempt_id={attempt_id}"
         with page.expect_request(lambda request: request.url.startswith("com.example.terraconnect:")) as sent:
-            page.goto(f"{live_server.url}/mobile/return/success?attempt={token}", wait_until="commit")
+            page.goto(f"{live_server.url}/mobile/return/success/{token}", wait_until="commit")
         assert sent.value.url == expected
         link = page.locator("#return-to-app")
         assert link.get_attribute("href") == expected

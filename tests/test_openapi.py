@@ -22,8 +22,10 @@ import pytest
 import requests
 from jsonschema import Draft202012Validator, FormatChecker
 
+from sqlalchemy import select
+
 from extensions import db
-from models import ApiToken, Connection
+from models import ApiToken, Connection, WebhookEvent
 from models.time import utcnow
 from tests.conftest import Browser, wait_for
 from tests.helpers import create_attempt, create_user
@@ -266,7 +268,7 @@ def poll_until_terminal(api: Api, status_url: str) -> dict:
 def connect_a_device(server, api: Api, **widget) -> dict:
     created = start_attempt(api, {"providers": [widget.get("provider", "GARMIN")]})
     return_url = finish_widget(created["url"], **widget)
-    assert urlsplit(return_url).path == "/mobile/return/success"
+    assert urlsplit(return_url).path.startswith("/mobile/return/success/")
     assert Browser(server.url).get(return_url).status_code == 200  # the mobile return page
     return poll_until_terminal(api, created["status_url"])
 
@@ -392,7 +394,7 @@ def test_attempt_schema_has_exactly_the_fields_the_model_reports(app):
 
 def test_attempt_schema_rejects_what_the_api_never_sends():
     good = {
-        "attempt_id": "abc", "status": "pending", "terminal": False, "hint": None, "provider": None,
+        "attempt_id": "abc", "status": "pending", "terminal": False, "hint": None, "provider": None, "resource": None,
         "connection": None, "error": None, "version": 1, "created_at": "2026-05-01T10:00:00.123456Z",
         "updated_at": "2026-05-01T10:00:00Z", "expires_at": "2026-05-01T10:15:00Z", "poll_after_ms": 2000,
     }
@@ -458,7 +460,7 @@ def test_connecting_a_device_end_to_end(live_server, mobile):
     assert pending["expires_at"] == created["expires_at"]
 
     return_url = finish_widget(created["url"])
-    assert urlsplit(return_url).path == "/mobile/return/success"
+    assert urlsplit(return_url).path.startswith("/mobile/return/success/")
     page = Browser(live_server.url).get(return_url)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
 
@@ -487,6 +489,21 @@ def test_connecting_a_device_end_to_end(live_server, mobile):
 
     assert expect(mobile.call("DELETE", "/tokens/current"), 204) is None
     assert mobile.call("GET", "/connections").status_code == 401
+
+
+@pytest.mark.parametrize("provider", ["APPLE", "SAMSUNG", "HEALTH_CONNECT"])
+def test_an_sdk_only_provider_ends_the_attempt_at_once_as_sdk_required(live_server, mobile, provider):
+    created = start_attempt(mobile, {"providers": [provider, "GARMIN"]})
+    return_url = finish_widget(created["url"], provider=provider)
+    page = Browser(live_server.url).get(return_url)
+    link = re.search(r'id="return-to-app" href="([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    assert link == f"com.example.terraconnect://connect/success?attempt_id={created['attempt_id']}&resource={provider}"
+    state = expect(mobile.call("GET", created["status_url"]), 200)  # no polling needed: already decided
+    assert (state["status"], state["terminal"], state["resource"], state["provider"]) == (
+        "sdk_required", True, provider, provider)
+    assert state["connection"] is None and state["poll_after_ms"] is None
+    with live_server.app.app_context():
+        assert db.session.scalars(select(WebhookEvent)).all() == []  # Terra sends none for it
 
 
 def test_a_closed_browser_cancels_a_pending_attempt_after_the_grace_period(live_server, mobile):

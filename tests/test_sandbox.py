@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy import update
 
 import sandbox.models  # noqa: F401  (registers the sandbox tables before the schema is created)
 from extensions import db
 from models.time import utcnow
 from sandbox.delivery import deliver
-from sandbox.models import SandboxSession, SandboxUser
+from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra.signature import verify
 
 
@@ -97,10 +98,11 @@ def new_session(client, headers, **body) -> dict:
     return response.get_json()
 
 
-def complete(client, session_id, provider="GARMIN", account="alice", outcome="success"):
+def complete(client, session_id, provider="GARMIN", account="alice", outcome="success", fault=None):
     return client.post(
         f"/sandbox/widget/{session_id}/complete",
         json={"provider": provider, "account": account, "outcome": outcome},
+        headers={"X-Sandbox-Fault": fault} if fault else {},
     )
 
 
@@ -131,18 +133,35 @@ def test_widget_session_rejects_bad_credentials(client, sent):
 
 def test_widget_session_answers_201_with_warnings_for_unusable_providers(client, headers):
     response = client.post(
-        "/sandbox/api/widget/session", json={"providers": "garmin,NOPE,SUUNTO,APPLE", "extra": 1}, headers=headers
+        "/sandbox/api/widget/session", json={"providers": "garmin,NOPE,SUUNTO", "extra": 1}, headers=headers
     )
     assert response.status_code == 201
     body = response.get_json()
     assert body["status"] == "success"
     assert body["expires_in"] == 900
     assert body["url"] == f"http://localhost/sandbox/widget/{body['session_id']}"
-    assert len(body["warnings"]) == 3
+    assert len(body["warnings"]) == 2
     assert any("NOPE" in w for w in body["warnings"]) and any("SUUNTO" in w for w in body["warnings"])
     # Only GARMIN is left, so the widget goes straight to its login.
     page = client.get(urlsplit(body["url"]).path)
     assert page.status_code == 303 and "provider=GARMIN" in page.headers["Location"]
+
+
+@pytest.mark.parametrize("provider", ["APPLE", "SAMSUNG", "HEALTH_CONNECT"])
+def test_sdk_only_providers_hand_back_to_the_app_with_a_null_user_and_no_webhook(client, headers, webhooks,
+                                                                                 provider):
+    session = new_session(client, headers, providers=f"{provider},GARMIN")
+    picker = client.get(f"/sandbox/widget/{session['session_id']}").get_data(as_text=True)
+    assert f'data-provider="{provider}"' in picker
+    handoff = client.get(f"/sandbox/widget/{session['session_id']}/login", query_string={"provider": provider})
+    assert 'id="sdk-handoff"' in handoff.get_data(as_text=True)
+    decided = client.post(f"/sandbox/widget/{session['session_id']}/decision",
+                          data={"provider": provider, "decision": "allow"})
+    assert decided.status_code == 303
+    assert query_of(decided.headers["Location"]) == {"attempt": "abc", "user_id": "null", "resource": provider,
+                                                     "reference_id": "ref-1"}
+    connect(client, headers, account="after")  # one delivery later: the SDK handoff sent none before it
+    assert [event["type"] for event in webhooks.events(1)] == ["auth"]
 
 
 def test_widget_session_alias_path(client, headers):
@@ -152,7 +171,7 @@ def test_widget_session_alias_path(client, headers):
 
 
 def test_widget_session_with_no_usable_provider_is_400(client, headers):
-    response = client.post("/sandbox/api/widget/session", json={"providers": "NOPE,APPLE"}, headers=headers)
+    response = client.post("/sandbox/api/widget/session", json={"providers": "NOPE,SUUNTO"}, headers=headers)
     assert response.status_code == 400
     assert response.get_json()["status"] == "error"
 
@@ -251,6 +270,15 @@ def test_success_merges_parameters_into_the_redirect_and_sends_auth(client, head
     assert event["user"]["created_at"].endswith("+00:00") and event["version"] == "2022-03-16"
 
 
+@pytest.mark.parametrize("outcome", ["success", "denied"])
+def test_appended_redirect_adds_a_second_query_string_as_terras_docs_describe(client, headers, outcome):
+    session = new_session(client, headers)
+    response = complete(client, session["session_id"], outcome=outcome, fault="appended_redirect")
+    base, _, appended = response.get_json()["redirect_url"].partition("?attempt=abc?")
+    assert base.startswith("https://app.example/return/")
+    assert appended.startswith("user_id=" if outcome == "success" else "reference_id=")
+
+
 def test_success_without_reference_id_sends_literal_null(client, headers):
     session = new_session(client, headers, reference_id=None)
     params = query_of(complete(client, session["session_id"]).get_json()["redirect_url"])
@@ -337,6 +365,31 @@ def test_another_account_or_reference_is_a_new_user_not_a_reauth(client, headers
     connect(client, headers, account="bob")
     connect(client, headers, account="alice", reference_id="ref-2")
     assert [event["type"] for event in webhooks.events(3)] == ["auth", "auth", "auth"]
+
+
+def test_relink_across_users_makes_another_reference_a_reauth_under_both_reference_ids(app, client, headers,
+                                                                                      webhooks):
+    first = connect(client, headers, account="alice", reference_id="ref-ada")
+    app.config["SANDBOX_FAULTS"] = ["relink_across_users"]
+    second = connect(client, headers, account="alice", reference_id="ref-bob")
+    reauth = next(event for event in webhooks.events(3)[1:] if event["type"] == "user_reauth")
+    assert (reauth["old_user"]["user_id"], reauth["old_user"]["reference_id"]) == (first, "ref-ada")
+    assert (reauth["new_user"]["user_id"], reauth["new_user"]["reference_id"]) == (second, "ref-bob")
+    old = client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).get_json()
+    assert old["is_authenticated"] is False
+
+
+@pytest.mark.parametrize("outcome", ["success", "denied"])
+def test_foreign_flow_id_keeps_the_widget_session_id_but_not_as_flow_id(client, headers, webhooks, outcome):
+    session = new_session(client, headers)
+    response = complete(client, session["session_id"], outcome=outcome)
+    plain = webhooks.events(1)[0]
+    session = new_session(client, headers)
+    complete(client, session["session_id"], account="bob", outcome=outcome, fault="foreign_flow_id")
+    varied = webhooks.events(2)[1]
+    assert response.status_code == 200 and plain["flow_id"] != varied["flow_id"]
+    assert varied["flow_id"] != session["session_id"] and varied["flow_id"]
+    assert varied.get("widget_session_id") in (None, session["session_id"])
 
 
 def test_user_cap_fails_new_users_inside_the_widget_but_allows_reauth(app, client, headers, webhooks):
@@ -478,6 +531,18 @@ def test_failed_delivery_is_retried_with_the_same_trace_id(app, client, headers,
     assert len({attempt["body"] for attempt in attempts}) == 1
 
 
+@pytest.mark.parametrize("faults, same_timestamp", [([], False), (["stale_signature"], True)])
+def test_retries_are_signed_afresh_unless_stale_signature_keeps_the_first_t(app, webhooks, faults, same_timestamp):
+    webhooks.statuses = [500]
+    config = dict(app.config, SANDBOX_WEBHOOK_RETRY_BASE_SECONDS=1.1, SANDBOX_WEBHOOK_RETRY_CAP_SECONDS=2,
+                  SANDBOX_WEBHOOK_RETRIES=1)
+    deliver([{"type": "deauth"}], config, faults).join(timeout=5)
+    first, retry = (delivery["headers"]["X-Terra-Signature"] for delivery in webhooks.wait_for(2))
+    assert (first == retry) is same_timestamp
+    for header in (first, retry):
+        verify(b'{"type":"deauth"}', header, app.config["TERRA_SIGNING_SECRET"], tolerance=60)
+
+
 def test_delivery_gives_up_after_the_configured_retries(app, webhooks):
     webhooks.statuses = [500] * 10
     config = dict(app.config, SANDBOX_WEBHOOK_RETRIES=2)
@@ -573,3 +638,22 @@ def test_console_lists_users_and_sends_events(app, client, headers, webhooks):
     with app.app_context():
         assert db.session.get(SandboxUser, user_id).active is False
     assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "sleep"}).status_code == 409
+
+
+def test_s3_payload_delivers_a_download_url_that_serves_the_data_event_until_it_expires(app, client, headers,
+                                                                                         webhooks):
+    user_id = connect(client, headers)
+    app.config["SANDBOX_FAULTS"] = ["s3_payload"]
+    assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "activity"}).status_code == 202
+    ping = next(event for event in webhooks.events(2) if event["type"] != "auth")
+    assert (ping["type"], ping["status"], ping["expires_in"]) == ("s3_payload", "success", 300)
+    download = client.get(urlsplit(ping["url"]).path)
+    assert download.status_code == 200 and download.mimetype == "application/json"
+    data_event = download.get_json()
+    assert (data_event["type"], data_event["user"]["user_id"]) == ("activity", user_id)
+    assert data_event["data"][0]["metadata"]["summary_id"]
+    with app.app_context():
+        db.session.execute(update(SandboxPayload).values(expires_at=utcnow()))
+        db.session.commit()
+    assert client.get(urlsplit(ping["url"]).path).status_code == 403
+    assert client.get("/sandbox/payloads/no-such-payload").status_code == 404

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import requests
 
@@ -11,11 +9,12 @@ from app import create_app
 from config import DEFAULT_SANDBOX_SIGNING_SECRET, SANDBOX_API_KEY
 from tests.conftest import TEST_SECRET_KEY, Browser
 from tests.test_config import PRODUCTION
+from tests.helpers import token_of
 from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 PASSWORD = "correct horse battery staple"
 PAGES = ["/", "/auth/login", "/auth/register", "/healthz", "/readyz", "/sandbox/", "/no-such-page",
-         "/connect/return/success?attempt=forged", "/api/v1/connections", "/.well-known/assetlinks.json"]
+         "/connect/return/success/forged", "/api/v1/connections", "/.well-known/assetlinks.json"]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -56,7 +55,7 @@ def test_no_secret_or_token_appears_in_the_logs_of_a_full_flow(gunicorn_server, 
     browser.register(email="logs@example.com", password=PASSWORD)
     return_url = finish_widget(start_connect(browser))
     wait_for_terminal(browser, return_url)
-    attempt_token = re.search(r"attempt=([^&]+)", return_url).group(1)
+    attempt_token = token_of(return_url)
 
     token = requests.post(gunicorn_server + "/api/v1/tokens", json={"email": "logs@example.com", "password": PASSWORD},
                           timeout=10).json()["access_token"]
@@ -78,7 +77,7 @@ def test_no_secret_or_token_appears_in_the_logs_of_a_full_flow(gunicorn_server, 
         "password": PASSWORD,
         "bearer token": token,
         "web attempt token": attempt_token,
-        "mobile attempt token": re.search(r"attempt=([^&]+)", mobile_return).group(1),
+        "mobile attempt token": token_of(mobile_return),
         "session cookie": session_cookie,
     }
     for name, value in secrets.items():

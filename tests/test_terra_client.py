@@ -136,3 +136,34 @@ def test_unreachable_terra_is_unavailable():
                         widget_session_url="http://127.0.0.1:9/s", legacy_widget_url="http://127.0.0.1:9/l", timeout=1)
     with pytest.raises(TerraUnavailable, match="could not be reached"):
         terra.integrations_detailed()
+
+
+@pytest.mark.parametrize("user_fields, is_authenticated, active", [
+    ({"active": None}, True, None), ({}, True, None), ({"active": True}, True, True),
+    ({"active": None}, False, False), ({"active": False}, True, False),
+])
+def test_user_info_keeps_an_unknown_active_flag_unknown(stub, user_fields, is_authenticated, active):
+    server, terra = stub
+    user = {"user_id": "u-1", "provider": "OURA", "reference_id": "r", **user_fields}
+    answer(server, 200, json.dumps({"user": user, "status": "success", "is_authenticated": is_authenticated}).encode())
+    assert terra.user_info("u-1").active is active
+
+
+def test_an_unknown_active_flag_does_not_block_the_userinfo_confirmation(app, stub):
+    from datetime import timedelta
+
+    from models.time import utcnow
+    from services import attempts
+    from tests.helpers import create_attempt, create_user
+
+    server, terra = stub
+    with app.app_context(), app.test_request_context():
+        app.extensions["terra_client"] = terra
+        user = create_user()
+        attempt = create_attempt(user, redirect_terra_user_id="u-1", hint="returned_success",
+                                 hinted_at=utcnow() - timedelta(seconds=10))
+        answer(server, 200, json.dumps({"user": {"user_id": "u-1", "provider": "OURA", "active": None,
+                                                 "reference_id": user.reference_id},
+                                        "status": "success", "is_authenticated": True}).encode())
+        assert attempts.refresh(attempt).status == "connected"
+        assert attempt.connection.terra_user_id == "u-1"

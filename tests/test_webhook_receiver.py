@@ -3,7 +3,9 @@
 import json
 import logging
 import time
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from extensions import db
 from models import Connection, ReplacedTerraUser, WebhookEvent
 from services import event_handlers, webhook_inbox
+from services.webhook_inbox import replay
 from terra.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
 from terra.signature import sign
 from tests.helpers import auth_event, create_user, deliver, terra_user
@@ -98,11 +101,16 @@ def test_no_configured_secret_fails_closed_with_logged_reason(client, app, user,
         (b'{"type": "auth", "a": ' + b"[" * 100 + b"]" * 100 + b"}", "nested too deeply"),
     ],
 )
-def test_malformed_bodies_are_400_with_reason(client, app, secret, body, message):
-    response = deliver(client, body, secret=secret)
-    assert response.status_code == 400
-    assert message in response.json["error"]["message"]
-    assert count(app, WebhookEvent) == 0
+def test_malformed_verified_bodies_are_acknowledged_and_kept_as_failed_for_replay(client, app, secret, body,
+                                                                                    message):
+    response = deliver(client, body, secret=secret, trace_id="trace-malformed")
+    assert (response.status_code, response.json["status"]) == (200, "failed")
+    again = deliver(client, body, secret=secret, trace_id="trace-malformed")  # Terra's retry: kept once
+    assert (again.status_code, again.json["status"]) == (200, "duplicate")
+    with app.app_context():
+        [row] = db.session.scalars(select(WebhookEvent)).all()
+        assert (row.trace_id, row.outcome) == ("trace-malformed", "failed") and message in row.detail
+        assert replay(row) == "failed"
 
 
 def test_oversized_body_is_413(client, app, secret):
@@ -144,13 +152,15 @@ def test_data_events_are_recorded_one_row_per_trace_id(client, app, secret, user
 
 
 @pytest.mark.parametrize("event_type", ["large_request_processing", "large_request_sending", "brand_new_event"])
-def test_informational_and_unknown_types_are_recorded_and_acknowledged(client, app, secret, event_type):
-    response = deliver(client, {"type": event_type, "reference": str(uuid.uuid4())}, secret=secret)
-    assert response.status_code == 200
+def test_informational_and_unknown_types_are_recorded_and_acknowledged(client, app, secret, user, event_type):
+    body = {"type": event_type, "status": "processing", "reference": str(uuid.uuid4()), "message": "m",
+            "expected_payloads": 3, "user": terra_user(user, "tu-1")}
+    response = deliver(client, body, secret=secret)
+    assert (response.status_code, response.json["status"]) == (200, "recorded")
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent)).one()
-        assert row.event_type == event_type
-        assert row.outcome in ("recorded", "ignored")
+        assert (row.event_type, row.outcome) == (event_type, "recorded")
+    assert count(app, Connection) == 0
 
 
 def test_webhook_needs_no_csrf_token(app, secret, user):
@@ -286,3 +296,50 @@ def test_events_that_could_not_be_stored_do_not_parse(body, message):
 def test_the_terra_user_id_limit_is_the_columns_length():
     columns = (WebhookEvent.terra_user_id, Connection.terra_user_id, ReplacedTerraUser.old_terra_user_id)
     assert {column.type.length for column in columns} == {MAX_USER_ID_LENGTH}
+
+
+@pytest.mark.parametrize("body", [
+    {"type": "deauth", "status": "success", "message": "User has deauthenticated"},
+    {"type": "auth", "status": "success", "reference_id": None},
+    {"type": "user_reauth", "status": "warning", "old_user": None},
+    {"type": "activity", "data": []},
+])
+def test_verified_events_without_a_user_are_kept_as_failed_and_acknowledged(client, app, secret, body):
+    response = deliver(client, body, secret=secret)
+    assert (response.status_code, response.json["status"]) == (200, "failed")
+    with app.app_context():
+        [row] = db.session.scalars(select(WebhookEvent)).all()
+        assert row.outcome == "failed" and "without a user" in row.detail
+
+
+class SlowStorage(BaseHTTPRequestHandler):
+    """A storage host that answers after a second and notes the headers it was sent."""
+
+    seen: list = []
+
+    def do_GET(self):
+        SlowStorage.seen.append(dict(self.headers))
+        time.sleep(1)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"type": "activity", "data": []}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_our_credentials(client, app, secret):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowStorage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    app.config["TERRA_PAYLOAD_TIMEOUT_SECONDS"] = 0.3
+    url = f"http://127.0.0.1:{server.server_port}/payloads/p1?X-Amz-Signature=abc"
+    try:
+        response = deliver(client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300},
+                           secret=secret)
+    finally:
+        server.shutdown()
+    assert (response.status_code, response.json["status"]) == (200, "failed")
+    with app.app_context():
+        [row] = db.session.scalars(select(WebhookEvent)).all()
+        assert "did not finish within 0.3 s" in row.detail
+    assert [{name.lower() for name in headers} & {"x-api-key", "dev-id"} for headers in SlowStorage.seen] == [set()]

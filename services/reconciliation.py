@@ -1,0 +1,91 @@
+"""Reconciliation: converge a user's connections to what Terra's `userInfo?reference_id=` says.
+
+Terra's own guidance is never to trust webhooks alone: a delivery can be lost, rejected (a retry past
+the signature tolerance) or late. Reconciling reads the Terra users under the user's reference_id and
+applies the same rules as the webhook handlers, so the two reach the same state in any order:
+
+- a returned user that is active (or whose `active` is unknown) gets a connection if it has none;
+  an existing connection keeps its status (a revocation is final, a `degraded` one waits for the user
+  to reconnect, which makes a new Terra user);
+- a returned user that is inactive, and any connection Terra no longer returns, is revoked;
+- a Terra user that a re-authentication replaced never comes back.
+
+It runs when the user opens their connections (web dashboard, mobile list) and on the success return
+page, throttled per user, and for everyone from `flask terra reconcile` on a schedule.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import or_, select, update
+
+from extensions import db
+from models import Connection, ConnectionStatus, User
+from models.time import utcnow
+from services import connections
+from terra.client import TerraClient, TerraError
+
+NOT_AT_TERRA = "not_at_terra"  # Terra no longer returns the user, or returns it inactive
+
+
+def reconcile(user: User, terra: TerraClient) -> int:
+    """Converge `user`'s connections to Terra and commit; returns how many rows changed.
+    Raises TerraError when Terra could not be asked (nothing is changed then)."""
+    returned = {each.user_id: each for each in terra.users_by_reference(user.reference_id)
+                if each.reference_id == user.reference_id}
+    changed = 0
+    for terra_user in returned.values():
+        if connections.was_replaced(terra_user.user_id):
+            continue
+        connection = connections.by_terra_user_id(terra_user.user_id)
+        if connection is not None and connection.user_id != user.id:
+            continue  # not this user's row: only webhooks move connections between owners
+        if terra_user.active is False:
+            if connection is None or connection.status != ConnectionStatus.REVOKED:
+                connections.set_status(user, terra_user, ConnectionStatus.REVOKED, reason=NOT_AT_TERRA)
+                changed += 1
+        elif connection is None:
+            connections.upsert_connection(user, terra_user)
+            changed += 1
+    stale = db.session.scalars(select(Connection).where(
+        Connection.user_id == user.id, Connection.status != ConnectionStatus.REVOKED,
+        Connection.terra_user_id.not_in(list(returned)),
+    )).all()
+    for connection in stale:
+        connections.revoke(connection, NOT_AT_TERRA)
+        changed += 1
+    user.connections_reconciled_at = utcnow()
+    db.session.commit()
+    return changed
+
+
+def reconcile_if_due(user: User, terra: TerraClient) -> None:
+    """Reconcile for a page, at most once per RECONCILE_INTERVAL_SECONDS per user across processes
+    (the claim is one UPDATE that only matches when the last run is old enough). A Terra failure is
+    logged, and the page shows what we have."""
+    cutoff = utcnow() - timedelta(seconds=current_app.config["RECONCILE_INTERVAL_SECONDS"])
+    claimed = db.session.execute(
+        update(User)
+        .where(User.id == user.id, or_(User.connections_reconciled_at.is_(None),
+                                       User.connections_reconciled_at <= cutoff))
+        .values(connections_reconciled_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    db.session.commit()
+    if not claimed:
+        return
+    try:
+        reconcile(user, terra)
+    except TerraError as error:
+        db.session.rollback()
+        current_app.logger.warning("reconciling user %s failed: %s", user.id, error)
+
+
+def users_to_sweep() -> list[int]:
+    """Every user with a connection that is not revoked: what the scheduled sweep reconciles."""
+    return db.session.scalars(
+        select(Connection.user_id).where(Connection.status != ConnectionStatus.REVOKED)
+        .distinct().order_by(Connection.user_id)
+    ).all()

@@ -1,0 +1,219 @@
+"""Reconciliation with Terra's userInfo: on the pages, from the command, and in any order with webhooks."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, select
+
+from extensions import db
+from models import Connection, ReplacedTerraUser, User
+from sandbox.traffic import traffic_of
+from services.reconciliation import reconcile
+from terra.client import TerraClient, TerraUnavailable, TerraUser
+from tests.conftest import Browser
+from tests.helpers import auth_event, create_user, deliver, terra_user
+from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
+
+
+def userinfo_calls(server) -> int:
+    return len(traffic_of(server.app).requests("sandbox.user_info"))
+
+
+def statuses(server) -> list[tuple[str, str]]:
+    with server.app.app_context():
+        return [(row.terra_user_id, row.status) for row in db.session.scalars(select(Connection).order_by(Connection.id))]
+
+
+def connect_with_lost_webhooks_later(server, browser: Browser) -> str:
+    """Connect a device, then stop webhooks from arriving: what Terra does next is only in userInfo."""
+    state = wait_for_terminal(browser, finish_widget(start_connect(browser)))
+    server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"
+    server.app.config["SANDBOX_WEBHOOK_RETRIES"] = 0
+    return state["connection"]["terra_user_id"]
+
+
+def test_the_dashboard_reconciles_a_revocation_whose_webhook_was_lost_throttled_per_user(live_server, browser):
+    browser.register()
+    terra_id = connect_with_lost_webhooks_later(live_server, browser)
+    requests.post(f"{live_server.url}/sandbox/users/{terra_id}/events", json={"type": "access_revoked"}, timeout=10)
+    assert statuses(live_server) == [(terra_id, "active")]
+
+    live_server.app.config["RECONCILE_INTERVAL_SECONDS"] = 0  # the visits so far do not count
+    before = userinfo_calls(live_server)
+    page = browser.get("/connections").text
+    assert statuses(live_server) == [(terra_id, "revoked")]
+    assert 'data-status="revoked"' in page and "Terra no longer has this connection" in page
+    live_server.app.config["RECONCILE_INTERVAL_SECONDS"] = 3600
+    browser.get("/connections")  # within RECONCILE_INTERVAL_SECONDS: Terra is not asked again
+    assert userinfo_calls(live_server) == before + 1
+
+
+def test_the_mobile_connection_list_reconciles_too(live_server, browser):
+    browser.register()
+    terra_id = connect_with_lost_webhooks_later(live_server, browser)
+    requests.post(f"{live_server.url}/sandbox/users/{terra_id}/events", json={"type": "deauth"}, timeout=10)
+    live_server.app.config["RECONCILE_INTERVAL_SECONDS"] = 0  # the dashboard visit at sign-up does not count
+    token = requests.post(live_server.url + "/api/v1/tokens", timeout=10,
+                          json={"email": "ada@example.com", "password": "correct horse battery"}).json()["access_token"]
+    listed = requests.get(live_server.url + "/api/v1/connections", headers={"Authorization": f"Bearer {token}"},
+                          timeout=10).json()
+    assert [(row["terra_user_id"], row["status"], row["status_reason"]) for row in listed["connections"]] == [
+        (terra_id, "revoked", "not_at_terra")]
+
+
+def test_the_return_page_finds_the_connection_when_the_webhook_is_lost(live_server, browser):
+    browser.register()
+    live_server.app.config["RECONCILE_INTERVAL_SECONDS"] = 0  # the dashboard visit at sign-up does not count
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"
+    live_server.app.config["SANDBOX_WEBHOOK_RETRIES"] = 0
+    return_url = finish_widget(start_connect(browser))
+    assert browser.get(return_url).status_code == 200
+    assert [status for _, status in statuses(live_server)] == ["active"]
+
+
+class FailingFor(TerraClient):
+    """The real client against the sandbox, except that Terra fails for one reference_id."""
+
+    failing_reference: str = ""
+
+    def users_by_reference(self, reference_id: str) -> list[TerraUser]:
+        if reference_id == self.failing_reference:
+            raise TerraUnavailable("Terra answered 504: gateway timeout")
+        return super().users_by_reference(reference_id)
+
+
+def test_the_command_sweeps_everyone_and_one_failure_does_not_stop_it(live_server):
+    browsers = [Browser(live_server.url) for _ in range(3)]
+    terra_ids = []
+    for number, browser in enumerate(browsers):
+        browser.register(email=f"user{number}@example.com")
+        terra_ids.append(wait_for_terminal(browser, finish_widget(start_connect(browser), account=f"a{number}"))
+                         ["connection"]["terra_user_id"])
+    live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""  # the revocations below reach the app only through userInfo
+    for terra_id in terra_ids:
+        requests.post(f"{live_server.url}/sandbox/users/{terra_id}/events", json={"type": "deauth"}, timeout=10)
+    terra = FailingFor.from_config(live_server.app.config)
+    with live_server.app.app_context():
+        terra.failing_reference = db.session.scalars(select(User.reference_id).where(
+            User.email == "user1@example.com")).one()
+    live_server.app.extensions["terra_client"] = terra
+
+    result = live_server.app.test_cli_runner().invoke(args=["terra", "reconcile"])
+    assert result.exit_code == 1
+    assert "[1/3]" in result.output and "[3/3]" in result.output and "1 connection(s) changed" in result.output
+    assert "failed (TerraUnavailable: Terra answered 504" in result.output
+    assert "Reconciled 2 of 3 users; 1 failed." in result.output
+    assert [status for _, status in statuses(live_server)] == ["revoked", "active", "revoked"]
+
+
+# -- reconciliation and webhooks reach the same state in any order --------------------------------
+
+
+@dataclass
+class TerraSide:
+    """What Terra did (a scenario), as the webhooks it sent and the users userInfo now returns."""
+
+    owners: list
+    webhooks: list[dict] = field(default_factory=list)
+    users: dict[str, dict] = field(default_factory=dict)  # terra user id -> TerraUser JSON (deleted: absent)
+    linked: dict[str, str] = field(default_factory=dict)  # account -> its current Terra user id
+    ids: itertools.count = field(default_factory=itertools.count)
+
+    def connect(self, owner_index: int, account: str) -> None:
+        owner = self.owners[owner_index]
+        new = terra_user(owner, f"{owner.id}-tu-{next(self.ids)}")
+        old = self.users.pop(self.linked.get(account, ""), None)  # Terra deletes the earlier user
+        if old is not None:
+            self.webhooks.append({"type": "user_reauth", "status": "warning", "message": "reauth",
+                                  "old_user": {**old, "active": False}, "new_user": new})
+        self.webhooks.append(auth_event(owner, new))
+        self.users[new["user_id"]] = new
+        self.linked[account] = new["user_id"]
+
+    def happen(self, kind: str, index: int) -> None:
+        active = [user for user in self.users.values() if user["active"]]
+        if not active:
+            return
+        user = active[index % len(active)]
+        if kind == "deauth":
+            user["active"] = False
+        self.webhooks.append({"type": kind, "status": "warning", "message": kind, "user": dict(user)})
+
+    def users_by_reference(self, reference_id: str) -> list[TerraUser]:
+        return [TerraUser.from_json(user) for user in self.users.values() if user["reference_id"] == reference_id]
+
+
+def test_a_connection_terra_no_longer_returns_is_revoked_and_a_new_one_added(client, ctx):
+    owner = create_user()
+    deliver(client, auth_event(owner, terra_user(owner, "deleted-at-terra")), secret=ctx.config["TERRA_SIGNING_SECRET"])
+    terra = TerraSide([owner])
+    terra.connect(0, "watch")  # a Terra user whose webhooks never came
+    assert reconcile(owner, terra) == 2
+    rows = db.session.scalars(select(Connection).order_by(Connection.id)).all()
+    assert [(row.terra_user_id, row.status, row.status_reason) for row in rows] == [
+        ("deleted-at-terra", "revoked", "not_at_terra"), (f"{owner.id}-tu-0", "active", None)]
+    assert reconcile(owner, terra) == 0  # converged: nothing more to change
+
+
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("connect"), st.integers(0, 1), st.sampled_from(["watch", "ring"])),
+    st.tuples(st.sampled_from(["connection_error", "deauth"]), st.integers(0, 3), st.none()),
+), min_size=1, max_size=5)
+
+
+@pytest.fixture
+def ctx(app):
+    with app.app_context():
+        yield app
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=OPERATIONS, data=st.data())
+def test_reconciliation_and_webhooks_reach_the_same_state_in_any_order(client, ctx, operations, data):
+    run = next(RUNS)
+    owners = [create_user(f"run{run}-{name}@example.com") for name in ("ada", "bob")]
+    terra = TerraSide(owners)
+    for kind, number, account in operations:
+        terra.connect(number, account) if kind == "connect" else terra.happen(kind, number)
+
+    def final_state(steps: list) -> set[tuple[str, int, str]]:
+        """Apply webhooks (by index) and reconciliations ("reconcile") in this order to fresh copies."""
+        for step in steps:
+            if step == "reconcile":
+                for owner in owners:
+                    reconcile(db.session.merge(owner), terra)
+            else:
+                body = {**terra.webhooks[step]}
+                response = deliver(client, body, secret=ctx.config["TERRA_SIGNING_SECRET"])
+                assert response.status_code == 200
+        db.session.expire_all()
+        rows = db.session.scalars(select(Connection).where(Connection.user_id.in_([o.id for o in owners]))).all()
+        state = {(row.terra_user_id, row.user_id, row.status) for row in rows}
+        # A fresh start for the next order: no connections, no memory of replaced Terra users.
+        db.session.execute(delete(ReplacedTerraUser))
+        db.session.execute(delete(Connection).where(Connection.user_id.in_([owner.id for owner in owners])))
+        db.session.commit()
+        return state
+
+    in_order = final_state(list(range(len(terra.webhooks))))
+    shuffled = data.draw(st.permutations(range(len(terra.webhooks))), label="delivery order")
+    reconcile_at = data.draw(st.sets(st.integers(0, len(shuffled))), label="reconciled before these deliveries")
+    steps = [step for position, index in enumerate(shuffled)
+             for step in (["reconcile"] if position in reconcile_at else []) + [index]]
+    steps += ["reconcile"] if len(shuffled) in reconcile_at else []
+    assert final_state(steps) == in_order
+
+    # Webhooks that never arrive: a reconciliation afterwards still finds every live connection.
+    lost = data.draw(st.sets(st.sampled_from(shuffled)) if shuffled else st.just(set()), label="lost deliveries")
+    live = {(terra_id, owner) for terra_id, owner, status in in_order if status != "revoked"}
+    recovered = final_state([index for index in shuffled if index not in lost] + ["reconcile"])
+    assert {(terra_id, owner) for terra_id, owner, status in recovered if status != "revoked"} == live
+
+
+RUNS = itertools.count()
