@@ -772,7 +772,8 @@ def test_return_pages_of_another_users_attempt_record_only_the_hint(app, client,
     Ada's link may note the claim, and changes nothing else; the page tells Eve it is not hers."""
     log_in(client, world.eve_id)
     before = snapshot(app)
-    response = client.get(page, query_string={"attempt": world.ada_attempt_token, "user_id": "terra-claim"})
+    path, query = with_token(page, world.ada_attempt_token, user_id="terra-claim")
+    response = client.get(path, query_string=query)
     after = snapshot(app)
     check(response, 200)
     assert "not for your account" in body_text(response)
