@@ -191,7 +191,11 @@ def server_process(command: list[str], *, health_url: str, env: dict[str, str], 
             yield process
         finally:
             process.send_signal(signal.SIGINT)  # quick shutdown; gunicorn's SIGTERM waits for its workers
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a loaded machine: do not let one slow exit fail the test
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture
