@@ -136,7 +136,8 @@ def test_status_events(send, user, event_type, status):
 def test_auth_after_connection_error_restores_active(send, user):
     send(auth_event(user, terra_user(user, "tu-1")))
     send({"type": "connection_error", "status": "warning", "user": terra_user(user, "tu-1")})
-    send(auth_event(user, terra_user(user, "tu-1")))
+    # The user connects again, through a new widget session (the same signed body again would be a replay).
+    send(auth_event(user, terra_user(user, "tu-1"), session_id="s-again"))
     assert connections()[0].status == "active"
 
 

@@ -268,6 +268,14 @@ SIGNATURES = [
     pytest.param(lambda b, s, now: {"headers": {"X-Terra-Signature": f"t={now},v1={'0' * 64}",
                                                 "Content-Type": "application/x-www-form-urlencoded"}},
                  id="forged, form content type"),
+    # Header values arrive as Latin-1: "²" passes str.isdigit and then fails int(), and a non-ASCII v1
+    # makes compare_digest raise TypeError. Both must stay a 401.
+    pytest.param(lambda b, s, now: header(f"t=\u00b2,v1={compute(b, s, now)}"), id="timestamp a superscript digit"),
+    pytest.param(lambda b, s, now: header(f"t={now},v1={compute(b, s, now)[:-1]}\u00e9"), id="non-ASCII v1"),
+    pytest.param(lambda b, s, now: header(sign(b, s, now) + ",v1=" + "\u00e9" * 64),
+                 id="non-ASCII v1 beside the right one"),
+    pytest.param(lambda b, s, now: header(f"t={now},v1={'g' * 64}"), id="v1 not hex"),
+    pytest.param(lambda b, s, now: header(f"t={now:_},v1={compute(b, s, now)}"), id="timestamp with underscores"),
 ]
 
 
@@ -336,6 +344,11 @@ WEBHOOK_BODIES = [
     pytest.param(lambda w, c: with_user(w, user_id="u" * 65), 400, {}, id="Terra user id of 65 characters"),
     pytest.param(lambda w, c: valid_event_bytes(w, reference_id=None).replace(
         json.dumps(w.ada_reference_id).encode(), b'{"$ne": null}'), 400, {}, id="reference_id an object"),
+    # Past Python's int_max_str_digits (4300): json.loads raises a ValueError that is not a JSONDecodeError.
+    pytest.param(lambda w, c: valid_event_bytes(w)[:-1] + b', "n": ' + b"9" * 5000 + b"}", 400, {},
+                 id="a 5000-digit number"),
+    pytest.param(lambda w, c: valid_event_bytes(w, user=None).replace(b'"user": null', b'"user": [-' + b"1" * 5000 + b"]"),
+                 400, {}, id="a 5000-digit negative number inside"),
 ]
 
 
@@ -350,6 +363,31 @@ def test_webhook_bodies_that_are_not_events_are_refused(app, client, world, make
     assert content_type(response) == "application/json"
     expected = {400: {"malformed_event"}, 413: {"payload_too_large", "request_entity_too_large"}}[status]
     assert error_code(response) in expected
+
+
+@pytest.mark.parametrize("make_body, status, config", WEBHOOK_BODIES)
+def test_webhook_bodies_that_are_not_events_are_refused_for_their_signature_first(app, client, world, make_body,
+                                                                                  status, config):
+    """The same bodies, signed with another secret: the signature is checked before the body is read
+    (only the size limits come first), so the answer is the signature's 401, never the parser's 400."""
+    app.config.update(config)
+    body = make_body(world, app.config)
+    with unchanged(app):
+        response = post_webhook(client, body, signed(body, "not-the-signing-secret"))
+    check(response, 413 if status == 413 else 401)
+    if status != 413:
+        assert error_code(response) == "invalid_signature"
+
+
+def test_a_captured_webhook_replayed_under_a_fresh_trace_id_changes_nothing(app, client, world):
+    """Within the signature's tolerance a captured delivery still verifies; the inbox knows its signed
+    payload, so it is acknowledged as a duplicate and not applied again."""
+    body = valid_event_bytes(world)
+    captured = {**signed(body, app.config["TERRA_SIGNING_SECRET"]), "X-Terra-Trace-Id": "trace-genuine"}
+    check(post_webhook(client, body, captured), 200)
+    with unchanged(app):
+        response = check(post_webhook(client, body, {**captured, "X-Terra-Trace-Id": "trace-fresh"}), 200)
+    assert response.get_json() == {"status": "duplicate", "trace_id": "trace-fresh"}
 
 
 def test_webhook_nul_in_trace_id_header_is_refused(app, client, world):

@@ -19,8 +19,8 @@ def test_known_vector():
     assert sign(BODY, SECRET, T) == f"t={T},v1={KNOWN_V1}"
 
 
-def test_valid_signature_passes():
-    verify(BODY, f"t={T},v1={KNOWN_V1}", SECRET, now=T + 10)
+def test_valid_signature_passes_and_gives_its_timestamp():
+    assert verify(BODY, f"t={T},v1={KNOWN_V1}", SECRET, now=T + 10) == T
 
 
 def test_tampered_body_fails():
@@ -81,6 +81,20 @@ def test_uppercase_hex_and_spaces_are_tolerated():
         (f"t=abc,v1={KNOWN_V1}", "not an integer"),
         (f"t={T}", "no v1"),
         ("garbage", "no timestamp"),
+        # str.isdigit accepts these, int() refuses or reads them differently: ASCII digits only.
+        (f"t=\u00b2,v1={KNOWN_V1}", "not an integer"),
+        (f"t={str(T).translate(str.maketrans('0123456789', '０１２３４５６７８９'))},v1={KNOWN_V1}", "not an integer"),
+        (f"t={T:_},v1={KNOWN_V1}", "not an integer"),
+        (f"t=+{T},v1={KNOWN_V1}", "not an integer"),
+        (f"t={'9' * 16},v1={KNOWN_V1}", "not an integer"),
+        (f"t={T},t={T},v1={KNOWN_V1}", "more than one timestamp"),
+        # compare_digest raises TypeError on non-ASCII text: v1 must be 64 hex digits, every one of them.
+        (f"t={T},v1={KNOWN_V1[:-1]}\u00e9", "not 64 hexadecimal digits"),
+        (f"t={T},v1={KNOWN_V1},v1=\u00e9", "not 64 hexadecimal digits"),
+        (f"t={T},v1={KNOWN_V1[:-1]}", "not 64 hexadecimal digits"),
+        (f"t={T},v1={KNOWN_V1}0", "not 64 hexadecimal digits"),
+        (f"t={T},v1={'g' * 64}", "not 64 hexadecimal digits"),
+        (f"t={T},v1=", "not 64 hexadecimal digits"),
     ],
 )
 def test_malformed_headers(header, message):
