@@ -32,8 +32,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 import redis
 import requests
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 from sqlalchemy import select, update
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.security import generate_password_hash
 
 from extensions import db
@@ -836,6 +839,94 @@ def test_mobile_return_links_come_only_from_configuration(app, client, world, pa
     else:
         assert link == f"com.example.terraconnect://{deep_link}"
     assert "evil" not in page and "javascript:" not in page
+
+
+# Every query parameter the return pages read; no other name may change what they answer.
+PAGE_PARAMETERS = {"attempt", "tried", "user_id"}
+# Names a redirect target is often looked for under (REDIRECT_PARAMS has six more).
+REDIRECT_NAMES = [
+    "redirect", "redirect_url", "redirectUrl", "redirect_to", "url", "uri", "link", "deep_link", "deeplink",
+    "app_url", "applink", "universal_link", "intent", "target", "dest", "destination", "continue", "goto", "go",
+    "to", "out", "view", "callback", "cb", "return", "returnUrl", "return_url", "success_url", "failure_url",
+    "auth_success_redirect_url", "auth_failure_redirect_url", "browser_fallback_url", "origin", "host", "path",
+    "forward", "location", "state", "r", "u",
+]
+EVIL_TARGETS = ["https://evil.example/", "evil.example://connect/success", "javascript:alert(1)", "//evil.example",
+                "intent://connect/success#Intent;scheme=evil.example;end"]
+HTML_RETURN_PAGES = [page for page in RETURN_PAGES if "/return/" in page]
+
+
+def without_nonce(page: str) -> str:
+    return re.sub(r'nonce="[^"]*"', 'nonce=""', page)
+
+
+def returned_token(world: World, page: str) -> str:
+    """The token of Ada's attempt that already carries the hint `page` records: a visit stores nothing."""
+    return world.returned_success if page.endswith("success") else world.returned_failure
+
+
+@pytest.mark.parametrize("page", HTML_RETURN_PAGES)
+@given(extra=st.dictionaries(
+    keys=st.one_of(st.sampled_from(REDIRECT_NAMES), st.text(min_size=1, max_size=12)).filter(
+        lambda name: name not in PAGE_PARAMETERS),
+    values=st.sampled_from(EVIL_TARGETS), min_size=1, max_size=8))
+@example(extra=dict.fromkeys(REDIRECT_NAMES, EVIL_TARGETS[0]))
+@settings(derandomize=True, database=None, max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_other_query_parameter_reaches_a_return_page(app, client, world, page, extra):
+    """Any parameter name, not only the six of REDIRECT_PARAMS: the page, its "Return to app" link
+    and its headers are exactly what they are without it."""
+    token, headers = returned_token(world, page), {"User-Agent": ANDROID}
+    plain = client.get(page, query_string={"attempt": token}, headers=headers)
+    with unchanged(app):
+        response = check(client.get(page, query_string={"attempt": token, **extra}, headers=headers), 200)
+    assert "Location" not in response.headers
+    assert without_nonce(response.get_data(as_text=True)) == without_nonce(plain.get_data(as_text=True))
+
+
+@pytest.fixture
+def parameters_read(app) -> set[str]:
+    """The query parameter names the app reads during a request (`*` when it goes through all of them)."""
+    names: set[str] = set()
+
+    class RecordingArgs(ImmutableMultiDict):
+        def __getitem__(self, key):  # get() reads through here too
+            names.add(key)
+            return super().__getitem__(key)
+
+        def getlist(self, key, type=None):
+            names.add(key)
+            return super().getlist(key, type)
+
+        def __contains__(self, key):
+            names.add(key)
+            return super().__contains__(key)
+
+        def __iter__(self):
+            names.add("*")
+            return super().__iter__()
+
+        def items(self, multi=False):
+            names.add("*")
+            return super().items(multi)
+
+        def values(self):
+            names.add("*")
+            return super().values()
+
+    app.request_class = type("RecordingRequest", (app.request_class,), {"parameter_storage_class": RecordingArgs})
+    return names
+
+
+@pytest.mark.parametrize("page", RETURN_PAGES)
+def test_return_pages_read_no_query_parameter_but_their_own(app, client, world, page, parameters_read):
+    """Whatever its name: a view that looked anything else up (a deep link from `?continue=`) would
+    show here, even for a name that no table lists."""
+    extra = {name: EVIL_TARGETS[0] for name in REDIRECT_NAMES + ["any-other-name"]}
+    with unchanged(app):
+        check(client.get(page, query_string={"attempt": returned_token(world, page), "tried": "1", **extra},
+                         headers={"User-Agent": ANDROID}), 200)
+    assert "attempt" in parameters_read and parameters_read <= PAGE_PARAMETERS
 
 
 def test_a_claimed_terra_user_id_is_stored_as_a_claim_and_never_shown(app, client, world):
