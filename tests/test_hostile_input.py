@@ -46,7 +46,7 @@ from models.time import utcnow
 from services.api_tokens import issue_token
 from services.attempts import TOKEN_SALT, attempt_token
 from services.reference_ids import SALT as REFERENCE_ID_SALT
-from services.reference_ids import new_reference_id
+from services.reference_ids import is_authentic, new_reference_id
 from services.signing import signing_keys
 from terra.signature import compute, sign
 from tests.conftest import Browser
@@ -467,6 +467,14 @@ def test_webhook_with_a_foreign_reference_id_is_recorded_and_ignored(app, client
     with app.app_context():
         new = db.session.execute(select(db.metadata.tables["webhook_events"])).all()[len(before["webhook_events"]):]
     assert [(row.event_type, row.outcome) for row in new] == [("auth", "ignored")]
+
+
+@pytest.mark.parametrize("make_reference_id", FOREIGN_REFERENCE_IDS)
+def test_a_foreign_reference_id_is_refused_by_its_signature_before_any_lookup(app, world, make_reference_id):
+    """The database lookup that follows would find no owner either: this checks the signature does it."""
+    with app.test_request_context():
+        assert not is_authentic(make_reference_id(app, world))
+        assert is_authentic(world.ada_reference_id)
 
 
 def test_webhook_for_eve_naming_adas_attempt_leaves_adas_attempt_alone(app, client, world):

@@ -11,7 +11,7 @@ from sqlalchemy import event as sqlalchemy_event, func, select
 from sqlalchemy.exc import OperationalError
 
 from extensions import db
-from models import Connection, ReplacedTerraUser, User, WebhookEvent
+from models import ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
 from services import event_handlers, webhook_inbox
 from terra.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
 from terra.signature import sign
@@ -129,6 +129,18 @@ def test_without_trace_id_the_body_hash_deduplicates(client, app, secret, user):
     assert second.json["status"] == "duplicate"
     with app.app_context():
         assert db.session.scalars(select(WebhookEvent.trace_id)).one().startswith("sha256:")
+
+
+def test_an_auth_naming_no_known_session_connects_the_newest_pending_attempt(client, app, secret, user):
+    with app.app_context():
+        owner = db.session.get(User, user.id)
+        older, newest = create_attempt(owner).id, create_attempt(owner).id
+        create_attempt(owner, status="failed")  # newer still, but settled
+    event = auth_event(user, terra_user(user, "tu-fallback"), session_id="a-session-we-never-stored")
+    assert deliver(client, event, secret=secret).json["status"] == "applied"
+    with app.app_context():
+        statuses = dict(db.session.execute(select(ConnectAttempt.id, ConnectAttempt.status)).all())
+    assert (statuses[newest], statuses[older]) == ("connected", "pending")
 
 
 def test_a_signed_delivery_replayed_under_a_fresh_trace_id_is_a_duplicate(client, app, secret, user):
