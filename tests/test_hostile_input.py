@@ -764,6 +764,9 @@ ATTEMPT_TOKENS = [
     pytest.param(lambda app, w: session_cookie_value(app, w.ada_id), id="another purpose's signed value: session"),
     pytest.param(lambda app, w: URLSafeTimedSerializer("another-key", salt=TOKEN_SALT).dumps(w.ada_attempt),
                  id="signed with another key"),
+    # The salt keeps purposes apart: the same key and payload under itsdangerous' default salt is not a token.
+    pytest.param(lambda app, w: URLSafeTimedSerializer(signing_keys()).dumps(w.ada_attempt),
+                 id="the right key, without the salt"),
     pytest.param(expired_token, id="expired (ATTEMPT_TOKEN_MAX_AGE=60, made 120 s ago)"),
     pytest.param(lambda app, w: signed_attempt_id("no-such-attempt"), id="signed, unknown attempt"),
     pytest.param(lambda app, w: signed_attempt_id(SQL), id="signed, SQL as the attempt id"),
