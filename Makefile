@@ -24,8 +24,7 @@ MUTANTS ?= 'terra.signature.*' 'blueprints.webhooks.*' 'services.reference_ids.*
 	'services.attempts.x_record_return*' 'services.attempts.x_owned_*' 'services.attempts.x_poll_state*' \
 	'services.attempts.x_confirm_redirect_user*' 'services.attempts.x_find_attempt_for_event*' \
 	'blueprints.api.x__owned*' 'blueprints.api.x_caller*' 'blueprints.connect.*' \
-	'mobile_redirects.deep_links.*' 'mobile_redirects.views.x__return_page*' \
-	'app.x_register_extensions*' 'app.x_register_blueprints*'
+	'mobile_redirects.deep_links.*' 'mobile_redirects.views.x__return_page*' 'app.x_register_blueprints*'
 mutation: install-dev
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 $(MUTANTS)

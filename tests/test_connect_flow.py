@@ -162,6 +162,8 @@ def test_return_page_never_trusts_the_query_string(signed_in, live_server):
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
     page = signed_in.get(finish_url)
     assert "Finishing your connection" in page.text
+    token = parse_qs(urlsplit(finish_url).query)["attempt"][0]
+    assert f'data-status-url="/connect/attempts/status?attempt={token}"' in page.text  # what the page polls
     state = attempt_state(signed_in, finish_url)
     assert state["status"] == "pending" and state["connection"] is None
     assert connections(live_server) == []

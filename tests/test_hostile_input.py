@@ -438,6 +438,8 @@ def session_cookie_value(app, user_id: int) -> str:
 # Each: (app, world) -> the reference_id a correctly signed auth event carries (in the event and its user).
 FOREIGN_REFERENCE_IDS = [
     pytest.param(other_key_reference_id, id="signed with another SECRET_KEY"),
+    pytest.param(lambda app, w: URLSafeSerializer(signing_keys()).dumps("abcdefghijklmnop"),
+                 id="the right key, without the salt"),
     pytest.param(lambda app, w: "f3b1c0de-unsigned-reference", id="unsigned"),
     pytest.param(lambda app, w: "null", id="the literal null"),
     pytest.param(lambda app, w: None, id="absent"),
