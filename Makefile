@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test mobile-client install install-dev chromium clean
+.PHONY: run test mutation mobile-client install install-dev chromium clean
 
 run: install
 	$(BIN)/flask --app app db upgrade
@@ -14,6 +14,20 @@ run: install
 
 test: install-dev chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
+# [tool.mutmut], docs/reliability.md). Tens of minutes: not part of `make test` or CI.
+# MUTANTS picks the functions of those files that decide who may do what (mutmut name patterns).
+MUTANTS ?= 'terra.signature.*' 'blueprints.webhooks.*' 'services.reference_ids.*' 'services.signing.*' \
+	'services.event_handlers.x__owner*' 'services.event_handlers.x_apply_event*' \
+	'services.attempts.x_attempt_token*' 'services.attempts.x_attempt_from_token*' \
+	'services.attempts.x_record_return*' 'services.attempts.x_owned_*' 'services.attempts.x_poll_state*' \
+	'services.attempts.x_confirm_redirect_user*' 'services.attempts.x_find_attempt_for_event*' \
+	'blueprints.api.x__owned*' 'blueprints.api.x_caller*' 'blueprints.connect.*' \
+	'mobile_redirects.deep_links.*' 'mobile_redirects.views.x__return_page*' 'app.x_register_blueprints*'
+mutation: install-dev
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 $(MUTANTS)
 
 # The stand-in mobile app (docs/mobile.md) against a running `make run`; it drives Debian's chromium.
 mobile-client: install-dev chromium
@@ -41,4 +55,4 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants

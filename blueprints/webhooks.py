@@ -3,7 +3,8 @@
 The order of operations is the contract, and each step guards the next:
 1. raw body: read the bytes exactly as sent, before anything parses them (the signature covers them);
 2. verify: the signature, fail closed (401 when missing or wrong, 500 when we have no secret);
-3. record: insert the event into the inbox, once per trace id (a duplicate is acknowledged, not re-applied);
+3. record: insert the event into the inbox, once per trace id and once per signed payload (a duplicate,
+   or a replay of a captured delivery under a fresh trace id, is acknowledged, not re-applied);
 4. apply: change connections and attempts idempotently, then commit them with the event and its outcome,
    one transaction per delivery; a failure undoes only what applying changed, and the event is committed
    with the failure noted, for replay;
@@ -43,7 +44,7 @@ def receive_terra_event():
         return _error(500, "not_configured", "the webhook signing secret is not configured")
     header = next((request.headers[name] for name in signature.HEADER_NAMES if name in request.headers), None)
     try:
-        signature.verify(body, header, secret, tolerance=current_app.config["WEBHOOK_TOLERANCE_SECONDS"])
+        signed_at = signature.verify(body, header, secret, tolerance=current_app.config["WEBHOOK_TOLERANCE_SECONDS"])
     except signature.SignatureError as error:
         current_app.logger.warning("webhook rejected: %s", error)
         return _error(401, "invalid_signature", str(error))
@@ -57,10 +58,11 @@ def receive_terra_event():
         event = parse_event(body)
     except EventParseError as error:
         # Verified, so it is Terra's: kept as failed (for replay) and acknowledged, not retried for hours.
-        outcome = webhook_inbox.record_unreadable(body, str(error), trace_id=trace_id,
+        outcome = webhook_inbox.record_unreadable(body, str(error), signed_at=signed_at, trace_id=trace_id,
                                                   terra_reference=request.headers.get("terra-reference"))
         return jsonify(status=outcome, trace_id=trace_id)
-    row = webhook_inbox.record(body, event, trace_id=trace_id, terra_reference=request.headers.get("terra-reference"))
+    row = webhook_inbox.record(body, event, signed_at=signed_at, trace_id=trace_id,
+                               terra_reference=request.headers.get("terra-reference"))
     if row is None:
         return jsonify(status="duplicate", trace_id=trace_id)
 

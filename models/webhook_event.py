@@ -24,6 +24,9 @@ class WebhookEvent(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     # Unique: the atomic de-duplication of Terra's at-least-once delivery.
     trace_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # Unique too: SHA-256 of the signed payload ("<t>.<body>"), so a captured delivery replayed within
+    # the signature's tolerance under a fresh trace id is a duplicate as well. Null on older rows.
+    signed_payload_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
     event_type: Mapped[str] = mapped_column(String(64), index=True)
     terra_user_id: Mapped[str | None] = mapped_column(String(64), index=True)
     reference_id: Mapped[str | None] = mapped_column(String(255))

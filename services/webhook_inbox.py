@@ -1,7 +1,9 @@
 """The webhook inbox: record each verified delivery exactly once, then apply it.
 
 De-duplication is the unique `trace_id` (Terra's `X-Terra-Trace-Id`, stable across retries; a hash
-of the body when absent). The insert either wins or raises IntegrityError: no check-then-insert.
+of the body when absent), and the unique hash of the signed payload (`t` and body): the same signed
+delivery sent again within the signature's tolerance under a fresh trace id is a replay, not a new
+event. The insert either wins or raises IntegrityError: no check-then-insert.
 
 A delivery is one transaction: `record` inserts the row (flushed, not committed), `apply` changes our
 state inside a SAVEPOINT, notes the outcome on the row and commits once. A failure rolls back to the
@@ -23,6 +25,7 @@ from models import WebhookEvent
 from models.time import utcnow
 from models.webhook_event import EventOutcome
 from services.event_handlers import Outcome, apply_event
+from terra import signature
 from terra.client import download_payload
 from terra.events import PING_TYPE, EventParseError, TerraEvent, parse_event
 
@@ -33,14 +36,18 @@ def trace_id_for(header_value: str | None, body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: str | None) -> WebhookEvent | None:
-    """Insert the event into the inbox, uncommitted (`apply` commits); None when this trace id was
-    already recorded (a duplicate delivery)."""
+def record(body: bytes, event: TerraEvent, *, signed_at: int, trace_id: str,
+           terra_reference: str | None) -> WebhookEvent | None:
+    """Insert the event into the inbox, uncommitted (`apply` commits); None when this trace id, or
+    this body signed at this time (`signed_at`, the signature's `t`), was already recorded (a duplicate
+    delivery, or a replay of one)."""
     row = WebhookEvent(
         trace_id=trace_id,
+        signed_payload_sha256=_signed_payload_sha256(body, signed_at),
         event_type=event.type[:64],
         terra_user_id=event.terra_user_id,
-        reference_id=event.reference_id,
+        # Cut to the column: an over-long reference_id is never one of ours, but it is kept for the record.
+        reference_id=event.reference_id and event.reference_id[:255],
         terra_reference=(terra_reference or "")[:128] or None,
         body=body.decode("utf-8"),
     )
@@ -56,9 +63,14 @@ def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: st
 UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
 
 
-def record_unreadable(body: bytes, problem: str, *, trace_id: str, terra_reference: str | None) -> str:
+def _signed_payload_sha256(body: bytes, signed_at: int) -> str:
+    return hashlib.sha256(signature.signed_payload(body, signed_at)).hexdigest()
+
+
+def record_unreadable(body: bytes, problem: str, *, signed_at: int, trace_id: str,
+                      terra_reference: str | None) -> str:
     """Keep a verified body that is not a readable event (no user, bad JSON, nesting...) as a failed
-    row, committed, and return its outcome ("duplicate" when this trace id is already kept).
+    row, committed, and return its outcome ("duplicate" when this trace id or signed payload is already kept).
 
     Terra's guidance is to log and acknowledge such deliveries: an error answer would only make
     Terra retry them for hours. The row is there to look at, and to replay once the code reads it.
@@ -66,6 +78,7 @@ def record_unreadable(body: bytes, problem: str, *, trace_id: str, terra_referen
     current_app.logger.warning("webhook %s kept as failed: %s", trace_id, problem)
     row = WebhookEvent(
         trace_id=trace_id,
+        signed_payload_sha256=_signed_payload_sha256(body, signed_at),
         event_type=UNREADABLE,
         terra_reference=(terra_reference or "")[:128] or None,
         # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
@@ -144,11 +157,12 @@ def replay(row: WebhookEvent) -> str:
 
 
 def _finish(row: WebhookEvent, outcome: str, detail: str | None) -> str:
-    row.outcome, row.detail, row.applied_at = outcome, detail, utcnow()
+    # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
+    row.outcome, row.detail, row.applied_at = outcome, detail and detail[:255], utcnow()
     db.session.commit()
     return outcome
 
 
 def _failure(row: WebhookEvent, error: Exception) -> Outcome:
     current_app.logger.error("applying webhook event %s failed: %s", row.id, type(error).__name__, exc_info=error)
-    return EventOutcome.FAILED, f"{type(error).__name__}: {error}"[:255]
+    return EventOutcome.FAILED, f"{type(error).__name__}: {error}"

@@ -68,8 +68,10 @@ def parse_event(body: bytes) -> TerraEvent:
         raise EventParseError("body is not UTF-8") from None
     except RecursionError:
         raise EventParseError("body is nested too deeply") from None
-    except ValueError as error:
+    except json.JSONDecodeError as error:
         raise EventParseError(f"body is not valid JSON ({error.msg})") from None
+    except ValueError:  # the only other one: an integer longer than Python's int_max_str_digits (4300)
+        raise EventParseError("body holds a number with too many digits") from None
     if not isinstance(data, dict):
         raise EventParseError("body must be a JSON object")
     if _depth(data) > MAX_NESTING:

@@ -3,25 +3,37 @@
 The signature is computed over the raw request bytes, never over re-serialised JSON. Every `v1`
 value is tried (Terra may send several while it rotates secrets), other schemes such as `v0` are
 ignored so they cannot be used to downgrade, and the comparison is constant-time.
+
+The header is parsed strictly: one `t` of ASCII digits, and `v1` values of exactly 64 hex digits.
+Anything else is a SignatureError (a 401), never an exception from `int()` or `compare_digest`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 HEADER_NAMES = ("X-Terra-Signature", "terra-signature")
 DEFAULT_TOLERANCE_SECONDS = 300
+# ASCII digits only (str.isdigit also accepts "²", which int() refuses); unix seconds have 10 digits,
+# and a huge value is not a time (it would overflow the clock check).
+TIMESTAMP = re.compile(r"[0-9]{1,15}")
+# An HMAC-SHA256 in hex. Only ASCII reaches compare_digest, which raises TypeError on anything else.
+V1_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class SignatureError(ValueError):
     """The signature header is missing, malformed, stale or does not match."""
 
 
+def signed_payload(body: bytes, timestamp: int) -> bytes:
+    return str(timestamp).encode() + b"." + body
+
+
 def compute(body: bytes, secret: str, timestamp: int) -> str:
-    signed_payload = str(timestamp).encode() + b"." + body
-    return hmac.new(secret.encode(), signed_payload, hashlib.sha256).hexdigest()
+    return hmac.new(secret.encode(), signed_payload(body, timestamp), hashlib.sha256).hexdigest()
 
 
 def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
@@ -37,8 +49,8 @@ def verify(
     *,
     tolerance: int = DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
-) -> None:
-    """Return quietly when `header` is a valid, fresh signature of `body`; raise otherwise."""
+) -> int:
+    """The signed timestamp when `header` is a valid, fresh signature of `body`; raise otherwise."""
     if not header:
         raise SignatureError("missing signature header")
     timestamp, candidates = _parse(header)
@@ -53,24 +65,28 @@ def verify(
         matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise SignatureError("signature does not match")
+    return timestamp
 
 
 def _parse(header: str) -> tuple[int, list[str]]:
-    timestamp: int | None = None
+    timestamps: list[str] = []
     candidates: list[str] = []
     for element in header.split(","):
-        key, sep, value = element.strip().partition("=")
+        key, sep, value = element.strip(" \t").partition("=")
         if not sep:
             continue
         if key == "t":
-            # Unix seconds have 10 digits; a huge value is not a time (and would overflow the clock check).
-            if not value.isdigit() or len(value) > 15:
-                raise SignatureError("signature timestamp is not an integer")
-            timestamp = int(value)
+            timestamps.append(value.strip(" \t"))
         elif key == "v1":
-            candidates.append(value.strip().lower())
-    if timestamp is None:
+            candidates.append(value.strip(" \t"))
+    if not timestamps:
         raise SignatureError("signature header has no timestamp")
+    if len(timestamps) > 1:
+        raise SignatureError("signature header has more than one timestamp")
+    if not TIMESTAMP.fullmatch(timestamps[0]):
+        raise SignatureError("signature timestamp is not an integer of at most 15 ASCII digits")
     if not candidates:
         raise SignatureError("signature header has no v1 signature")
-    return timestamp, candidates
+    if not all(V1_SIGNATURE.fullmatch(candidate) for candidate in candidates):
+        raise SignatureError("signature v1 is not 64 hexadecimal digits")
+    return int(timestamps[0]), [candidate.lower() for candidate in candidates]

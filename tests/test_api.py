@@ -226,6 +226,24 @@ def test_someone_elses_attempt_is_404_like_an_unknown_one(api, live_server):
     assert state(api, attempt["attempt_id"]).json()["hint"] is None
 
 
+@pytest.mark.parametrize("if_none_match, params", [
+    pytest.param("current", {}, id="its current ETag"),
+    pytest.param("*", {}, id="If-None-Match: *"),
+    pytest.param("current", {"wait": 1}, id="its current ETag, long-poll"),
+])
+def test_someone_elses_attempt_is_404_on_the_conditional_poll_too(api, live_server, if_none_match, params):
+    """The If-None-Match path reads only a few columns, the owner among them: holding (or guessing)
+    Ada's ETag, Eve still gets the plain 404, with no ETag and no 304 telling her the attempt exists."""
+    attempt = start(api)
+    etag = state(api, attempt["attempt_id"]).headers["ETag"]
+    header = {"If-None-Match": etag if if_none_match == "current" else if_none_match}
+    assert state(api, attempt["attempt_id"], headers=header, params=params).status_code == 304  # Ada: not modified
+    eve = sign_up(live_server, "eve@example.com")
+    response = state(eve, attempt["attempt_id"], headers=header, params=params)
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    assert "ETag" not in response.headers
+
+
 def test_status_etag_304_and_version_changes(api, live_server):
     attempt = start(api)
     first = state(api, attempt["attempt_id"])

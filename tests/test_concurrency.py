@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from types import SimpleNamespace
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,10 @@ from tests.helpers import auth_event, create_attempt, create_user, terra_user
 DELIVERIES = 16
 
 
-def post_event(base_url: str, secret: str, payload: dict, trace_id: str | None = None) -> int:
+def post_event(base_url: str, secret: str, payload: dict, trace_id: str | None = None,
+               signed_at: int | None = None) -> int:
     body = json.dumps(payload).encode()
-    headers = {"X-Terra-Signature": sign(body, secret), "Content-Type": "application/json",
+    headers = {"X-Terra-Signature": sign(body, secret, signed_at), "Content-Type": "application/json",
                "X-Terra-Trace-Id": trace_id or str(uuid.uuid4())}
     return requests.post(base_url + "/webhooks/terra", data=body, headers=headers, timeout=30).status_code
 
@@ -71,15 +73,28 @@ def test_the_same_event_delivered_many_times_at_once_is_applied_once(live_server
 
 
 def test_one_event_under_different_trace_ids_still_gives_one_connection(live_server):
-    # Terra retries keep the trace id, but a replay tool might not: the connection is unique anyway.
+    # Terra retries keep the trace id, but a replay tool might not, and may sign each copy anew (so
+    # none is a replay of another): the connection is unique anyway.
     app, secret = live_server.app, live_server.app.config["TERRA_SIGNING_SECRET"]
     user = make_user(app, "ada@example.com")
     event = auth_event(user, terra_user(user, "tu-many-traces"))
-    statuses = at_once([lambda: post_event(live_server.url, secret, event)] * DELIVERIES)
+    now = int(time.time())
+    statuses = at_once([lambda seconds=seconds: post_event(live_server.url, secret, event, signed_at=now - seconds)
+                        for seconds in range(DELIVERIES)])
     assert statuses == [200] * DELIVERIES
     assert len(rows(app, WebhookEvent)) == DELIVERIES
     assert {row.outcome for row in rows(app, WebhookEvent)} == {"applied"}
     assert len(rows(app, Connection)) == 1
+
+
+def test_one_signed_delivery_replayed_under_fresh_trace_ids_at_once_is_recorded_once(live_server):
+    app, secret = live_server.app, live_server.app.config["TERRA_SIGNING_SECRET"]
+    user = make_user(app, "ada@example.com")
+    event, now = auth_event(user, terra_user(user, "tu-replayed")), int(time.time())
+    statuses = at_once([lambda: post_event(live_server.url, secret, event, signed_at=now)] * DELIVERIES)
+    assert statuses == [200] * DELIVERIES
+    assert [row.outcome for row in rows(app, WebhookEvent)] == ["applied"]
+    assert [row.terra_user_id for row in rows(app, Connection)] == ["tu-replayed"]
 
 
 @pytest.mark.parametrize("round_number", range(6))
@@ -92,7 +107,11 @@ def test_reauth_racing_auth_never_leaves_two_connections(live_server, round_numb
               {"type": "daily", "user": new, "data": []},
               {"type": "permission_change", "status": "warning", "scopes_added": "SLEEP_EXPORT",
                "scopes_removed": "", "user": new}]
-    statuses = at_once([lambda event=event: post_event(live_server.url, secret, event) for event in events] * 2)
+    now = int(time.time())
+    # Each event twice, signed a second apart: two deliveries each, not one and its replay.
+    statuses = at_once([lambda event=event, seconds=seconds: post_event(live_server.url, secret, event,
+                                                                        signed_at=now - seconds)
+                        for event in events for seconds in (0, 1)])
     assert set(statuses) == {200}
     connections = rows(app, Connection, Connection.user_id == user.id)
     assert [(row.terra_user_id, row.status) for row in connections] == [(f"new-{round_number}", "active")]

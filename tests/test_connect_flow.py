@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from extensions import db
 from models import ConnectAttempt, Connection, WebhookEvent
 from sandbox.traffic import traffic_of
+from services.attempts import attempt_token
 from tests.conftest import Browser, wait_for
 from tests.helpers import token_of
 
@@ -146,21 +147,24 @@ def test_someone_elses_connection_cannot_be_disconnected(signed_in, live_server)
     assert [row.status for row in connections(live_server)] == ["active"]
 
 
+def success_path(live_server, widget_url: str) -> str:
+    """The success return path of the attempt behind `widget_url`, made by hand: the widget is not
+    finished, so Terra never redirected there."""
+    session_id = widget_url.rsplit("/", 1)[1]
+    with live_server.app.app_context():
+        attempt = db.session.scalars(select(ConnectAttempt).where(ConnectAttempt.terra_session_id == session_id)).one()
+        return f"/connect/return/success/{attempt_token(attempt)}"
+
+
 def test_return_page_never_trusts_the_query_string(signed_in, live_server):
     live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"  # no webhook will come
-    widget_url = start_connect(signed_in)
-    session_id = widget_url.rsplit("/", 1)[1]
     # Not finished in the widget: a hand-made "success" redirect with an invented Terra user id.
-    with live_server.app.app_context():
-        from models import ConnectAttempt
-        from services.attempts import attempt_token
-
-        attempt = db.session.scalars(select(ConnectAttempt).where(ConnectAttempt.terra_session_id == session_id)).one()
-        token_url = f"/connect/return/success/{attempt_token(attempt)}"
-    finish_url = token_url + "?user_id=invented&resource=GARMIN"
+    finish_url = success_path(live_server, start_connect(signed_in)) + "?user_id=invented&resource=GARMIN"
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
     page = signed_in.get(finish_url)
     assert "Finishing your connection" in page.text
+    token = token_of(finish_url)
+    assert f'data-status-url="/connect/attempts/status?attempt={token}"' in page.text  # what the page polls
     state = attempt_state(signed_in, finish_url)
     assert state["status"] == "pending" and state["connection"] is None
     assert connections(live_server) == []
@@ -181,6 +185,23 @@ def test_late_webhook_is_settled_by_a_server_side_userinfo_check(signed_in, live
     state = wait_for_terminal(signed_in, return_url)
     assert state["status"] == "connected"
     assert state["connection"]["terra_user_id"] == parse_qs(urlsplit(return_url).query)["user_id"][0]
+
+
+def test_a_return_url_naming_someone_elses_terra_user_connects_nothing(signed_in, live_server):
+    """The userInfo check believes a redirect's Terra user id only when Terra says that user carries
+    the caller's reference_id: Eve's real, active Terra user named in Ada's return URL is not Ada's."""
+    live_server.app.config.update(SANDBOX_WEBHOOK_URL="http://127.0.0.1:9/unreachable", USERINFO_CHECK_AFTER_SECONDS=0)
+    eve = Browser(live_server.url)
+    eve.register(email="eve@example.com")
+    eves_terra_user = parse_qs(urlsplit(finish_widget(start_connect(eve), account="eve-garmin")).query)["user_id"][0]
+
+    claim_url = success_path(live_server, start_connect(signed_in)) + f"?user_id={eves_terra_user}"
+    assert signed_in.get(claim_url).status_code == 200  # the claim is recorded, then checked with Terra
+    state = attempt_state(signed_in, claim_url)
+    assert (state["status"], state["connection"]) == ("pending", None)
+    assert connections(live_server) == []
+    with live_server.app.app_context():  # checked and dropped, not merely not yet due
+        assert db.session.scalars(select(ConnectAttempt.redirect_terra_user_id)).all() == [None, None]
 
 
 def test_expired_widget_session_offers_a_fresh_one(signed_in, live_server):

@@ -32,8 +32,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 import redis
 import requests
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 from sqlalchemy import select, update
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.security import generate_password_hash
 
 from extensions import db
@@ -43,7 +46,7 @@ from models.time import utcnow
 from services.api_tokens import issue_token
 from services.attempts import TOKEN_SALT, attempt_token
 from services.reference_ids import SALT as REFERENCE_ID_SALT
-from services.reference_ids import new_reference_id
+from services.reference_ids import is_authentic, new_reference_id
 from services.signing import signing_keys
 from terra.signature import compute, sign
 from tests.conftest import Browser
@@ -272,6 +275,14 @@ SIGNATURES = [
     pytest.param(lambda b, s, now: {"headers": {"X-Terra-Signature": f"t={now},v1={'0' * 64}",
                                                 "Content-Type": "application/x-www-form-urlencoded"}},
                  id="forged, form content type"),
+    # Header values arrive as Latin-1: "²" passes str.isdigit and then fails int(), and a non-ASCII v1
+    # makes compare_digest raise TypeError. Both must stay a 401.
+    pytest.param(lambda b, s, now: header(f"t=\u00b2,v1={compute(b, s, now)}"), id="timestamp a superscript digit"),
+    pytest.param(lambda b, s, now: header(f"t={now},v1={compute(b, s, now)[:-1]}\u00e9"), id="non-ASCII v1"),
+    pytest.param(lambda b, s, now: header(sign(b, s, now) + ",v1=" + "\u00e9" * 64),
+                 id="non-ASCII v1 beside the right one"),
+    pytest.param(lambda b, s, now: header(f"t={now},v1={'g' * 64}"), id="v1 not hex"),
+    pytest.param(lambda b, s, now: header(f"t={now:_},v1={compute(b, s, now)}"), id="timestamp with underscores"),
 ]
 
 
@@ -340,6 +351,11 @@ WEBHOOK_BODIES = [
     pytest.param(lambda w, c: with_user(w, user_id="u" * 65), 200, {}, id="Terra user id of 65 characters"),
     pytest.param(lambda w, c: valid_event_bytes(w, reference_id=None).replace(
         json.dumps(w.ada_reference_id).encode(), b'{"$ne": null}'), 200, {}, id="reference_id an object"),
+    # Past Python's int_max_str_digits (4300): json.loads raises a ValueError that is not a JSONDecodeError.
+    pytest.param(lambda w, c: valid_event_bytes(w)[:-1] + b', "n": ' + b"9" * 5000 + b"}", 200, {},
+                 id="a 5000-digit number"),
+    pytest.param(lambda w, c: valid_event_bytes(w, user=None).replace(b'"user": null', b'"user": [-' + b"1" * 5000 + b"]"),
+                 200, {}, id="a 5000-digit negative number inside"),
 ]
 
 
@@ -368,12 +384,38 @@ def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, clie
     assert (row.event_type, row.outcome) == ("unreadable", "failed") and row.detail
 
 
-def test_webhook_nul_in_trace_id_header_is_refused(app, client, world):
+@pytest.mark.parametrize("make_body, status, config", WEBHOOK_BODIES)
+def test_webhook_bodies_that_are_not_events_are_refused_for_their_signature_first(app, client, world, make_body,
+                                                                                  status, config):
+    """The same bodies, signed with another secret: the signature is checked before the body is read
+    (only the size limits come first), so the answer is the signature's 401, never the parser's 400."""
+    app.config.update(config)
+    body = make_body(world, app.config)
+    with unchanged(app):
+        response = post_webhook(client, body, signed(body, "not-the-signing-secret"))
+    check(response, 413 if status == 413 else 401)
+    if status != 413:
+        assert error_code(response) == "invalid_signature"
+
+
+def test_a_captured_webhook_replayed_under_a_fresh_trace_id_changes_nothing(app, client, world):
+    """Within the signature's tolerance a captured delivery still verifies; the inbox knows its signed
+    payload, so it is acknowledged as a duplicate and not applied again."""
+    body = valid_event_bytes(world)
+    captured = {**signed(body, app.config["TERRA_SIGNING_SECRET"]), "X-Terra-Trace-Id": "trace-genuine"}
+    check(post_webhook(client, body, captured), 200)
+    with unchanged(app):
+        response = check(post_webhook(client, body, {**captured, "X-Terra-Trace-Id": "trace-fresh"}), 200)
+    assert response.get_json() == {"status": "duplicate", "trace_id": "trace-fresh"}
+
+
+@pytest.mark.parametrize("name", ["X-Terra-Trace-Id", "terra-reference"])
+def test_webhook_nul_in_a_stored_header_is_refused(app, client, world, name):
     body = valid_event_bytes(world)
     with unchanged(app):
-        response = post_webhook(client, body, {**signed(body, app.config["TERRA_SIGNING_SECRET"]),
-                                               "X-Terra-Trace-Id": "trace\x00"})
+        response = post_webhook(client, body, {**signed(body, app.config["TERRA_SIGNING_SECRET"]), name: "trace\x00"})
     check(response, 400)
+    assert name in response.get_json()["error"]["message"]
 
 
 def chunks(total: int, size: int = 64 * 1024):
@@ -412,6 +454,8 @@ def session_cookie_value(app, user_id: int) -> str:
 # Each: (app, world) -> the reference_id a correctly signed auth event carries (in the event and its user).
 FOREIGN_REFERENCE_IDS = [
     pytest.param(other_key_reference_id, id="signed with another SECRET_KEY"),
+    pytest.param(lambda app, w: URLSafeSerializer(signing_keys()).dumps("abcdefghijklmnop"),
+                 id="the right key, without the salt"),
     pytest.param(lambda app, w: "f3b1c0de-unsigned-reference", id="unsigned"),
     pytest.param(lambda app, w: "null", id="the literal null"),
     pytest.param(lambda app, w: None, id="absent"),
@@ -442,6 +486,14 @@ def test_webhook_with_a_foreign_reference_id_is_recorded_and_ignored(app, client
     with app.app_context():
         new = db.session.execute(select(db.metadata.tables["webhook_events"])).all()[len(before["webhook_events"]):]
     assert [(row.event_type, row.outcome) for row in new] == [("auth", "ignored")]
+
+
+@pytest.mark.parametrize("make_reference_id", FOREIGN_REFERENCE_IDS)
+def test_a_foreign_reference_id_is_refused_by_its_signature_before_any_lookup(app, world, make_reference_id):
+    """The database lookup that follows would find no owner either: this checks the signature does it."""
+    with app.test_request_context():
+        assert not is_authentic(make_reference_id(app, world))
+        assert is_authentic(world.ada_reference_id)
 
 
 def test_webhook_for_eve_naming_adas_attempt_leaves_adas_attempt_alone(app, client, world):
@@ -656,6 +708,7 @@ def test_api_ids_that_are_not_the_callers_are_404(app, client, world, make):
         response = client.open(path, method=method, headers=bearer(world.ada_token))
     check(response, 404)
     assert error_code(response) == "not_found" and content_type(response) == "application/json"
+    assert response.get_json()["error"]["message"]  # a readable message, whichever check refused it
 
 
 def revoked(app, token: str) -> str:
@@ -737,6 +790,9 @@ ATTEMPT_TOKENS = [
     pytest.param(lambda app, w: session_cookie_value(app, w.ada_id), id="another purpose's signed value: session"),
     pytest.param(lambda app, w: URLSafeTimedSerializer("another-key", salt=TOKEN_SALT).dumps(w.ada_attempt),
                  id="signed with another key"),
+    # The salt keeps purposes apart: the same key and payload under itsdangerous' default salt is not a token.
+    pytest.param(lambda app, w: URLSafeTimedSerializer(signing_keys()).dumps(w.ada_attempt),
+                 id="the right key, without the salt"),
     pytest.param(expired_token, id="expired (ATTEMPT_TOKEN_MAX_AGE=60, made 120 s ago)"),
     pytest.param(lambda app, w: signed_attempt_id("no-such-attempt"), id="signed, unknown attempt"),
     pytest.param(lambda app, w: signed_attempt_id(SQL), id="signed, SQL as the attempt id"),
@@ -842,6 +898,95 @@ def test_mobile_return_links_come_only_from_configuration(app, client, world, pa
     else:
         assert link == f"com.example.terraconnect://{deep_link}"
     assert "evil" not in page and "javascript:" not in page
+
+
+# Every query parameter the return pages read; no other name may change what they answer.
+PAGE_PARAMETERS = {"attempt", "tried", "user_id", "resource"}
+# Names a redirect target is often looked for under (REDIRECT_PARAMS has six more).
+REDIRECT_NAMES = [
+    "redirect", "redirect_url", "redirectUrl", "redirect_to", "url", "uri", "link", "deep_link", "deeplink",
+    "app_url", "applink", "universal_link", "intent", "target", "dest", "destination", "continue", "goto", "go",
+    "to", "out", "view", "callback", "cb", "return", "returnUrl", "return_url", "success_url", "failure_url",
+    "auth_success_redirect_url", "auth_failure_redirect_url", "browser_fallback_url", "origin", "host", "path",
+    "forward", "location", "state", "r", "u",
+]
+EVIL_TARGETS = ["https://evil.example/", "evil.example://connect/success", "javascript:alert(1)", "//evil.example",
+                "intent://connect/success#Intent;scheme=evil.example;end"]
+HTML_RETURN_PAGES = [page for page in RETURN_PAGES if "/return/" in page]
+
+
+def without_nonce(page: str) -> str:
+    return re.sub(r'nonce="[^"]*"', 'nonce=""', page)
+
+
+def returned_token(world: World, page: str) -> str:
+    """The token of Ada's attempt that already carries the hint `page` records: a visit stores nothing."""
+    return world.returned_success if page.endswith("success") else world.returned_failure
+
+
+@pytest.mark.parametrize("page", HTML_RETURN_PAGES)
+@given(extra=st.dictionaries(
+    keys=st.one_of(st.sampled_from(REDIRECT_NAMES), st.text(min_size=1, max_size=12)).filter(
+        lambda name: name not in PAGE_PARAMETERS),
+    values=st.sampled_from(EVIL_TARGETS), min_size=1, max_size=8))
+@example(extra=dict.fromkeys(REDIRECT_NAMES, EVIL_TARGETS[0]))
+@settings(derandomize=True, database=None, max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_other_query_parameter_reaches_a_return_page(app, client, world, page, extra):
+    """Any parameter name, not only the six of REDIRECT_PARAMS: the page, its "Return to app" link
+    and its headers are exactly what they are without it."""
+    (path, query), headers = with_token(page, returned_token(world, page)), {"User-Agent": ANDROID}
+    plain = client.get(path, query_string=query, headers=headers)
+    with unchanged(app):
+        response = check(client.get(path, query_string={**query, **extra}, headers=headers), 200)
+    assert "Location" not in response.headers
+    assert without_nonce(response.get_data(as_text=True)) == without_nonce(plain.get_data(as_text=True))
+
+
+@pytest.fixture
+def parameters_read(app) -> set[str]:
+    """The query parameter names the app reads during a request (`*` when it goes through all of them)."""
+    names: set[str] = set()
+
+    class RecordingArgs(ImmutableMultiDict):
+        def __getitem__(self, key):  # get() reads through here too
+            names.add(key)
+            return super().__getitem__(key)
+
+        def getlist(self, key, type=None):
+            names.add(key)
+            return super().getlist(key, type)
+
+        def __contains__(self, key):
+            names.add(key)
+            return super().__contains__(key)
+
+        def __iter__(self):
+            names.add("*")
+            return super().__iter__()
+
+        def items(self, multi=False):
+            names.add("*")
+            return super().items(multi)
+
+        def values(self):
+            names.add("*")
+            return super().values()
+
+    app.request_class = type("RecordingRequest", (app.request_class,), {"parameter_storage_class": RecordingArgs})
+    return names
+
+
+@pytest.mark.parametrize("page", RETURN_PAGES)
+def test_return_pages_read_no_query_parameter_but_their_own(app, client, world, page, parameters_read):
+    """Whatever its name: a view that looked anything else up (a deep link from `?continue=`) would
+    show here, even for a name that no table lists."""
+    extra = {name: EVIL_TARGETS[0] for name in REDIRECT_NAMES + ["any-other-name"]}
+    path, query = with_token(page, returned_token(world, page), tried="1", **extra)
+    with unchanged(app):
+        check(client.get(path, query_string=query, headers={"User-Agent": ANDROID}), 200)
+    assert parameters_read <= PAGE_PARAMETERS
+    assert ("attempt" in parameters_read) == page.startswith("/connect/attempts/")  # elsewhere it is in the path
 
 
 def test_a_claimed_terra_user_id_is_stored_as_a_claim_and_never_shown(app, client, world):

@@ -17,6 +17,8 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 ANDROID = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/131.0 Mobile Safari/537.36"
 IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Version/18.0 Mobile/15E148"
+IPAD = "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Version/17.5 Mobile/15E148"
+IPOD = "Mozilla/5.0 (iPod touch; CPU iPhone OS 15_8 like Mac OS X) AppleWebKit/605.1.15 Version/15.6 Mobile/15E148"
 DESKTOP = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
 FINGERPRINT = ":".join(["14", "6D", "E9", "83"] * 8)
 
@@ -46,7 +48,7 @@ def test_return_page_records_the_hint_and_offers_the_app(client, app, attempt):
     response = return_page(client, token, user_id="terra-user-1", resource="GARMIN")
     assert response.status_code == 200
     assert app_link(response) == f"com.example.terraconnect://connect/success?attempt_id={attempt_id}"
-    assert "window.location.replace" in response.get_data(as_text=True)
+    assert "window.location.replace" in response.get_data(as_text=True) and b"Almost done" in response.data
     with app.app_context():
         from extensions import db
         from models import ConnectAttempt
@@ -67,7 +69,8 @@ def test_return_page_headers(client, attempt):
     assert response.headers["Cache-Control"] == "no-store"
     csp = response.headers["Content-Security-Policy"]
     nonce = re.search(r"'nonce-([^']+)'", csp).group(1)
-    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "form-action 'none'" in csp
+    assert csp.split("; ") == ["default-src 'none'", f"script-src 'nonce-{nonce}'", "style-src 'self'", "img-src 'self'",
+                               "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"]
     assert f'<script nonce="{nonce}">' in response.get_data(as_text=True)
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert return_page(client, attempt[1]).headers["Content-Security-Policy"] != csp  # a fresh nonce each time
@@ -91,11 +94,13 @@ def test_after_the_fallback_the_page_does_not_try_again_but_keeps_the_link(clien
     assert app_link(response).startswith("intent://")
 
 
-def test_ios_gets_the_custom_scheme_even_when_a_universal_link_exists(client, app, attempt):
+@pytest.mark.parametrize("agent", [IPHONE, IPAD, IPOD], ids=["iPhone", "iPad", "iPod"])
+def test_ios_gets_the_custom_scheme_even_when_a_universal_link_exists(client, app, attempt, agent):
     app.config["MOBILE_UNIVERSAL_LINK_BASE"] = "https://links.example.com/terra"
-    assert app_link(return_page(client, attempt[1], agent=IPHONE)).startswith("com.example.terraconnect://")
-    assert app_link(return_page(client, attempt[1], agent=DESKTOP)).startswith(
-        "https://links.example.com/terra/connect/success?attempt_id=")
+    attempt_id, token = attempt
+    assert app_link(return_page(client, token, agent=agent)).startswith("com.example.terraconnect://")
+    assert app_link(return_page(client, token, agent=DESKTOP)) == (
+        f"https://links.example.com/terra/connect/success?attempt_id={attempt_id}")
 
 
 def test_without_any_deep_link_configured_the_page_still_explains(client, app, attempt):
@@ -107,7 +112,8 @@ def test_without_any_deep_link_configured_the_page_still_explains(client, app, a
 
 @pytest.mark.parametrize("token", ["", "forged", "a.b.c"])
 def test_bad_attempt_token_is_404(client, token):
-    assert return_page(client, token).status_code == 404
+    response = return_page(client, token)
+    assert response.status_code == 404 and b"This connection link is not valid" in response.data
 
 
 # One rule for both return pages, web and mobile (blueprints/connect.py: record_return_visit).
@@ -155,7 +161,10 @@ def test_another_signed_in_account_is_told_the_link_is_not_theirs(client, app, a
 def test_deep_links_carry_only_the_attempt_and_the_outcome():
     config = {"MOBILE_APP_SCHEME": "com.example.app", "MOBILE_UNIVERSAL_LINK_BASE": "", "ANDROID_PACKAGE_NAME": ""}
     assert direct_link(config, "abc&x=1", "failure") == "com.example.app://connect/failure?attempt_id=abc%26x%3D1"
-    with pytest.raises(ValueError):
+    # A claimed https link is preferred to the custom scheme.
+    universal = {**config, "MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com/terra"}
+    assert direct_link(universal, "abc", "success") == "https://links.example.com/terra/connect/success?attempt_id=abc"
+    with pytest.raises(ValueError, match="unknown outcome"):
         direct_link(config, "abc", "javascript:alert(1)")
     assert return_page_link({**config, "MOBILE_APP_SCHEME": ""}, "abc", "success", IPHONE, "https://x/") is None
 

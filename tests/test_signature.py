@@ -19,8 +19,8 @@ def test_known_vector():
     assert sign(BODY, SECRET, T) == f"t={T},v1={KNOWN_V1}"
 
 
-def test_valid_signature_passes():
-    verify(BODY, f"t={T},v1={KNOWN_V1}", SECRET, now=T + 10)
+def test_valid_signature_passes_and_gives_its_timestamp():
+    assert verify(BODY, f"t={T},v1={KNOWN_V1}", SECRET, now=T + 10) == T
 
 
 def test_tampered_body_fails():
@@ -58,8 +58,9 @@ def test_milliseconds_timestamp_is_rejected():
         verify(BODY, f"t={t_ms},v1={digest}", SECRET, now=T)
 
 
-def test_any_of_several_v1_values_may_match():
-    header = f"t={T},v1={'0' * 64},v1={KNOWN_V1},v0=deadbeef"
+@pytest.mark.parametrize("v1_values", [("0" * 64, KNOWN_V1), (KNOWN_V1, "0" * 64)], ids=["last", "first"])
+def test_any_of_several_v1_values_may_match(v1_values):
+    header = f"t={T}," + ",".join(f"v1={value}" for value in v1_values) + ",v0=deadbeef"
     verify(BODY, header, SECRET, now=T)
 
 
@@ -81,6 +82,22 @@ def test_uppercase_hex_and_spaces_are_tolerated():
         (f"t=abc,v1={KNOWN_V1}", "not an integer"),
         (f"t={T}", "no v1"),
         ("garbage", "no timestamp"),
+        # str.isdigit accepts these, int() refuses or reads them differently: ASCII digits only.
+        (f"t=\u00b2,v1={KNOWN_V1}", "not an integer"),
+        (f"t={str(T).translate(str.maketrans('0123456789', '０１２３４５６７８９'))},v1={KNOWN_V1}", "not an integer"),
+        (f"t={T:_},v1={KNOWN_V1}", "not an integer"),
+        (f"t=+{T},v1={KNOWN_V1}", "not an integer"),
+        (f"t={'9' * 16},v1={KNOWN_V1}", "not an integer"),
+        (f"t={T},t={T},v1={KNOWN_V1}", "more than one timestamp"),
+        (f"t=\u00a0{T},v1={KNOWN_V1}", "not an integer"),  # only spaces and tabs are trimmed
+        (f"t={T},v1={KNOWN_V1}\u0085", "not 64 hexadecimal digits"),
+        # compare_digest raises TypeError on non-ASCII text: v1 must be 64 hex digits, every one of them.
+        (f"t={T},v1={KNOWN_V1[:-1]}\u00e9", "not 64 hexadecimal digits"),
+        (f"t={T},v1={KNOWN_V1},v1=\u00e9", "not 64 hexadecimal digits"),
+        (f"t={T},v1={KNOWN_V1[:-1]}", "not 64 hexadecimal digits"),
+        (f"t={T},v1={KNOWN_V1}0", "not 64 hexadecimal digits"),
+        (f"t={T},v1={'g' * 64}", "not 64 hexadecimal digits"),
+        (f"t={T},v1=", "not 64 hexadecimal digits"),
     ],
 )
 def test_malformed_headers(header, message):

@@ -13,12 +13,12 @@ from sqlalchemy import event as sqlalchemy_event, func, select
 from sqlalchemy.exc import OperationalError
 
 from extensions import db
-from models import Connection, ReplacedTerraUser, WebhookEvent
+from models import ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
 from services import event_handlers, webhook_inbox
 from services.webhook_inbox import replay
 from terra.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
 from terra.signature import sign
-from tests.helpers import auth_event, create_user, deliver, terra_user
+from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 
 
 @pytest.fixture
@@ -139,10 +139,36 @@ def test_without_trace_id_the_body_hash_deduplicates(client, app, secret, user):
         assert db.session.scalars(select(WebhookEvent.trace_id)).one().startswith("sha256:")
 
 
+def test_an_auth_naming_no_known_session_ends_no_attempt(client, app, secret, user):
+    with app.app_context():
+        owner = db.session.get(User, user.id)
+        older, newest = create_attempt(owner).id, create_attempt(owner).id
+        create_attempt(owner, status="failed")  # newer still, but settled
+    event = auth_event(user, terra_user(user, "tu-fallback"), session_id="a-session-we-never-stored")
+    assert deliver(client, event, secret=secret).json["status"] == "applied"
+    with app.app_context():
+        statuses = dict(db.session.execute(select(ConnectAttempt.id, ConnectAttempt.status)).all())
+    assert (statuses[newest], statuses[older]) == ("pending", "pending")  # the connection is made all the same
+
+
+def test_a_signed_delivery_replayed_under_a_fresh_trace_id_is_a_duplicate(client, app, secret, user):
+    event, now = auth_event(user, terra_user(user, "tu-replay")), int(time.time())
+    first = deliver(client, event, secret=secret, timestamp=now, trace_id="trace-first")
+    replayed = deliver(client, event, secret=secret, timestamp=now, trace_id="trace-fresh")
+    assert (first.json["status"], replayed.json["status"]) == ("applied", "duplicate")
+    # Signed at another time, the same body is another delivery (Terra signs each one it sends).
+    assert deliver(client, event, secret=secret, timestamp=now - 1, trace_id="trace-later").json["status"] == "applied"
+    with app.app_context():
+        assert db.session.scalars(select(WebhookEvent.trace_id).order_by(WebhookEvent.id)).all() == [
+            "trace-first", "trace-later"]
+
+
 def test_data_events_are_recorded_one_row_per_trace_id(client, app, secret, user):
     deliver(client, auth_event(user, terra_user(user, "tu-data")), secret=secret)
-    activity = {"type": "activity", "user": terra_user(user, "tu-data"), "data": [{"metadata": {"summary_id": "s1"}}]}
+    user_json = terra_user(user, "tu-data")
     for trace in ("big:chunk:1", "big:chunk:2", "big:chunk:2"):
+        # Each chunk of a large request carries its own data.
+        activity = {"type": "activity", "user": user_json, "data": [{"metadata": {"summary_id": trace}}]}
         response = deliver(client, activity, secret=secret, trace_id=trace)
         assert response.status_code == 200
     with app.app_context():
@@ -343,3 +369,28 @@ def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_ou
         [row] = db.session.scalars(select(WebhookEvent)).all()
         assert "did not finish within 0.3 s" in row.detail
     assert [{name.lower() for name in headers} & {"x-api-key", "dev-id"} for headers in SlowStorage.seen] == [set()]
+
+
+@pytest.mark.parametrize(
+    "make_event, outcome",
+    [
+        pytest.param(lambda u: {"type": "t" * 300}, "ignored", id="unknown type, quoted in the detail"),
+        pytest.param(lambda u: {"type": "auth_cancelled", "reference_id": u.reference_id, "reason": "r" * 300},
+                     "applied", id="failure reason, quoted in the detail"),
+        pytest.param(lambda u: {"type": "auth", "status": "success", "user": {"user_id": "tu-long",
+                                                                              "reference_id": "r" * 300}},
+                     "ignored", id="reference_id of the user"),
+        pytest.param(lambda u: {"type": "user_reauth", "new_user": {"user_id": "tu-long", "reference_id": "r" * 300}},
+                     "ignored", id="reference_id of the new user"),
+    ],
+)
+def test_signed_fields_longer_than_their_columns_are_cut_not_a_500(client, app, secret, user, make_event, outcome):
+    """PostgreSQL refuses a value longer than its column (SQLite stores it): what the inbox row quotes
+    from an event is cut to fit."""
+    with app.app_context():
+        create_attempt(db.session.get(User, user.id))
+    response = deliver(client, make_event(user), secret=secret)
+    assert (response.status_code, response.json["status"]) == (200, outcome)
+    with app.app_context():
+        row = db.session.scalars(select(WebhookEvent)).one()
+    assert len(row.detail) <= 255 and len(row.reference_id or "") <= 255
