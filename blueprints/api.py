@@ -23,6 +23,7 @@ from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, Connection, User
 from services import api_tokens, attempts, connections, reconciliation
 from services.api_tokens import require_token
+from services.json_errors import json_error
 from services.request_windows import RequestWindows
 from terra.client import TerraError
 from text_checks import storable_json
@@ -45,10 +46,7 @@ class ApiError(Exception):
 
 @bp.errorhandler(ApiError)
 def handle_api_error(error: ApiError):
-    response = jsonify(error={"code": error.code, "message": error.message})
-    response.status_code = error.status
-    response.headers.update(error.headers)
-    return response
+    return json_error(error.status, error.code, error.message, error.headers)
 
 
 def json_body() -> dict:
