@@ -129,7 +129,7 @@ def test_the_token_alone_opens_the_return_page(client, app, auth, attempt, page,
     attempt_id, token = attempt
     if signed_in_as:
         assert auth.login(signed_in_as).status_code == 303
-    response = client.get(page, query_string={"attempt": token, "user_id": "terra-user-1"})
+    response = client.get(f"{page}/{token}", query_string={"user_id": "terra-user-1"})
     assert response.status_code == 200
     text = response.get_data(as_text=True)
     assert "not for your account" not in text
@@ -141,7 +141,7 @@ def test_the_token_alone_opens_the_return_page(client, app, auth, attempt, page,
 def test_another_signed_in_account_is_told_the_link_is_not_theirs(client, app, auth, attempt, page):
     attempt_id, token = attempt
     auth.register("eve@example.com")
-    response = client.get(page, query_string={"attempt": token, "user_id": "terra-user-1"})
+    response = client.get(f"{page}/{token}", query_string={"user_id": "terra-user-1"})
     assert response.status_code == 200
     text = " ".join(response.get_data(as_text=True).split())
     assert "This connection is not for your account" in text and "nothing was connected to your account" in text
