@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, render_template, request
 
 from blueprints.connect import record_return_visit, signed_in_as_someone_else
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import return_page_link
 from models.connect_attempt import AttemptHint, AttemptStatus
+from services import attempts
 
 bp = Blueprint("mobile", __name__)
 csrf.exempt(bp)
@@ -38,9 +39,7 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
     attempt = record_return_visit(token, hint)
 
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
-    fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
-        request.endpoint, token=token, tried="1"
-    )
+    fallback = attempts.return_page_url("mobile", outcome, token, tried="1")
     app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback,
                                 resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None)
 

@@ -107,11 +107,12 @@ def return_page_urls(attempt: ConnectAttempt, pages: str = "connect") -> tuple[s
     there is no query string, so Terra's `user_id`, `resource` and `reference_id` arrive intact
     whether it merges them into the URL or appends `?…` as its docs literally describe."""
     token = attempt_token(attempt)
-    base = current_app.config["PUBLIC_BASE_URL"]
-    return (
-        base + url_for(f"{pages}.return_success", token=token),
-        base + url_for(f"{pages}.return_failure", token=token),
-    )
+    return return_page_url(pages, "success", token), return_page_url(pages, "failure", token)
+
+
+def return_page_url(pages: str, outcome: str, token: str, **query: str) -> str:
+    """The absolute URL of one return page (`outcome`: success or failure) of blueprint `pages`."""
+    return current_app.config["PUBLIC_BASE_URL"] + url_for(f"{pages}.return_{outcome}", token=token, **query)
 
 
 # -- the signed token in our redirect URLs ------------------------------------------------
