@@ -13,14 +13,12 @@ from pathlib import Path
 
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from sqlalchemy import select
 
-from blueprints import MAX_ROW_ID
 from blueprints.auth import find_user_by_credentials
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
-from models import AttemptStatus, ConnectAttempt, Connection, User
+from models import AttemptStatus, ConnectAttempt, User
 from services import api_tokens, attempts, connections, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
@@ -290,18 +288,16 @@ def _owned(read, attempt_id: str):
 @require_token()
 def list_connections():
     reconciliation.reconcile_if_due(caller(), attempts.terra_client())
-    rows = db.session.scalars(
-        select(Connection).where(Connection.user_id == caller_id()).order_by(Connection.created_at.desc())
-    ).all()
-    return jsonify(connections=[row.to_dict() for row in rows])
+    return jsonify(connections=[row.to_dict() for row in connections.owned_connections(caller_id())])
 
 
 @bp.delete("/connections/<int:connection_id>")
 @require_token()
 def delete_connection(connection_id: int):
-    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
-    if connection is None or connection.user_id != caller_id():
-        raise ApiError(404, "not_found", "no such connection")
+    try:
+        connection = connections.owned_connection(caller_id(), connection_id)
+    except connections.ConnectionNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
     try:
         connections.disconnect(connection, attempts.terra_client())
     except TerraError as error:

@@ -8,11 +8,10 @@ from typing import Callable
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from blueprints import MAX_ROW_ID
 from text_checks import storable_text
 from blueprints.auth import login_required
 from extensions import db, limiter
-from models import ConnectAttempt, Connection, User
+from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation
 from terra.client import TerraError, TerraNotFound
@@ -50,9 +49,7 @@ def index():
 @login_required
 def dashboard():
     reconciliation.reconcile_if_due(g.user, attempts.terra_client())
-    user_connections = db.session.scalars(
-        select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
-    ).all()
+    user_connections = connections.owned_connections(g.user.id)
     recent_attempts = db.session.scalars(
         select(ConnectAttempt)
         .where(ConnectAttempt.user_id == g.user.id)
@@ -183,8 +180,9 @@ def claimed_resource() -> str | None:
 @bp.post("/connections/<int:connection_id>/disconnect")
 @login_required
 def disconnect(connection_id: int):
-    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
-    if connection is None or connection.user_id != g.user.id:
+    try:
+        connection = connections.owned_connection(g.user.id, connection_id)
+    except connections.ConnectionNotFound:
         abort(404, description="No such connection.")
     try:
         connections.disconnect(connection, attempts.terra_client())

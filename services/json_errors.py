@@ -7,7 +7,7 @@ removed from) the app on its own, so neither imports the app's services.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from flask import Response, jsonify
 
