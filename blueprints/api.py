@@ -22,6 +22,7 @@ from models import AttemptStatus, ConnectAttempt, User
 from services import api_tokens, attempts, connections, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
+from services.providers import UnknownProviders, require_offered
 from services.request_windows import RequestWindows
 from terra.client import TerraError
 from text_checks import storable_json
@@ -134,15 +135,13 @@ def _providers(value) -> list[str] | None:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise ApiError(400, "invalid_providers", "providers must be a non-empty list of provider codes")
     try:
-        # SDK-only providers too: Terra's widget offers them, and hands the user back to the app.
-        offered = {provider.code for provider in attempts.terra_client().integrations_detailed(include_sdk=True)
-                   if provider.enabled}
+        # Case-insensitive here (docs/openapi.json). SDK-only providers too: Terra's widget offers
+        # them, and hands the user back to the app.
+        return require_offered([item.upper() for item in value], attempts.terra_client(), include_sdk=True)
+    except UnknownProviders as error:
+        raise ApiError(400, "unknown_provider", str(error)) from None
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
-    unknown = sorted({item.upper() for item in value} - offered)
-    if unknown:
-        raise ApiError(400, "unknown_provider", f"not offered: {', '.join(unknown)}")
-    return [item.upper() for item in value]
 
 
 def _require_deep_link() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
@@ -14,11 +13,10 @@ from extensions import db, limiter
 from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation
+from services.providers import is_provider_code
 from terra.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
-
-PROVIDER_CODE = re.compile(r"[A-Z0-9_]{2,40}")  # the whole value (fullmatch): no trailing newline
 
 bp.add_app_template_filter(reason_text, "reason_text")
 
@@ -92,7 +90,7 @@ def providers():
 @login_required
 @connect_rate_limit(lambda: g.user.id)
 def connect_provider(provider: str):
-    if not PROVIDER_CODE.fullmatch(provider):
+    if not is_provider_code(provider):
         abort(404, description="Unknown provider.")
     try:
         attempt = attempts.start_provider_attempt(g.user, provider)
@@ -174,7 +172,7 @@ def claimed_terra_user_id() -> str | None:
 def claimed_resource() -> str | None:
     """The provider code a return redirect names (`resource`), or None when it does not look like one."""
     value = request.args.get("resource", "").upper()
-    return value if PROVIDER_CODE.fullmatch(value) else None
+    return value if is_provider_code(value) else None
 
 
 @bp.post("/connections/<int:connection_id>/disconnect")
