@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, select, update
 
 from extensions import db
 from models import AttemptStatus, ConnectAttempt, Connection, User
+from models.columns import fit
 from models.connect_attempt import AttemptHint
 from models.time import utcnow
 from services.connections import upsert_connection
@@ -226,7 +227,7 @@ def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str |
     if attempt.hint != hint:
         fields.update(hint=hint, hinted_at=utcnow())
     if terra_user_id and attempt.redirect_terra_user_id != terra_user_id:
-        fields["redirect_terra_user_id"] = terra_user_id[:64]
+        fields["redirect_terra_user_id"] = fit(ConnectAttempt.redirect_terra_user_id, terra_user_id)
     if resource and attempt.resource != resource:
         fields["resource"] = resource
     if fields:
@@ -257,7 +258,7 @@ def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
 
 def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
     return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.FAILED,
-                       error=(reason or "auth_failed")[:255])
+                       error=fit(ConnectAttempt.error, reason or "auth_failed"))
 
 
 def _abandoned(attempt) -> bool:

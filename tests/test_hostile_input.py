@@ -789,6 +789,15 @@ def test_return_pages_of_another_users_attempt_record_only_the_hint(app, client,
     assert tuple(row) == (world.ada_id, "pending", "terra-claim")
 
 
+def test_an_overlong_claimed_terra_user_id_is_stored_cut_to_its_column(app, client, world):
+    claim = "u" * 500
+    check(client.get(f"/connect/return/success/{world.ada_attempt_token}", query_string={"user_id": claim}), 200)
+    with app.app_context():
+        attempts = db.metadata.tables["connect_attempts"].c
+        stored = db.session.scalar(select(attempts.redirect_terra_user_id).where(attempts.id == world.ada_attempt))
+    assert stored == "u" * 64  # String(64)
+
+
 # Extra query parameters, as Terra merges them into our return URL (or an attacker adds them).
 RETURN_PARAMS = [
     pytest.param({"reason": SCRIPT}, id="HTML reason"),
