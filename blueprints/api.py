@@ -12,12 +12,11 @@ from pathlib import Path
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from blueprints.auth import find_user_by_credentials
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, User
-from services import api_tokens, attempts, connections, long_poll, reconciliation
+from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
@@ -74,7 +73,7 @@ def create_token():
     email, password = data.get("email"), data.get("password")
     if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
         raise ApiError(400, "invalid_request", "email and password are required strings")
-    user = find_user_by_credentials(email, password)
+    user = accounts.find_user_by_credentials(email, password)
     if user is None:
         raise ApiError(401, "invalid_credentials", "email or password is not right")
     token, lifetime = api_tokens.issue_token(user)
