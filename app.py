@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, render_template, request
 from sqlalchemy import event
 from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config
 from extensions import csrf, db, limiter, migrate
+from services.json_errors import json_error
 
 
 def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Flask:
@@ -92,8 +93,7 @@ def register_errorhandlers(app: Flask) -> None:
         if error.response is not None:  # already a complete answer (e.g. Authlib's RFC 6750 error)
             return error.response
         if wants_json():
-            code = (error.name or "error").lower().replace(" ", "_")
-            return jsonify(error={"code": code, "message": error.description}), error.code
+            return json_error(error.code, (error.name or "error").lower().replace(" ", "_"), error.description)
         if isinstance(error, (BadHost, SecurityError)):
             # A Host header that is malformed (an overlong or empty label) or not trusted leaves the
             # request without URL routing, so the page template (its url_for) cannot be rendered.
@@ -106,7 +106,7 @@ def register_errorhandlers(app: Flask) -> None:
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = "Something went wrong on our side. Please try again."
         if wants_json():
-            return jsonify(error={"code": "internal_error", "message": message}), 500
+            return json_error(500, "internal_error", message)
         return render_template("errors/error.html", error=None, message=message), 500
 
 

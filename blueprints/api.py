@@ -7,23 +7,19 @@ Authentication is the bearer token only: no session cookie is read and no CSRF t
 from __future__ import annotations
 
 import re
-import threading
-import time
 from pathlib import Path
 
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from sqlalchemy import select
 
-from blueprints import MAX_ROW_ID
-from blueprints.auth import find_user_by_credentials
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
-from models import AttemptStatus, ConnectAttempt, Connection, User
-from services import api_tokens, attempts, connections, reconciliation
+from models import AttemptStatus, ConnectAttempt, User
+from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
 from services.api_tokens import require_token
-from services.request_windows import RequestWindows
+from services.json_errors import json_error
+from services.providers import UnknownProviders, require_offered
 from terra.client import TerraError
 from text_checks import storable_json
 
@@ -32,8 +28,6 @@ csrf.exempt(bp)
 
 LANGUAGE = re.compile(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?")  # whole value (fullmatch): no trailing newline
 ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # what models.connect_attempt.new_attempt_id makes
-MAX_WAIT_SECONDS = 25
-WAIT_CHECK_INTERVAL = 0.05  # how often a long-poll looks for a new version (cheap primary-key read)
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
 
@@ -45,10 +39,7 @@ class ApiError(Exception):
 
 @bp.errorhandler(ApiError)
 def handle_api_error(error: ApiError):
-    response = jsonify(error={"code": error.code, "message": error.message})
-    response.status_code = error.status
-    response.headers.update(error.headers)
-    return response
+    return json_error(error.status, error.code, error.message, error.headers)
 
 
 def json_body() -> dict:
@@ -82,7 +73,7 @@ def create_token():
     email, password = data.get("email"), data.get("password")
     if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
         raise ApiError(400, "invalid_request", "email and password are required strings")
-    user = find_user_by_credentials(email, password)
+    user = accounts.find_user_by_credentials(email, password)
     if user is None:
         raise ApiError(401, "invalid_credentials", "email or password is not right")
     token, lifetime = api_tokens.issue_token(user)
@@ -138,15 +129,13 @@ def _providers(value) -> list[str] | None:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise ApiError(400, "invalid_providers", "providers must be a non-empty list of provider codes")
     try:
-        # SDK-only providers too: Terra's widget offers them, and hands the user back to the app.
-        offered = {provider.code for provider in attempts.terra_client().integrations_detailed(include_sdk=True)
-                   if provider.enabled}
+        # Case-insensitive here (docs/openapi.json). SDK-only providers too: Terra's widget offers
+        # them, and hands the user back to the app.
+        return require_offered([item.upper() for item in value], attempts.terra_client(), include_sdk=True)
+    except UnknownProviders as error:
+        raise ApiError(400, "unknown_provider", str(error)) from None
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
-    unknown = sorted({item.upper() for item in value} - offered)
-    if unknown:
-        raise ApiError(400, "unknown_provider", f"not offered: {', '.join(unknown)}")
-    return [item.upper() for item in value]
 
 
 def _require_deep_link() -> None:
@@ -169,18 +158,16 @@ def _mobile_return_urls(return_mode: str):
 
 
 def _count_poll(attempt_id: str) -> None:
-    # Per caller and attempt, not per address: many phones share one carrier NAT address.
-    limit = current_app.config["STATUS_RATE_LIMIT"]
-    retry_after = current_app.extensions["status_windows"].hit(f"{current_token.user_id}:{attempt_id}", limit)
+    retry_after = long_poll.count_poll(caller_id(), attempt_id)
     if retry_after is not None:
-        raise ApiError(429, "too_many_requests", f"status polls are limited to {limit}; see poll_after_ms",
+        raise ApiError(429, "too_many_requests",
+                       f"status polls are limited to {current_app.config['STATUS_RATE_LIMIT']}; see poll_after_ms",
                        headers={"Retry-After": str(retry_after)})
 
 
 @bp.record_once
 def _create_poll_state(state) -> None:
-    state.app.extensions["status_waiters"] = threading.BoundedSemaphore(state.app.config["STATUS_MAX_WAITERS"])
-    state.app.extensions["status_windows"] = RequestWindows()
+    long_poll.init_app(state.app)
 
 
 @bp.get("/connect-attempts/<attempt_id>")
@@ -194,7 +181,7 @@ def get_attempt(attempt_id: str):
         state = _owned(attempts.owned_poll_state, attempt_id)
         if _etag(state) in request.if_none_match and not attempts.change_due(state):
             held = wait and state.status == AttemptStatus.PENDING
-            if not (held and _long_poll(attempt_id, state.version, wait)):
+            if not (held and long_poll.wait_for_change(attempt_id, state.version, wait)):
                 return _not_modified(state)
     return _attempt_response(attempts.refresh(_owned_attempt(attempt_id)))
 
@@ -207,37 +194,9 @@ def _wait_seconds() -> float:
         wait = int(raw)
     except ValueError:
         raise ApiError(400, "invalid_wait", "wait must be a whole number of seconds") from None
-    if not 0 <= wait <= MAX_WAIT_SECONDS:
-        raise ApiError(400, "invalid_wait", f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
+    if not 0 <= wait <= long_poll.MAX_WAIT_SECONDS:
+        raise ApiError(400, "invalid_wait", f"wait must be between 0 and {long_poll.MAX_WAIT_SECONDS} seconds")
     return wait
-
-
-def _long_poll(attempt_id: str, seen_version: int, wait: float) -> bool:
-    """Wait for news if this worker has a waiter slot free; else answer at once (the client then
-    backs off, docs/mobile.md), so sleeping long-polls never hold every thread a webhook needs."""
-    slots = current_app.extensions["status_waiters"]
-    if not slots.acquire(blocking=False):
-        return False
-    try:
-        return _wait_for_change(attempt_id, seen_version, wait)
-    finally:
-        slots.release()
-
-
-def _wait_for_change(attempt_id: str, seen_version: int, wait: float) -> bool:
-    """Whether the attempt changed (in any process: this reads the database) or time alone changed
-    it, within `wait` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        # End the transaction before sleeping: the connection goes back to the pool (a sleeping
-        # long-poll must not hold one), and the next read sees other processes' commits.
-        db.session.rollback()
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(WAIT_CHECK_INTERVAL)
-        state = attempts.poll_state(attempt_id)
-        if state is None or state.version != seen_version or attempts.change_due(state):
-            return True
 
 
 def _etag(attempt) -> str:
@@ -292,18 +251,16 @@ def _owned(read, attempt_id: str):
 @require_token()
 def list_connections():
     reconciliation.reconcile_if_due(caller(), attempts.terra_client())
-    rows = db.session.scalars(
-        select(Connection).where(Connection.user_id == caller_id()).order_by(Connection.created_at.desc())
-    ).all()
-    return jsonify(connections=[row.to_dict() for row in rows])
+    return jsonify(connections=[row.to_dict() for row in connections.owned_connections(caller_id())])
 
 
 @bp.delete("/connections/<int:connection_id>")
 @require_token()
 def delete_connection(connection_id: int):
-    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
-    if connection is None or connection.user_id != caller_id():
-        raise ApiError(404, "not_found", "no such connection")
+    try:
+        connection = connections.owned_connection(caller_id(), connection_id)
+    except connections.ConnectionNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
     try:
         connections.disconnect(connection, attempts.terra_client())
     except TerraError as error:

@@ -7,19 +7,16 @@ generation is no longer the user's is signed out, so logging out ends every copy
 from __future__ import annotations
 
 import functools
-import secrets
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
-from werkzeug.security import check_password_hash, generate_password_hash
+from sqlalchemy import update
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Email, Length
 
 from extensions import db, limiter
 from models import User
-from services.reference_ids import new_reference_id
+from services import accounts
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
@@ -27,29 +24,6 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 class CredentialsForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(min=8, max=128)])
-
-
-def normalise_email(email: str) -> str:
-    return email.strip().lower()
-
-
-def hash_password(password: str) -> str:
-    return generate_password_hash(password)
-
-
-@functools.cache
-def _dummy_password_hash() -> str:
-    # Made once per process, by the same function (algorithm and cost) as every real hash.
-    return hash_password(secrets.token_urlsafe(32))
-
-
-def find_user_by_credentials(email: str, password: str) -> User | None:
-    """The user these credentials sign in, or None. Used by the web login and the API's token
-    endpoint. An unknown email is checked against a dummy hash, so it costs the same time as a
-    wrong password and the answer's timing does not tell which addresses have an account."""
-    user = db.session.scalars(select(User).where(func.lower(User.email) == normalise_email(email))).first()
-    matches = check_password_hash(user.password_hash if user is not None else _dummy_password_hash(), password)
-    return user if user is not None and matches else None
 
 
 @bp.before_app_request
@@ -85,16 +59,9 @@ def register():
     # Limited per client address: each try costs a password hash, and accounts are free to make.
     form = CredentialsForm()
     if form.validate_on_submit():
-        user = User(
-            email=normalise_email(form.email.data),
-            password_hash=hash_password(form.password.data),
-            reference_id=new_reference_id(),
-        )
-        db.session.add(user)
         try:
-            db.session.commit()
-        except IntegrityError:
-            db.session.rollback()
+            user = accounts.register(form.email.data, form.password.data)
+        except accounts.EmailTaken:
             form.email.errors.append("An account with this email already exists.")
         else:
             _start_session(user)
@@ -107,7 +74,7 @@ def register():
 def login():
     form = CredentialsForm()
     if form.validate_on_submit():
-        user = find_user_by_credentials(form.email.data, form.password.data)
+        user = accounts.find_user_by_credentials(form.email.data, form.password.data)
         if user is not None:
             _start_session(user)
             return redirect(_safe_next(request.args.get("next")), code=303)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from blueprints import MAX_ROW_ID
-from text_checks import storable_text
 from blueprints.auth import login_required
 from extensions import db, limiter
-from models import ConnectAttempt, Connection, User
+from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint, reason_text
-from services import attempts, connections, reconciliation
+from services import attempts, connections, reconciliation, return_visits
+from services.providers import is_provider_code
 from terra.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
-
-PROVIDER_CODE = re.compile(r"[A-Z0-9_]{2,40}")  # the whole value (fullmatch): no trailing newline
 
 bp.add_app_template_filter(reason_text, "reason_text")
 
@@ -50,9 +46,7 @@ def index():
 @login_required
 def dashboard():
     reconciliation.reconcile_if_due(g.user, attempts.terra_client())
-    user_connections = db.session.scalars(
-        select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
-    ).all()
+    user_connections = connections.owned_connections(g.user.id)
     recent_attempts = db.session.scalars(
         select(ConnectAttempt)
         .where(ConnectAttempt.user_id == g.user.id)
@@ -95,7 +89,7 @@ def providers():
 @login_required
 @connect_rate_limit(lambda: g.user.id)
 def connect_provider(provider: str):
-    if not PROVIDER_CODE.fullmatch(provider):
+    if not is_provider_code(provider):
         abort(404, description="Unknown provider.")
     try:
         attempt = attempts.start_provider_attempt(g.user, provider)
@@ -119,8 +113,8 @@ def return_failure(token: str):
 
 def _return_page(token: str, hint: AttemptHint):
     """Where Terra sends the browser back. The query string is a hint; the page shows the truth."""
-    attempt = record_return_visit(token, hint)
-    if signed_in_as_someone_else(attempt):
+    attempt = return_visits.record_visit(token, hint, request.args)
+    if return_visits.signed_in_as_someone_else(attempt, g.user):
         return render_template("connect/return.html", another_account=True)
     if hint == AttemptHint.RETURNED_SUCCESS:
         # Terra's guidance: reconcile on the success redirect, the webhook may not have landed yet.
@@ -131,60 +125,26 @@ def _return_page(token: str, hint: AttemptHint):
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
 
 
-def record_return_visit(token: str, hint: AttemptHint) -> ConnectAttempt:
-    """What both return pages, web and mobile (mobile_redirects/views.py), do first.
-
-    The signed attempt token in the URL is the capability: it alone names the attempt, and a browser
-    with no session at all (an in-app browser) is served in full. Whoever holds it may record the
-    return hint, which is advisory: an outcome needs a verified webhook or a userInfo check against
-    the attempt owner's reference_id, so a visit cannot move a connection to anyone. 404 for a token
-    that is not valid.
-    """
-    try:
-        return attempts.record_return(token, hint, claimed_terra_user_id(), claimed_resource())
-    except attempts.AttemptNotFound as error:
-        abort(404, description=f"This connection link is not valid ({error}).")
-
-
-def signed_in_as_someone_else(attempt: ConnectAttempt) -> bool:
-    """A browser signed in as another account than the attempt's owner is told the link is not
-    theirs and shown none of the attempt's state: someone who finished an attacker's widget or
-    followed an attacker's link must not read "Connected" as news about their own account."""
-    return g.user is not None and g.user.id != attempt.user_id
-
-
 @bp.get("/connect/attempts/status")
 def attempt_status():
     """JSON state for the return page's live update, authorised by the signed attempt token."""
     try:
         attempt = attempts.attempt_from_token(request.args.get("attempt"))
-        if signed_in_as_someone_else(attempt):
-            raise attempts.AttemptNotFound("unknown attempt")
     except attempts.AttemptNotFound as error:
-        abort(404, description=f"This connection link is not valid ({error}).")
+        raise return_visits.InvalidReturnLink(error) from None
+    if return_visits.signed_in_as_someone_else(attempt, g.user):
+        raise return_visits.InvalidReturnLink("unknown attempt")
     response = jsonify(attempts.refresh(attempt).to_dict())
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def claimed_terra_user_id() -> str | None:
-    """The Terra user id a return redirect claims (a hint, checked later), or None when it is not
-    text the database can keep (`%00`)."""
-    value = request.args.get("user_id")
-    return value if value is not None and storable_text(value) else None
-
-
-def claimed_resource() -> str | None:
-    """The provider code a return redirect names (`resource`), or None when it does not look like one."""
-    value = request.args.get("resource", "").upper()
-    return value if PROVIDER_CODE.fullmatch(value) else None
-
-
 @bp.post("/connections/<int:connection_id>/disconnect")
 @login_required
 def disconnect(connection_id: int):
-    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
-    if connection is None or connection.user_id != g.user.id:
+    try:
+        connection = connections.owned_connection(g.user.id, connection_id)
+    except connections.ConnectionNotFound:
         abort(404, description="No such connection.")
     try:
         connections.disconnect(connection, attempts.terra_client())

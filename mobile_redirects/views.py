@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, g, render_template, request
 
-from blueprints.connect import record_return_visit, signed_in_as_someone_else
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import return_page_link
 from models.connect_attempt import AttemptHint, AttemptStatus
+from services import attempts, return_visits
 
 bp = Blueprint("mobile", __name__)
 csrf.exempt(bp)
@@ -32,22 +32,20 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
     The automatic try can be dropped silently (Chrome needs a user gesture for app launches after a
     while; iOS ignores universal links to the page's own domain), so the link is the real way back:
     tapping it is a fresh gesture. Both return pages follow one rule for whose attempt it is
-    (`record_return_visit` in blueprints/connect.py); the app link stays either way, since the app
+    (services/return_visits.py); the app link stays either way, since the app
     asks the API, as its own user, what happened.
     """
-    attempt = record_return_visit(token, hint)
+    attempt = return_visits.record_visit(token, hint, request.args)
 
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
-    fallback = current_app.config["PUBLIC_BASE_URL"] + url_for(
-        request.endpoint, token=token, tried="1"
-    )
+    fallback = attempts.return_page_url("mobile", outcome, token, tried="1")
     app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback,
                                 resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None)
 
     nonce = secrets.token_urlsafe(16)
     html = render_template(
         "mobile/return.html", outcome=outcome, app_link=app_link, try_app=bool(app_link) and not tried_already,
-        nonce=nonce, another_account=signed_in_as_someone_else(attempt),
+        nonce=nonce, another_account=return_visits.signed_in_as_someone_else(attempt, g.user),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"

@@ -11,7 +11,6 @@ stop accepting it within that many seconds. Only valid tokens are kept, so a new
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -19,13 +18,14 @@ from datetime import datetime, timedelta
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2.rfc6750 import BearerTokenValidator
-from flask import Response, abort, current_app
+from flask import abort, current_app
 from sqlalchemy import select, update
 
 from extensions import db
 from models import ApiToken, User
 from models.api_token import hash_token, new_token
 from models.time import utcnow
+from services.json_errors import json_error
 
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 TOKEN_CACHE_MAX_ENTRIES = 10_000  # a bound on memory, far above one worker's active pollers
@@ -138,8 +138,7 @@ class BearerTokenProtector(ResourceProtector):
 
     def raise_error_response(self, error):
         message = error.get_error_description() or "a valid bearer token is required"
-        body = json.dumps({"error": {"code": error.error or "unauthorized", "message": message}})
-        abort(Response(body, status=error.status_code, headers=error.get_headers()))
+        abort(json_error(error.status_code, error.error or "unauthorized", message, error.get_headers()))
 
 
 require_token = BearerTokenProtector()

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, select, update
 
 from extensions import db
 from models import AttemptStatus, ConnectAttempt, Connection, User
+from models.columns import fit
 from models.connect_attempt import AttemptHint
 from models.time import utcnow
 from services.connections import upsert_connection
@@ -107,11 +108,12 @@ def return_page_urls(attempt: ConnectAttempt, pages: str = "connect") -> tuple[s
     there is no query string, so Terra's `user_id`, `resource` and `reference_id` arrive intact
     whether it merges them into the URL or appends `?…` as its docs literally describe."""
     token = attempt_token(attempt)
-    base = current_app.config["PUBLIC_BASE_URL"]
-    return (
-        base + url_for(f"{pages}.return_success", token=token),
-        base + url_for(f"{pages}.return_failure", token=token),
-    )
+    return return_page_url(pages, "success", token), return_page_url(pages, "failure", token)
+
+
+def return_page_url(pages: str, outcome: str, token: str, **query: str) -> str:
+    """The absolute URL of one return page (`outcome`: success or failure) of blueprint `pages`."""
+    return current_app.config["PUBLIC_BASE_URL"] + url_for(f"{pages}.return_{outcome}", token=token, **query)
 
 
 # -- the signed token in our redirect URLs ------------------------------------------------
@@ -225,7 +227,7 @@ def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str |
     if attempt.hint != hint:
         fields.update(hint=hint, hinted_at=utcnow())
     if terra_user_id and attempt.redirect_terra_user_id != terra_user_id:
-        fields["redirect_terra_user_id"] = terra_user_id[:64]
+        fields["redirect_terra_user_id"] = fit(ConnectAttempt.redirect_terra_user_id, terra_user_id)
     if resource and attempt.resource != resource:
         fields["resource"] = resource
     if fields:
@@ -256,7 +258,7 @@ def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
 
 def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
     return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.FAILED,
-                       error=(reason or "auth_failed")[:255])
+                       error=fit(ConnectAttempt.error, reason or "auth_failed"))
 
 
 def _abandoned(attempt) -> bool:

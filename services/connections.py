@@ -18,6 +18,30 @@ from terra.client import TerraClient, TerraNotFound, TerraUser
 # Why a connection ended, for its owner to read (models.connect_attempt.REASON_TEXT).
 RELINKED_ELSEWHERE = "relinked_elsewhere"
 
+# The largest value of an `integer` primary key (32 bits on PostgreSQL). A larger id in a URL names
+# nothing; handed to the database it would be an error (PostgreSQL: out of range, SQLite: overflow).
+MAX_ROW_ID = 2**31 - 1
+
+
+class ConnectionNotFound(LookupError):
+    pass
+
+
+def owned_connections(user_id: int) -> list[Connection]:
+    """`user_id`'s connections, newest first: the dashboard and the API's list show these."""
+    return list(db.session.scalars(
+        select(Connection).where(Connection.user_id == user_id).order_by(Connection.created_at.desc())
+    ))
+
+
+def owned_connection(user_id: int, connection_id: int) -> Connection:
+    """The connection `connection_id` of `user_id`: the web's disconnect and the API's delete ask here.
+    ConnectionNotFound for an id that is not theirs: never reveal that someone else's exists."""
+    connection = db.session.get(Connection, connection_id) if connection_id <= MAX_ROW_ID else None
+    if connection is None or connection.user_id != user_id:
+        raise ConnectionNotFound("no such connection")
+    return connection
+
 
 def by_terra_user_id(terra_user_id: str) -> Connection | None:
     return db.session.scalars(select(Connection).where(Connection.terra_user_id == terra_user_id)).first()

@@ -3,9 +3,9 @@
 import pytest
 from sqlalchemy import func, select
 
-import blueprints.auth
 from extensions import db
 from models import User
+from services import accounts
 from services.reference_ids import is_authentic, new_reference_id
 from tests.conftest import Browser
 
@@ -126,13 +126,13 @@ def test_an_unknown_email_costs_the_same_password_check_as_a_known_one(client, a
     auth.register()
     auth.logout()
     checked_hashes = []
-    real_check = blueprints.auth.check_password_hash
+    real_check = accounts.check_password_hash
 
     def counting_check(password_hash, password):
         checked_hashes.append(password_hash)
         return real_check(password_hash, password)
 
-    monkeypatch.setattr(blueprints.auth, "check_password_hash", counting_check)
+    monkeypatch.setattr(accounts, "check_password_hash", counting_check)
     statuses = [sign_in(client, email, "wrong password!").status_code
                 for email in ("ada@example.com", "nobody@example.com", "someone@example.com")]
     assert statuses == [refused] * 3

@@ -43,6 +43,7 @@ from extensions import db
 from models import ApiToken, Connection, User, WebhookEvent
 from models.api_token import hash_token
 from models.time import utcnow
+from sandbox.traffic import traffic_of
 from services.api_tokens import issue_token
 from services.attempts import TOKEN_SALT, attempt_token
 from services.reference_ids import SALT as REFERENCE_ID_SALT
@@ -652,13 +653,15 @@ def test_api_attempt_with_hostile_fields_creates_nothing(app, client, world, bod
     pytest.param([""], id="empty string"),
 ])
 def test_api_attempt_with_hostile_provider_codes_creates_nothing(live_server, providers):
-    """Provider codes are checked against Terra's list (the sandbox, over HTTP)."""
+    """A value that is not written like a provider code is refused before Terra's list is asked
+    for, as on the web (services/providers.py)."""
     world = build_world(live_server.app)
     with unchanged(live_server.app):
         response = requests.post(live_server.url + "/api/v1/connect-attempts", json={"providers": providers},
                                  headers=bearer(world.ada_token), timeout=10)
     check(response, 400)
     assert error_code(response) == "unknown_provider" and content_type(response) == "application/json"
+    assert traffic_of(live_server.app).requests("sandbox.integrations_detailed") == []
 
 
 @pytest.mark.parametrize("wait", [SQL, SCRIPT, "0x10", "1e1", "26", "-1", "2.5", ""])
@@ -840,6 +843,15 @@ def test_return_pages_of_another_users_attempt_record_only_the_hint(app, client,
         row = db.session.execute(select(attempts.user_id, attempts.status, attempts.redirect_terra_user_id)
                                  .where(attempts.id == world.ada_attempt)).one()
     assert tuple(row) == (world.ada_id, "pending", "terra-claim")
+
+
+def test_an_overlong_claimed_terra_user_id_is_stored_cut_to_its_column(app, client, world):
+    claim = "u" * 500
+    check(client.get(f"/connect/return/success/{world.ada_attempt_token}", query_string={"user_id": claim}), 200)
+    with app.app_context():
+        attempts = db.metadata.tables["connect_attempts"].c
+        stored = db.session.scalar(select(attempts.redirect_terra_user_id).where(attempts.id == world.ada_attempt))
+    assert stored == "u" * 64  # String(64)
 
 
 # Extra query parameters, as Terra merges them into our return URL (or an attacker adds them).

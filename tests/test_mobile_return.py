@@ -116,7 +116,7 @@ def test_bad_attempt_token_is_404(client, token):
     assert response.status_code == 404 and b"This connection link is not valid" in response.data
 
 
-# One rule for both return pages, web and mobile (blueprints/connect.py: record_return_visit).
+# One rule for both return pages, web and mobile (services/return_visits.py).
 BOTH_RETURN_PAGES = ["/connect/return/success", "/mobile/return/success"]
 
 
