@@ -65,7 +65,7 @@ def _migrate(uri: str) -> None:
 
     app = create_app(environ=_environ(uri))
     with app.app_context():
-        upgrade()
+        upgrade(revision="heads")
         db.engine.dispose()
 
 
