@@ -10,9 +10,7 @@ import pytest
 from app import create_app
 from config import AppSettings, ConfigError, TerraSettings, load_config
 from mobile_redirects.settings import MobileSettings
-from sandbox.settings import SandboxSettings
 from tests.conftest import ROOT, TEST_SECRET_KEY, VENV_BIN, Browser, _environ, free_port, server_process
-from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 LIVE = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
 PRODUCTION = {**LIVE, "APP_ENV": "production", "SECRET_KEY": "k" * 32, "PUBLIC_BASE_URL": "https://connect.example.com"}
@@ -24,6 +22,7 @@ def started_config(tmp_path, **env: str) -> dict:
     return create_app(environ={"SECRET_KEY": "k" * 32, "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite", **env}).config
 
 
+@pytest.mark.sandbox
 def test_defaults_run_the_sandbox_on_sqlite(tmp_path):
     config = load_config({}, str(tmp_path))
     assert config["TERRA_MODE"] == "sandbox"
@@ -76,6 +75,7 @@ def test_production_uses_secure_cookies_and_trusts_only_its_public_host(tmp_path
     assert load_config({}, str(tmp_path))["TRUSTED_HOSTS"] is None  # development answers to any host
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("env, expected", [
     ({}, "http://127.0.0.1:5000"),
     ({"PORT": "5731"}, "http://127.0.0.1:5731"),
@@ -115,6 +115,7 @@ def test_live_mode_does_not_mount_the_sandbox(tmp_path):
     assert not any(rule.rule.startswith("/sandbox") for rule in app.url_map.iter_rules())
 
 
+@pytest.mark.sandbox
 def test_blank_values_count_as_unset(tmp_path):
     config = load_config({"TERRA_DEV_ID": "", "TERRA_WIDGET_SESSION_URL": "", "DATABASE_URL": ""}, str(tmp_path))
     assert config["TERRA_MODE"] == "sandbox"
@@ -123,6 +124,7 @@ def test_blank_values_count_as_unset(tmp_path):
         .endswith("/sandbox/api/widget/session")
 
 
+@pytest.mark.sandbox
 def test_terra_endpoints_from_the_environment_win_over_the_sandboxs(tmp_path):
     config = started_config(tmp_path, TERRA_API_BASE_URL="http://127.0.0.1:9/v2/")
     assert config["TERRA_API_BASE_URL"] == "http://127.0.0.1:9/v2"
@@ -211,13 +213,18 @@ FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}
 SECRET_VALUES = {"SECRET_KEY", "DATABASE_URL", "RATELIMIT_STORAGE_URI", "TERRA_API_KEY", "TERRA_SIGNING_SECRET"}
 
 
+@pytest.mark.sandbox
 def test_every_setting_has_a_bad_value_below():
+    from sandbox.settings import SandboxSettings
+
     settings = {name for model in (AppSettings, TerraSettings, MobileSettings, SandboxSettings)
                 for name in model.model_fields}
     assert set(BAD_VALUES) | FREE_FORM == settings
 
 
-@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.sandbox) if name.startswith("SANDBOX_") else name for name in sorted(BAD_VALUES)
+])
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
     value, needs = BAD_VALUES[name]
     with pytest.raises(ConfigError, match=name) as refused:
@@ -236,6 +243,8 @@ SETTINGS_UNDER_TEST = ("FLASK_SKIP_DOTENV", "APP_ENV", "SECRET_KEY", "DATABASE_U
 
 def connect_and_wait(url: str) -> None:
     """Register and connect through the sandbox that the server at `url` serves itself."""
+    from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal  # they need the sandbox
+
     browser = Browser(url)
     assert "Your connections" in browser.register().text
     widget_url = start_connect(browser)
@@ -243,6 +252,7 @@ def connect_and_wait(url: str) -> None:
     assert wait_for_terminal(browser, finish_widget(widget_url))["status"] == "connected"
 
 
+@pytest.mark.sandbox
 def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
     """A `.env` in the working directory, as README's quick start has one: `flask db upgrade` migrates
     the database it names, gunicorn serves that same database on the PORT it names, and the sandbox
@@ -266,6 +276,7 @@ def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
         connect_and_wait(url)
 
 
+@pytest.mark.sandbox  # the app the factory builds runs without Terra credentials
 @pytest.mark.parametrize("skip_dotenv, reads_dotenv", [("", True), ("1", False)])
 def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv, reads_dotenv):
     """Without the `flask` command or gunicorn.conf.py around it (another WSGI server imports the
@@ -281,6 +292,7 @@ def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv,
     assert ("from-dotenv.sqlite" in printed.stdout) is reads_dotenv
 
 
+@pytest.mark.sandbox
 def test_flask_run_derives_public_base_url_from_its_port(database_uri, tmp_path, app):  # `app` empties the tables
     port = free_port()
     env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
