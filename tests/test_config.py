@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import dotenv
 import pytest
 
 from app import create_app
@@ -172,8 +173,8 @@ BAD_VALUES = {
     "STATUS_POLL_AFTER_MS": ("2s", {}),
     # One credential alone is half a live configuration.
     "TERRA_DEV_ID": ("dev", {}),
-    "TERRA_API_KEY": ("key", {}),
-    "TERRA_SIGNING_SECRET": ("whsec", {}),
+    "TERRA_API_KEY": ("key-5ecret", {}),
+    "TERRA_SIGNING_SECRET": ("whsec-5ecret", {}),
     "TERRA_WIDGET_API": ("v3", {}),
     "TERRA_WIDGET_SESSION_URL": ("access.tryterra.co/api/widget/session", {}),
     "TERRA_LEGACY_WIDGET_URL": ("ftp://api.tryterra.co/v2", {}),
@@ -209,8 +210,9 @@ BAD_VALUES = {
 }
 # Any text is a valid secret: these have no bad value.
 FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}
-# Settings that may carry a password or a key: their value never appears in a message.
-SECRET_VALUES = {"SECRET_KEY", "DATABASE_URL", "RATELIMIT_STORAGE_URI", "TERRA_API_KEY", "TERRA_SIGNING_SECRET"}
+# Settings that may carry a password or a key, and the secret in their bad value: it never appears in a message.
+SECRETS = {"SECRET_KEY": BAD_VALUES["SECRET_KEY"][0], "DATABASE_URL": "hunter2", "RATELIMIT_STORAGE_URI": "hunter2",
+           "TERRA_API_KEY": "5ecret", "TERRA_SIGNING_SECRET": "5ecret"}
 
 
 @pytest.mark.sandbox
@@ -222,6 +224,13 @@ def test_every_setting_has_a_bad_value_below():
     assert set(BAD_VALUES) | FREE_FORM == settings
 
 
+@pytest.mark.sandbox
+def test_env_example_lists_every_setting_with_values_the_app_accepts(tmp_path):
+    example = dotenv.dotenv_values(ROOT / ".env.example")
+    assert set(example) == set(BAD_VALUES) | FREE_FORM
+    started_config(tmp_path, **{name: value for name, value in example.items() if value is not None})
+
+
 @pytest.mark.parametrize("name", [
     pytest.param(name, marks=pytest.mark.sandbox) if name.startswith("SANDBOX_") else name for name in sorted(BAD_VALUES)
 ])
@@ -229,8 +238,8 @@ def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
     value, needs = BAD_VALUES[name]
     with pytest.raises(ConfigError, match=name) as refused:
         started_config(tmp_path, **{**needs, name: value})
-    if name in SECRET_VALUES:
-        assert value not in str(refused.value)
+    if name in SECRETS:
+        assert SECRETS[name] not in str(refused.value)
     assert "Traceback" not in str(refused.value) and "pydantic" not in str(refused.value)
 
 

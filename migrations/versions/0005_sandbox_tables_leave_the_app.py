@@ -13,7 +13,7 @@ import sqlalchemy as sa
 # revision identifiers, used by Alembic.
 revision = '0005'
 down_revision = '0004'
-branch_labels = None
+branch_labels = ('app',)  # the app's own history: `flask db migrate --head app@head`
 depends_on = None
 
 SANDBOX_TABLES = ('sandbox_payloads', 'sandbox_users', 'sandbox_sessions')
