@@ -107,6 +107,15 @@ def _describe(model: type[Settings], problem: Any) -> str:
     return f"{name} {message}" if name else message
 
 
+def is_plain_url(url: str, schemes: tuple[str, ...]) -> bool:
+    """A URL with one of `schemes` and a host, and nothing that could make it point elsewhere than it
+    seems: no user info, query, fragment or backslash."""
+    parts = urlsplit(url)
+    return parts.scheme in schemes and bool(parts.hostname) and not (
+        parts.username or parts.password or parts.query or parts.fragment or "\\" in url
+    )
+
+
 def _comma_separated(value: Any) -> Any:
     return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
@@ -228,9 +237,7 @@ class AppSettings(ServerSettings):
     @classmethod
     def _public_origin(cls, url: str) -> str:
         url = url.rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query \
-                or parts.fragment or parts.username or parts.password:
+        if not is_plain_url(url, ("http", "https")) or urlsplit(url).path:
             raise ValueError(f"must be an origin such as https://connect.example.com, not {url!r}")
         return url
 

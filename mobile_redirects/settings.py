@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, field_validator, model_validator
 
-from config import CommaSeparated, Settings
+from config import CommaSeparated, Settings, is_plain_url
 
 # A demo scheme outside production, so the mobile walkthrough works without configuration.
 DEVELOPMENT_APP_SCHEME = "com.example.terraconnect"
@@ -53,9 +52,7 @@ class MobileSettings(Settings):
     @classmethod
     def _plain_https(cls, base: str) -> str:
         base = base.rstrip("/")
-        parts = urlsplit(base)
-        if parts.scheme != "https" or not parts.hostname or parts.username or parts.password or parts.query \
-                or parts.fragment or "\\" in base:
+        if not is_plain_url(base, ("https",)):
             raise ValueError("must be a plain https:// URL such as https://links.example.com/terra")
         return base
 
