@@ -9,7 +9,7 @@ CHROMIUM ?= /usr/bin/chromium
 .PHONY: run test mutation mobile-client install install-dev chromium clean
 
 run: install
-	$(BIN)/flask --app app db upgrade
+	$(BIN)/flask --app app db upgrade heads
 	$(BIN)/gunicorn --config gunicorn.conf.py "app:create_app()"
 
 test: install-dev chromium

@@ -10,14 +10,17 @@ from sqlalchemy import event
 from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import load_config
+from config import load_config, process_environment
 from extensions import csrf, db, limiter, migrate
 from services.json_errors import json_error
+from sandbox import init_sandbox  # the embedded Terra emulator: delete this, its call below and sandbox/ to drop it
 
 
 def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
+    environ = process_environment() if environ is None else environ
     app.config.update(load_config(environ, app.instance_path))
+    init_sandbox(app, environ)
     if overrides:
         app.config.update(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -35,7 +38,6 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
 
 def register_extensions(app: Flask) -> None:
     import models  # noqa: F401  (registers the tables with SQLAlchemy before migrations look)
-    import sandbox.models  # noqa: F401  (its tables exist in every mode; the schema is one migration history)
     from services import api_tokens
     from terra.client import TerraClient
 
@@ -77,11 +79,6 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(mobile_bp)
     csrf.exempt(webhooks_bp)  # authenticated by Terra's signature instead
-
-    if app.config["TERRA_MODE"] == "sandbox":
-        from sandbox import init_sandbox
-
-        init_sandbox(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

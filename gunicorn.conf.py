@@ -6,20 +6,21 @@ mode, to the sandbox it serves itself): a sync worker would block on its own req
 
 import os
 
-from config import bind_address, load_env_file
+from config import ServerSettings, load_env_file, read_settings
 
 # The same .env as the app and the `flask` command, read before the settings below (PORT, BIND, ...).
 load_env_file()
+server_settings = read_settings(ServerSettings, os.environ)
 # The app derives PUBLIC_BASE_URL from the same address in development (config.py).
-bind = bind_address(os.environ)
+bind = server_settings.bind_address
 worker_class = "gthread"
 # One worker process per core: Python runs one thread at a time per process (the GIL).
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = server_settings.WEB_CONCURRENCY
 # Many threads per worker: a status long-poll holds its thread for up to 25 s while it mostly sleeps,
 # so threads, not CPU, run out first. With 8 a worker, 16 open long-polls left no thread for the
 # webhook that would wake them (docs/performance.md). At most STATUS_MAX_WAITERS (16) of them wait
 # at once, so at least half the threads are always free for webhooks and other calls.
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+threads = server_settings.GUNICORN_THREADS
 # Above the longest request we serve: the status long-poll (25 s) and a Terra call's timeout (10 s).
 timeout = 60
 graceful_timeout = 30

@@ -174,7 +174,7 @@ class Run(ExitStack):
 
         app = self.flask_app()
         with app.app_context():
-            upgrade()
+            upgrade(revision="heads")
         quiet_logs()
         variant = app_env_overrides(self.args)
         if variant:

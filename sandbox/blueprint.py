@@ -4,4 +4,5 @@ from flask import Blueprint
 
 URL_PREFIX = "/sandbox"
 
-bp = Blueprint("sandbox", __name__)
+# Its pages are in sandbox/templates/sandbox/, named "sandbox/<page>.html" as before.
+bp = Blueprint("sandbox", __name__, template_folder="templates")

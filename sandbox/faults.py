@@ -104,16 +104,6 @@ def parse_fault_names(value: object) -> tuple[str, ...]:
     return tuple(names)
 
 
-def faults_setting(value: str) -> list[str]:
-    """SANDBOX_FAULTS from the environment, checked at start-up like every other setting."""
-    from config import ConfigError
-
-    try:
-        return list(parse_fault_names(value))
-    except UnknownFault as problem:
-        raise ConfigError(f"SANDBOX_FAULTS: {problem}") from None
-
-
 def run_faults(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The faults switched on for the whole run (SANDBOX_FAULTS)."""
     return parse_fault_names(config.get("SANDBOX_FAULTS"))

@@ -4,10 +4,16 @@ which serves the whole app (sandbox included) over real HTTP on loopback.
 The database is SQLite in a temporary folder by default, or the PostgreSQL named by
 TEST_DATABASE_URL. Either way the schema comes from the Alembic migrations, once per run, and every
 test starts from empty tables.
+
+The sandbox is a removable part of the app. Tests that need it are marked `sandbox`; in a copy of
+the app without sandbox/, nothing plays Terra, so the apps built here run in live mode against a Terra
+that refuses connections (LIVE_TERRA), and `pytest -m "not sandbox"` runs the tests that still apply
+(tests/test_sandbox.py proves it on such a copy).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -31,12 +37,22 @@ from config import database_url
 from extensions import db
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
+SANDBOX_INSTALLED = importlib.util.find_spec("sandbox") is not None
+# Made-up credentials, and endpoints on a loopback port nothing listens on (9, "discard").
+DEAD_TERRA = "http://127.0.0.1:9"
+LIVE_TERRA = {"TERRA_DEV_ID": "test-dev-id", "TERRA_API_KEY": "test-api-key", "TERRA_SIGNING_SECRET": "test-secret",
+              "TERRA_API_BASE_URL": DEAD_TERRA + "/v2", "TERRA_WIDGET_SESSION_URL": DEAD_TERRA + "/api/widget/session",
+              "TERRA_LEGACY_WIDGET_URL": DEAD_TERRA + "/v2/auth/generateWidgetSession"}
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the `flask` and `gunicorn` commands of this environment
 
 # A developer's .env must not reach the tests: apps built here get their whole environment passed in,
 # and the servers and commands started as subprocesses inherit this switch (config.load_env_file).
 os.environ["FLASK_SKIP_DOTENV"] = "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sandbox: needs the embedded Terra sandbox (sandbox/)")
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +81,13 @@ def _migrate(uri: str) -> None:
 
     app = create_app(environ=_environ(uri))
     with app.app_context():
-        upgrade()
+        upgrade(revision="heads")
         db.engine.dispose()
 
 
 def _environ(uri: str, **extra: str) -> dict[str, str]:
-    return {"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": uri, **extra}
+    terra = {} if SANDBOX_INSTALLED else LIVE_TERRA
+    return {"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": uri, **terra, **extra}
 
 
 def _empty_tables(app) -> None:

@@ -5,22 +5,30 @@ import os
 import subprocess
 import sys
 
+import dotenv
 import pytest
 
 from app import create_app
-from config import ConfigError, load_config
+from config import AppSettings, ConfigError, TerraSettings, load_config
+from mobile_redirects.settings import MobileSettings
 from tests.conftest import ROOT, TEST_SECRET_KEY, VENV_BIN, Browser, _environ, free_port, server_process
-from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 LIVE = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
 PRODUCTION = {**LIVE, "APP_ENV": "production", "SECRET_KEY": "k" * 32, "PUBLIC_BASE_URL": "https://connect.example.com"}
 
 
+def started_config(tmp_path, **env: str) -> dict:
+    """app.config of an app started with this environment (a throwaway SQLite database), the
+    sandbox's settings included: the sandbox reads them itself when it is registered."""
+    return create_app(environ={"SECRET_KEY": "k" * 32, "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite", **env}).config
+
+
+@pytest.mark.sandbox
 def test_defaults_run_the_sandbox_on_sqlite(tmp_path):
     config = load_config({}, str(tmp_path))
     assert config["TERRA_MODE"] == "sandbox"
     assert config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
-    assert config["TERRA_WIDGET_SESSION_URL"] == "http://127.0.0.1:5000/sandbox/api/widget/session"
+    assert started_config(tmp_path)["TERRA_WIDGET_SESSION_URL"] == "http://127.0.0.1:5000/sandbox/api/widget/session"
     assert config["SESSION_COOKIE_HTTPONLY"] and config["SESSION_COOKIE_SAMESITE"] == "Lax"
     assert config["SESSION_COOKIE_SECURE"] is False
 
@@ -68,6 +76,7 @@ def test_production_uses_secure_cookies_and_trusts_only_its_public_host(tmp_path
     assert load_config({}, str(tmp_path))["TRUSTED_HOSTS"] is None  # development answers to any host
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("env, expected", [
     ({}, "http://127.0.0.1:5000"),
     ({"PORT": "5731"}, "http://127.0.0.1:5731"),
@@ -76,7 +85,7 @@ def test_production_uses_secure_cookies_and_trusts_only_its_public_host(tmp_path
     ({"PORT": "5731", "PUBLIC_BASE_URL": "https://tunnel.example.com/"}, "https://tunnel.example.com"),
 ])
 def test_development_public_base_url_follows_the_bind_address(tmp_path, env, expected):
-    config = load_config(env, str(tmp_path))
+    config = started_config(tmp_path, **env)
     assert config["PUBLIC_BASE_URL"] == expected
     assert config["TERRA_WIDGET_SESSION_URL"] == expected + "/sandbox/api/widget/session"
     assert config["SANDBOX_WEBHOOK_URL"] == expected + "/webhooks/terra"
@@ -107,10 +116,20 @@ def test_live_mode_does_not_mount_the_sandbox(tmp_path):
     assert not any(rule.rule.startswith("/sandbox") for rule in app.url_map.iter_rules())
 
 
+@pytest.mark.sandbox
 def test_blank_values_count_as_unset(tmp_path):
     config = load_config({"TERRA_DEV_ID": "", "TERRA_WIDGET_SESSION_URL": "", "DATABASE_URL": ""}, str(tmp_path))
     assert config["TERRA_MODE"] == "sandbox"
-    assert config["TERRA_WIDGET_SESSION_URL"].endswith("/sandbox/api/widget/session")
+    assert config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    assert started_config(tmp_path, TERRA_WIDGET_SESSION_URL="", SANDBOX_FAULTS="")["TERRA_WIDGET_SESSION_URL"] \
+        .endswith("/sandbox/api/widget/session")
+
+
+@pytest.mark.sandbox
+def test_terra_endpoints_from_the_environment_win_over_the_sandboxs(tmp_path):
+    config = started_config(tmp_path, TERRA_API_BASE_URL="http://127.0.0.1:9/v2/")
+    assert config["TERRA_API_BASE_URL"] == "http://127.0.0.1:9/v2"
+    assert config["TERRA_WIDGET_SESSION_URL"] == "http://127.0.0.1:5000/sandbox/api/widget/session"
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -122,14 +141,106 @@ def test_postgres_urls_use_psycopg3(tmp_path, url, expected):
     assert load_config({"DATABASE_URL": url}, str(tmp_path))["SQLALCHEMY_DATABASE_URI"] == expected
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"APP_ENV": "staging"}, "APP_ENV"),
-    ({"TERRA_WIDGET_API": "v3"}, "TERRA_WIDGET_API"),
-    ({"WEBHOOK_MAX_BYTES": "lots"}, "WEBHOOK_MAX_BYTES"),
+# Every setting, with a value it refuses and the other settings that value needs to be read at all.
+BAD_VALUES = {
+    "APP_ENV": ("staging", {}),
+    "SECRET_KEY": ("s3cr3t-but-only-31-characters..", PRODUCTION),
+    "DATABASE_URL": ("postgresql://admin:hunter2@db:port/x", {}),
+    "DATABASE_POOL_SIZE": ("ten", {}),
+    "DATABASE_MAX_OVERFLOW": ("ten", {}),
+    "DATABASE_POOL_PRE_PING": ("sometimes", {}),
+    "DATABASE_POOL_RECYCLE_SECONDS": ("5m", {}),
+    "PUBLIC_BASE_URL": ("connect.example.com", {}),
+    "PORT": ("http", {}),
+    "BIND": ("unix:/run/terra.sock", {}),
+    "WEB_CONCURRENCY": ("0", {}),
+    "GUNICORN_THREADS": ("many", {}),
+    "EXTRA_TRUSTED_HOSTS": ("https://lb.example.com", PRODUCTION),
+    "MAX_CONTENT_LENGTH": ("1MB", {}),
+    "ATTEMPT_TOKEN_MAX_AGE": ("2 days", {}),
+    "USERINFO_CHECK_AFTER_SECONDS": ("-1", {}),
+    "RATELIMIT_STORAGE_URI": ("mysql://limits:hunter2@db/x", {}),
+    "LOGIN_RATE_LIMIT": ("plenty", {}),
+    "REGISTER_RATE_LIMIT": ("10 per fortnight", {}),
+    "CONNECT_RATE_LIMIT": ("ten a minute", {}),
+    "STATUS_RATE_LIMIT": ("120/parsec", {}),
+    "TRUSTED_PROXY_COUNT": ("-1", {}),
+    "API_TOKEN_LIFETIME_SECONDS": ("0", {}),
+    "API_TOKEN_CACHE_SECONDS": ("five", {}),
+    "STATUS_MAX_WAITERS": ("-3", {}),
+    "BROWSER_CLOSED_GRACE_SECONDS": ("10s", {}),
+    "RECONCILE_INTERVAL_SECONDS": ("hourly", {}),
+    "STATUS_POLL_AFTER_MS": ("2s", {}),
+    # One credential alone is half a live configuration.
+    "TERRA_DEV_ID": ("dev", {}),
+    "TERRA_API_KEY": ("key-5ecret", {}),
+    "TERRA_SIGNING_SECRET": ("whsec-5ecret", {}),
+    "TERRA_WIDGET_API": ("v3", {}),
+    "TERRA_WIDGET_SESSION_URL": ("access.tryterra.co/api/widget/session", {}),
+    "TERRA_LEGACY_WIDGET_URL": ("ftp://api.tryterra.co/v2", {}),
+    "TERRA_API_BASE_URL": ("https://", {}),
+    "TERRA_TIMEOUT_SECONDS": ("ten", {}),
+    "TERRA_PAYLOAD_TIMEOUT_SECONDS": ("0", {}),
+    "TERRA_PAYLOAD_MAX_BYTES": ("10MB", {}),
+    "WEBHOOK_MAX_BYTES": ("lots", {}),
+    "WEBHOOK_TOLERANCE_SECONDS": ("5m", {}),
+    "MOBILE_APP_SCHEME": ("https", {}),
+    "MOBILE_UNIVERSAL_LINK_BASE": ("http://links.example.com", {}),
+    "MOBILE_REDIRECT_MODE": ("webview", {}),
+    "IOS_APP_IDS": ("com.example.app", {}),
+    "ANDROID_PACKAGE_NAME": ("not a package", {}),
+    "ANDROID_CERT_SHA256": ("AB:CD", {}),
+    "SANDBOX_WEBHOOK_URL": ("localhost/webhooks/terra", {}),
+    "SANDBOX_SESSION_TTL_SECONDS": ("15m", {}),
+    "SANDBOX_USER_CAP": ("fifty", {}),
+    "SANDBOX_USER_CAP_MODE": ("always", {}),
+    "SANDBOX_LEGACY_GONE": ("since 2026", {}),
+    "SANDBOX_AUTH_FAILURE_SHAPE": ("auth_failed", {}),
+    "SANDBOX_REAUTH_ORDER": ("random", {}),
+    "SANDBOX_USERINFO_SHAPE": ("list", {}),
+    "SANDBOX_WEBHOOK_RETRIES": ("ten", {}),
+    "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": ("30s", {}),
+    "SANDBOX_WEBHOOK_RETRY_CAP_SECONDS": ("8h", {}),
+    "SANDBOX_WEBHOOK_TIMEOUT_SECONDS": ("0", {}),
+    "SANDBOX_FAULTS": ("5xx,sometimes", {}),
+    "SANDBOX_SLOW_SECONDS": ("slow", {}),
+    "SANDBOX_RETRY_AFTER_SECONDS": ("1.5", {}),
+    "SANDBOX_LATE_SECONDS": ("later", {}),
+    "SANDBOX_REORDER_WINDOW_SECONDS": ("2s", {}),
+}
+# Any text is a valid secret: these have no bad value.
+FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}
+# Settings that may carry a password or a key, and the secret in their bad value: it never appears in a message.
+SECRETS = {"SECRET_KEY": BAD_VALUES["SECRET_KEY"][0], "DATABASE_URL": "hunter2", "RATELIMIT_STORAGE_URI": "hunter2",
+           "TERRA_API_KEY": "5ecret", "TERRA_SIGNING_SECRET": "5ecret"}
+
+
+@pytest.mark.sandbox
+def test_every_setting_has_a_bad_value_below():
+    from sandbox.settings import SandboxSettings
+
+    settings = {name for model in (AppSettings, TerraSettings, MobileSettings, SandboxSettings)
+                for name in model.model_fields}
+    assert set(BAD_VALUES) | FREE_FORM == settings
+
+
+@pytest.mark.sandbox
+def test_env_example_lists_every_setting_with_values_the_app_accepts(tmp_path):
+    example = dotenv.dotenv_values(ROOT / ".env.example")
+    assert set(example) == set(BAD_VALUES) | FREE_FORM
+    started_config(tmp_path, **{name: value for name, value in example.items() if value is not None})
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.sandbox) if name.startswith("SANDBOX_") else name for name in sorted(BAD_VALUES)
 ])
-def test_invalid_values_are_named(tmp_path, env, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(env, str(tmp_path))
+def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
+    value, needs = BAD_VALUES[name]
+    with pytest.raises(ConfigError, match=name) as refused:
+        started_config(tmp_path, **{**needs, name: value})
+    if name in SECRETS:
+        assert SECRETS[name] not in str(refused.value)
+    assert "Traceback" not in str(refused.value) and "pydantic" not in str(refused.value)
 
 
 # == the entry points: the same settings for `flask`, gunicorn and `flask run` ==========================
@@ -141,6 +252,8 @@ SETTINGS_UNDER_TEST = ("FLASK_SKIP_DOTENV", "APP_ENV", "SECRET_KEY", "DATABASE_U
 
 def connect_and_wait(url: str) -> None:
     """Register and connect through the sandbox that the server at `url` serves itself."""
+    from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal  # they need the sandbox
+
     browser = Browser(url)
     assert "Your connections" in browser.register().text
     widget_url = start_connect(browser)
@@ -148,6 +261,7 @@ def connect_and_wait(url: str) -> None:
     assert wait_for_terminal(browser, finish_widget(widget_url))["status"] == "connected"
 
 
+@pytest.mark.sandbox
 def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
     """A `.env` in the working directory, as README's quick start has one: `flask db upgrade` migrates
     the database it names, gunicorn serves that same database on the PORT it names, and the sandbox
@@ -162,7 +276,7 @@ def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
     )
     env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
     env["PYTHONPATH"] = str(ROOT)  # run from the folder holding .env, as from a project checkout
-    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=tmp_path, env=env,
+    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade", "heads"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
     url = f"http://127.0.0.1:{port}"
@@ -171,6 +285,7 @@ def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
         connect_and_wait(url)
 
 
+@pytest.mark.sandbox  # the app the factory builds runs without Terra credentials
 @pytest.mark.parametrize("skip_dotenv, reads_dotenv", [("", True), ("1", False)])
 def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv, reads_dotenv):
     """Without the `flask` command or gunicorn.conf.py around it (another WSGI server imports the
@@ -186,6 +301,7 @@ def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv,
     assert ("from-dotenv.sqlite" in printed.stdout) is reads_dotenv
 
 
+@pytest.mark.sandbox
 def test_flask_run_derives_public_base_url_from_its_port(database_uri, tmp_path, app):  # `app` empties the tables
     port = free_port()
     env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}

@@ -178,7 +178,7 @@ def test_sqlite_runs_with_a_write_ahead_log(tmp_path):
     app = create_app(environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY,
                               "DATABASE_URL": f"sqlite:///{tmp_path / 'wal.sqlite'}"})
     with app.app_context():
-        upgrade(directory=app.root_path + "/migrations")
+        upgrade(directory=app.root_path + "/migrations", revision="heads")
         with db.engine.connect() as connection:
             assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL

@@ -26,15 +26,15 @@ from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
 
 from app import create_app
-from config import SANDBOX_API_KEY, SANDBOX_DEV_ID
 from extensions import db
 from models import WebhookEvent
+from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
 from tests.conftest import ROOT, VENV_BIN, Browser, _empty_tables, _environ, free_port, server_process
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 GUNICORN = [str(VENV_BIN / "gunicorn"), "--config", "gunicorn.conf.py"]
 APP = "app:create_app()"
-MIGRATE = [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"]
+MIGRATE = [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade", "heads"]
 
 # Made the way docs/deploy.md (and the refusal message) says to make one.
 SECRET_KEY = subprocess.run([sys.executable, "-c", "import secrets; print(secrets.token_urlsafe(48))"],

@@ -4,20 +4,33 @@ delivery over real HTTP to a small receiver started inside each test that needs 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from sqlalchemy import update
+import requests
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import inspect, select, text, update
+from sqlalchemy.engine import make_url
 
 import sandbox.models  # noqa: F401  (registers the sandbox tables before the schema is created)
+from app import create_app
+from config import database_url
 from extensions import db
 from models.time import utcnow
 from sandbox.delivery import deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra.signature import verify
+from tests.conftest import (LIVE_TERRA, ROOT, TEST_SECRET_KEY, VENV_BIN, _environ, _recreate_postgres_database,
+                            free_port, server_process)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -658,3 +671,119 @@ def test_s3_payload_delivers_a_download_url_that_serves_the_data_event_until_it_
         db.session.commit()
     assert client.get(urlsplit(ping["url"]).path).status_code == 403
     assert client.get("/sandbox/payloads/no-such-payload").status_code == 404
+
+
+# == a removable part: its own tables, and an app that runs without it ===========================
+
+SANDBOX_TABLES = {"sandbox_sessions", "sandbox_users", "sandbox_payloads"}
+
+
+@pytest.fixture
+def empty_database(tmp_path) -> str:
+    """A database of its own, next to the suite's: SQLite, or `<TEST_DATABASE_URL's name>_<suffix>`."""
+    def named(suffix: str) -> str:
+        configured = os.environ.get("TEST_DATABASE_URL")
+        if not configured:
+            return f"sqlite:///{tmp_path / suffix}.sqlite"
+        url = make_url(database_url({"DATABASE_URL": configured}, None))
+        uri = url.set(database=f"{url.database}_{suffix}").render_as_string(hide_password=False)
+        _recreate_postgres_database(uri)
+        return uri
+
+    return named
+
+
+def migrate(uri: str, command, revision: str) -> tuple[set[str], set[str]]:
+    """Run a flask-migrate command on `uri`; the tables and the applied revisions afterwards."""
+    app = create_app(environ=_environ(uri))
+    with app.app_context():
+        command(revision=revision)
+        tables = set(inspect(db.engine).get_table_names())
+        with db.engine.connect() as connection:
+            revisions = set(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+        db.engine.dispose()
+    return tables, revisions
+
+
+def test_the_sandbox_branch_creates_and_removes_its_tables(empty_database):
+    uri = empty_database("migrations")
+    tables, revisions = migrate(uri, upgrade, "heads")
+    # Alembic records the sandbox's tip alone: it depends on the app's 0005.
+    assert SANDBOX_TABLES <= tables and revisions == {"sandbox_0001"}
+    tables, revisions = migrate(uri, downgrade, "sandbox@base")  # what to run before deleting sandbox/
+    assert not SANDBOX_TABLES & tables and "users" in tables and revisions == {"0005"}
+    # Back below the move, the app's history finds the tables 0001 and 0004 made, and removes them.
+    tables, revisions = migrate(uri, upgrade, "heads")
+    tables, revisions = migrate(uri, downgrade, "0004")
+    assert SANDBOX_TABLES <= tables and revisions == {"0004"}
+    tables, revisions = migrate(uri, downgrade, "base")
+    assert tables == {"alembic_version"} and revisions == set()
+
+
+def test_a_database_the_sandbox_used_keeps_its_terra_users_through_the_move(empty_database):
+    """Upgrading an install from 0004, the last revision before the sandbox had its own branch."""
+    uri = empty_database("move")
+    migrate(uri, upgrade, "0004")
+    app = create_app(environ=_environ(uri))
+    with app.app_context():
+        db.session.add(SandboxUser(provider="GARMIN", account="ada", reference_id="ref-1"))
+        db.session.commit()
+        db.engine.dispose()
+    tables, revisions = migrate(uri, upgrade, "heads")
+    assert revisions == {"sandbox_0001"}
+    with app.app_context():
+        assert [user.account for user in db.session.scalars(select(SandboxUser))] == ["ada"]
+        db.engine.dispose()
+
+
+# What a copy of the app without the sandbox still runs of its own tests (marked `sandbox`: those that need it).
+TESTS_WITHOUT_SANDBOX = ["tests/test_config.py", "tests/test_signature.py", "tests/test_auth.py",
+                         "tests/test_webhook_receiver.py", "tests/test_commands.py"]
+
+
+def copy_without_sandbox(target: Path) -> None:
+    """The tracked files of this checkout, as they are now, minus sandbox/ and app.py's lines for it."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if name.startswith("sandbox/") or not (ROOT / name).is_file():
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target / name)
+    app_py = (target / "app.py").read_text().splitlines(keepends=True)
+    registration = [line for line in app_py if "init_sandbox" in line]
+    assert [line.split()[0] for line in registration] == ["from", "init_sandbox(app,"]  # its import, its call
+    (target / "app.py").write_text("".join(line for line in app_py if line not in registration))
+
+
+def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests(tmp_path, empty_database):
+    copy = tmp_path / "app"
+    copy_without_sandbox(copy)
+    uri = empty_database("without_sandbox")
+    env = {name: value for name, value in os.environ.items() if name != "TEST_DATABASE_URL"}
+    env.update(FLASK_SKIP_DOTENV="1", PYTHONPATH=str(copy))
+    live = {**env, "APP_ENV": "production", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": uri,
+            "PUBLIC_BASE_URL": "https://connect.example.com", "EXTRA_TRUSTED_HOSTS": "127.0.0.1", **LIVE_TERRA}
+
+    # Plain `upgrade`: without the sandbox's branch the app's history has one head, and no sandbox tables.
+    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=copy, env=live,
+                              capture_output=True, text=True, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    app = create_app(environ=_environ(uri))
+    with app.app_context():
+        tables = set(inspect(db.engine).get_table_names())
+        db.engine.dispose()
+    assert "users" in tables and not SANDBOX_TABLES & tables
+
+    port = free_port()
+    gunicorn = [str(VENV_BIN / "gunicorn"), "--config", "gunicorn.conf.py", "app:create_app()"]
+    with server_process(gunicorn, health_url=f"http://127.0.0.1:{port}/readyz", cwd=copy,
+                        env={**live, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}, log_path=tmp_path / "g.log"):
+        assert requests.get(f"http://127.0.0.1:{port}/sandbox/", timeout=5).status_code == 404
+
+    own_tests = {**env, "TEST_DATABASE_URL": uri} if uri.startswith("postgresql") else env
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not sandbox",
+                             *TESTS_WITHOUT_SANDBOX], cwd=copy, env=own_tests, capture_output=True, text=True,
+                            timeout=600)
+    assert tested.returncode == 0, tested.stdout[-5000:]
+    summary = tested.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"=* ?(\d+) passed, \d+ deselected in .*", summary), summary

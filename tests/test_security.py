@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from app import create_app
-from config import DEFAULT_SANDBOX_SIGNING_SECRET, SANDBOX_API_KEY
+from sandbox.settings import DEFAULT_SANDBOX_SIGNING_SECRET, SANDBOX_API_KEY
 from tests.conftest import TEST_SECRET_KEY, Browser
 from tests.test_config import PRODUCTION
 from tests.helpers import token_of
