@@ -708,22 +708,22 @@ def migrate(uri: str, command, revision: str) -> tuple[set[str], set[str]]:
 def test_the_sandbox_branch_creates_and_removes_its_tables(empty_database):
     uri = empty_database("migrations")
     tables, revisions = migrate(uri, upgrade, "heads")
-    # Alembic records the sandbox's tip alone: it depends on the app's 0005.
+    # Alembic records the sandbox's tip alone: it depends on the app's 0006.
     assert SANDBOX_TABLES <= tables and revisions == {"sandbox_0001"}
     tables, revisions = migrate(uri, downgrade, "sandbox@base")  # what to run before deleting sandbox/
-    assert not SANDBOX_TABLES & tables and "users" in tables and revisions == {"0005"}
+    assert not SANDBOX_TABLES & tables and "users" in tables and revisions == {"0006"}
     # Back below the move, the app's history finds the tables 0001 and 0004 made, and removes them.
     tables, revisions = migrate(uri, upgrade, "heads")
-    tables, revisions = migrate(uri, downgrade, "0004")
-    assert SANDBOX_TABLES <= tables and revisions == {"0004"}
+    tables, revisions = migrate(uri, downgrade, "0005")
+    assert SANDBOX_TABLES <= tables and revisions == {"0005"}
     tables, revisions = migrate(uri, downgrade, "base")
     assert tables == {"alembic_version"} and revisions == set()
 
 
 def test_a_database_the_sandbox_used_keeps_its_terra_users_through_the_move(empty_database):
-    """Upgrading an install from 0004, the last revision before the sandbox had its own branch."""
+    """Upgrading an install from 0005, the last revision before the sandbox had its own branch."""
     uri = empty_database("move")
-    migrate(uri, upgrade, "0004")
+    migrate(uri, upgrade, "0005")
     app = create_app(environ=_environ(uri))
     with app.app_context():
         db.session.add(SandboxUser(provider="GARMIN", account="ada", reference_id="ref-1"))

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 revision = 'sandbox_0001'
 down_revision = None
 branch_labels = ('sandbox',)
-# After the app's 0005, which drops the copies its own history made unless the sandbox already used them.
-depends_on = '0005'
+# After the app's 0006, which drops the copies its own history made unless the sandbox already used them.
+depends_on = '0006'
 
 
 def upgrade():

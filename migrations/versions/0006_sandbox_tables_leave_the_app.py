@@ -1,8 +1,8 @@
 """the sandbox's tables leave the app's history: from here on the sandbox's own migration branch
 (sandbox/migrations, branch label `sandbox`) creates them, so an app without the sandbox has none
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-04 10:00:00
 
 """
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = ('app',)  # the app's own history: `flask db migrate --head app@head`
 depends_on = None
 
