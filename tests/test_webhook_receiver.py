@@ -374,7 +374,7 @@ def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_ou
 @pytest.mark.parametrize(
     "make_event, outcome",
     [
-        pytest.param(lambda u: {"type": "t" * 300}, "ignored", id="unknown type, quoted in the detail"),
+        pytest.param(lambda u: {"type": "t" * 300}, "recorded", id="unknown type, quoted in the detail"),
         pytest.param(lambda u: {"type": "auth_cancelled", "reference_id": u.reference_id, "reason": "r" * 300},
                      "applied", id="failure reason, quoted in the detail"),
         pytest.param(lambda u: {"type": "auth", "status": "success", "user": {"user_id": "tu-long",
