@@ -1,12 +1,22 @@
 # The two commands of the README:
 #   make run    install, migrate, and serve the app on http://127.0.0.1:5000 (SQLite + Terra sandbox)
 #   make test   install, and run the whole test suite (set TEST_DATABASE_URL for PostgreSQL)
+# Both install from the locks (requirements.txt, requirements-dev.txt: every package pinned, with its
+# hashes) through uv; `make lock` regenerates the locks from requirements.in and requirements-dev.in.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
+UV_VERSION := 0.13.8
+UV     := $(BIN)/uv
+# `install`, not `sync`: run and test share the venv, and neither may remove the other's packages.
+UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes
+# Universal locks (every platform, Python 3.11 and later); a pin already in a lock stays unless the
+# .in file needs another version.
+UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+              --custom-compile-command "make lock"
 
-.PHONY: run test mobile-client install install-dev chromium clean
+.PHONY: run test lint lock mobile-client install install-dev chromium clean
 
 run: install
 	$(BIN)/flask --app app db upgrade
@@ -14,6 +24,14 @@ run: install
 
 test: install-dev chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+
+lock: | $(UV)
+	$(UV_COMPILE) requirements.in -o requirements.txt
+	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
 
 # The stand-in mobile app (docs/mobile.md) against a running `make run`; it drives Debian's chromium.
 mobile-client: install-dev chromium
@@ -25,12 +43,16 @@ install-dev: $(VENV)/.installed-dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+# uv, pinned, is the one package pip installs; uv installs everything else from the locks.
+$(UV): | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements.txt | $(UV)
+	$(UV_INSTALL) -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(UV)
+	$(UV_INSTALL) -r requirements-dev.txt
 	touch $@ $(VENV)/.installed
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not used).
