@@ -35,7 +35,7 @@ lock: | $(UV)
 
 # The stand-in mobile app (docs/mobile.md) against a running `make run`; it drives Debian's chromium.
 mobile-client: install-dev chromium
-	$(BIN)/flask --app app mobile-client $(ARGS)
+	$(BIN)/python -m tools.mobile_client $(ARGS)
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -1,10 +1,10 @@
 """The mobile status endpoint, `GET /api/v1/connect-attempts/<id>` with a bearer token, against a bare
 Flask JSON endpoint under the same gunicorn configuration, in the same run.
 
-    .venv/bin/python -m bench.status --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
+    .venv/bin/python -m tools.bench.status --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
 
 Three rows per client count, measured in turn (bare, 200, 304) so drift hits all three alike:
-- bare: `bench/bare_app.py`'s `GET /json`;
+- bare: `tools/bench/bare_app.py`'s `GET /json`;
 - 200:  the status of a pending attempt, full JSON body;
 - 304:  the same with `If-None-Match: <current ETag>` (what a poller sends between changes).
 Targets: 200 at >= 60% of bare throughput, 304 at >= 75%.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import requests
 
-from bench import common
+from tools.bench import common
 
 TARGET_200 = 0.60
 TARGET_304 = 0.75

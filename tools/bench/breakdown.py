@@ -1,6 +1,6 @@
 """Where the status endpoint's and the webhook receiver's cost comes from, measured in-process.
 
-    .venv/bin/python -m bench.breakdown --db sqlite [--requests 1500]
+    .venv/bin/python -m tools.bench.breakdown --db sqlite [--requests 1500]
 
 No server and no load generator: one thread sends requests through Flask's test client, so the
 numbers are the app's own CPU time per request (time.process_time, all of its threads) and the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from bench import common
+from tools.bench import common
 
 # name: (app.config overrides, extra environment, keep attributes loaded after a commit)
 VARIANTS = {

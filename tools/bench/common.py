@@ -29,16 +29,16 @@ from typing import Any, Iterable, Sequence
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 PYTHON = sys.executable
 BENCH_SECRET_KEY = "bench-secret-key-0123456789abcdef-not-for-production"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/terra_connect_bench"
 SIGNING_SECRET = "sandbox-signing-secret-not-for-production"  # the sandbox default; set explicitly below
 APP_SPEC = "app:create_app()"
-BARE_SPEC = "bench.bare_app:create_app()"
+BARE_SPEC = "tools.bench.bare_app:create_app()"
 
-if str(ROOT) not in sys.path:  # `python -m bench.x` from the repository root already has it
+if str(ROOT) not in sys.path:  # `python -m tools.bench.x` from the repository root already has it
     sys.path.insert(0, str(ROOT))
 
 
@@ -597,7 +597,7 @@ def py_spy(pid: int, seconds: float, out: Path, *, mode: str = "wall", rate: int
     which is what bounds throughput when the cores are busy."""
     binary = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     if not Path(binary).exists():
-        raise SystemExit("py-spy is missing: .venv/bin/pip install -r bench/requirements.txt")
+        raise SystemExit("py-spy is missing: .venv/bin/pip install -r tools/bench/requirements.txt")
     argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, round(seconds))),
             "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
     argv.append("--idle" if mode == "wall" else "--gil")

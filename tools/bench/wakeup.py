@@ -1,7 +1,7 @@
 """Wake-up latency of the status long-poll: from the 200 of the `auth` webhook that connects an attempt
 to the moment a long-polling client (`GET ...?wait=25` with `If-None-Match`) sees `connected`.
 
-    .venv/bin/python -m bench.wakeup --db sqlite [--rounds 100] [--duration 180]
+    .venv/bin/python -m tools.bench.wakeup --db sqlite [--rounds 100] [--duration 180]
 
 The app runs under the shipped gunicorn configuration with 2 worker processes. The poller and the
 webhook poster are two separate processes (so the wake-up has to cross processes through the
@@ -23,7 +23,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from bench import common
+from tools.bench import common
 
 TARGET_P50_MS = 100
 TARGET_P99_MS = 500

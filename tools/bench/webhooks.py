@@ -1,7 +1,7 @@
 """Webhook ingestion, `POST /webhooks/terra`, against a bare Flask endpoint that only verifies the
 signature (`terra.signature.verify`), under the same gunicorn configuration, in the same run.
 
-    .venv/bin/python -m bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
+    .venv/bin/python -m tools.bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
 
 Every request is signed the way Terra signs (HMAC-SHA256 over `t.body`) and carries its own
 X-Terra-Trace-Id, so the app records and applies each one (none is a duplicate):
@@ -17,7 +17,7 @@ import uuid
 
 import requests
 
-from bench import common
+from tools.bench import common
 
 TARGET = 0.40
 KINDS = ("auth", "activity")

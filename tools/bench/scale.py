@@ -1,7 +1,7 @@
 """The status endpoint's latency as the tables grow: 1,000 and then 1,000,000 connect attempts and
 connections (10 of each per seeded user), and the query plans of the queries the endpoint runs.
 
-    .venv/bin/python -m bench.scale --db postgresql [--duration 10] [--sizes 1000,1000000]
+    .venv/bin/python -m tools.bench.scale --db postgresql [--duration 10] [--sizes 1000,1000000]
 
 Each seeded user also gets a bearer token (so api_tokens grows to a tenth of that). Rows are bulk-inserted: on PostgreSQL with INSERT ... SELECT over generate_series (then ANALYZE, as
 autovacuum would), on SQLite with executemany in batches inside one transaction (no ANALYZE: the
@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench import common
+from tools.bench import common
 
 PER_USER = 10
 BATCH = 50_000
