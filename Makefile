@@ -10,7 +10,9 @@ CHROMIUM ?= /usr/bin/chromium
 UV_VERSION := 0.13.8
 UV     := $(BIN)/uv
 # `install`, not `sync`: run and test share the venv, and neither may remove the other's packages.
-UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes
+# Bytecode is compiled at install, as pip does; else every process (each gunicorn worker, each test
+# server) compiles its imports anew wherever bytecode is not written (PYTHONDONTWRITEBYTECODE).
+UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode
 # Universal locks (every platform, Python 3.11 and later); a pin already in a lock stays unless the
 # .in file needs another version.
 UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
