@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tools.bench import common
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         growth = {key: measured[largest][key].p50_ms / measured[smallest][key].p50_ms for key in keys}
         common.print_table(f"status endpoint latency by table size ({args.db}, {args.duration:g} s each; "
                            f"'200/16' = 200 path at 16 clients)", headers, rows)
-        print("p50 growth from {:,} to {:,} rows: ".format(smallest, largest)
+        print(f"p50 growth from {smallest:,} to {largest:,} rows: "
               + ", ".join(f"{key} x{value:.2f}" for key, value in growth.items())
               + f" -> flat latency {common.verdict(all(value <= FLAT for value in growth.values()))} "
                 f"(threshold x{FLAT})")
@@ -175,7 +175,7 @@ def fill_sqlite(path: Path, size: int) -> int:
         have = db.execute("SELECT count(*) FROM connections WHERE terra_user_id LIKE 'seed-terra-%'").fetchone()[0]
         if have >= size:
             return 0
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         stamp = now.isoformat(sep=" ")
         expires = (now + timedelta(minutes=15)).isoformat(sep=" ")
         db.execute("BEGIN")

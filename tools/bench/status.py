@@ -12,6 +12,8 @@ Targets: 200 at >= 60% of bare throughput, 304 at >= 75%.
 
 from __future__ import annotations
 
+from functools import partial
+
 import requests
 
 from tools.bench import common
@@ -56,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                     common.wrk(url, connections=clients, duration=args.warmup, headers=headers, script="fixed.lua",
                                threads=args.threads)
                 target = servers[name]
-                result = common.measure(target, lambda: common.wrk(
-                    url, connections=clients, duration=args.duration, headers=headers, script="fixed.lua",
+                result = common.measure(target, partial(
+                    common.wrk, url, connections=clients, duration=args.duration, headers=headers, script="fixed.lua",
                     threads=args.threads))
                 measured[clients][name] = result
                 print(f"  {clients:>3} clients  {name:>4}: {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append([clients, b.rps, b.p50_ms, b.p99_ms,
                          ok.rps, ok.p50_ms, ok.p99_ms, common.pct(ok.rps / b.rps),
                          nm.rps, nm.p50_ms, nm.p99_ms, common.pct(nm.rps / b.rps),
-                         f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
-                         f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}"])
+                         (f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
+                          f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}")])
         common.print_table(
             f"status endpoint vs bare Flask ({args.db}, {args.duration:g} s each, wrk -t{args.threads}; "
             f"targets 200 >= {common.pct(TARGET_200)}, 304 >= {common.pct(TARGET_304)} of bare req/s)",
@@ -97,11 +99,8 @@ def profile(run: common.Run, server: common.Server, cases: dict, args) -> None:
     seconds = max(args.duration, 10)
     for name in ("200", "304"):
         url, headers = cases[name]
-
-        def load():
-            common.wrk(url, connections=clients, duration=seconds, headers=headers, script="fixed.lua",
+        load = partial(common.wrk, url, connections=clients, duration=seconds, headers=headers, script="fixed.lua",
                        threads=args.threads)
-
         common.profile_server(server, load, seconds=seconds, out_prefix=args.profile / f"status-{name}-{args.db}",
                               label=f"status {name} path, {clients} clients, {args.db}")
 

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                 poll_end.send((attempt_id, '"1"', 25))
                 if not poll_end.poll(60):
                     raise RuntimeError("the poller did not send its request")
-                _, sent = poll_end.recv()
+                poll_end.recv()  # the poller's request is on its way
                 time.sleep(random.uniform(0.2, 0.4))
                 post_end.send(bodies[index])
                 if not post_end.poll(65):
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 started, answered, http_status, outcome = post_end.recv()
                 if not poll_end.poll(65):
                     raise RuntimeError("the long-poll did not return")
-                kind, seen, poll_status, attempt_status = poll_end.recv()
+                _, seen, poll_status, attempt_status = poll_end.recv()
                 rounds.append({
                     "webhook_ms": (answered - started) * 1000,
                     "wakeup_ms": (seen - answered) * 1000,

@@ -14,6 +14,7 @@ Target: the app at >= 40% of the verify-only endpoint's events/s.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import requests
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                     if args.warmup:
                         load(target.url, kind, clients, args.warmup)
                     result = cell[name] = common.measure(
-                        target, lambda: load(target.url, kind, clients, args.duration))
+                        target, partial(load, target.url, kind, clients, args.duration))
                     print(f"  {kind:>8} {clients:>3} clients {name:>6}: {result.rps:8.0f} events/s  "
                           f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  statuses {result.statuses} "
                           f"{result.errors or ''}  CPU {result.cpu}", flush=True)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             clients = max(args.concurrency)
             seconds = max(args.duration, 10)
             for kind in KINDS:
-                common.profile_server(server, lambda: load(server.url, kind, clients, seconds), seconds=seconds,
+                common.profile_server(server, partial(load, server.url, kind, clients, seconds), seconds=seconds,
                                       out_prefix=args.profile / f"webhooks-{kind}-{args.db}",
                                       label=f"webhooks {kind}, {clients} clients, {args.db}")
 
