@@ -6,9 +6,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CHROMIUM ?= /usr/bin/chromium
+CHROMIUM_PATH ?= /usr/bin/chromium
 UV_VERSION := 0.13.8
 UV     := $(BIN)/uv
+PIP_INSTALL_UV := --quiet --disable-pip-version-check uv==$(UV_VERSION)
 # `install`, not `sync`: run and test share the venv, and neither may remove the other's packages.
 # Bytecode is compiled at install, as pip does; else every process (each gunicorn worker, each test
 # server) compiles its imports anew wherever bytecode is not written (PYTHONDONTWRITEBYTECODE).
@@ -42,12 +43,15 @@ mobile-client: install-dev chromium
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# uv, pinned, is the one package pip installs; uv installs everything else from the locks. The venv
+# gets no pip of its own (ensurepip was the slowest step of a fresh install): the interpreter's pip
+# installs uv into it, or, for an interpreter without pip, a pip given to the venv after all.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
 
-# uv, pinned, is the one package pip installs; uv installs everything else from the locks.
 $(UV): | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(PYTHON) -m pip --python $(BIN)/python install $(PIP_INSTALL_UV) 2>/dev/null \
+	  || { $(BIN)/python -m ensurepip --default-pip >/dev/null && $(BIN)/python -m pip install $(PIP_INSTALL_UV); }
 
 $(VENV)/.installed: requirements.txt | $(UV)
 	$(UV_INSTALL) -r requirements.txt
@@ -57,9 +61,10 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(UV)
 	$(UV_INSTALL) -r requirements-dev.txt
 	touch $@ $(VENV)/.installed
 
-# The browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used), or the
+# one CHROMIUM_PATH names (the tests read it too).
 chromium:
-	@test -x $(CHROMIUM) || { \
+	@test -x $(CHROMIUM_PATH) || { \
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }

@@ -595,7 +595,7 @@ def py_spy(pid: int, seconds: float, out: Path, *, mode: str = "wall", rate: int
     which is what bounds throughput when the cores are busy."""
     binary = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     if not Path(binary).exists():
-        raise SystemExit("py-spy is missing: .venv/bin/pip install -r tools/bench/requirements.txt")
+        raise SystemExit("py-spy is missing: .venv/bin/uv pip install -r tools/bench/requirements.txt")
     argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, round(seconds))),
             "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
     argv.append("--idle" if mode == "wall" else "--gil")
