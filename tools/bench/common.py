@@ -609,11 +609,7 @@ def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request
     In "wall" mode that is wall time, waits included; in "gil" mode it is Python CPU time."""
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, count = _sample(line)
-        if stack is None or (within is not None and within not in stack):
-            continue
-        n = count
+    for stack, n in _samples(path, within):
         total += n
         frames = stack.split(";")
         start = 0 if within is None else next(i for i, frame in enumerate(frames) if within in frame)
@@ -628,6 +624,15 @@ def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request
     return [(name, count / total) for name, count in inclusive.most_common(top)]
 
 
+def _samples(path: Path, within: str | None) -> Iterable[tuple[str, int]]:
+    """(stack, sample count) of each sample in a py-spy raw file whose stack passes through `within`
+    (None: all)."""
+    for line in path.read_text().splitlines():
+        stack, count = _sample(line)
+        if stack is not None and (within is None or within in stack):
+            yield stack, count
+
+
 def _sample(line: str) -> tuple[str | None, int]:
     """One line of py-spy's raw output: (stack, sample count); (None, 0) for a line that is not one
     (a frame name can contain spaces and newlines, which split a sample across lines)."""
@@ -639,10 +644,7 @@ def leaf_profile(path: Path, *, within: str | None = None, top: int = 15) -> lis
     """Share of samples by the innermost frame (self time), among stacks through `within` (None: all)."""
     leaves: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, count = _sample(line)
-        if stack is None or (within is not None and within not in stack):
-            continue
+    for stack, count in _samples(path, within):
         total += count
         leaves[_frame_name(stack.split(";")[-1])] += count
     return [(name, count / total) for name, count in leaves.most_common(top)] if total else []
