@@ -1,12 +1,25 @@
 # The two commands of the README:
 #   make run    install, migrate, and serve the app on http://127.0.0.1:5000 (SQLite + Terra sandbox)
 #   make test   install, and run the whole test suite (set TEST_DATABASE_URL for PostgreSQL)
+# Both install from the locks (requirements.txt, requirements-dev.txt: every package pinned, with its
+# hashes) through uv; `make lock` regenerates the locks from requirements.in and requirements-dev.in.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CHROMIUM ?= /usr/bin/chromium
+CHROMIUM_PATH ?= /usr/bin/chromium
+UV_VERSION := 0.13.8
+UV     := $(BIN)/uv
+PIP_INSTALL_UV := --quiet --disable-pip-version-check uv==$(UV_VERSION)
+# `install`, not `sync`: run and test share the venv, and neither may remove the other's packages.
+# Bytecode is compiled at install, as pip does; else every process (each gunicorn worker, each test
+# server) compiles its imports anew wherever bytecode is not written (PYTHONDONTWRITEBYTECODE).
+UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode
+# Universal locks (every platform, Python 3.11 and later); a pin already in a lock stays unless the
+# .in file needs another version.
+UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+              --custom-compile-command "make lock"
 
-.PHONY: run test mutation mobile-client install install-dev chromium clean
+.PHONY: run test mutation lint lock mobile-client install install-dev chromium clean
 
 run: install
 	$(BIN)/flask --app app db upgrade heads
@@ -29,27 +42,43 @@ mutation: install-dev
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 $(MUTANTS)
 
+lint: install-dev
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+
+lock: | $(UV)
+	$(UV_COMPILE) requirements.in -o requirements.txt
+	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
+
 # The stand-in mobile app (docs/mobile.md) against a running `make run`; it drives Debian's chromium.
 mobile-client: install-dev chromium
-	$(BIN)/flask --app app mobile-client $(ARGS)
+	$(BIN)/python -m tools.mobile_client $(ARGS)
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# uv, pinned, is the one package pip installs; uv installs everything else from the locks. The venv
+# gets no pip of its own (ensurepip was the slowest step of a fresh install): the interpreter's pip
+# installs uv into it, or, for an interpreter without pip, a pip given to the venv after all.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
 
-$(VENV)/.installed: requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+$(UV): | $(BIN)/python
+	$(PYTHON) -m pip --python $(BIN)/python install $(PIP_INSTALL_UV) 2>/dev/null \
+	  || { $(BIN)/python -m ensurepip --default-pip >/dev/null && $(BIN)/python -m pip install $(PIP_INSTALL_UV); }
+
+$(VENV)/.installed: requirements.txt | $(UV)
+	$(UV_INSTALL) -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(UV)
+	$(UV_INSTALL) -r requirements-dev.txt
 	touch $@ $(VENV)/.installed
 
-# The browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used), or the
+# one CHROMIUM_PATH names (the tests read it too).
 chromium:
-	@test -x $(CHROMIUM) || { \
+	@test -x $(CHROMIUM_PATH) || { \
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }

@@ -13,11 +13,8 @@ from models.webhook_event import EventOutcome
 
 
 def register(app: Flask) -> None:
-    from mobile_client import mobile_client_command
-
     app.cli.add_command(webhook_events)
     app.cli.add_command(terra_commands)
-    app.cli.add_command(mobile_client_command)
 
 
 @click.group("terra", help="Keep connections in step with Terra.")

@@ -12,12 +12,12 @@ stop accepting it within that many seconds. Only valid tokens are kept, so a new
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2.rfc6750 import BearerTokenValidator
+from cachetools import TTLCache
 from flask import abort, current_app
 from sqlalchemy import select, update
 
@@ -48,30 +48,25 @@ class CheckedToken:
 
 
 class TokenCache:
-    """Token hash -> (CheckedToken, monotonic time it may be trusted until), per worker process."""
+    """Token hash -> CheckedToken, each trusted for `seconds` (0: expired at once), per worker process.
+    When full, the least recently used token goes first. The lock is there because cachetools'
+    caches are not thread-safe (even a read reorders and expires entries)."""
 
     def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._entries: dict[str, tuple[CheckedToken, float]] = {}
+        self.tokens: TTLCache[str, CheckedToken] = TTLCache(TOKEN_CACHE_MAX_ENTRIES, ttl=seconds)
         self._lock = threading.Lock()
 
     def get(self, token_hash: str) -> CheckedToken | None:
-        entry = self._entries.get(token_hash)
-        if entry is None or entry[1] <= time.monotonic():
-            return None
-        return entry[0]
+        with self._lock:
+            return self.tokens.get(token_hash)
 
     def put(self, token: CheckedToken) -> None:
-        if self.seconds <= 0:
-            return
         with self._lock:
-            if len(self._entries) >= TOKEN_CACHE_MAX_ENTRIES:
-                self._entries.clear()  # rare; every token is simply checked once more
-            self._entries[token.token_hash] = (token, time.monotonic() + self.seconds)
+            self.tokens[token.token_hash] = token
 
     def evict(self, token_hash: str) -> None:
         with self._lock:
-            self._entries.pop(token_hash, None)
+            self.tokens.pop(token_hash, None)
 
 
 def init_app(app) -> None:

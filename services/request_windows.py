@@ -4,6 +4,9 @@ Sign-in limits go through Flask-Limiter, whose storage can be Redis so every ins
 count. For polls that machinery cost as much as the rest of a 304 answer, and its memory storage
 starts a timer thread while busy (docs/performance.md). A poll limit only has to stop a runaway
 client, so a count per worker is enough: with N workers a client gets at most N times the budget.
+Kept rather than `limits`' own in-memory strategies (checked with the pinned limits 5.8): their
+MemoryStorage still starts a `threading.Timer` from inside each hit once the last one has fired (every
+10 ms under load), reads the wall clock, and the moving window keeps one entry per request.
 """
 
 from __future__ import annotations

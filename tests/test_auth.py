@@ -106,9 +106,8 @@ def test_reference_id_is_not_valid_as_another_kind_of_token(app):
     # One salt per purpose: a reference_id signed with the same key is no attempt token.
     from services.attempts import AttemptNotFound, attempt_from_token
 
-    with app.test_request_context():
-        with pytest.raises(AttemptNotFound):
-            attempt_from_token(new_reference_id())
+    with app.test_request_context(), pytest.raises(AttemptNotFound):
+        attempt_from_token(new_reference_id())
 
 
 def web_sign_in(client, email, password):

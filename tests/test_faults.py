@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -56,7 +57,7 @@ def requests_to(server, *endpoints: str) -> int:
 
 def fast_client(server, **options) -> TerraClient:
     config = server.app.config
-    settings = dict(timeout=0.3, backoff_base=0.01, backoff_cap=0.05) | options
+    settings = {"timeout": 0.3, "backoff_base": 0.01, "backoff_cap": 0.05} | options
     return TerraClient(
         dev_id=config["TERRA_DEV_ID"], api_key=config["TERRA_API_KEY"], api_base_url=config["TERRA_API_BASE_URL"],
         widget_session_url=config["TERRA_WIDGET_SESSION_URL"], legacy_widget_url=config["TERRA_LEGACY_WIDGET_URL"],
@@ -650,7 +651,7 @@ def test_a_500_from_the_app_is_retried_then_applied_once(live_server):
 
 
 class RecordingReceiver(BaseHTTPRequestHandler):
-    posted: list[dict] = []
+    posted: ClassVar[list[dict]] = []
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

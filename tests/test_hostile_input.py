@@ -69,16 +69,15 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 
 def snapshot(app) -> dict[str, list[tuple]]:
     """Every row of every table a request could change, in primary-key order."""
-    with app.app_context():
-        with db.engine.connect() as connection:
-            rows = {}
-            for name in TABLES:
-                table = db.metadata.tables[name]
-                # When the user's connections were last reconciled with Terra is bookkeeping, not input kept.
-                columns = [column for column in table.columns if column.name != "connections_reconciled_at"]
-                query = select(*columns).order_by(*table.primary_key.columns)
-                rows[name] = [tuple(row) for row in connection.execute(query)]
-            return rows
+    with app.app_context(), db.engine.connect() as connection:
+        rows = {}
+        for name in TABLES:
+            table = db.metadata.tables[name]
+            # When the user's connections were last reconciled with Terra is bookkeeping, not input kept.
+            columns = [column for column in table.columns if column.name != "connections_reconciled_at"]
+            query = select(*columns).order_by(*table.primary_key.columns)
+            rows[name] = [tuple(row) for row in connection.execute(query)]
+        return rows
 
 
 @contextmanager

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
-from mobile_client import Backoff, MobileClient, deep_link_attempt_id
+from click.testing import CliRunner
+from flask.cli import FlaskGroup
+
+from app import create_app
+from tests.conftest import ROOT
 from tests.test_browser import CHROMIUM
+from tests.test_config import PRODUCTION
+from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, mobile_client_command
 
 
 @pytest.mark.browser
@@ -30,11 +38,29 @@ def test_client_walks_the_whole_mobile_flow(live_server, return_mode, outcome, f
 @pytest.mark.browser
 def test_command_prints_each_step(live_server):
     runner = live_server.app.test_cli_runner()
-    result = runner.invoke(args=["mobile-client", "--base-url", live_server.url, "--email", "cli@example.com",
-                                 "--password", "correct horse battery", "--register", "--chromium", CHROMIUM])
+    result = runner.invoke(mobile_client_command, ["--base-url", live_server.url, "--email", "cli@example.com",
+                                                   "--password", "correct horse battery", "--register",
+                                                   "--chromium", CHROMIUM])
     assert result.exit_code == 0, result.output
     assert "deep link caught: com.example.terraconnect://connect/success" in result.output
     assert result.output.strip().endswith("done: connected")
+
+
+def test_runs_as_a_module_from_the_repository_root():
+    result = subprocess.run([sys.executable, "-m", "tools.mobile_client", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Play the mobile app against a running server" in result.stdout
+
+
+def test_production_cli_does_not_carry_it(tmp_path):
+    """`flask --help` under production settings: the app's own commands, not this developer tool."""
+    environ = {**PRODUCTION, "DATABASE_URL": f"sqlite:///{tmp_path}/p.sqlite"}
+    flask_command = FlaskGroup(create_app=lambda: create_app(environ=environ))
+    result = CliRunner().invoke(flask_command, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "webhooks" in result.output and "terra" in result.output
+    assert "mobile-client" not in result.output
 
 
 def test_backoff_has_full_jitter_and_respects_the_server():

@@ -244,7 +244,7 @@ def test_asset_links_is_byte_exact(tmp_path):
     }
   }
 ]
-""" % FINGERPRINT).encode()
+""" % FINGERPRINT).encode()  # noqa: UP031 (a JSON template: its braces are literal)
 
 
 @pytest.mark.parametrize("path", ["/.well-known/apple-app-site-association", "/.well-known/assetlinks.json"])

@@ -99,7 +99,7 @@ def test_a_cached_token_still_expires_on_time(app, client, ada):
 
 def test_an_unknown_token_is_never_cached(app, client, ada):
     assert client.get(ada["path"], headers={"Authorization": "Bearer not-issued-yet"}).status_code == 401
-    assert len(app.extensions["api_token_cache"]._entries) == 0
+    assert len(app.extensions["api_token_cache"].tokens) == 0
 
 
 def test_the_cache_can_be_switched_off(database_uri, ada):

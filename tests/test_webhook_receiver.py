@@ -7,6 +7,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import event as sqlalchemy_event, func, select
@@ -341,7 +342,7 @@ def test_verified_events_without_a_user_are_kept_as_failed_and_acknowledged(clie
 class SlowStorage(BaseHTTPRequestHandler):
     """A storage host that answers after a second and notes the headers it was sent."""
 
-    seen: list = []
+    seen: ClassVar[list[dict]] = []
 
     def do_GET(self):
         SlowStorage.seen.append(dict(self.headers))

@@ -1,6 +1,6 @@
 """The baselines: a bare Flask app served by the same gunicorn configuration as the real one.
 
-    gunicorn --config gunicorn.conf.py "bench.bare_app:create_app()"
+    gunicorn --config gunicorn.conf.py "tools.bench.bare_app:create_app()"
 
 - `GET /json` answers a small JSON object: the ceiling for any JSON endpoint on this stack
   (gunicorn gthread, Flask, Werkzeug, the access log), with no database, no authentication.

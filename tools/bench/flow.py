@@ -1,6 +1,6 @@
 """Full sandbox connect flows per second, as a mobile app drives them through the API.
 
-    .venv/bin/python -m bench.flow --db sqlite [--duration 15] [--clients 1,4,8]
+    .venv/bin/python -m tools.bench.flow --db sqlite [--duration 15] [--clients 1,4,8]
 
 Each client is its own process with its own user and bearer token, and repeats, until the time is up:
 1. `POST /api/v1/connect-attempts` (the app asks the sandbox, over HTTP, for a widget session);
@@ -16,7 +16,7 @@ import multiprocessing
 import time
 import uuid
 
-from bench import common
+from tools.bench import common
 
 
 def client(base_url: str, token: str, seconds: float, max_flows: int, results) -> None:

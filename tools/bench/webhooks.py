@@ -1,7 +1,7 @@
 """Webhook ingestion, `POST /webhooks/terra`, against a bare Flask endpoint that only verifies the
 signature (`terra.signature.verify`), under the same gunicorn configuration, in the same run.
 
-    .venv/bin/python -m bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
+    .venv/bin/python -m tools.bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
 
 Every request is signed the way Terra signs (HMAC-SHA256 over `t.body`) and carries its own
 X-Terra-Trace-Id, so the app records and applies each one (none is a duplicate):
@@ -14,10 +14,11 @@ Target: the app at >= 40% of the verify-only endpoint's events/s.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import requests
 
-from bench import common
+from tools.bench import common
 
 TARGET = 0.40
 KINDS = ("auth", "activity")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                     if args.warmup:
                         load(target.url, kind, clients, args.warmup)
                     result = cell[name] = common.measure(
-                        target, lambda: load(target.url, kind, clients, args.duration))
+                        target, partial(load, target.url, kind, clients, args.duration))
                     print(f"  {kind:>8} {clients:>3} clients {name:>6}: {result.rps:8.0f} events/s  "
                           f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  statuses {result.statuses} "
                           f"{result.errors or ''}  CPU {result.cpu}", flush=True)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             clients = max(args.concurrency)
             seconds = max(args.duration, 10)
             for kind in KINDS:
-                common.profile_server(server, lambda: load(server.url, kind, clients, seconds), seconds=seconds,
+                common.profile_server(server, partial(load, server.url, kind, clients, seconds), seconds=seconds,
                                       out_prefix=args.profile / f"webhooks-{kind}-{args.db}",
                                       label=f"webhooks {kind}, {clients} clients, {args.db}")
 

@@ -1,7 +1,7 @@
 """Wake-up latency of the status long-poll: from the 200 of the `auth` webhook that connects an attempt
 to the moment a long-polling client (`GET ...?wait=25` with `If-None-Match`) sees `connected`.
 
-    .venv/bin/python -m bench.wakeup --db sqlite [--rounds 100] [--duration 180]
+    .venv/bin/python -m tools.bench.wakeup --db sqlite [--rounds 100] [--duration 180]
 
 The app runs under the shipped gunicorn configuration with 2 worker processes. The poller and the
 webhook poster are two separate processes (so the wake-up has to cross processes through the
@@ -23,7 +23,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from bench import common
+from tools.bench import common
 
 TARGET_P50_MS = 100
 TARGET_P99_MS = 500
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                 poll_end.send((attempt_id, '"1"', 25))
                 if not poll_end.poll(60):
                     raise RuntimeError("the poller did not send its request")
-                _, sent = poll_end.recv()
+                poll_end.recv()  # the poller's request is on its way
                 time.sleep(random.uniform(0.2, 0.4))
                 post_end.send(bodies[index])
                 if not post_end.poll(65):
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 started, answered, http_status, outcome = post_end.recv()
                 if not poll_end.poll(65):
                     raise RuntimeError("the long-poll did not return")
-                kind, seen, poll_status, attempt_status = poll_end.recv()
+                _, seen, poll_status, attempt_status = poll_end.recv()
                 rounds.append({
                     "webhook_ms": (answered - started) * 1000,
                     "wakeup_ms": (seen - answered) * 1000,

@@ -21,24 +21,25 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Self
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 PYTHON = sys.executable
 BENCH_SECRET_KEY = "bench-secret-key-0123456789abcdef-not-for-production"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/terra_connect_bench"
 SIGNING_SECRET = "sandbox-signing-secret-not-for-production"  # the sandbox default; set explicitly below
 APP_SPEC = "app:create_app()"
-BARE_SPEC = "bench.bare_app:create_app()"
+BARE_SPEC = "tools.bench.bare_app:create_app()"
 
-if str(ROOT) not in sys.path:  # `python -m bench.x` from the repository root already has it
+if str(ROOT) not in sys.path:  # `python -m tools.bench.x` from the repository root already has it
     sys.path.insert(0, str(ROOT))
 
 
@@ -102,7 +103,7 @@ class Run(ExitStack):
         self.processes: list[subprocess.Popen] = []
         self.results: dict[str, Any] = {"benchmark": name, "db": args.db, "machine": machine_info(args.db, args.pg_url)}
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Self:
         super().__enter__()
         self.callback(self._cleanup)
         self.database.create()
@@ -132,14 +133,13 @@ class Run(ExitStack):
     def environ(self, port: int, **extra: str) -> dict[str, str]:
         return app_environ(self.database.url, port, **extra)
 
-    def start_server(self, spec: str = APP_SPEC, *, label: str = "app", **extra_env: str) -> "Server":
+    def start_server(self, spec: str = APP_SPEC, *, label: str = "app", **extra_env: str) -> Server:
         port = free_port()
         if spec == APP_SPEC:
             extra_env = {**app_env_overrides(self.args), **extra_env}
         env = {**self.environ(port, **extra_env)}
         log_path = self.tmp / f"{label}-{port}.log"
-        log = open(log_path, "w")
-        self.callback(log.close)
+        log = self.enter_context(open(log_path, "w"))  # noqa: SIM115 (closed by the run's exit stack)
         process = subprocess.Popen(
             [PYTHON, "-m", "gunicorn", "--config", "gunicorn.conf.py", spec],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -149,14 +149,13 @@ class Run(ExitStack):
         server.wait_healthy()
         return server
 
-    def stop_server(self, server: "Server") -> None:
+    def stop_server(self, server: Server) -> None:
         stop_process(server.process)
         if server.process in self.processes:
             self.processes.remove(server.process)
 
     def spawn(self, argv: Sequence[str], *, label: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{label}.log", "w")
-        self.callback(log.close)
+        log = self.enter_context(open(self.tmp / f"{label}.log", "w"))  # noqa: SIM115 (closed by the run's exit stack)
         process = subprocess.Popen(list(argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
@@ -423,8 +422,7 @@ def write_webhook_data(path: Path, bodies: list[bytes], seconds_ahead: float) ->
             text = body.decode()
             assert "\t" not in text and "\n" not in text
             out.write(f"B\t{text}\n")
-            for stamp in stamps:
-                out.write(f"S\t{index}\t{stamp}\t{sign(body, SIGNING_SECRET, stamp)}\n")
+            out.writelines(f"S\t{index}\t{stamp}\t{sign(body, SIGNING_SECRET, stamp)}\n" for stamp in stamps)
 
 
 # -- wrk ---------------------------------------------------------------------------------------------
@@ -482,8 +480,8 @@ def wrk(url: str, *, connections: int, duration: float, headers: Iterable[str] =
     argv.append(url)
     if script_args:
         argv += ["--", *script_args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout_s + 30)
-    match = re.search(r"^BENCH_JSON (.+)$", done.stdout, re.M)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout_s + 30, check=False)
+    match = re.search(r"^BENCH_JSON (.+)$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     data = json.loads(match.group(1))
@@ -497,7 +495,7 @@ def wrk(url: str, *, connections: int, duration: float, headers: Iterable[str] =
     )
 
 
-def measure(server: "Server", run_load) -> LoadResult:
+def measure(server: Server, run_load) -> LoadResult:
     """`run_load()` (a wrk call) with the CPU it cost, per request: the server's processes, PostgreSQL's
     backends, the load generator, and the rest of the machine (other work sharing the two cores)."""
     meter = CpuMeter(server)
@@ -548,7 +546,7 @@ def _machine_busy_seconds() -> tuple[float, float]:
 
 
 class CpuMeter:
-    def __init__(self, server: "Server"):
+    def __init__(self, server: Server):
         self.server = server
 
     def _snapshot(self) -> dict[str, float]:
@@ -597,7 +595,7 @@ def py_spy(pid: int, seconds: float, out: Path, *, mode: str = "wall", rate: int
     which is what bounds throughput when the cores are busy."""
     binary = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     if not Path(binary).exists():
-        raise SystemExit("py-spy is missing: .venv/bin/pip install -r bench/requirements.txt")
+        raise SystemExit("py-spy is missing: .venv/bin/uv pip install -r tools/bench/requirements.txt")
     argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, round(seconds))),
             "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
     argv.append("--idle" if mode == "wall" else "--gil")
@@ -611,11 +609,7 @@ def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request
     In "wall" mode that is wall time, waits included; in "gil" mode it is Python CPU time."""
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, count = _sample(line)
-        if stack is None or (within is not None and within not in stack):
-            continue
-        n = count
+    for stack, n in _samples(path, within):
         total += n
         frames = stack.split(";")
         start = 0 if within is None else next(i for i, frame in enumerate(frames) if within in frame)
@@ -630,6 +624,15 @@ def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request
     return [(name, count / total) for name, count in inclusive.most_common(top)]
 
 
+def _samples(path: Path, within: str | None) -> Iterable[tuple[str, int]]:
+    """(stack, sample count) of each sample in a py-spy raw file whose stack passes through `within`
+    (None: all)."""
+    for line in path.read_text().splitlines():
+        stack, count = _sample(line)
+        if stack is not None and (within is None or within in stack):
+            yield stack, count
+
+
 def _sample(line: str) -> tuple[str | None, int]:
     """One line of py-spy's raw output: (stack, sample count); (None, 0) for a line that is not one
     (a frame name can contain spaces and newlines, which split a sample across lines)."""
@@ -641,16 +644,13 @@ def leaf_profile(path: Path, *, within: str | None = None, top: int = 15) -> lis
     """Share of samples by the innermost frame (self time), among stacks through `within` (None: all)."""
     leaves: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, count = _sample(line)
-        if stack is None or (within is not None and within not in stack):
-            continue
+    for stack, count in _samples(path, within):
         total += count
         leaves[_frame_name(stack.split(";")[-1])] += count
     return [(name, count / total) for name, count in leaves.most_common(top)] if total else []
 
 
-def profile_server(server: "Server", load, *, seconds: float, out_prefix: Path, label: str) -> None:
+def profile_server(server: Server, load, *, seconds: float, out_prefix: Path, label: str) -> None:
     """Run `load()` (which should last about `seconds`) twice under py-spy: once sampling wall time,
     once sampling the GIL holder; print where the time goes and keep the raw stacks."""
     for mode in ("wall", "gil"):
@@ -717,14 +717,10 @@ def machine_info(db: str, pg_url: str) -> dict:
         "load_before": load_average(),
         "db": db,
     }
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import version
 
-        info["gunicorn"] = version("gunicorn")
-        info["flask"] = version("flask")
-        info["sqlalchemy"] = version("sqlalchemy")
-    except Exception:  # noqa: BLE001 (informational only)
-        pass
+    for package in ("gunicorn", "flask", "sqlalchemy"):
+        info[package] = version(package)
     if db == "postgresql":
         try:
             from sqlalchemy import create_engine, text
@@ -741,15 +737,16 @@ def machine_info(db: str, pg_url: str) -> dict:
 
         info["sqlite"] = sqlite3.sqlite_version
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
         dirty = subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                               text=True)
+                               text=True, check=False)
         info["code"] = f"{head.stdout.strip()} + {len(dirty.stdout.splitlines())} modified files"
     except OSError:
         pass
     wrk_path = shutil.which("wrk")
     if wrk_path:
-        first = subprocess.run([wrk_path, "--version"], capture_output=True, text=True).stdout.splitlines()
+        first = subprocess.run([wrk_path, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
         info["wrk"] = first[0].split(" [")[0] if first else "?"
     return info
 

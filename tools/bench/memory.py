@@ -1,6 +1,6 @@
 """Memory of the app's worker processes under a steady load on the status endpoint.
 
-    .venv/bin/python -m bench.memory --db sqlite [--duration 600] [--interval 5] [--clients 16]
+    .venv/bin/python -m tools.bench.memory --db sqlite [--duration 600] [--interval 5] [--clients 16]
 
 wrk loads the status endpoint (200 and 304 paths alternate, one wrk run each per interval) for
 `--duration` seconds while this process reads each worker's RSS (VmRSS in /proc) every `--interval`
@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from bench import common
+from tools.bench import common
 
 
 def slope_kib_per_min(points: list[tuple[float, int]]) -> float:

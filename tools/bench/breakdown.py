@@ -1,6 +1,6 @@
 """Where the status endpoint's and the webhook receiver's cost comes from, measured in-process.
 
-    .venv/bin/python -m bench.breakdown --db sqlite [--requests 1500]
+    .venv/bin/python -m tools.bench.breakdown --db sqlite [--requests 1500]
 
 No server and no load generator: one thread sends requests through Flask's test client, so the
 numbers are the app's own CPU time per request (time.process_time, all of its threads) and the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from bench import common
+from tools.bench import common
 
 # name: (app.config overrides, extra environment, keep attributes loaded after a commit)
 VARIANTS = {
@@ -92,14 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 with flask_app.app_context():
                     counters = Counters(db.engine)
-                client = flask_app.test_client()
-                etag = client.get(status_path, headers=bearer).headers["ETag"]
-                cases = {
-                    "status 200": lambda i: client.get(status_path, headers=bearer),
-                    "status 304": lambda i: client.get(status_path, headers={**bearer, "If-None-Match": etag}),
-                    "webhook auth": lambda i: _post(client, auth_bodies[i % len(auth_bodies)]),
-                    "webhook activity": lambda i: _post(client, activity_bodies[i % len(activity_bodies)]),
-                }
+                cases = request_cases(flask_app.test_client(), status_path, bearer, auth_bodies, activity_bodies)
                 for case, send in cases.items():
                     expected = 304 if case == "status 304" else 200
                     for i in range(min(100, args.requests)):  # warm caches (SQLAlchemy's statement cache)
@@ -129,6 +122,18 @@ def main(argv: list[str] | None = None) -> None:
             f"in-process cost per request ({args.db}, {args.requests} requests each, one thread, Flask test client)",
             ["variant", "case", "CPU ms", "wall ms", "statements", "checkouts", "commits"], rows)
         run.results["cells"] = results
+
+
+def request_cases(client, status_path: str, bearer: dict, auth_bodies: list[bytes],
+                  activity_bodies: list[bytes]) -> dict:
+    """Case name -> a function of the request number that sends one request of that case."""
+    etag = client.get(status_path, headers=bearer).headers["ETag"]
+    return {
+        "status 200": lambda i: client.get(status_path, headers=bearer),
+        "status 304": lambda i: client.get(status_path, headers={**bearer, "If-None-Match": etag}),
+        "webhook auth": lambda i: _post(client, auth_bodies[i % len(auth_bodies)]),
+        "webhook activity": lambda i: _post(client, activity_bodies[i % len(activity_bodies)]),
+    }
 
 
 def profile_cases(cases: dict, args) -> None:

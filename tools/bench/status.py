@@ -1,10 +1,10 @@
 """The mobile status endpoint, `GET /api/v1/connect-attempts/<id>` with a bearer token, against a bare
 Flask JSON endpoint under the same gunicorn configuration, in the same run.
 
-    .venv/bin/python -m bench.status --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
+    .venv/bin/python -m tools.bench.status --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
 
 Three rows per client count, measured in turn (bare, 200, 304) so drift hits all three alike:
-- bare: `bench/bare_app.py`'s `GET /json`;
+- bare: `tools/bench/bare_app.py`'s `GET /json`;
 - 200:  the status of a pending attempt, full JSON body;
 - 304:  the same with `If-None-Match: <current ETag>` (what a poller sends between changes).
 Targets: 200 at >= 60% of bare throughput, 304 at >= 75%.
@@ -12,9 +12,11 @@ Targets: 200 at >= 60% of bare throughput, 304 at >= 75%.
 
 from __future__ import annotations
 
+from functools import partial
+
 import requests
 
-from bench import common
+from tools.bench import common
 
 TARGET_200 = 0.60
 TARGET_304 = 0.75
@@ -56,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                     common.wrk(url, connections=clients, duration=args.warmup, headers=headers, script="fixed.lua",
                                threads=args.threads)
                 target = servers[name]
-                result = common.measure(target, lambda: common.wrk(
-                    url, connections=clients, duration=args.duration, headers=headers, script="fixed.lua",
+                result = common.measure(target, partial(
+                    common.wrk, url, connections=clients, duration=args.duration, headers=headers, script="fixed.lua",
                     threads=args.threads))
                 measured[clients][name] = result
                 print(f"  {clients:>3} clients  {name:>4}: {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append([clients, b.rps, b.p50_ms, b.p99_ms,
                          ok.rps, ok.p50_ms, ok.p99_ms, common.pct(ok.rps / b.rps),
                          nm.rps, nm.p50_ms, nm.p99_ms, common.pct(nm.rps / b.rps),
-                         f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
-                         f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}"])
+                         (f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
+                          f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}")])
         common.print_table(
             f"status endpoint vs bare Flask ({args.db}, {args.duration:g} s each, wrk -t{args.threads}; "
             f"targets 200 >= {common.pct(TARGET_200)}, 304 >= {common.pct(TARGET_304)} of bare req/s)",
@@ -97,11 +99,8 @@ def profile(run: common.Run, server: common.Server, cases: dict, args) -> None:
     seconds = max(args.duration, 10)
     for name in ("200", "304"):
         url, headers = cases[name]
-
-        def load():
-            common.wrk(url, connections=clients, duration=seconds, headers=headers, script="fixed.lua",
+        load = partial(common.wrk, url, connections=clients, duration=seconds, headers=headers, script="fixed.lua",
                        threads=args.threads)
-
         common.profile_server(server, load, seconds=seconds, out_prefix=args.profile / f"status-{name}-{args.db}",
                               label=f"status {name} path, {clients} clients, {args.db}")
 

@@ -1,4 +1,6 @@
-"""A stand-in for the mobile app, to try the mobile flow without a phone: `flask --app app mobile-client`.
+"""A stand-in for the mobile app, to try the mobile flow without a phone: `make mobile-client`, which
+runs `python -m tools.mobile_client` (a developer tool: the app's own CLI, production's included, does
+not carry it).
 
 It does what an iOS or Android app must do, in the same order, and prints each step:
 1. get a bearer token (POST /api/v1/tokens);
@@ -15,13 +17,13 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import click
 import requests
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -165,3 +167,10 @@ def mobile_client_command(base_url, email, password, register, provider, account
         raise click.ClickException("the deep link names another attempt")
     final = client.poll_until_final(attempt["attempt_id"])
     click.echo(f"done: {final['status']}" + (f" ({final['error']['code']})" if final["error"] else ""))
+
+
+if __name__ == "__main__":
+    from app import create_app
+
+    # The app's settings (PUBLIC_BASE_URL, MOBILE_APP_SCHEME) as `flask --app app` would load them.
+    mobile_client_command(obj=ScriptInfo(create_app=create_app))

@@ -1,7 +1,7 @@
 """The status endpoint's latency as the tables grow: 1,000 and then 1,000,000 connect attempts and
 connections (10 of each per seeded user), and the query plans of the queries the endpoint runs.
 
-    .venv/bin/python -m bench.scale --db postgresql [--duration 10] [--sizes 1000,1000000]
+    .venv/bin/python -m tools.bench.scale --db postgresql [--duration 10] [--sizes 1000,1000000]
 
 Each seeded user also gets a bearer token (so api_tokens grows to a tenth of that). Rows are bulk-inserted: on PostgreSQL with INSERT ... SELECT over generate_series (then ANALYZE, as
 autovacuum would), on SQLite with executemany in batches inside one transaction (no ANALYZE: the
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench import common
+from tools.bench import common
 
 PER_USER = 10
 BATCH = 50_000
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         growth = {key: measured[largest][key].p50_ms / measured[smallest][key].p50_ms for key in keys}
         common.print_table(f"status endpoint latency by table size ({args.db}, {args.duration:g} s each; "
                            f"'200/16' = 200 path at 16 clients)", headers, rows)
-        print("p50 growth from {:,} to {:,} rows: ".format(smallest, largest)
+        print(f"p50 growth from {smallest:,} to {largest:,} rows: "
               + ", ".join(f"{key} x{value:.2f}" for key, value in growth.items())
               + f" -> flat latency {common.verdict(all(value <= FLAT for value in growth.values()))} "
                 f"(threshold x{FLAT})")
@@ -175,7 +175,7 @@ def fill_sqlite(path: Path, size: int) -> int:
         have = db.execute("SELECT count(*) FROM connections WHERE terra_user_id LIKE 'seed-terra-%'").fetchone()[0]
         if have >= size:
             return 0
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         stamp = now.isoformat(sep=" ")
         expires = (now + timedelta(minutes=15)).isoformat(sep=" ")
         db.execute("BEGIN")
