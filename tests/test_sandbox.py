@@ -729,7 +729,7 @@ def test_a_database_the_sandbox_used_keeps_its_terra_users_through_the_move(empt
         db.session.add(SandboxUser(provider="GARMIN", account="ada", reference_id="ref-1"))
         db.session.commit()
         db.engine.dispose()
-    tables, revisions = migrate(uri, upgrade, "heads")
+    _, revisions = migrate(uri, upgrade, "heads")
     assert revisions == {"sandbox_0001"}
     with app.app_context():
         assert [user.account for user in db.session.scalars(select(SandboxUser))] == ["ada"]
