@@ -31,7 +31,7 @@ test: install-dev chromium
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
 # [tool.mutmut], docs/reliability.md). Tens of minutes: not part of `make test` or CI.
 # MUTANTS picks the functions of those files that decide who may do what (mutmut name patterns).
-MUTANTS ?= 'terra.signature.*' 'blueprints.webhooks.*' 'services.reference_ids.*' 'services.signing.*' \
+MUTANTS ?= 'terra_integration.signature.*' 'blueprints.webhooks.*' 'services.reference_ids.*' 'services.signing.*' \
 	'services.event_handlers.x__owner*' 'services.event_handlers.x_apply_event*' \
 	'services.attempts.x_attempt_token*' 'services.attempts.x_attempt_from_token*' \
 	'services.attempts.x_record_return*' 'services.attempts.x_owned_*' 'services.attempts.x_poll_state*' \

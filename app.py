@@ -39,7 +39,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
 def register_extensions(app: Flask) -> None:
     import models  # noqa: F401  (registers the tables with SQLAlchemy before migrations look)
     from services import api_tokens
-    from terra.client import TerraClient
+    from terra_integration.client import TerraClient
 
     db.init_app(app)
     with app.app_context():

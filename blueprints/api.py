@@ -20,7 +20,7 @@ from services import accounts, api_tokens, attempts, connections, long_poll, rec
 from services.api_tokens import require_token
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
-from terra.client import TerraError
+from terra_integration.client import TerraError
 from text_checks import storable_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")

@@ -13,7 +13,7 @@ from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation, return_visits
 from services.providers import is_provider_code
-from terra.client import TerraError, TerraNotFound
+from terra_integration.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from terra.client import TerraClient
+from terra_integration.client import TerraClient
 
 PROVIDER_CODE = re.compile(r"[A-Z0-9_]{2,40}")  # the whole value (fullmatch): no trailing newline
 

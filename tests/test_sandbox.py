@@ -28,7 +28,7 @@ from extensions import db
 from models.time import utcnow
 from sandbox.delivery import deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
-from terra.signature import verify
+from terra_integration.signature import verify
 from tests.conftest import (LIVE_TERRA, ROOT, TEST_SECRET_KEY, VENV_BIN, _environ, _recreate_postgres_database,
                             free_port, server_process)
 

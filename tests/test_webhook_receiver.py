@@ -17,8 +17,8 @@ from extensions import db
 from models import ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
 from services import event_handlers, webhook_inbox
 from services.webhook_inbox import replay
-from terra.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
-from terra.signature import sign
+from terra_integration.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
+from terra_integration.signature import sign
 from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 
 
