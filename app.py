@@ -36,7 +36,7 @@ def register_extensions(app: Flask) -> None:
     import models  # noqa: F401  (registers the tables with SQLAlchemy before migrations look)
     import sandbox.models  # noqa: F401  (its tables exist in every mode; the schema is one migration history)
     from services import api_tokens
-    from terra.client import TerraClient
+    from terra_integration.client import TerraClient
 
     db.init_app(app)
     with app.app_context():

@@ -1,6 +1,6 @@
 """Whether text can be stored: the checks every input path needs before a value reaches the database.
 
-No imports from the app, so blueprints, services and `terra/` can all use them.
+No imports from the app, so blueprints, services and `terra_integration/` can all use them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 - `GET /json` answers a small JSON object: the ceiling for any JSON endpoint on this stack
   (gunicorn gthread, Flask, Werkzeug, the access log), with no database, no authentication.
-- `POST /webhooks/terra` reads the raw body and checks its signature with `terra.signature.verify`,
+- `POST /webhooks/terra` reads the raw body and checks its signature with `terra_integration.signature.verify`,
   nothing else: the ceiling for the webhook receiver.
 - `GET /healthz` so the benchmarks can wait for it the way they wait for the app.
 """
@@ -15,7 +15,7 @@ import os
 
 from flask import Flask, jsonify, request
 
-from terra import signature
+from terra_integration import signature
 
 DEFAULT_SECRET = "sandbox-signing-secret-not-for-production"
 

@@ -404,7 +404,7 @@ def activity_body(reference_id: str, terra_user_id: str) -> bytes:
 
 
 def signed_headers(body: bytes, trace_id: str | None = None) -> dict[str, str]:
-    from terra.signature import sign
+    from terra_integration.signature import sign
 
     headers = {"Content-Type": "application/json", "X-Terra-Signature": sign(body, SIGNING_SECRET)}
     headers["X-Terra-Trace-Id"] = trace_id or str(uuid.uuid4())
@@ -414,7 +414,7 @@ def signed_headers(body: bytes, trace_id: str | None = None) -> dict[str, str]:
 def write_webhook_data(path: Path, bodies: list[bytes], seconds_ahead: float) -> None:
     """The file webhooks.lua reads: every body, and its signature at timestamps 240 s apart covering
     the whole run, so each request can carry one within Terra's ±300 s tolerance."""
-    from terra.signature import sign
+    from terra_integration.signature import sign
 
     start = int(time.time())
     stamps = [start + 240 * k for k in range(int(seconds_ahead // 240) + 2)]

@@ -1,5 +1,5 @@
 """Webhook ingestion, `POST /webhooks/terra`, against a bare Flask endpoint that only verifies the
-signature (`terra.signature.verify`), under the same gunicorn configuration, in the same run.
+signature (`terra_integration.signature.verify`), under the same gunicorn configuration, in the same run.
 
     .venv/bin/python -m bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
 

@@ -1,6 +1,6 @@
 """Flask blueprints, one per capability: auth (web login), connect (web pages), webhooks, health.
 
-Text checks that every input path needs live in `text_checks` (`terra/` uses them too).
+Text checks that every input path needs live in `text_checks` (`terra_integration/` uses them too).
 """
 
 # The largest value of an `integer` primary key (32 bits on PostgreSQL). A larger id in a URL names

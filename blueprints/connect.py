@@ -15,7 +15,7 @@ from extensions import db, limiter
 from models import ConnectAttempt, Connection, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation
-from terra.client import TerraError, TerraNotFound
+from terra_integration.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
 

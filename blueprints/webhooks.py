@@ -15,8 +15,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from services import webhook_inbox
-from terra import signature
-from terra.events import EventParseError, parse_event
+from terra_integration import signature
+from terra_integration.events import EventParseError, parse_event
 from text_checks import storable_text
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")

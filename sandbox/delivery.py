@@ -23,7 +23,7 @@ import requests
 
 from sandbox.faults import late_seconds, webhook_faults
 from sandbox.traffic import Traffic, WebhookPost, current_traffic
-from terra.signature import sign
+from terra_integration.signature import sign
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from models.connect_attempt import AttemptHint
 from models.time import utcnow
 from services.connections import upsert_connection
 from services.signing import timed_serializer
-from terra.client import TerraClient, TerraError, TerraUser, WidgetSession
+from terra_integration.client import TerraClient, TerraError, TerraUser, WidgetSession
 
 TOKEN_SALT = "connect-attempt-v1"
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from extensions import db
 from models import ConnectAttempt, Connection, ConnectionStatus, ReplacedTerraUser, User
 from models.time import utcnow
-from terra.client import TerraClient, TerraNotFound, TerraUser
+from terra_integration.client import TerraClient, TerraNotFound, TerraUser
 
 
 # Why a connection ended, for its owner to read (models.connect_attempt.REASON_TEXT).

@@ -25,7 +25,7 @@ from extensions import db
 from models import Connection, ConnectionStatus, User
 from models.time import utcnow
 from services import connections
-from terra.client import TerraClient, TerraError
+from terra_integration.client import TerraClient, TerraError
 
 NOT_AT_TERRA = "not_at_terra"  # Terra no longer returns the user, or returns it inactive
 

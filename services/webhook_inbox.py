@@ -23,8 +23,8 @@ from models import WebhookEvent
 from models.time import utcnow
 from models.webhook_event import EventOutcome
 from services.event_handlers import Outcome, apply_event
-from terra.client import download_payload
-from terra.events import PING_TYPE, EventParseError, TerraEvent, parse_event
+from terra_integration.client import download_payload
+from terra_integration.events import PING_TYPE, EventParseError, TerraEvent, parse_event
 
 
 def trace_id_for(header_value: str | None, body: bytes) -> str:

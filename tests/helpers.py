@@ -13,7 +13,7 @@ from extensions import db
 from models import ConnectAttempt, User
 from models.time import utcnow
 from services.reference_ids import new_reference_id
-from terra.signature import sign
+from terra_integration.signature import sign
 
 
 def create_user(email: str = "ada@example.com") -> User:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from extensions import db
 from models import ConnectAttempt, Connection, WebhookEvent
 from services import attempts
-from terra.signature import sign
+from terra_integration.signature import sign
 from tests.helpers import auth_event, create_attempt, create_user, terra_user
 
 DELIVERIES = 16

@@ -1,5 +1,5 @@
 """Faults from Terra, over real HTTP: the sandbox misbehaving on purpose (sandbox/faults.py), the
-client's retries of safe reads (terra/client.py), what the web pages and the mobile API show for each
+client's retries of safe reads (terra_integration/client.py), what the web pages and the mobile API show for each
 fault, and webhook deliveries that come twice, out of order, late, or after the app answered 500.
 
 The REST faults are switched per run (`app.config["SANDBOX_FAULTS"]`, or `SANDBOX_FAULTS` in the
@@ -29,7 +29,7 @@ from sandbox.delivery import deliver
 from sandbox.faults import ALL_FAULTS
 from sandbox.models import SandboxSession
 from sandbox.traffic import traffic_of
-from terra.client import TerraClient, TerraUnavailable
+from terra_integration.client import TerraClient, TerraUnavailable
 from tests.conftest import TEST_SECRET_KEY, Browser, wait_for
 from tests.helpers import token_of
 

@@ -45,7 +45,7 @@ from services.attempts import TOKEN_SALT, attempt_token
 from services.reference_ids import SALT as REFERENCE_ID_SALT
 from services.reference_ids import new_reference_id
 from services.signing import signing_keys
-from terra.signature import compute, sign
+from terra_integration.signature import compute, sign
 from tests.conftest import Browser
 from tests.helpers import auth_event, create_attempt, terra_user
 

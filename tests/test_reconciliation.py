@@ -15,7 +15,7 @@ from extensions import db
 from models import Connection, ReplacedTerraUser, User
 from sandbox.traffic import traffic_of
 from services.reconciliation import reconcile
-from terra.client import TerraClient, TerraUnavailable, TerraUser
+from terra_integration.client import TerraClient, TerraUnavailable, TerraUser
 from tests.conftest import Browser
 from tests.helpers import auth_event, create_user, deliver, terra_user
 from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal

@@ -17,7 +17,7 @@ from extensions import db
 from models.time import utcnow
 from sandbox.delivery import deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
-from terra.signature import verify
+from terra_integration.signature import verify
 
 
 # -- helpers --------------------------------------------------------------------------------------

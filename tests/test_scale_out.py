@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
-from terra.signature import sign
+from terra_integration.signature import sign
 from tests.conftest import Browser
 from tests.helpers import auth_event, terra_user
 from tests.test_concurrency import at_once

@@ -5,7 +5,7 @@ import hmac
 
 import pytest
 
-from terra.signature import SignatureError, compute, sign, verify
+from terra_integration.signature import SignatureError, compute, sign, verify
 
 SECRET = "whsec_example"
 BODY = b'{"type":"auth","status":"success"}'

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from terra.client import (
+from terra_integration.client import (
     LegacyWidgetEndpointGone,
     TerraClient,
     TerraNotFound,

@@ -16,8 +16,8 @@ from extensions import db
 from models import Connection, ReplacedTerraUser, WebhookEvent
 from services import event_handlers, webhook_inbox
 from services.webhook_inbox import replay
-from terra.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
-from terra.signature import sign
+from terra_integration.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
+from terra_integration.signature import sign
 from tests.helpers import auth_event, create_user, deliver, terra_user
 
 

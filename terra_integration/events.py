@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from terra.client import TerraUser
+from terra_integration.client import TerraUser
 from text_checks import storable_json
 
 # Events that change the connect flow's state; everything else is recorded only.
