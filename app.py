@@ -66,7 +66,7 @@ def register_blueprints(app: Flask) -> None:
     from blueprints.auth import bp as auth_bp
     from blueprints.connect import bp as connect_bp
     from blueprints.health import bp as health_bp
-    from blueprints.webhooks import bp as webhooks_bp
+    from terra_integration.webhooks import bp as webhooks_bp
     from mobile_redirects.views import bp as mobile_bp
 
     app.register_blueprint(health_bp)

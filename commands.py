@@ -77,7 +77,7 @@ def list_events(failed: bool, limit: int) -> None:
 @click.option("--failed", is_flag=True, help="Replay every event whose application failed.")
 def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
     """Apply recorded events again; safe because applying is idempotent."""
-    from services.webhook_inbox import replay
+    from terra_integration.inbox import replay
 
     query = select(WebhookEvent).order_by(WebhookEvent.id)
     if failed:

@@ -1,6 +1,6 @@
-"""Flask blueprints, one per capability: auth (web login), connect (web pages), webhooks, health.
+"""Flask blueprints, one per capability: auth (web login), connect (web pages), api (the mobile app), health.
 
-Text checks that every input path needs live in `text_checks` (`terra_integration/` uses them too).
+Text checks that every input path needs live in `terra_integration.text_checks`.
 """
 
 # The largest value of an `integer` primary key (32 bits on PostgreSQL). A larger id in a URL names

@@ -25,7 +25,7 @@ from services import api_tokens, attempts, connections, reconciliation
 from services.api_tokens import require_token
 from services.request_windows import RequestWindows
 from terra_integration.client import TerraError
-from text_checks import storable_json
+from terra_integration.text_checks import storable_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)

@@ -19,7 +19,7 @@ from wtforms.validators import DataRequired, Email, Length
 
 from extensions import db, limiter
 from models import User
-from services.reference_ids import new_reference_id
+from terra_integration.reference_ids import new_reference_id
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 

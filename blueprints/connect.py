@@ -9,7 +9,7 @@ from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, re
 from sqlalchemy import select
 
 from blueprints import MAX_ROW_ID
-from text_checks import storable_text
+from terra_integration.text_checks import storable_text
 from blueprints.auth import login_required
 from extensions import db, limiter
 from models import ConnectAttempt, Connection, User

@@ -20,7 +20,7 @@ from models import AttemptStatus, ConnectAttempt, Connection, User
 from models.connect_attempt import AttemptHint
 from models.time import utcnow
 from services.connections import upsert_connection
-from services.signing import timed_serializer
+from terra_integration.signing import timed_serializer
 from terra_integration.client import TerraClient, TerraError, TerraUser, WidgetSession
 
 TOKEN_SALT = "connect-attempt-v1"

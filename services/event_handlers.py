@@ -15,7 +15,7 @@ from models import ConnectionStatus, User
 from models.time import utcnow
 from models.webhook_event import EventOutcome
 from services import attempts, connections
-from services.reference_ids import is_authentic
+from terra_integration.reference_ids import is_authentic
 from terra_integration.events import AUTH_FAILURE, AUTH_SUCCESS, DATA_TYPES, INFORMATIONAL_TYPES, USERLESS_TYPES, TerraEvent
 
 Outcome = tuple[str, str | None]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from terra_integration.client import TerraUser
-from text_checks import storable_json
+from terra_integration.text_checks import storable_json
 
 # Events that change the connect flow's state; everything else is recorded only.
 AUTH_SUCCESS = "auth_success"

@@ -14,8 +14,9 @@ from sqlalchemy.exc import OperationalError
 
 from extensions import db
 from models import Connection, ReplacedTerraUser, WebhookEvent
-from services import event_handlers, webhook_inbox
-from services.webhook_inbox import replay
+from services import event_handlers
+from terra_integration import inbox
+from terra_integration.inbox import replay
 from terra_integration.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
 from terra_integration.signature import sign
 from tests.helpers import auth_event, create_user, deliver, terra_user
@@ -233,7 +234,7 @@ def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(cl
                    trace_id="trace-failed").json["status"] == "duplicate"
     monkeypatch.undo()
     with app.app_context():
-        assert webhook_inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
+        assert inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
     assert count(app, Connection) == 1
 
 
@@ -248,7 +249,7 @@ def test_a_lost_race_is_tried_again_in_a_new_savepoint(client, app, secret, user
             raise OperationalError("UPDATE connections", {}, Exception("deadlock detected"))
         return outcome
 
-    monkeypatch.setattr(webhook_inbox, "apply_event", loses_once)
+    monkeypatch.setattr(inbox, "apply_event", loses_once)
     with DatabaseWork(app) as work:
         response = deliver(client, auth_event(user, terra_user(user, "tu-race")), secret=secret)
     assert (response.json["status"], tries, work.commits) == ("applied", ["auth", "auth"], 1)
@@ -267,11 +268,11 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
                                   status="active"))
         return "applied", None
 
-    monkeypatch.setattr(webhook_inbox, "apply_event", always_conflicts)
+    monkeypatch.setattr(inbox, "apply_event", always_conflicts)
     with DatabaseWork(app) as work:
         response = deliver(client, {"type": "activity", "user": terra_user(user, "tu-taken")}, secret=secret,
                            trace_id="trace-lost")
-    assert (response.json["status"], len(tries), work.commits) == ("failed", webhook_inbox.APPLY_TRIES, 1)
+    assert (response.json["status"], len(tries), work.commits) == ("failed", inbox.APPLY_TRIES, 1)
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.trace_id == "trace-lost")).one()
         assert row.outcome == "failed" and row.detail.startswith("IntegrityError")

@@ -12,7 +12,7 @@ import secrets
 
 from itsdangerous import BadSignature
 
-from services.signing import serializer
+from terra_integration.signing import serializer
 
 SALT = "terra-reference-id-v1"
 

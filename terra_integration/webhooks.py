@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from services import webhook_inbox
-from terra_integration import signature
+from terra_integration import inbox, signature
 from terra_integration.events import EventParseError, parse_event
-from text_checks import storable_text
+from terra_integration.text_checks import storable_text
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -52,20 +51,20 @@ def receive_terra_event():
     problem = _unstorable_headers()
     if problem:
         return _error(400, "malformed_event", problem)
-    trace_id = webhook_inbox.trace_id_for(request.headers.get("X-Terra-Trace-Id"), body)
+    trace_id = inbox.trace_id_for(request.headers.get("X-Terra-Trace-Id"), body)
     try:
         event = parse_event(body)
     except EventParseError as error:
         # Verified, so it is Terra's: kept as failed (for replay) and acknowledged, not retried for hours.
-        outcome = webhook_inbox.record_unreadable(body, str(error), trace_id=trace_id,
+        outcome = inbox.record_unreadable(body, str(error), trace_id=trace_id,
                                                   terra_reference=request.headers.get("terra-reference"))
         return jsonify(status=outcome, trace_id=trace_id)
-    row = webhook_inbox.record(body, event, trace_id=trace_id, terra_reference=request.headers.get("terra-reference"))
+    row = inbox.record(body, event, trace_id=trace_id, terra_reference=request.headers.get("terra-reference"))
     if row is None:
         return jsonify(status="duplicate", trace_id=trace_id)
 
     # 4. Apply.
-    outcome = webhook_inbox.apply(row, event)
+    outcome = inbox.apply(row, event)
 
     # 5. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
     return jsonify(status=outcome, trace_id=trace_id)
