@@ -18,7 +18,7 @@ from sqlalchemy import select
 from blueprints import MAX_ROW_ID
 from blueprints.auth import find_user_by_credentials
 from blueprints.connect import connect_rate_limit
-from extensions import csrf, db, limiter
+from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, Connection, User
 from services import api_tokens, attempts, connections, reconciliation
@@ -139,7 +139,7 @@ def _providers(value) -> list[str] | None:
         raise ApiError(400, "invalid_providers", "providers must be a non-empty list of provider codes")
     try:
         # SDK-only providers too: Terra's widget offers them, and hands the user back to the app.
-        offered = {provider.code for provider in attempts.terra_client().integrations_detailed(include_sdk=True)
+        offered = {provider.code for provider in terra.client.integrations_detailed(include_sdk=True)
                    if provider.enabled}
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
@@ -291,7 +291,7 @@ def _owned(read, attempt_id: str):
 @bp.get("/connections")
 @require_token()
 def list_connections():
-    reconciliation.reconcile_if_due(caller(), attempts.terra_client())
+    reconciliation.reconcile_if_due(caller(), terra.client)
     rows = db.session.scalars(
         select(Connection).where(Connection.user_id == caller_id()).order_by(Connection.created_at.desc())
     ).all()
@@ -305,7 +305,7 @@ def delete_connection(connection_id: int):
     if connection is None or connection.user_id != caller_id():
         raise ApiError(404, "not_found", "no such connection")
     try:
-        connections.disconnect(connection, attempts.terra_client())
+        connections.disconnect(connection, terra.client)
     except TerraError as error:
         raise ApiError(502, error.code, f"could not disconnect: {error}") from None
     return jsonify(connection.to_dict())

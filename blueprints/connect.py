@@ -11,7 +11,7 @@ from sqlalchemy import select
 from blueprints import MAX_ROW_ID
 from terra_integration.text_checks import storable_text
 from blueprints.auth import login_required
-from extensions import db, limiter
+from extensions import db, limiter, terra
 from models import ConnectAttempt, Connection, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation
@@ -49,7 +49,7 @@ def index():
 @bp.get("/connections")
 @login_required
 def dashboard():
-    reconciliation.reconcile_if_due(g.user, attempts.terra_client())
+    reconciliation.reconcile_if_due(g.user, terra.client)
     user_connections = db.session.scalars(
         select(Connection).where(Connection.user_id == g.user.id).order_by(Connection.created_at.desc())
     ).all()
@@ -85,7 +85,7 @@ def connect():
 def providers():
     """Custom UI: our own provider list instead of Terra's widget picker."""
     try:
-        catalogue = [provider for provider in attempts.terra_client().integrations_detailed() if provider.enabled]
+        catalogue = [provider for provider in terra.client.integrations_detailed() if provider.enabled]
     except TerraError as error:
         return render_template("connect/providers.html", providers=[], error=str(error)), 502
     return render_template("connect/providers.html", providers=catalogue, error=None)
@@ -125,7 +125,7 @@ def _return_page(token: str, hint: AttemptHint):
     if hint == AttemptHint.RETURNED_SUCCESS:
         # Terra's guidance: reconcile on the success redirect, the webhook may not have landed yet.
         # Throttled like the dashboard: the page's own userInfo check follows USERINFO_CHECK_AFTER_SECONDS.
-        reconciliation.reconcile_if_due(db.session.get(User, attempt.user_id), attempts.terra_client())
+        reconciliation.reconcile_if_due(db.session.get(User, attempt.user_id), terra.client)
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=token)
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
@@ -187,7 +187,7 @@ def disconnect(connection_id: int):
     if connection is None or connection.user_id != g.user.id:
         abort(404, description="No such connection.")
     try:
-        connections.disconnect(connection, attempts.terra_client())
+        connections.disconnect(connection, terra.client)
     except TerraError as error:
         flash(f"Could not disconnect {connection.provider}: {error}")
         return redirect(url_for("connect.dashboard"), code=303)

@@ -3,9 +3,13 @@
 De-duplication is the unique `trace_id` (Terra's `X-Terra-Trace-Id`, stable across retries; a hash
 of the body when absent). The insert either wins or raises IntegrityError: no check-then-insert.
 
-A delivery is one transaction: `record` inserts the row (flushed, not committed), `apply` changes our
-state inside a SAVEPOINT, notes the outcome on the row and commits once. A failure rolls back to the
-savepoint only, so the event is still committed, with its failure, for a replay.
+A delivery is one transaction: `receive` inserts the row (flushed, not committed), `apply` has the
+host change its state inside a SAVEPOINT, notes the outcome on the row and commits once. A failure
+rolls back to the savepoint only, so the event is still committed, with its failure, for a replay.
+
+What an event does is the host's (`host.TerraHost`); what is generic is decided here: an account
+event is applied to the owner of its signed reference_id, a data event as it is, an unknown type is
+recorded, and an event that should name a Terra user and does not is kept as failed.
 """
 
 from __future__ import annotations
@@ -13,73 +17,126 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from flask import current_app
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
-from extensions import db
-from models import WebhookEvent
-from models.time import utcnow
-from models.webhook_event import EventOutcome
-from services.event_handlers import Outcome, apply_event
 from terra_integration.client import download_payload
-from terra_integration.events import PING_TYPE, EventParseError, TerraEvent, parse_event
+from terra_integration.events import (
+    ACCOUNT_EVENT_KINDS,
+    AUTH_FAILURE,
+    DATA_TYPES,
+    INFORMATIONAL_TYPES,
+    PING_TYPE,
+    USERLESS_TYPES,
+    EventParseError,
+    TerraEvent,
+    parse_event,
+)
+from terra_integration.host import Outcome, bound
+from terra_integration.models import (
+    EVENT_TYPE_LENGTH,
+    TEXT_LENGTH,
+    TRACE_ID_LENGTH,
+    EventOutcome,
+    WebhookEventColumns,
+    utcnow,
+)
+from terra_integration.reference_ids import owner_of
+from terra_integration.text_checks import storable_text
 
-
-def trace_id_for(header_value: str | None, body: bytes) -> str:
-    if header_value and header_value.strip():
-        return header_value.strip()[:128]
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def record(body: bytes, event: TerraEvent, *, trace_id: str, terra_reference: str | None) -> WebhookEvent | None:
-    """Insert the event into the inbox, uncommitted (`apply` commits); None when this trace id was
-    already recorded (a duplicate delivery)."""
-    row = WebhookEvent(
-        trace_id=trace_id,
-        event_type=event.type[:64],
-        terra_user_id=event.terra_user_id,
-        reference_id=event.reference_id,
-        terra_reference=(terra_reference or "")[:128] or None,
-        body=body.decode("utf-8"),
-    )
-    db.session.add(row)
-    try:
-        db.session.flush()
-    except IntegrityError:
-        db.session.rollback()
-        return None
-    return row
-
-
+TRACE_HEADER = "X-Terra-Trace-Id"  # stable across Terra's retries of one delivery
+REFERENCE_HEADER = "terra-reference"
+DUPLICATE = "duplicate"  # what `receive` answers for a trace id already recorded
 UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
 
 
-def record_unreadable(body: bytes, problem: str, *, trace_id: str, terra_reference: str | None) -> str:
+class MalformedDelivery(ValueError):
+    """A verified delivery whose headers could not be stored (Terra never sends such)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery, read: its inbox keys, and its event or why the body is not one."""
+
+    body: bytes
+    trace_id: str
+    terra_reference: str | None
+    event: TerraEvent | None
+    problem: str | None = None
+
+
+def read_delivery(body: bytes, headers: Mapping[str, str]) -> Delivery:
+    """Check a verified delivery's headers and body, in this one place. Raises MalformedDelivery for
+    headers that could not be stored: they would fail inside the database (a 500, and Terra retrying
+    for hours). A body that is not a readable event is no error here: `receive` keeps it as failed."""
+    for name in (TRACE_HEADER, REFERENCE_HEADER):
+        if not storable_text(headers.get(name, "")):
+            raise MalformedDelivery(f"the {name} header contains NUL characters")
+    trace_id = headers.get(TRACE_HEADER, "").strip()[:TRACE_ID_LENGTH] or "sha256:" + hashlib.sha256(body).hexdigest()
+    terra_reference = headers.get(REFERENCE_HEADER, "")[:TRACE_ID_LENGTH] or None
+    try:
+        return Delivery(body, trace_id, terra_reference, parse_event(body))
+    except EventParseError as error:  # parse_event also refuses what could not be stored
+        return Delivery(body, trace_id, terra_reference, None, str(error))
+
+
+def receive(delivery: Delivery) -> str:
+    """Record the delivery, once per trace id, and apply it; returns the outcome, or DUPLICATE when
+    this trace id was already recorded (nothing is applied again)."""
+    if delivery.event is None:
+        return _keep_unreadable(delivery)
+    event = delivery.event
+    row = bound().host.webhook_event_model(
+        trace_id=delivery.trace_id,
+        event_type=event.type[:EVENT_TYPE_LENGTH],
+        terra_user_id=event.terra_user_id,
+        reference_id=event.reference_id,
+        terra_reference=delivery.terra_reference,
+        body=delivery.body.decode("utf-8"),
+    )
+    if not _inserted(row):
+        return DUPLICATE
+    return apply(row, event)
+
+
+def _inserted(row: WebhookEventColumns) -> bool:
+    """Flush the new row (uncommitted: `apply` commits it with its outcome); False when its trace id is
+    already recorded (a duplicate delivery). The insert decides: no check-then-insert."""
+    session = bound().db.session
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+def _keep_unreadable(delivery: Delivery) -> str:
     """Keep a verified body that is not a readable event (no user, bad JSON, nesting...) as a failed
-    row, committed, and return its outcome ("duplicate" when this trace id is already kept).
+    row, committed, and return its outcome (DUPLICATE when this trace id is already kept).
 
     Terra's guidance is to log and acknowledge such deliveries: an error answer would only make
     Terra retry them for hours. The row is there to look at, and to replay once the code reads it.
     """
-    current_app.logger.warning("webhook %s kept as failed: %s", trace_id, problem)
-    row = WebhookEvent(
-        trace_id=trace_id,
+    current_app.logger.warning("webhook %s kept as failed: %s", delivery.trace_id, delivery.problem)
+    row = bound().host.webhook_event_model(
+        trace_id=delivery.trace_id,
         event_type=UNREADABLE,
-        terra_reference=(terra_reference or "")[:128] or None,
+        terra_reference=delivery.terra_reference,
         # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
-        body=body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
+        body=delivery.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
         outcome=EventOutcome.FAILED,
-        detail=problem[:255],
+        detail=delivery.problem[:TEXT_LENGTH],
         applied_at=utcnow(),
     )
-    db.session.add(row)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        return "duplicate"
+    if not _inserted(row):
+        return DUPLICATE
+    bound().db.session.commit()
     return EventOutcome.FAILED
 
 
@@ -89,7 +146,7 @@ RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
 APPLY_TRIES = 4
 
 
-def apply(row: WebhookEvent, event: TerraEvent) -> str:
+def apply(row: WebhookEventColumns, event: TerraEvent) -> str:
     """Apply a recorded event (`row`, parsed as `event`), note the outcome on its row, commit, and
     return the outcome.
 
@@ -109,7 +166,7 @@ def apply(row: WebhookEvent, event: TerraEvent) -> str:
 def _downloaded(ping: TerraEvent) -> TerraEvent:
     """The data event an `s3_payload` points at, fetched (timeout, size limit) and parsed as if it
     had arrived inline. The row is committed first: no transaction stays open across the download."""
-    db.session.commit()
+    bound().db.session.commit()
     if not ping.download_url:
         raise EventParseError("s3_payload without a url")
     config = current_app.config
@@ -121,20 +178,45 @@ def _downloaded(ping: TerraEvent) -> TerraEvent:
 
 
 def _apply_with_retries(event: TerraEvent) -> Outcome:
+    session = bound().db.session
     for attempt_number in itertools.count(1):
         try:
-            with db.session.begin_nested():
+            with session.begin_nested():
                 return apply_event(event)
         except RACE_ERRORS:
             if attempt_number == APPLY_TRIES:
                 raise
             # Rolling back a savepoint expires only what it changed; rows it merely read must be
             # read again too, or the next try would act on what the winner has since changed.
-            db.session.expire_all()
+            session.expire_all()
             time.sleep(0.01 * attempt_number)
 
 
-def replay(row: WebhookEvent) -> str:
+def apply_event(event: TerraEvent) -> Outcome:
+    """What `event` does, through the host: an account event to the owner of its reference_id, a data
+    or informational event as it is."""
+    host = bound().host
+    if event.type in DATA_TYPES or event.type in INFORMATIONAL_TYPES:
+        if event.terra_user_id is None and event.type not in USERLESS_TYPES:
+            return _without_user(event)
+        return host.apply_data_event(event)
+    if event.kind not in ACCOUNT_EVENT_KINDS:
+        # Terra adds event types over time: kept for the record, never an error (forward compatible).
+        return EventOutcome.RECORDED, f"unknown event type {event.type!r}"
+    if event.terra_user_id is None and event.kind != AUTH_FAILURE:  # only a failed auth has no user
+        return _without_user(event)
+    owner = owner_of(event.reference_id)
+    if owner is None:
+        return EventOutcome.IGNORED, "reference_id is not one of ours"
+    return host.apply_account_event(owner, event)
+
+
+def _without_user(event: TerraEvent) -> Outcome:
+    """A verified event that should name a Terra user and does not: kept as failed, for a replay."""
+    return EventOutcome.FAILED, f"{event.type} event without a user"
+
+
+def replay(row: WebhookEventColumns) -> str:
     """Apply a stored event again (`flask webhooks replay`); safe because applying is idempotent."""
     try:
         event = parse_event(row.body.encode("utf-8"))
@@ -143,12 +225,12 @@ def replay(row: WebhookEvent) -> str:
     return apply(row, event)
 
 
-def _finish(row: WebhookEvent, outcome: str, detail: str | None) -> str:
-    row.outcome, row.detail, row.applied_at = outcome, detail, utcnow()
-    db.session.commit()
+def _finish(row: WebhookEventColumns, outcome: str, detail: str | None) -> str:
+    row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], utcnow()
+    bound().db.session.commit()
     return outcome
 
 
-def _failure(row: WebhookEvent, error: Exception) -> Outcome:
+def _failure(row: WebhookEventColumns, error: Exception) -> Outcome:
     current_app.logger.error("applying webhook event %s failed: %s", row.id, type(error).__name__, exc_info=error)
-    return EventOutcome.FAILED, f"{type(error).__name__}: {error}"[:255]
+    return EventOutcome.FAILED, f"{type(error).__name__}: {error}"

@@ -1,13 +1,16 @@
-"""Terra's webhook receiver.
+"""Terra's webhook receiver: the integration's blueprint, `POST /webhooks/terra`.
 
 The order of operations is the contract, and each step guards the next:
 1. raw body: read the bytes exactly as sent, before anything parses them (the signature covers them);
 2. verify: the signature, fail closed (401 when missing or wrong, 500 when we have no secret);
-3. record: insert the event into the inbox, once per trace id (a duplicate is acknowledged, not re-applied);
-4. apply: change connections and attempts idempotently, then commit them with the event and its outcome,
-   one transaction per delivery; a failure undoes only what applying changed, and the event is committed
-   with the failure noted, for replay;
-5. acknowledge: 200 quickly, so Terra does not retry what we already have.
+3. record: the inbox checks the headers and body (`inbox.read_delivery`) and inserts the event once
+   per trace id (a duplicate is acknowledged, not re-applied); applying follows from the inbox: the
+   host changes its state idempotently, committed with the event and its outcome in one transaction,
+   and a failure undoes only what applying changed, the event kept with the failure for a replay;
+4. acknowledge: 200 quickly, so Terra does not retry what we already have.
+
+Errors are `{"error": {"code", "message"}}`, built here so the integration needs nothing of its host's.
+Hosts with CSRF protection exempt this blueprint: Terra's signature authenticates it instead.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from terra_integration import inbox, signature
-from terra_integration.events import EventParseError, parse_event
-from terra_integration.text_checks import storable_text
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -47,34 +48,12 @@ def receive_terra_event():
         current_app.logger.warning("webhook rejected: %s", error)
         return _error(401, "invalid_signature", str(error))
 
-    # 3. Record (uncommitted: step 4 commits the event with its outcome).
-    problem = _unstorable_headers()
-    if problem:
-        return _error(400, "malformed_event", problem)
-    trace_id = inbox.trace_id_for(request.headers.get("X-Terra-Trace-Id"), body)
+    # 3. Record; the inbox applies what it records.
     try:
-        event = parse_event(body)
-    except EventParseError as error:
-        # Verified, so it is Terra's: kept as failed (for replay) and acknowledged, not retried for hours.
-        outcome = inbox.record_unreadable(body, str(error), trace_id=trace_id,
-                                                  terra_reference=request.headers.get("terra-reference"))
-        return jsonify(status=outcome, trace_id=trace_id)
-    row = inbox.record(body, event, trace_id=trace_id, terra_reference=request.headers.get("terra-reference"))
-    if row is None:
-        return jsonify(status="duplicate", trace_id=trace_id)
+        delivery = inbox.read_delivery(body, request.headers)
+    except inbox.MalformedDelivery as error:
+        return _error(400, "malformed_event", str(error))
+    outcome = inbox.receive(delivery)
 
-    # 4. Apply.
-    outcome = inbox.apply(row, event)
-
-    # 5. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
-    return jsonify(status=outcome, trace_id=trace_id)
-
-
-def _unstorable_headers() -> str | None:
-    """Why the headers of a verified, well-formed event still cannot be stored, or None (parse_event
-    checks the body). Terra never sends these; without this check they would fail inside the
-    database (a 500, and Terra retrying for hours)."""
-    for name in ("X-Terra-Trace-Id", "terra-reference"):
-        if not storable_text(request.headers.get(name, "")):
-            return f"the {name} header contains NUL characters"
-    return None
+    # 4. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
+    return jsonify(status=outcome, trace_id=delivery.trace_id)

@@ -17,7 +17,8 @@ from models import Connection, ReplacedTerraUser, WebhookEvent
 from services import event_handlers
 from terra_integration import inbox
 from terra_integration.inbox import replay
-from terra_integration.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
+from terra_integration.events import EventParseError, parse_event
+from terra_integration.models import USER_ID_LENGTH
 from terra_integration.signature import sign
 from tests.helpers import auth_event, create_user, deliver, terra_user
 
@@ -239,7 +240,7 @@ def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(cl
 
 
 def test_a_lost_race_is_tried_again_in_a_new_savepoint(client, app, secret, user, monkeypatch):
-    real, tries = event_handlers.apply_event, []
+    real, tries = inbox.apply_event, []
 
     def loses_once(parsed):
         tries.append(parsed.type)
@@ -285,8 +286,8 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
         (b'{"type": "auth\\u0000"}', "NUL characters or lone surrogates"),
         (b'{"type": "auth", "user": {"user_id": "u\\ud800"}}', "NUL characters or lone surrogates"),
         (b'{"type": "auth", "user": {"user_id": "u1", "reference_id": {}}}', "reference_id must be a string"),
-        (b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (MAX_USER_ID_LENGTH + 1) + b'"}}',
-         f"at most {MAX_USER_ID_LENGTH} characters"),
+        (b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (USER_ID_LENGTH + 1) + b'"}}',
+         f"at most {USER_ID_LENGTH} characters"),
     ],
 )
 def test_events_that_could_not_be_stored_do_not_parse(body, message):
@@ -296,7 +297,7 @@ def test_events_that_could_not_be_stored_do_not_parse(body, message):
 
 def test_the_terra_user_id_limit_is_the_columns_length():
     columns = (WebhookEvent.terra_user_id, Connection.terra_user_id, ReplacedTerraUser.old_terra_user_id)
-    assert {column.type.length for column in columns} == {MAX_USER_ID_LENGTH}
+    assert {column.type.length for column in columns} == {USER_ID_LENGTH}
 
 
 @pytest.mark.parametrize("body", [
