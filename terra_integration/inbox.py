@@ -14,10 +14,8 @@ recorded, and an event that should name a Terra user and does not is kept as fai
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flask import current_app
@@ -40,48 +38,26 @@ from terra_integration.host import Outcome, bound
 from terra_integration.models import (
     EVENT_TYPE_LENGTH,
     TEXT_LENGTH,
-    TRACE_ID_LENGTH,
     EventOutcome,
     WebhookEventColumns,
     utcnow,
 )
 from terra_integration.reference_ids import owner_of
-from terra_integration.text_checks import storable_text
 
-TRACE_HEADER = "X-Terra-Trace-Id"  # stable across Terra's retries of one delivery
-REFERENCE_HEADER = "terra-reference"
 DUPLICATE = "duplicate"  # what `receive` answers for a trace id already recorded
 UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
 
 
-class MalformedDelivery(ValueError):
-    """A verified delivery whose headers could not be stored (Terra never sends such)."""
-
-
 @dataclass(frozen=True)
 class Delivery:
-    """A verified delivery, read: its inbox keys, and its event or why the body is not one."""
+    """A verified delivery, read (`webhooks.read_delivery`): its inbox keys, and its event or why the
+    body is not one."""
 
     body: bytes
     trace_id: str
     terra_reference: str | None
     event: TerraEvent | None
     problem: str | None = None
-
-
-def read_delivery(body: bytes, headers: Mapping[str, str]) -> Delivery:
-    """Check a verified delivery's headers and body, in this one place. Raises MalformedDelivery for
-    headers that could not be stored: they would fail inside the database (a 500, and Terra retrying
-    for hours). A body that is not a readable event is no error here: `receive` keeps it as failed."""
-    for name in (TRACE_HEADER, REFERENCE_HEADER):
-        if not storable_text(headers.get(name, "")):
-            raise MalformedDelivery(f"the {name} header contains NUL characters")
-    trace_id = headers.get(TRACE_HEADER, "").strip()[:TRACE_ID_LENGTH] or "sha256:" + hashlib.sha256(body).hexdigest()
-    terra_reference = headers.get(REFERENCE_HEADER, "")[:TRACE_ID_LENGTH] or None
-    try:
-        return Delivery(body, trace_id, terra_reference, parse_event(body))
-    except EventParseError as error:  # parse_event also refuses what could not be stored
-        return Delivery(body, trace_id, terra_reference, None, str(error))
 
 
 def receive(delivery: Delivery) -> str:

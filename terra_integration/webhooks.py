@@ -1,23 +1,28 @@
-"""Terra's webhook receiver: the integration's blueprint, `POST /webhooks/terra`.
+"""Terra's webhook receiver.
 
 The order of operations is the contract, and each step guards the next:
 1. raw body: read the bytes exactly as sent, before anything parses them (the signature covers them);
 2. verify: the signature, fail closed (401 when missing or wrong, 500 when we have no secret);
-3. record: the inbox checks the headers and body (`inbox.read_delivery`) and inserts the event once
-   per trace id (a duplicate is acknowledged, not re-applied); applying follows from the inbox: the
-   host changes its state idempotently, committed with the event and its outcome in one transaction,
-   and a failure undoes only what applying changed, the event kept with the failure for a replay;
-4. acknowledge: 200 quickly, so Terra does not retry what we already have.
+3. record: insert the event into the inbox, once per trace id (a duplicate is acknowledged, not re-applied);
+4. apply, following from the inbox: the host changes its state idempotently, committed with the event,
+   one transaction per delivery; a failure undoes only what applying changed, and the event is committed
+   with the failure noted, for replay;
+5. acknowledge: 200 quickly, so Terra does not retry what we already have.
 
-Errors are `{"error": {"code", "message"}}`, built here so the integration needs nothing of its host's.
-Hosts with CSRF protection exempt this blueprint: Terra's signature authenticates it instead.
+Errors are built here, not by the host app, so the integration needs nothing of it. Hosts with CSRF
+protection exempt this blueprint: Terra's signature authenticates it instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import Blueprint, current_app, jsonify, request
 
 from terra_integration import inbox, signature
+from terra_integration.events import EventParseError, parse_event
+from terra_integration.models import TRACE_ID_LENGTH
+from terra_integration.text_checks import storable_text
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -48,12 +53,32 @@ def receive_terra_event():
         current_app.logger.warning("webhook rejected: %s", error)
         return _error(401, "invalid_signature", str(error))
 
-    # 3. Record; the inbox applies what it records.
+    # 3. Record, and 4. apply: the inbox applies what it records, and commits both.
     try:
-        delivery = inbox.read_delivery(body, request.headers)
-    except inbox.MalformedDelivery as error:
+        delivery = read_delivery(body)
+    except MalformedDelivery as error:
         return _error(400, "malformed_event", str(error))
     outcome = inbox.receive(delivery)
 
-    # 4. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
+    # 5. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
     return jsonify(status=outcome, trace_id=delivery.trace_id)
+
+
+class MalformedDelivery(ValueError):
+    """A verified delivery whose headers could not be stored (Terra never sends such)."""
+
+
+def read_delivery(body: bytes) -> inbox.Delivery:
+    """The verified delivery, its headers and body checked in this one place (parse_event
+    checks the body). Terra never sends these; without this check they would fail inside the
+    database (a 500, and Terra retrying for hours). A body that is not an event is kept, as failed."""
+    for name in ("X-Terra-Trace-Id", "terra-reference"):
+        if not storable_text(request.headers.get(name, "")):
+            raise MalformedDelivery(f"the {name} header contains NUL characters")
+    trace_id = request.headers.get("X-Terra-Trace-Id", "").strip()[:TRACE_ID_LENGTH]
+    trace_id = trace_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    terra_reference = request.headers.get("terra-reference", "")[:TRACE_ID_LENGTH] or None
+    try:
+        return inbox.Delivery(body, trace_id, terra_reference, parse_event(body))
+    except EventParseError as error:
+        return inbox.Delivery(body, trace_id, terra_reference, None, str(error))
