@@ -31,8 +31,8 @@ test: install-dev chromium
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
 # [tool.mutmut], docs/reliability.md). Tens of minutes: not part of `make test` or CI.
 # MUTANTS picks the functions of those files that decide who may do what (mutmut name patterns).
-MUTANTS ?= 'terra_integration.signature.*' 'blueprints.webhooks.*' 'services.reference_ids.*' 'services.signing.*' \
-	'services.event_handlers.x__owner*' 'services.event_handlers.x_apply_event*' \
+MUTANTS ?= 'terra_integration.signature.*' 'terra_integration.webhooks.*' 'terra_integration.reference_ids.*' \
+	'terra_integration.signing.*' 'terra_integration.inbox.x_apply_event*' \
 	'services.attempts.x_attempt_token*' 'services.attempts.x_attempt_from_token*' \
 	'services.attempts.x_record_return*' 'services.attempts.x_owned_*' 'services.attempts.x_poll_state*' \
 	'services.attempts.x_confirm_redirect_user*' 'services.attempts.x_find_attempt_for_event*' \

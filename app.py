@@ -11,7 +11,7 @@ from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config, process_environment
-from extensions import csrf, db, limiter, migrate
+from extensions import csrf, db, limiter, migrate, terra
 from services.json_errors import json_error
 from sandbox import init_sandbox  # the embedded Terra emulator: delete this, its call below and sandbox/ to drop it
 
@@ -39,7 +39,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
 def register_extensions(app: Flask) -> None:
     import models  # noqa: F401  (registers the tables with SQLAlchemy before migrations look)
     from services import api_tokens
-    from terra_integration.client import TerraClient
+    from services.event_handlers import ConnectionEvents
 
     db.init_app(app)
     with app.app_context():
@@ -48,7 +48,7 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(app.root_path + "/migrations"))
     csrf.init_app(app)
     limiter.init_app(app)
-    app.extensions["terra_client"] = TerraClient.from_config(app.config)
+    terra.init_app(app, host=ConnectionEvents())  # the Terra client, and the webhook blueprint
     api_tokens.init_app(app)
 
 
@@ -69,13 +69,12 @@ def register_blueprints(app: Flask) -> None:
     from blueprints.auth import bp as auth_bp
     from blueprints.connect import bp as connect_bp
     from blueprints.health import bp as health_bp
-    from blueprints.webhooks import bp as webhooks_bp
     from mobile_redirects.views import bp as mobile_bp
+    from terra_integration.webhooks import bp as webhooks_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(connect_bp)
-    app.register_blueprint(webhooks_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(mobile_bp)
     csrf.exempt(webhooks_bp)  # authenticated by Terra's signature instead

@@ -7,9 +7,9 @@ from flask import Flask
 from flask.cli import with_appcontext
 from sqlalchemy import select
 
-from extensions import db
+from extensions import db, terra
 from models import WebhookEvent
-from models.webhook_event import EventOutcome
+from terra_integration.models import EventOutcome
 
 
 def register(app: Flask) -> None:
@@ -28,17 +28,14 @@ def reconcile_connections() -> None:
     """Reconcile every user with a connection that is not revoked against Terra's userInfo (run it on
     a schedule, e.g. every 6 hours). One user's failure is reported and the sweep goes on; the exit
     status is 1 when any user failed."""
-    from flask import current_app
-
     from models import User
     from services.reconciliation import reconcile, users_to_sweep
 
-    terra = current_app.extensions["terra_client"]
     user_ids = users_to_sweep()
     failures = 0
     for number, user_id in enumerate(user_ids, 1):
         try:
-            changed = reconcile(db.session.get(User, user_id), terra)
+            changed = reconcile(db.session.get(User, user_id), terra.client)
         except Exception as error:  # noqa: BLE001 (one user's failure must not stop the sweep)
             db.session.rollback()
             failures += 1
@@ -74,7 +71,7 @@ def list_events(failed: bool, limit: int) -> None:
 @click.option("--failed", is_flag=True, help="Replay every event whose application failed.")
 def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
     """Apply recorded events again; safe because applying is idempotent."""
-    from services.webhook_inbox import replay
+    from terra_integration.inbox import replay
 
     query = select(WebhookEvent).order_by(WebhookEvent.id)
     if failed:

@@ -1,4 +1,4 @@
-"""Flask blueprints, one per capability: auth (web login), connect (web pages), webhooks, health.
+"""Flask blueprints, one per capability: auth (web login), connect (web pages), api (the mobile app), health.
 
-Text checks that every input path needs live in `text_checks` (`terra_integration/` uses them too).
+Text checks that every input path needs live in `terra_integration.text_checks`.
 """

@@ -13,7 +13,7 @@ from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from blueprints.connect import connect_rate_limit
-from extensions import csrf, db, limiter
+from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, User
 from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
@@ -21,7 +21,7 @@ from services.api_tokens import require_token
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
 from terra_integration.client import TerraError
-from text_checks import storable_json
+from terra_integration.text_checks import storable_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -131,7 +131,7 @@ def _providers(value) -> list[str] | None:
     try:
         # Case-insensitive here (docs/openapi.json). SDK-only providers too: Terra's widget offers
         # them, and hands the user back to the app.
-        return require_offered([item.upper() for item in value], attempts.terra_client(), include_sdk=True)
+        return require_offered([item.upper() for item in value], terra.client, include_sdk=True)
     except UnknownProviders as error:
         raise ApiError(400, "unknown_provider", str(error)) from None
     except TerraError as error:
@@ -250,7 +250,7 @@ def _owned(read, attempt_id: str):
 @bp.get("/connections")
 @require_token()
 def list_connections():
-    reconciliation.reconcile_if_due(caller(), attempts.terra_client())
+    reconciliation.reconcile_if_due(caller(), terra.client)
     return jsonify(connections=[row.to_dict() for row in connections.owned_connections(caller_id())])
 
 
@@ -262,7 +262,7 @@ def delete_connection(connection_id: int):
     except connections.ConnectionNotFound as error:
         raise ApiError(404, "not_found", str(error)) from None
     try:
-        connections.disconnect(connection, attempts.terra_client())
+        connections.disconnect(connection, terra.client)
     except TerraError as error:
         raise ApiError(502, error.code, f"could not disconnect: {error}") from None
     return jsonify(connection.to_dict())

@@ -8,7 +8,7 @@ from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, re
 from sqlalchemy import select
 
 from blueprints.auth import login_required
-from extensions import db, limiter
+from extensions import db, limiter, terra
 from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation, return_visits
@@ -45,7 +45,7 @@ def index():
 @bp.get("/connections")
 @login_required
 def dashboard():
-    reconciliation.reconcile_if_due(g.user, attempts.terra_client())
+    reconciliation.reconcile_if_due(g.user, terra.client)
     user_connections = connections.owned_connections(g.user.id)
     recent_attempts = db.session.scalars(
         select(ConnectAttempt)
@@ -79,7 +79,7 @@ def connect():
 def providers():
     """Custom UI: our own provider list instead of Terra's widget picker."""
     try:
-        catalogue = [provider for provider in attempts.terra_client().integrations_detailed() if provider.enabled]
+        catalogue = [provider for provider in terra.client.integrations_detailed() if provider.enabled]
     except TerraError as error:
         return render_template("connect/providers.html", providers=[], error=str(error)), 502
     return render_template("connect/providers.html", providers=catalogue, error=None)
@@ -119,7 +119,7 @@ def _return_page(token: str, hint: AttemptHint):
     if hint == AttemptHint.RETURNED_SUCCESS:
         # Terra's guidance: reconcile on the success redirect, the webhook may not have landed yet.
         # Throttled like the dashboard: the page's own userInfo check follows USERINFO_CHECK_AFTER_SECONDS.
-        reconciliation.reconcile_if_due(db.session.get(User, attempt.user_id), attempts.terra_client())
+        reconciliation.reconcile_if_due(db.session.get(User, attempt.user_id), terra.client)
     attempts.refresh(attempt)
     status_url = url_for("connect.attempt_status", attempt=token)
     return render_template("connect/return.html", attempt=attempt, status_url=status_url)
@@ -147,7 +147,7 @@ def disconnect(connection_id: int):
     except connections.ConnectionNotFound:
         abort(404, description="No such connection.")
     try:
-        connections.disconnect(connection, attempts.terra_client())
+        connections.disconnect(connection, terra.client)
     except TerraError as error:
         flash(f"Could not disconnect {connection.provider}: {error}")
         return redirect(url_for("connect.dashboard"), code=303)

@@ -13,7 +13,7 @@ class User(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    # Opaque and signed (services.reference_ids); it is what Terra echoes back in every event.
+    # Opaque and signed (terra_integration.reference_ids); it is what Terra echoes back in every event.
     reference_id: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Copied into the session cookie at login and compared on every request; raising it ends every

@@ -14,7 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from extensions import db
 from models import User
-from services.reference_ids import new_reference_id
+from terra_integration.reference_ids import new_reference_id
 
 
 class EmailTaken(ValueError):

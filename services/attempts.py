@@ -15,24 +15,20 @@ from flask import current_app, url_for
 from itsdangerous import BadSignature
 from sqlalchemy import bindparam, select, update
 
-from extensions import db
+from extensions import db, terra
 from models import AttemptStatus, ConnectAttempt, Connection, User
 from models.columns import fit
 from models.connect_attempt import AttemptHint
 from models.time import utcnow
 from services.connections import upsert_connection
-from services.signing import timed_serializer
-from terra_integration.client import TerraClient, TerraError, TerraUser, WidgetSession
+from terra_integration.client import TerraError, TerraUser, WidgetSession
+from terra_integration.signing import timed_serializer
 
 TOKEN_SALT = "connect-attempt-v1"
 
 
 class AttemptNotFound(LookupError):
     pass
-
-
-def terra_client() -> TerraClient:
-    return current_app.extensions["terra_client"]
 
 
 # -- creating ---------------------------------------------------------------------------
@@ -52,7 +48,7 @@ def start_widget_attempt(user: User, *, channel: str = "web", return_urls: Retur
                            return_mode=return_mode)
     success_url, failure_url = (return_urls or return_page_urls)(attempt)
     try:
-        session: WidgetSession = terra_client().create_widget_session(
+        session: WidgetSession = terra.client.create_widget_session(
             reference_id=user.reference_id,
             success_url=success_url,
             failure_url=failure_url,
@@ -74,7 +70,7 @@ def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
     attempt = _new_attempt(user, "web", provider=provider)
     success_url, failure_url = return_page_urls(attempt)
     try:
-        auth = terra_client().authenticate_user(
+        auth = terra.client.authenticate_user(
             provider=provider, reference_id=user.reference_id, success_url=success_url, failure_url=failure_url
         )
     except TerraError as error:
@@ -317,7 +313,7 @@ def _userinfo_check_due(attempt) -> bool:
 def confirm_redirect_user(attempt: ConnectAttempt) -> bool:
     """The webhook is late: ask Terra whether the redirect's user id is really this user's."""
     try:
-        terra_user: TerraUser | None = terra_client().user_info(attempt.redirect_terra_user_id)
+        terra_user: TerraUser | None = terra.client.user_info(attempt.redirect_terra_user_id)
     except TerraError:
         current_app.logger.warning("userInfo check failed for attempt %s; waiting for the webhook", attempt.id)
         return False

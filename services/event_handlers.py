@@ -1,6 +1,7 @@
-"""What each Terra event does to our state. One handler per event kind, dispatched by `apply_event`.
+"""What each Terra event does to the app's state: the app's side of the webhook inbox
+(`terra_integration.host.TerraHost`). One handler per account event kind, dispatched by `ConnectionEvents`.
 
-Handlers return (outcome, detail) for the inbox row and leave committing to the caller. Each is
+Handlers return (outcome, detail) for the inbox row and leave committing to the inbox. Each is
 idempotent: applying the same event twice, or events in another order, ends in the same state.
 """
 
@@ -11,40 +12,37 @@ from typing import Callable
 from sqlalchemy import select
 
 from extensions import db
-from models import ConnectionStatus, User
+from models import ConnectionStatus, User, WebhookEvent
 from models.time import utcnow
-from models.webhook_event import EventOutcome
 from services import attempts, connections
-from services.reference_ids import is_authentic
-from terra_integration.events import AUTH_FAILURE, AUTH_SUCCESS, DATA_TYPES, INFORMATIONAL_TYPES, USERLESS_TYPES, TerraEvent
-
-Outcome = tuple[str, str | None]
-
-
-def apply_event(event: TerraEvent) -> Outcome:
-    if event.type in DATA_TYPES or event.type in INFORMATIONAL_TYPES:
-        return _touch_connection(event)
-    handler = HANDLERS.get(event.kind)
-    if handler is None:
-        # Terra adds event types over time: kept for the record, never an error (forward compatible).
-        return EventOutcome.RECORDED, f"unknown event type {event.type!r}"
-    if event.terra_user_id is None and event.kind != AUTH_FAILURE:  # only a failed auth has no user
-        return _without_user(event)
-    owner = _owner(event.reference_id)
-    if owner is None:
-        return EventOutcome.IGNORED, "reference_id is not one of ours"
-    stale_id = event.old_user.user_id if event.type == "user_reauth" and event.old_user else event.terra_user_id
-    if stale_id and connections.was_replaced(stale_id):
-        # A re-authentication already replaced this Terra user: the event is late or replayed.
-        return EventOutcome.IGNORED, f"Terra user {stale_id} was replaced by a re-authentication"
-    return handler(owner, event)
+from terra_integration.events import AUTH_FAILURE, AUTH_SUCCESS, TerraEvent
+from terra_integration.host import Outcome
+from terra_integration.models import EventOutcome
+from terra_integration.reference_ids import owner_of
 
 
-def _owner(reference_id: str | None) -> User | None:
-    # The signature check rejects forged ids before the database is asked.
-    if not is_authentic(reference_id):
-        return None
-    return db.session.scalars(select(User).where(User.reference_id == reference_id)).first()
+class ConnectionEvents:
+    """Terra's events applied to users, their connections and connect attempts."""
+
+    webhook_event_model = WebhookEvent
+
+    def find_owner(self, reference_id: str) -> User | None:
+        return db.session.scalars(select(User).where(User.reference_id == reference_id)).first()
+
+    def apply_account_event(self, owner: User, event: TerraEvent) -> Outcome:
+        stale_id = event.old_user.user_id if event.type == "user_reauth" and event.old_user else event.terra_user_id
+        if stale_id and connections.was_replaced(stale_id):
+            # A re-authentication already replaced this Terra user: the event is late or replayed.
+            return EventOutcome.IGNORED, f"Terra user {stale_id} was replaced by a re-authentication"
+        return HANDLERS[event.kind](owner, event)
+
+    def apply_data_event(self, event: TerraEvent) -> Outcome:
+        """Data and informational events are recorded; they only note when we last heard of the user."""
+        if event.terra_user_id:
+            connection = connections.by_terra_user_id(event.terra_user_id)
+            if connection is not None:
+                connection.last_event_at = utcnow()
+        return EventOutcome.RECORDED, None
 
 
 def _auth_success(owner: User, event: TerraEvent) -> Outcome:
@@ -67,7 +65,7 @@ def _auth_failure(owner: User, event: TerraEvent) -> Outcome:
 
 
 def _user_reauth(owner: User, event: TerraEvent) -> Outcome:
-    old_owner = _owner(event.old_user.reference_id) if event.old_user else None
+    old_owner = owner_of(event.old_user.reference_id) if event.old_user else None
     connection = connections.replace_terra_user(owner, event.old_user, event.new_user, old_owner)
     return EventOutcome.APPLIED, f"connection {connection.terra_user_id} replaces the old Terra user"
 
@@ -82,23 +80,7 @@ def _status_change(status: str) -> Callable[[User, TerraEvent], Outcome]:
 
 def _permission_change(owner: User, event: TerraEvent) -> Outcome:
     connection = connections.change_scopes(owner, event.user, event.scopes_added, event.scopes_removed)
-    return EventOutcome.APPLIED, f"scopes now {connection.scopes}"[:255]
-
-
-def _without_user(event: TerraEvent) -> Outcome:
-    """A verified event that should name a Terra user and does not: kept as failed, for a replay."""
-    return EventOutcome.FAILED, f"{event.type} event without a user"
-
-
-def _touch_connection(event: TerraEvent) -> Outcome:
-    """Data and informational events are recorded; they only note when we last heard of the user."""
-    if event.terra_user_id is None and event.type not in USERLESS_TYPES:
-        return _without_user(event)
-    if event.terra_user_id:
-        connection = connections.by_terra_user_id(event.terra_user_id)
-        if connection is not None:
-            connection.last_event_at = utcnow()
-    return EventOutcome.RECORDED, None
+    return EventOutcome.APPLIED, f"scopes now {connection.scopes}"
 
 
 HANDLERS: dict[str, Callable[[User, TerraEvent], Outcome]] = {

@@ -18,7 +18,7 @@ from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint
 from services import attempts
 from services.providers import is_provider_code
-from text_checks import storable_text
+from terra_integration.text_checks import storable_text
 
 
 class InvalidReturnLink(NotFound):

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import ProtocolError
 
+from terra_integration.models import PROVIDER_LENGTH
+
 log = logging.getLogger(__name__)
 
 
@@ -94,7 +96,7 @@ class TerraUser:
             scopes = ",".join(str(scope) for scope in scopes)
         return cls(
             user_id=str(data["user_id"]),
-            provider=str(data.get("provider") or "")[:64],  # provider codes are short upper-case words
+            provider=str(data.get("provider") or "")[:PROVIDER_LENGTH],
             reference_id=data.get("reference_id"),
             scopes=scopes if isinstance(scopes, str) else "",
             active=None if data.get("active") is None else bool(data["active"]),

@@ -11,11 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from terra_integration.client import TerraUser
-from text_checks import storable_json
+from terra_integration.models import TEXT_LENGTH, USER_ID_LENGTH
+from terra_integration.text_checks import storable_json
 
-# Events that change the connect flow's state; everything else is recorded only.
+# Events that change the connect flow's state (the host applies them to one of its users); everything
+# else is recorded only.
 AUTH_SUCCESS = "auth_success"
 AUTH_FAILURE = "auth_failure"
+ACCOUNT_EVENT_KINDS = frozenset(
+    {AUTH_SUCCESS, AUTH_FAILURE, "user_reauth", "deauth", "access_revoked", "connection_error", "permission_change"}
+)
 DATA_TYPES = frozenset(
     {
         "activity", "athlete", "body", "daily", "menstruation", "nutrition", "sleep",
@@ -29,8 +34,6 @@ PING_TYPE = "s3_payload"  # ping-mode delivery: a download URL in place of the d
 # Events that carry no `user` by design (the v5-only healthcheck; s3_payload names only its download).
 USERLESS_TYPES = frozenset({PING_TYPE, "healthcheck"})
 MAX_NESTING = 64
-# The length of the terra_user_id columns (tests check it); a longer id could not be stored.
-MAX_USER_ID_LENGTH = 64
 
 
 class EventParseError(ValueError):
@@ -97,8 +100,9 @@ def parse_event(body: bytes) -> TerraEvent:
     if reference_id is not None and not isinstance(reference_id, str):  # e.g. user.reference_id: {}
         raise EventParseError("reference_id must be a string")
     old_user = _user(data.get("old_user"))
-    if any(each is not None and len(each.user_id) > MAX_USER_ID_LENGTH for each in (user, old_user, new_user)):
-        raise EventParseError(f"Terra user ids are at most {MAX_USER_ID_LENGTH} characters")
+    # A longer id could not be stored (models.USER_ID_LENGTH).
+    if any(each is not None and len(each.user_id) > USER_ID_LENGTH for each in (user, old_user, new_user)):
+        raise EventParseError(f"Terra user ids are at most {USER_ID_LENGTH} characters")
     return TerraEvent(
         type=event_type,
         kind=kind,
@@ -130,7 +134,7 @@ def _optional_str(value: Any) -> str | None:
     # Terra writes the literal "null" for an absent reference_id in redirects; treat it as absent.
     if value is None or value == "null":
         return None
-    return str(value)[:255]
+    return str(value)[:TEXT_LENGTH]
 
 
 def _scope_list(value: Any) -> list[str]:

@@ -12,7 +12,7 @@ from werkzeug.security import generate_password_hash
 from extensions import db
 from models import ConnectAttempt, User
 from models.time import utcnow
-from services.reference_ids import new_reference_id
+from terra_integration.reference_ids import new_reference_id
 from terra_integration.signature import sign
 
 

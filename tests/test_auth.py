@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from extensions import db
 from models import User
 from services import accounts
-from services.reference_ids import is_authentic, new_reference_id
+from terra_integration.reference_ids import is_authentic, new_reference_id
 from tests.conftest import Browser
 
 

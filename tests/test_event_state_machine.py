@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from extensions import db
 from models import Connection, WebhookEvent
-from services.webhook_inbox import replay
+from terra_integration.inbox import replay
 from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 
 

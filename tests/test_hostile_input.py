@@ -46,9 +46,9 @@ from models.time import utcnow
 from sandbox.traffic import traffic_of
 from services.api_tokens import issue_token
 from services.attempts import TOKEN_SALT, attempt_token
-from services.reference_ids import SALT as REFERENCE_ID_SALT
-from services.reference_ids import is_authentic, new_reference_id
-from services.signing import signing_keys
+from terra_integration.reference_ids import SALT as REFERENCE_ID_SALT
+from terra_integration.reference_ids import is_authentic, new_reference_id
+from terra_integration.signing import signing_keys
 from terra_integration.signature import compute, sign
 from tests.conftest import Browser
 from tests.helpers import auth_event, create_attempt, terra_user

@@ -102,7 +102,7 @@ def test_the_command_sweeps_everyone_and_one_failure_does_not_stop_it(live_serve
     with live_server.app.app_context():
         terra.failing_reference = db.session.scalars(select(User.reference_id).where(
             User.email == "user1@example.com")).one()
-    live_server.app.extensions["terra_client"] = terra
+    live_server.app.extensions["terra_integration"].client = terra
 
     result = live_server.app.test_cli_runner().invoke(args=["terra", "reconcile"])
     assert result.exit_code == 1

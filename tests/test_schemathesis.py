@@ -31,7 +31,7 @@ from schemathesis.generation import GenerationMode
 from extensions import db
 from models import Connection, User
 from services.api_tokens import issue_token
-from services.reference_ids import new_reference_id
+from terra_integration.reference_ids import new_reference_id
 from tests.helpers import create_attempt
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"

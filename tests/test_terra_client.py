@@ -158,7 +158,7 @@ def test_an_unknown_active_flag_does_not_block_the_userinfo_confirmation(app, st
 
     server, terra = stub
     with app.app_context(), app.test_request_context():
-        app.extensions["terra_client"] = terra
+        app.extensions["terra_integration"].client = terra
         user = create_user()
         attempt = create_attempt(user, redirect_terra_user_id="u-1", hint="returned_success",
                                  hinted_at=utcnow() - timedelta(seconds=10))

@@ -15,9 +15,11 @@ from sqlalchemy.exc import OperationalError
 
 from extensions import db
 from models import ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
-from services import event_handlers, webhook_inbox
-from services.webhook_inbox import replay
-from terra_integration.events import MAX_USER_ID_LENGTH, EventParseError, parse_event
+from services import event_handlers
+from terra_integration import inbox
+from terra_integration.events import EventParseError, parse_event
+from terra_integration.inbox import replay
+from terra_integration.models import USER_ID_LENGTH
 from terra_integration.signature import sign
 from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 
@@ -260,12 +262,12 @@ def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(cl
                    trace_id="trace-failed").json["status"] == "duplicate"
     monkeypatch.undo()
     with app.app_context():
-        assert webhook_inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
+        assert inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
     assert count(app, Connection) == 1
 
 
 def test_a_lost_race_is_tried_again_in_a_new_savepoint(client, app, secret, user, monkeypatch):
-    real, tries = event_handlers.apply_event, []
+    real, tries = inbox.apply_event, []
 
     def loses_once(parsed):
         tries.append(parsed.type)
@@ -275,7 +277,7 @@ def test_a_lost_race_is_tried_again_in_a_new_savepoint(client, app, secret, user
             raise OperationalError("UPDATE connections", {}, Exception("deadlock detected"))
         return outcome
 
-    monkeypatch.setattr(webhook_inbox, "apply_event", loses_once)
+    monkeypatch.setattr(inbox, "apply_event", loses_once)
     with DatabaseWork(app) as work:
         response = deliver(client, auth_event(user, terra_user(user, "tu-race")), secret=secret)
     assert (response.json["status"], tries, work.commits) == ("applied", ["auth", "auth"], 1)
@@ -294,11 +296,11 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
                                   status="active"))
         return "applied", None
 
-    monkeypatch.setattr(webhook_inbox, "apply_event", always_conflicts)
+    monkeypatch.setattr(inbox, "apply_event", always_conflicts)
     with DatabaseWork(app) as work:
         response = deliver(client, {"type": "activity", "user": terra_user(user, "tu-taken")}, secret=secret,
                            trace_id="trace-lost")
-    assert (response.json["status"], len(tries), work.commits) == ("failed", webhook_inbox.APPLY_TRIES, 1)
+    assert (response.json["status"], len(tries), work.commits) == ("failed", inbox.APPLY_TRIES, 1)
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.trace_id == "trace-lost")).one()
         assert row.outcome == "failed" and row.detail.startswith("IntegrityError")
@@ -311,8 +313,8 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
         (b'{"type": "auth\\u0000"}', "NUL characters or lone surrogates"),
         (b'{"type": "auth", "user": {"user_id": "u\\ud800"}}', "NUL characters or lone surrogates"),
         (b'{"type": "auth", "user": {"user_id": "u1", "reference_id": {}}}', "reference_id must be a string"),
-        (b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (MAX_USER_ID_LENGTH + 1) + b'"}}',
-         f"at most {MAX_USER_ID_LENGTH} characters"),
+        (b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (USER_ID_LENGTH + 1) + b'"}}',
+         f"at most {USER_ID_LENGTH} characters"),
     ],
 )
 def test_events_that_could_not_be_stored_do_not_parse(body, message):
@@ -322,7 +324,7 @@ def test_events_that_could_not_be_stored_do_not_parse(body, message):
 
 def test_the_terra_user_id_limit_is_the_columns_length():
     columns = (WebhookEvent.terra_user_id, Connection.terra_user_id, ReplacedTerraUser.old_terra_user_id)
-    assert {column.type.length for column in columns} == {MAX_USER_ID_LENGTH}
+    assert {column.type.length for column in columns} == {USER_ID_LENGTH}
 
 
 @pytest.mark.parametrize("body", [

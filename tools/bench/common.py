@@ -344,7 +344,7 @@ def seed_user(app, email: str | None = None, *, attempts: int = 1, expires_in: t
     from models import ConnectAttempt, User
     from models.time import utcnow
     from services.api_tokens import issue_token
-    from services.reference_ids import new_reference_id
+    from terra_integration.reference_ids import new_reference_id
 
     with app.app_context():
         # The password is never used (the benchmarks hold bearer tokens); a real hash would cost 50 ms.

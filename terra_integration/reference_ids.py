@@ -9,10 +9,12 @@ echoes it in reauth and deauth events for as long as the connection lives.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from itsdangerous import BadSignature
 
-from services.signing import serializer
+from terra_integration.host import bound
+from terra_integration.signing import serializer
 
 SALT = "terra-reference-id-v1"
 
@@ -29,3 +31,11 @@ def is_authentic(reference_id: str | None) -> bool:
     except BadSignature:
         return False
     return True
+
+
+def owner_of(reference_id: str | None) -> Any | None:
+    """The host's user with this reference_id. A forged or foreign id is rejected by its signature,
+    before the database is asked."""
+    if not is_authentic(reference_id):
+        return None
+    return bound().host.find_owner(reference_id)

@@ -5,20 +5,25 @@ The order of operations is the contract, and each step guards the next:
 2. verify: the signature, fail closed (401 when missing or wrong, 500 when we have no secret);
 3. record: insert the event into the inbox, once per trace id and once per signed payload (a duplicate,
    or a replay of a captured delivery under a fresh trace id, is acknowledged, not re-applied);
-4. apply: change connections and attempts idempotently, then commit them with the event and its outcome,
+4. apply, following from the inbox: the host changes its state idempotently, committed with the event,
    one transaction per delivery; a failure undoes only what applying changed, and the event is committed
    with the failure noted, for replay;
 5. acknowledge: 200 quickly, so Terra does not retry what we already have.
+
+Errors are built here, not by the host app, so the integration needs nothing of it. Hosts with CSRF
+protection exempt this blueprint: Terra's signature authenticates it instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import Blueprint, current_app, jsonify, request
 
-from services import webhook_inbox
-from terra_integration import signature
+from terra_integration import inbox, signature
 from terra_integration.events import EventParseError, parse_event
-from text_checks import storable_text
+from terra_integration.models import TRACE_ID_LENGTH
+from terra_integration.text_checks import storable_text
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -49,35 +54,32 @@ def receive_terra_event():
         current_app.logger.warning("webhook rejected: %s", error)
         return _error(401, "invalid_signature", str(error))
 
-    # 3. Record (uncommitted: step 4 commits the event with its outcome).
-    problem = _unstorable_headers()
-    if problem:
-        return _error(400, "malformed_event", problem)
-    trace_id = webhook_inbox.trace_id_for(request.headers.get("X-Terra-Trace-Id"), body)
+    # 3. Record, and 4. apply: the inbox applies what it records, and commits both.
     try:
-        event = parse_event(body)
-    except EventParseError as error:
-        # Verified, so it is Terra's: kept as failed (for replay) and acknowledged, not retried for hours.
-        outcome = webhook_inbox.record_unreadable(body, str(error), signed_at=signed_at, trace_id=trace_id,
-                                                  terra_reference=request.headers.get("terra-reference"))
-        return jsonify(status=outcome, trace_id=trace_id)
-    row = webhook_inbox.record(body, event, signed_at=signed_at, trace_id=trace_id,
-                               terra_reference=request.headers.get("terra-reference"))
-    if row is None:
-        return jsonify(status="duplicate", trace_id=trace_id)
-
-    # 4. Apply.
-    outcome = webhook_inbox.apply(row, event)
+        delivery = read_delivery(body, signed_at)
+    except MalformedDelivery as error:
+        return _error(400, "malformed_event", str(error))
+    outcome = inbox.receive(delivery)
 
     # 5. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
-    return jsonify(status=outcome, trace_id=trace_id)
+    return jsonify(status=outcome, trace_id=delivery.trace_id)
 
 
-def _unstorable_headers() -> str | None:
-    """Why the headers of a verified, well-formed event still cannot be stored, or None (parse_event
-    checks the body). Terra never sends these; without this check they would fail inside the
-    database (a 500, and Terra retrying for hours)."""
+class MalformedDelivery(ValueError):
+    """A verified delivery whose headers could not be stored (Terra never sends such)."""
+
+
+def read_delivery(body: bytes, signed_at: int) -> inbox.Delivery:
+    """The verified delivery (`signed_at`: its signature's `t`), its headers and body checked in this
+    one place (parse_event checks the body). Terra never sends these; without this check they would fail inside the
+    database (a 500, and Terra retrying for hours). A body that is not an event is kept, as failed."""
     for name in ("X-Terra-Trace-Id", "terra-reference"):
         if not storable_text(request.headers.get(name, "")):
-            return f"the {name} header contains NUL characters"
-    return None
+            raise MalformedDelivery(f"the {name} header contains NUL characters")
+    trace_id = request.headers.get("X-Terra-Trace-Id", "").strip()[:TRACE_ID_LENGTH]
+    trace_id = trace_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    terra_reference = request.headers.get("terra-reference", "")[:TRACE_ID_LENGTH] or None
+    try:
+        return inbox.Delivery(body, signed_at, trace_id, terra_reference, parse_event(body))
+    except EventParseError as error:
+        return inbox.Delivery(body, signed_at, trace_id, terra_reference, None, str(error))

@@ -1,4 +1,4 @@
-"""itsdangerous serializers keyed by SECRET_KEY (plus its fallbacks), one salt per purpose."""
+"""itsdangerous serializers keyed by the app's SECRET_KEY (plus Flask's SECRET_KEY_FALLBACKS), one salt per purpose."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
 def signing_keys() -> list[str]:
     # Oldest first, current last: the last key signs, every key still verifies (rotation).
-    return [*current_app.config["SECRET_KEY_FALLBACKS"], current_app.config["SECRET_KEY"]]
+    return [*(current_app.config["SECRET_KEY_FALLBACKS"] or ()), current_app.config["SECRET_KEY"]]
 
 
 def serializer(salt: str) -> URLSafeSerializer:

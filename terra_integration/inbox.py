@@ -1,0 +1,228 @@
+"""The webhook inbox: record each verified delivery exactly once, then apply it.
+
+De-duplication is the unique `trace_id` (Terra's `X-Terra-Trace-Id`, stable across retries; a hash
+of the body when absent), and the unique hash of the signed payload (`t` and body): the same signed
+delivery sent again within the signature's tolerance under a fresh trace id is a replay, not a new
+event. The insert either wins or raises IntegrityError: no check-then-insert.
+
+A delivery is one transaction: `receive` inserts the row (flushed, not committed), `apply` has the
+host change its state inside a SAVEPOINT, notes the outcome on the row and commits once. A failure
+rolls back to the savepoint only, so the event is still committed, with its failure, for a replay.
+
+What an event does is the host's (`host.TerraHost`); what is generic is decided here: an account
+event is applied to the owner of its signed reference_id, a data event as it is, an unknown type is
+recorded, and an event that should name a Terra user and does not is kept as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
+
+from terra_integration import signature
+from terra_integration.client import download_payload
+from terra_integration.events import (
+    ACCOUNT_EVENT_KINDS,
+    AUTH_FAILURE,
+    DATA_TYPES,
+    INFORMATIONAL_TYPES,
+    PING_TYPE,
+    USERLESS_TYPES,
+    EventParseError,
+    TerraEvent,
+    parse_event,
+)
+from terra_integration.host import Outcome, bound
+from terra_integration.models import (
+    EVENT_TYPE_LENGTH,
+    TEXT_LENGTH,
+    EventOutcome,
+    WebhookEventColumns,
+    utcnow,
+)
+from terra_integration.reference_ids import owner_of
+
+DUPLICATE = "duplicate"  # what `receive` answers for a trace id or signed payload already recorded
+UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery, read (`webhooks.read_delivery`): its inbox keys (`signed_at` is the
+    signature's `t`), and its event or why the body is not one."""
+
+    body: bytes
+    signed_at: int
+    trace_id: str
+    terra_reference: str | None
+    event: TerraEvent | None
+    problem: str | None = None
+
+
+def receive(delivery: Delivery) -> str:
+    """Record the delivery, once per trace id and signed payload, and apply it; returns the outcome,
+    or DUPLICATE when this trace id, or this body signed at this time, was already recorded (a
+    duplicate delivery, or a replay of one: nothing is applied again)."""
+    if delivery.event is None:
+        return _keep_unreadable(delivery)
+    event = delivery.event
+    row = bound().host.webhook_event_model(
+        trace_id=delivery.trace_id,
+        signed_payload_sha256=_signed_payload_sha256(delivery),
+        event_type=event.type[:EVENT_TYPE_LENGTH],
+        terra_user_id=event.terra_user_id,
+        # Cut to the column: an over-long reference_id is never one of ours, but it is kept for the record.
+        reference_id=event.reference_id and event.reference_id[:TEXT_LENGTH],
+        terra_reference=delivery.terra_reference,
+        body=delivery.body.decode("utf-8"),
+    )
+    if not _inserted(row):
+        return DUPLICATE
+    return apply(row, event)
+
+
+def _inserted(row: WebhookEventColumns) -> bool:
+    """Flush the new row (uncommitted: `apply` commits it with its outcome); False when its trace id
+    or signed payload is already recorded (a duplicate delivery). The insert decides: no
+    check-then-insert."""
+    session = bound().db.session
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+def _signed_payload_sha256(delivery: Delivery) -> str:
+    return hashlib.sha256(signature.signed_payload(delivery.body, delivery.signed_at)).hexdigest()
+
+
+def _keep_unreadable(delivery: Delivery) -> str:
+    """Keep a verified body that is not a readable event (no user, bad JSON, nesting...) as a failed
+    row, committed, and return its outcome (DUPLICATE when this trace id or signed payload is already
+    kept).
+
+    Terra's guidance is to log and acknowledge such deliveries: an error answer would only make
+    Terra retry them for hours. The row is there to look at, and to replay once the code reads it.
+    """
+    current_app.logger.warning("webhook %s kept as failed: %s", delivery.trace_id, delivery.problem)
+    row = bound().host.webhook_event_model(
+        trace_id=delivery.trace_id,
+        signed_payload_sha256=_signed_payload_sha256(delivery),
+        event_type=UNREADABLE,
+        terra_reference=delivery.terra_reference,
+        # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
+        body=delivery.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
+        outcome=EventOutcome.FAILED,
+        detail=delivery.problem[:TEXT_LENGTH],
+        applied_at=utcnow(),
+    )
+    if not _inserted(row):
+        return DUPLICATE
+    bound().db.session.commit()
+    return EventOutcome.FAILED
+
+
+# Losing a race to a concurrent delivery shows up as one of these (a unique constraint, a deadlock or
+# lock timeout, a row another delivery just replaced); the next try sees the winner's rows.
+RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
+APPLY_TRIES = 4
+
+
+def apply(row: WebhookEventColumns, event: TerraEvent) -> str:
+    """Apply a recorded event (`row`, parsed as `event`), note the outcome on its row, commit, and
+    return the outcome.
+
+    Applying is idempotent, so a try that lost a race (a unique constraint, a deadlock) is simply
+    run again, each try in its own savepoint. Any other failure is kept on the row, and logged, for
+    a later replay; the row itself is committed either way.
+    """
+    try:
+        if event.type == PING_TYPE:
+            event = _downloaded(event)
+        outcome, detail = _apply_with_retries(event)
+    except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
+        outcome, detail = _failure(row, error)
+    return _finish(row, outcome, detail)
+
+
+def _downloaded(ping: TerraEvent) -> TerraEvent:
+    """The data event an `s3_payload` points at, fetched (timeout, size limit) and parsed as if it
+    had arrived inline. The row is committed first: no transaction stays open across the download."""
+    bound().db.session.commit()
+    if not ping.download_url:
+        raise EventParseError("s3_payload without a url")
+    config = current_app.config
+    event = parse_event(download_payload(ping.download_url, timeout=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
+                                         max_bytes=config["TERRA_PAYLOAD_MAX_BYTES"]))
+    if event.type == PING_TYPE:
+        raise EventParseError("an s3_payload must not point at another s3_payload")
+    return event
+
+
+def _apply_with_retries(event: TerraEvent) -> Outcome:
+    session = bound().db.session
+    for attempt_number in itertools.count(1):
+        try:
+            with session.begin_nested():
+                return apply_event(event)
+        except RACE_ERRORS:
+            if attempt_number == APPLY_TRIES:
+                raise
+            # Rolling back a savepoint expires only what it changed; rows it merely read must be
+            # read again too, or the next try would act on what the winner has since changed.
+            session.expire_all()
+            time.sleep(0.01 * attempt_number)
+
+
+def apply_event(event: TerraEvent) -> Outcome:
+    """What `event` does, through the host: an account event to the owner of its reference_id, a data
+    or informational event as it is."""
+    host = bound().host
+    if event.type in DATA_TYPES or event.type in INFORMATIONAL_TYPES:
+        if event.terra_user_id is None and event.type not in USERLESS_TYPES:
+            return _without_user(event)
+        return host.apply_data_event(event)
+    if event.kind not in ACCOUNT_EVENT_KINDS:
+        # Terra adds event types over time: kept for the record, never an error (forward compatible).
+        return EventOutcome.RECORDED, f"unknown event type {event.type!r}"
+    if event.terra_user_id is None and event.kind != AUTH_FAILURE:  # only a failed auth has no user
+        return _without_user(event)
+    owner = owner_of(event.reference_id)
+    if owner is None:
+        return EventOutcome.IGNORED, "reference_id is not one of ours"
+    return host.apply_account_event(owner, event)
+
+
+def _without_user(event: TerraEvent) -> Outcome:
+    """A verified event that should name a Terra user and does not: kept as failed, for a replay."""
+    return EventOutcome.FAILED, f"{event.type} event without a user"
+
+
+def replay(row: WebhookEventColumns) -> str:
+    """Apply a stored event again (`flask webhooks replay`); safe because applying is idempotent."""
+    try:
+        event = parse_event(row.body.encode("utf-8"))
+    except EventParseError as error:  # a failure like any other: one bad row must not stop a replay
+        return _finish(row, *_failure(row, error))
+    return apply(row, event)
+
+
+def _finish(row: WebhookEventColumns, outcome: str, detail: str | None) -> str:
+    # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
+    row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], utcnow()
+    bound().db.session.commit()
+    return outcome
+
+
+def _failure(row: WebhookEventColumns, error: Exception) -> Outcome:
+    current_app.logger.error("applying webhook event %s failed: %s", row.id, type(error).__name__, exc_info=error)
+    return EventOutcome.FAILED, f"{type(error).__name__}: {error}"
