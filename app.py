@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, render_template, request
 from sqlalchemy import event
@@ -12,8 +13,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import load_config, process_environment
 from extensions import csrf, db, limiter, migrate, terra
-from services.json_errors import json_error
 from sandbox import init_sandbox  # the embedded Terra emulator: delete this, its call below and sandbox/ to drop it
+from services.json_errors import json_error
 
 
 def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Flask:

@@ -61,8 +61,10 @@ def list_events(failed: bool, limit: int) -> None:
     if failed:
         query = query.where(WebhookEvent.outcome == EventOutcome.FAILED)
     for event in db.session.scalars(query):
-        click.echo(f"{event.received_at:%Y-%m-%d %H:%M:%S}  {event.outcome:<8}  {event.event_type:<24}  "
-                   f"{event.trace_id}  {event.detail or ''}")
+        click.echo(
+            f"{event.received_at:%Y-%m-%d %H:%M:%S}  {event.outcome:<8}  {event.event_type:<24}  "
+            f"{event.trace_id}  {event.detail or ''}"
+        )
 
 
 @webhook_events.command("replay")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import click
@@ -110,8 +111,10 @@ def is_plain_url(url: str, schemes: tuple[str, ...]) -> bool:
     """A URL with one of `schemes` and a host, and nothing that could make it point elsewhere than it
     seems: no user info, query, fragment or backslash."""
     parts = urlsplit(url)
-    return parts.scheme in schemes and bool(parts.hostname) and not (
-        parts.username or parts.password or parts.query or parts.fragment or "\\" in url
+    return (
+        parts.scheme in schemes
+        and bool(parts.hostname)
+        and not (parts.username or parts.password or parts.query or parts.fragment or "\\" in url)
     )
 
 
@@ -225,7 +228,7 @@ class AppSettings(ServerSettings):
         # Hosting platforms hand out postgres:// URLs; SQLAlchemy needs the driver named (psycopg 3).
         for prefix in ("postgres://", "postgresql://"):
             if url.startswith(prefix):
-                url = "postgresql+psycopg://" + url[len(prefix):]
+                url = "postgresql+psycopg://" + url[len(prefix) :]
         try:
             make_url(url)
         except (ArgumentError, ValueError):  # not quoted: the URL may hold the database password
@@ -267,10 +270,14 @@ class AppSettings(ServerSettings):
                     "APP_ENV=production; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
                 )
             if not self.PUBLIC_BASE_URL:
-                raise ValueError("PUBLIC_BASE_URL is required when APP_ENV=production: the public https:// origin "
-                                 "of the app, such as https://connect.example.com")
+                raise ValueError(
+                    "PUBLIC_BASE_URL is required when APP_ENV=production: the public https:// origin "
+                    "of the app, such as https://connect.example.com"
+                )
             if not self.PUBLIC_BASE_URL.startswith("https://"):
-                raise ValueError(f"PUBLIC_BASE_URL must be https:// when APP_ENV=production, not {self.PUBLIC_BASE_URL!r}")
+                raise ValueError(
+                    f"PUBLIC_BASE_URL must be https:// when APP_ENV=production, not {self.PUBLIC_BASE_URL!r}"
+                )
         elif not self.PUBLIC_BASE_URL:
             self.PUBLIC_BASE_URL = self._listening_origin()
         return self
@@ -308,7 +315,8 @@ class AppSettings(ServerSettings):
             # Production answers only to its public host (Flask's TRUSTED_HOSTS; other hosts get 400), plus
             # EXTRA_TRUSTED_HOSTS, e.g. the address a load balancer's health check sends as Host.
             "TRUSTED_HOSTS": [urlsplit(self.PUBLIC_BASE_URL).hostname, *self.EXTRA_TRUSTED_HOSTS]
-            if self.APP_ENV == "production" else None,
+            if self.APP_ENV == "production"
+            else None,
             # Session cookie: unreadable from scripts, sent on top-level navigations back from Terra.
             "SESSION_COOKIE_HTTPONLY": True,
             "SESSION_COOKIE_SAMESITE": "Lax",
@@ -326,7 +334,8 @@ class AppSettings(ServerSettings):
             "TRUSTED_PROXY_COUNT": self.TRUSTED_PROXY_COUNT,
             "API_TOKEN_LIFETIME_SECONDS": self.API_TOKEN_LIFETIME_SECONDS,
             "API_TOKEN_CACHE_SECONDS": self.API_TOKEN_CACHE_SECONDS,
-            "STATUS_MAX_WAITERS": max(1, self.GUNICORN_THREADS // 2) if self.STATUS_MAX_WAITERS is None
+            "STATUS_MAX_WAITERS": max(1, self.GUNICORN_THREADS // 2)
+            if self.STATUS_MAX_WAITERS is None
             else self.STATUS_MAX_WAITERS,
             "BROWSER_CLOSED_GRACE_SECONDS": self.BROWSER_CLOSED_GRACE_SECONDS,
             "RECONCILE_INTERVAL_SECONDS": self.RECONCILE_INTERVAL_SECONDS,
@@ -381,12 +390,16 @@ class TerraSettings(Settings):
         present = [name for name in TERRA_CREDENTIALS if getattr(self, name)]
         if not present and self.APP_ENV == "production":
             # The sandbox has no login and signs with a published secret: never in production.
-            raise ValueError(f"APP_ENV=production needs live Terra credentials: set {', '.join(TERRA_CREDENTIALS)} "
-                             "(production never serves the embedded sandbox)")
+            raise ValueError(
+                f"APP_ENV=production needs live Terra credentials: set {', '.join(TERRA_CREDENTIALS)} "
+                "(production never serves the embedded sandbox)"
+            )
         if present and len(present) < len(TERRA_CREDENTIALS):
             missing = [name for name in TERRA_CREDENTIALS if name not in present]
-            raise ValueError(f"Live Terra mode needs all of {', '.join(TERRA_CREDENTIALS)}; missing "
-                             f"{', '.join(missing)}. Unset all three to use the embedded sandbox.")
+            raise ValueError(
+                f"Live Terra mode needs all of {', '.join(TERRA_CREDENTIALS)}; missing "
+                f"{', '.join(missing)}. Unset all three to use the embedded sandbox."
+            )
         return self
 
     def flask_config(self) -> dict:

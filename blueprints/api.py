@@ -106,8 +106,12 @@ def create_attempt():
         _require_deep_link()
     try:
         attempt = attempts.start_widget_attempt(
-            caller(), channel="mobile", return_urls=_mobile_return_urls(return_mode), providers=providers,
-            language=language, return_mode=return_mode,
+            caller(),
+            channel="mobile",
+            return_urls=_mobile_return_urls(return_mode),
+            providers=providers,
+            language=language,
+            return_mode=return_mode,
         )
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
@@ -142,16 +146,21 @@ def _require_deep_link() -> None:
     try:
         direct_link(current_app.config, "probe", "success")
     except DeepLinkNotConfigured:
-        raise ApiError(409, "deep_link_not_configured",
-                       "return=app needs MOBILE_APP_SCHEME or MOBILE_UNIVERSAL_LINK_BASE on the server") from None
+        raise ApiError(
+            409,
+            "deep_link_not_configured",
+            "return=app needs MOBILE_APP_SCHEME or MOBILE_UNIVERSAL_LINK_BASE on the server",
+        ) from None
 
 
 def _mobile_return_urls(return_mode: str):
     def urls(attempt: ConnectAttempt) -> tuple[str, str]:
         if return_mode == "app":
             # Terra redirects straight into the app; its query parameters are merged into the link.
-            return (direct_link(current_app.config, attempt.id, "success"),
-                    direct_link(current_app.config, attempt.id, "failure"))
+            return (
+                direct_link(current_app.config, attempt.id, "success"),
+                direct_link(current_app.config, attempt.id, "failure"),
+            )
         return attempts.return_page_urls(attempt, "mobile")
 
     return urls
@@ -160,9 +169,12 @@ def _mobile_return_urls(return_mode: str):
 def _count_poll(attempt_id: str) -> None:
     retry_after = long_poll.count_poll(caller_id(), attempt_id)
     if retry_after is not None:
-        raise ApiError(429, "too_many_requests",
-                       f"status polls are limited to {current_app.config['STATUS_RATE_LIMIT']}; see poll_after_ms",
-                       headers={"Retry-After": str(retry_after)})
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"status polls are limited to {current_app.config['STATUS_RATE_LIMIT']}; see poll_after_ms",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 @bp.record_once
@@ -274,5 +286,3 @@ def delete_connection(connection_id: int):
 @bp.get("/openapi.json")
 def openapi_document():
     return Response(OPENAPI_DOCUMENT.read_bytes(), mimetype="application/json")
-
-

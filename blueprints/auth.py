@@ -53,8 +53,11 @@ def login_required(view):
 
 
 @bp.route("/register", methods=("GET", "POST"))
-@limiter.limit(lambda: current_app.config["REGISTER_RATE_LIMIT"], methods=["POST"],
-               error_message="Too many sign-ups from your network. Please wait a while and try again.")
+@limiter.limit(
+    lambda: current_app.config["REGISTER_RATE_LIMIT"],
+    methods=["POST"],
+    error_message="Too many sign-ups from your network. Please wait a while and try again.",
+)
 def register():
     # Limited per client address: each try costs a password hash, and accounts are free to make.
     form = CredentialsForm()
@@ -98,9 +101,7 @@ def end_web_sessions(user: User) -> None:
     then also revoke the user's API tokens. Logging out of the web leaves the mobile app's tokens
     alone: the app is another device with its own sign-out (`DELETE /api/v1/tokens/current`).
     """
-    db.session.execute(
-        update(User).where(User.id == user.id).values(session_generation=User.session_generation + 1)
-    )
+    db.session.execute(update(User).where(User.id == user.id).values(session_generation=User.session_generation + 1))
     db.session.commit()
 
 

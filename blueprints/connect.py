@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
@@ -30,7 +30,9 @@ def connect_rate_limit(user_id: Callable[[], int]):
         return current_app.config["CONNECT_RATE_LIMIT"]
 
     return limiter.shared_limit(
-        rate, scope="connect-attempts", key_func=lambda: f"user:{user_id()}",
+        rate,
+        scope="connect-attempts",
+        key_func=lambda: f"user:{user_id()}",
         error_message=lambda: f"Too many connections started: the limit is {rate()}. Please wait and try again.",
     )
 

@@ -7,7 +7,7 @@ stable (Apple's CDN and Google's verifier cache them).
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 

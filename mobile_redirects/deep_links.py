@@ -13,7 +13,8 @@ the app can start Terra's mobile SDK for it at once. The shapes, for outcome `su
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 from urllib.parse import quote, urlencode
 
 Outcome = Literal["success", "failure"]
@@ -41,8 +42,9 @@ def universal_link(config: Mapping, attempt_id: str, outcome: Outcome, resource:
     return f"{base}/{_path_and_query(attempt_id, outcome, resource)}" if base else None
 
 
-def android_intent_link(config: Mapping, attempt_id: str, outcome: Outcome, fallback_url: str,
-                        resource: str | None = None) -> str | None:
+def android_intent_link(
+    config: Mapping, attempt_id: str, outcome: Outcome, fallback_url: str, resource: str | None = None
+) -> str | None:
     """Chrome on Android launches the app from this, or loads `fallback_url` when it cannot."""
     scheme, package = config["MOBILE_APP_SCHEME"], config["ANDROID_PACKAGE_NAME"]
     if not scheme:
@@ -62,8 +64,9 @@ def direct_link(config: Mapping, attempt_id: str, outcome: Outcome) -> str:
     return link
 
 
-def return_page_link(config: Mapping, attempt_id: str, outcome: Outcome, user_agent: str,
-                     fallback_url: str, resource: str | None = None) -> str | None:
+def return_page_link(
+    config: Mapping, attempt_id: str, outcome: Outcome, user_agent: str, fallback_url: str, resource: str | None = None
+) -> str | None:
     """The link the return page tries once and offers as "Return to app", chosen per platform:
     an intent: URL on Android (Chrome falls back to `fallback_url`), the custom scheme on iOS, else
     the universal link. None when nothing is configured."""
@@ -74,6 +77,8 @@ def return_page_link(config: Mapping, attempt_id: str, outcome: Outcome, user_ag
         candidates = (scheme_link(config, attempt_id, outcome, resource),)
     else:
         candidates = ()
-    candidates += (universal_link(config, attempt_id, outcome, resource),
-                   scheme_link(config, attempt_id, outcome, resource))
+    candidates += (
+        universal_link(config, attempt_id, outcome, resource),
+        scheme_link(config, attempt_id, outcome, resource),
+    )
     return next((link for link in candidates if link), None)

@@ -39,13 +39,23 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
 
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
     fallback = attempts.return_page_url("mobile", outcome, token, tried="1")
-    app_link = return_page_link(current_app.config, attempt.id, outcome, request.user_agent.string, fallback,
-                                resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None)
+    app_link = return_page_link(
+        current_app.config,
+        attempt.id,
+        outcome,
+        request.user_agent.string,
+        fallback,
+        resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None,
+    )
 
     nonce = secrets.token_urlsafe(16)
     html = render_template(
-        "mobile/return.html", outcome=outcome, app_link=app_link, try_app=bool(app_link) and not tried_already,
-        nonce=nonce, another_account=return_visits.signed_in_as_someone_else(attempt, g.user),
+        "mobile/return.html",
+        outcome=outcome,
+        app_link=app_link,
+        try_app=bool(app_link) and not tried_already,
+        nonce=nonce,
+        another_account=return_visits.signed_in_as_someone_else(attempt, g.user),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"

@@ -45,7 +45,7 @@ REASON_TEXT = {
     "legacy_widget_endpoint_gone": "This Terra account cannot use the legacy widget endpoint.",
     # Why a connection ended (Connection.status_reason).
     "relinked_elsewhere": "This provider account was connected to another account of this app, so it was "
-                          "disconnected here.",
+    "disconnected here.",
     "disconnected": "You disconnected it.",
     "deauth": "It was disconnected at Terra.",
     "access_revoked": "Access was withdrawn in the provider's own settings.",
@@ -86,9 +86,7 @@ class ConnectAttempt(db.Model):
     return_mode: Mapped[str | None] = mapped_column(String(8))
     # The app said its in-app browser closed; without a verified outcome soon after, it is cancelled.
     browser_closed_at: Mapped[datetime | None]
-    connection_id: Mapped[int | None] = mapped_column(
-        ForeignKey("connections.id", ondelete="SET NULL")
-    )
+    connection_id: Mapped[int | None] = mapped_column(ForeignKey("connections.id", ondelete="SET NULL"))
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

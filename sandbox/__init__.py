@@ -17,7 +17,7 @@ sandbox received and sent), `console` (a page listing sandbox users), `providers
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from alembic.config import Config
 from flask import Flask

@@ -5,8 +5,8 @@ errors) and `/sandbox/api/v2/...` (its new host, problem+json errors)."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from functools import wraps
-from typing import Callable
 
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy import select
@@ -82,8 +82,7 @@ def generate_widget_session():
     if current_app.config["SANDBOX_LEGACY_GONE"]:
         raise TerraApiError(
             410,
-            "generateWidgetSession is deprecated and not available to this account; "
-            f"use POST {NEW_WIDGET_SESSION_URL}",
+            f"generateWidgetSession is deprecated and not available to this account; use POST {NEW_WIDGET_SESSION_URL}",
         )
     session, _ = _start_widget_session()
     return jsonify(_session_answer(session))
@@ -182,9 +181,7 @@ def user_info():
 @rest_route("/subscriptions", methods=["GET"])
 @require_credentials(401)
 def subscriptions():
-    users = db.session.scalars(
-        select(SandboxUser).where(SandboxUser.active.is_(True)).order_by(SandboxUser.created_at)
-    )
+    users = db.session.scalars(select(SandboxUser).where(SandboxUser.active.is_(True)).order_by(SandboxUser.created_at))
     return jsonify(users=[user.to_terra() for user in users])
 
 

@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import requests
 
@@ -41,7 +42,7 @@ class WebhookSettings:
     timeout_seconds: float
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "WebhookSettings":
+    def from_config(cls, config: Mapping[str, Any]) -> WebhookSettings:
         return cls(
             url=config["SANDBOX_WEBHOOK_URL"],
             secret=config["TERRA_SIGNING_SECRET"],
@@ -76,7 +77,7 @@ class DeliveryFaults:
     stale_signature: bool = False  # retries keep the first try's `t=` instead of being signed afresh
 
     @classmethod
-    def from_names(cls, names: Iterable[str], config: Mapping[str, Any]) -> "DeliveryFaults":
+    def from_names(cls, names: Iterable[str], config: Mapping[str, Any]) -> DeliveryFaults:
         names = set(names)
         return cls(
             duplicate="duplicate" in names,
@@ -132,16 +133,19 @@ class DeliveryThread(threading.Thread):
         return list(reversed(self.envelopes))
 
     def _send_all(self, envelopes: list[Envelope], copy: int) -> list[bool]:
-        return [_send_with_retries(envelope, self.settings, copy, self.traffic, self.faults.stale_signature)
-                for envelope in envelopes]
+        return [
+            _send_with_retries(envelope, self.settings, copy, self.traffic, self.faults.stale_signature)
+            for envelope in envelopes
+        ]
 
 
 class _Follower(DeliveryThread):
     """A batch that joined an open reorder window: the window's thread sends it; this waits for it."""
 
     def __init__(self, envelopes: list[Envelope], carrier: DeliveryThread):
-        super().__init__(envelopes, carrier.settings, carrier.terra_reference, faults=DeliveryFaults(),
-                         traffic=carrier.traffic)
+        super().__init__(
+            envelopes, carrier.settings, carrier.terra_reference, faults=DeliveryFaults(), traffic=carrier.traffic
+        )
         self.carrier = carrier
 
     def run(self) -> None:
@@ -203,8 +207,13 @@ def deliver(events: list[dict], config: Mapping[str, Any], faults: Iterable[str]
     return thread
 
 
-def _send_with_retries(envelope: Envelope, settings: WebhookSettings, copy: int = 1,
-                       traffic: Traffic | None = None, stale_signature: bool = False) -> bool:
+def _send_with_retries(
+    envelope: Envelope,
+    settings: WebhookSettings,
+    copy: int = 1,
+    traffic: Traffic | None = None,
+    stale_signature: bool = False,
+) -> bool:
     if not settings.url:
         log.info("sandbox webhook %s not sent: SANDBOX_WEBHOOK_URL is empty", envelope.event_type)
         return False
@@ -214,9 +223,7 @@ def _send_with_retries(envelope: Envelope, settings: WebhookSettings, copy: int 
     while True:
         status, failure = _post_once(envelope, settings, first_signed_at if stale_signature else None)
         if traffic is not None:
-            traffic.record_webhook(
-                WebhookPost(envelope.trace_id, envelope.event_type, attempt, copy, status, failure)
-            )
+            traffic.record_webhook(WebhookPost(envelope.trace_id, envelope.event_type, attempt, copy, status, failure))
         if failure is None:
             log.info(
                 "sandbox webhook %s delivered (trace %s, attempt %d)", envelope.event_type, envelope.trace_id, attempt
@@ -225,20 +232,28 @@ def _send_with_retries(envelope: Envelope, settings: WebhookSettings, copy: int 
         if attempt == attempts:
             log.error(
                 "sandbox webhook %s abandoned after %d attempts (trace %s): %s",
-                envelope.event_type, attempts, envelope.trace_id, failure,
+                envelope.event_type,
+                attempts,
+                envelope.trace_id,
+                failure,
             )
             return False
         delay = settings.delay_before_retry(attempt)
         log.warning(
             "sandbox webhook %s failed (trace %s, attempt %d): %s; retrying in %.2f s",
-            envelope.event_type, envelope.trace_id, attempt, failure, delay,
+            envelope.event_type,
+            envelope.trace_id,
+            attempt,
+            failure,
+            delay,
         )
         time.sleep(delay)
         attempt += 1
 
 
-def _post_once(envelope: Envelope, settings: WebhookSettings,
-               signed_at: int | None = None) -> tuple[int | None, str | None]:
+def _post_once(
+    envelope: Envelope, settings: WebhookSettings, signed_at: int | None = None
+) -> tuple[int | None, str | None]:
     """(status, None) on a 2xx answer, otherwise (status or None, a short description of what went wrong)."""
     # Signed afresh on each attempt (unless `signed_at` pins the time: `stale_signature`), so a late
     # retry still falls inside the receiver's time window.

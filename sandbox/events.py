@@ -37,8 +37,9 @@ def user_reauth(new_user: SandboxUser, old_user: SandboxUser) -> dict:
     }
 
 
-def auth_failure(shape: str, session: SandboxSession, *, flow_id: str, provider: str, reason: str,
-                 user_id: str) -> dict:
+def auth_failure(
+    shape: str, session: SandboxSession, *, flow_id: str, provider: str, reason: str, user_id: str
+) -> dict:
     """The failed-authentication event in the 2026 shape (`auth_cancelled`) or the older one
     (`auth` with status `error`, which still names the user that was being created)."""
     if shape == "auth_cancelled":
@@ -101,4 +102,3 @@ def permission_change(user: SandboxUser, *, added: list[str], removed: list[str]
 
 def data_event(kind: str, user: SandboxUser) -> dict:
     return {"type": kind, "user": user.to_terra(), "data": sample_items(kind), "version": API_VERSION}
-

@@ -59,8 +59,9 @@ import errno
 import json
 import socket
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import wraps
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from flask import Response, current_app, has_request_context, request
 

@@ -8,9 +8,10 @@ can never disagree. The outcome is committed first and the webhooks are sent aft
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import url_for
@@ -190,9 +191,7 @@ def _authenticate(
     identity = [SandboxUser.provider == provider.code, SandboxUser.account == account, SandboxUser.active.is_(True)]
     if not flow_variant(config, "relink_across_users"):
         identity.append(SandboxUser.reference_id == session.reference_id)  # `IS NULL` when there is none
-    previous = db.session.scalars(
-        select(SandboxUser).where(*identity).order_by(SandboxUser.created_at.desc())
-    ).first()
+    previous = db.session.scalars(select(SandboxUser).where(*identity).order_by(SandboxUser.created_at.desc())).first()
     if previous is None and user_cap_reached(config):
         return _fail(session, provider, USER_LIMIT_REASON, config)
 

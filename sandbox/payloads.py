@@ -21,8 +21,9 @@ PAYLOAD_LIFETIME_SECONDS = 300  # Terra's example `expires_in`
 
 def ping_event(event: dict) -> dict:
     """Store `event` for download and return the `s3_payload` event that points at it (uncommitted)."""
-    payload = SandboxPayload(body=json.dumps(event, separators=(",", ":")),
-                             expires_at=utcnow() + timedelta(seconds=PAYLOAD_LIFETIME_SECONDS))
+    payload = SandboxPayload(
+        body=json.dumps(event, separators=(",", ":")), expires_at=utcnow() + timedelta(seconds=PAYLOAD_LIFETIME_SECONDS)
+    )
     db.session.add(payload)
     db.session.flush()
     return {

@@ -41,14 +41,30 @@ def _types(*kinds: str) -> frozenset[str]:
 
 
 CATALOGUE: tuple[Provider, ...] = (
-    Provider("GARMIN", "Garmin", ("ACTIVITY_EXPORT", "HEALTH_EXPORT", "WORKOUT_IMPORT"),
-             _types("activity", "body", "daily", "sleep", "menstruation")),
-    Provider("FITBIT", "Fitbit", ("activity", "heartrate", "sleep", "weight", "profile"),
-             _types("activity", "body", "daily", "sleep", "nutrition")),
-    Provider("OURA", "Oura", ("personal", "daily", "heartrate", "workout", "session"),
-             _types("activity", "body", "daily", "sleep")),
-    Provider("WITHINGS", "Withings", ("user.info", "user.metrics", "user.activity"),
-             _types("activity", "body", "daily", "sleep")),
+    Provider(
+        "GARMIN",
+        "Garmin",
+        ("ACTIVITY_EXPORT", "HEALTH_EXPORT", "WORKOUT_IMPORT"),
+        _types("activity", "body", "daily", "sleep", "menstruation"),
+    ),
+    Provider(
+        "FITBIT",
+        "Fitbit",
+        ("activity", "heartrate", "sleep", "weight", "profile"),
+        _types("activity", "body", "daily", "sleep", "nutrition"),
+    ),
+    Provider(
+        "OURA",
+        "Oura",
+        ("personal", "daily", "heartrate", "workout", "session"),
+        _types("activity", "body", "daily", "sleep"),
+    ),
+    Provider(
+        "WITHINGS",
+        "Withings",
+        ("user.info", "user.metrics", "user.activity"),
+        _types("activity", "body", "daily", "sleep"),
+    ),
     Provider("POLAR", "Polar", ("accesslink.read_all",), _types("activity", "daily", "sleep")),
     Provider("COROS", "COROS", ("workout", "daily", "sleep"), _types("activity", "daily", "sleep")),
     Provider("WAHOO", "Wahoo", ("user_read", "workouts_read", "power_zones_read"), _types("activity")),
@@ -56,10 +72,22 @@ CATALOGUE: tuple[Provider, ...] = (
     # Listed but switched off, as on a Terra dashboard: requesting it yields a warning.
     Provider("SUUNTO", "Suunto", ("workout", "sleep"), _types("activity", "sleep"), enabled=False),
     Provider("APPLE", "Apple Health", ("HealthKit",), _types(*DATA_TYPES), setup="SDK", sdk_only=True),
-    Provider("SAMSUNG", "Samsung Health", ("health_data",), _types("activity", "body", "daily", "sleep"),
-             setup="SDK", sdk_only=True),
-    Provider("HEALTH_CONNECT", "Health Connect", ("READ_STEPS", "READ_SLEEP", "READ_EXERCISE"),
-             _types(*DATA_TYPES), setup="SDK", sdk_only=True),
+    Provider(
+        "SAMSUNG",
+        "Samsung Health",
+        ("health_data",),
+        _types("activity", "body", "daily", "sleep"),
+        setup="SDK",
+        sdk_only=True,
+    ),
+    Provider(
+        "HEALTH_CONNECT",
+        "Health Connect",
+        ("READ_STEPS", "READ_SLEEP", "READ_EXERCISE"),
+        _types(*DATA_TYPES),
+        setup="SDK",
+        sdk_only=True,
+    ),
 )
 
 _BY_CODE = {provider.code: provider for provider in CATALOGUE}

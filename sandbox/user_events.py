@@ -3,7 +3,8 @@ connection, changed permissions, a deauthentication. Each updates the user, comm
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from extensions import db
 from models.time import utcnow
@@ -11,8 +12,8 @@ from sandbox import events
 from sandbox import providers as catalogue
 from sandbox.delivery import DeliveryThread, deliver
 from sandbox.faults import webhook_faults
-from sandbox.payloads import ping_event
 from sandbox.models import SandboxUser
+from sandbox.payloads import ping_event
 from sandbox.sample_data import DATA_KINDS
 
 USER_EVENT_TYPES = (*DATA_KINDS, "connection_error", "permission_change", "access_revoked", "deauth")

@@ -36,7 +36,11 @@ _PROBLEMS = {
 @bp.errorhandler(FlowProblem)
 def flow_problem_page(problem: FlowProblem):
     status, _, title, reason = _PROBLEMS[problem.code]
-    back_url = failure_return_url(problem.session, reason, current_app.config) if problem.session is not None and reason else None
+    back_url = (
+        failure_return_url(problem.session, reason, current_app.config)
+        if problem.session is not None and reason
+        else None
+    )
     page = render_template(
         "sandbox/message.html", title=title, message=problem.message, back_url=back_url, back_label="Back to the app"
     )

@@ -37,8 +37,7 @@ def _dummy_password_hash() -> str:
 
 def register(email: str, password: str) -> User:
     """A new user with their own reference_id, committed; EmailTaken if the address has an account."""
-    user = User(email=normalise_email(email), password_hash=hash_password(password),
-                reference_id=new_reference_id())
+    user = User(email=normalise_email(email), password_hash=hash_password(password), reference_id=new_reference_id())
     db.session.add(user)
     try:
         db.session.commit()

@@ -81,8 +81,9 @@ def issue_token(user: User) -> tuple[str, int]:
     """A new token for `user`: (the token itself, its lifetime in seconds)."""
     lifetime = current_app.config["API_TOKEN_LIFETIME_SECONDS"]
     token = new_token()
-    db.session.add(ApiToken(user_id=user.id, token_hash=hash_token(token),
-                            expires_at=utcnow() + timedelta(seconds=lifetime)))
+    db.session.add(
+        ApiToken(user_id=user.id, token_hash=hash_token(token), expires_at=utcnow() + timedelta(seconds=lifetime))
+    )
     db.session.commit()
     return token, lifetime
 
@@ -101,13 +102,15 @@ def check_token(token_string: str) -> CheckedToken | None:
     if token is not None:
         return token
     row = db.session.execute(
-        select(ApiToken.id, ApiToken.user_id, ApiToken.expires_at, ApiToken.revoked_at, ApiToken.last_used_at)
-        .where(ApiToken.token_hash == token_hash)
+        select(ApiToken.id, ApiToken.user_id, ApiToken.expires_at, ApiToken.revoked_at, ApiToken.last_used_at).where(
+            ApiToken.token_hash == token_hash
+        )
     ).first()
     if row is None:
         return None
-    token = CheckedToken(id=row.id, user_id=row.user_id, token_hash=token_hash,
-                         expires_at=row.expires_at, revoked_at=row.revoked_at)
+    token = CheckedToken(
+        id=row.id, user_id=row.user_id, token_hash=token_hash, expires_at=row.expires_at, revoked_at=row.revoked_at
+    )
     if not token.is_expired() and not token.is_revoked():
         _note_use(token.id, row.last_used_at)
         cache.put(token)

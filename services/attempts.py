@@ -8,8 +8,8 @@ except that a late verified success may still turn `cancelled` into `connected`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 from flask import current_app, url_for
 from itsdangerous import BadSignature
@@ -37,15 +37,22 @@ class AttemptNotFound(LookupError):
 ReturnUrls = Callable[[ConnectAttempt], tuple[str, str]]
 
 
-def start_widget_attempt(user: User, *, channel: str = "web", return_urls: ReturnUrls | None = None,
-                         providers: list[str] | None = None, language: str | None = None,
-                         return_mode: str | None = None) -> ConnectAttempt:
+def start_widget_attempt(
+    user: User,
+    *,
+    channel: str = "web",
+    return_urls: ReturnUrls | None = None,
+    providers: list[str] | None = None,
+    language: str | None = None,
+    return_mode: str | None = None,
+) -> ConnectAttempt:
     """Create an attempt and its Terra widget session. Raises TerraError (the attempt is then failed).
 
     `return_urls(attempt)` gives the (success, failure) redirect URLs; the web return pages by default.
     """
-    attempt = _new_attempt(user, channel, provider=providers[0] if providers and len(providers) == 1 else None,
-                           return_mode=return_mode)
+    attempt = _new_attempt(
+        user, channel, provider=providers[0] if providers and len(providers) == 1 else None, return_mode=return_mode
+    )
     success_url, failure_url = (return_urls or return_page_urls)(attempt)
     try:
         session: WidgetSession = terra.client.create_widget_session(
@@ -85,8 +92,13 @@ def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
 
 def _new_attempt(user: User, channel: str, provider: str | None, return_mode: str | None = None) -> ConnectAttempt:
     # Terra sessions last 900 s unless the answer says otherwise; corrected once we know.
-    attempt = ConnectAttempt(user_id=user.id, channel=channel, requested_provider=provider, return_mode=return_mode,
-                             expires_at=utcnow() + timedelta(seconds=900))
+    attempt = ConnectAttempt(
+        user_id=user.id,
+        channel=channel,
+        requested_provider=provider,
+        return_mode=return_mode,
+        expires_at=utcnow() + timedelta(seconds=900),
+    )
     db.session.add(attempt)
     # Committed before Terra is called: no transaction (or SQLite write lock) is held across HTTP.
     db.session.commit()
@@ -133,8 +145,9 @@ def attempt_from_token(token: str | None) -> ConnectAttempt:
     return attempt
 
 
-def record_return(token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None,
-                  claimed_resource: str | None = None) -> ConnectAttempt:
+def record_return(
+    token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None, claimed_resource: str | None = None
+) -> ConnectAttempt:
     """A browser came back from Terra to one of our return pages: note what it claims. A success
     with no Terra user but a provider is an SDK-only provider (Terra sends no webhook for it): the
     attempt ends at once as `sdk_required`, so the app can connect it through Terra's mobile SDK."""
@@ -161,8 +174,15 @@ def owned_attempt(user_id: int, attempt_id: str) -> ConnectAttempt:
 # one statement, and no ORM object or statement construction is paid for it.
 _columns = ConnectAttempt.__table__.c
 POLL_STATE = select(
-    _columns.id, _columns.user_id, _columns.version, _columns.status, _columns.expires_at,
-    _columns.browser_closed_at, _columns.hint, _columns.hinted_at, _columns.redirect_terra_user_id,
+    _columns.id,
+    _columns.user_id,
+    _columns.version,
+    _columns.status,
+    _columns.expires_at,
+    _columns.browser_closed_at,
+    _columns.hint,
+    _columns.hinted_at,
+    _columns.redirect_terra_user_id,
 ).where(_columns.id == bindparam("attempt_id"))
 
 
@@ -216,8 +236,9 @@ def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields
     return result.rowcount == 1
 
 
-def record_hint(attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None,
-                resource: str | None = None) -> None:
+def record_hint(
+    attempt: ConnectAttempt, hint: AttemptHint, terra_user_id: str | None = None, resource: str | None = None
+) -> None:
     """What the browser said happened. Recorded for display and polling, never as an outcome."""
     fields: dict = {}
     if attempt.hint != hint:
@@ -248,13 +269,22 @@ def cancel_if_abandoned(attempt: ConnectAttempt) -> bool:
 
 def mark_connected(attempt: ConnectAttempt, connection: Connection) -> bool:
     # A late verified success still wins over the "browser closed" guess and over "use the SDK".
-    return _transition(attempt, (AttemptStatus.PENDING, AttemptStatus.CANCELLED, AttemptStatus.SDK_REQUIRED),
-                       status=AttemptStatus.CONNECTED, connection_id=connection.id, error=None)
+    return _transition(
+        attempt,
+        (AttemptStatus.PENDING, AttemptStatus.CANCELLED, AttemptStatus.SDK_REQUIRED),
+        status=AttemptStatus.CONNECTED,
+        connection_id=connection.id,
+        error=None,
+    )
 
 
 def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
-    return _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.FAILED,
-                       error=fit(ConnectAttempt.error, reason or "auth_failed"))
+    return _transition(
+        attempt,
+        (AttemptStatus.PENDING,),
+        status=AttemptStatus.FAILED,
+        error=fit(ConnectAttempt.error, reason or "auth_failed"),
+    )
 
 
 def _abandoned(attempt) -> bool:

@@ -14,7 +14,6 @@ from models import ConnectAttempt, Connection, ConnectionStatus, ReplacedTerraUs
 from models.time import utcnow
 from terra_integration.client import TerraClient, TerraNotFound, TerraUser
 
-
 # Why a connection ended, for its owner to read (models.connect_attempt.REASON_TEXT).
 RELINKED_ELSEWHERE = "relinked_elsewhere"
 
@@ -29,9 +28,11 @@ class ConnectionNotFound(LookupError):
 
 def owned_connections(user_id: int) -> list[Connection]:
     """`user_id`'s connections, newest first: the dashboard and the API's list show these."""
-    return list(db.session.scalars(
-        select(Connection).where(Connection.user_id == user_id).order_by(Connection.created_at.desc())
-    ))
+    return list(
+        db.session.scalars(
+            select(Connection).where(Connection.user_id == user_id).order_by(Connection.created_at.desc())
+        )
+    )
 
 
 def owned_connection(user_id: int, connection_id: int) -> Connection:
@@ -123,8 +124,9 @@ def revoke(connection: Connection, reason: str) -> None:
     connection.last_event_at = utcnow()
 
 
-def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraUser,
-                       old_owner: User | None = None) -> Connection:
+def replace_terra_user(
+    owner: User, old_user: TerraUser | None, new_user: TerraUser, old_owner: User | None = None
+) -> Connection:
     """user_reauth: the same provider account got a new Terra user id.
 
     Within one owner the row is kept and its id swapped in place, in either order relative to the
@@ -145,8 +147,7 @@ def replace_terra_user(owner: User, old_user: TerraUser | None, new_user: TerraU
         connection = upsert_connection(owner, new_user)
         if old_user is not None:
             # Remembered even when we never saw it: its `auth` may still be on its way.
-            db.session.add(ReplacedTerraUser(old_terra_user_id=old_user.user_id,
-                                             connection_id=(old or connection).id))
+            db.session.add(ReplacedTerraUser(old_terra_user_id=old_user.user_id, connection_id=(old or connection).id))
         return connection
     db.session.add(ReplacedTerraUser(old_terra_user_id=old.terra_user_id, connection_id=old.id))
     # The new id's row; or, when a later re-authentication already replaced the new id too (events

@@ -7,7 +7,7 @@ idempotent: applying the same event twice, or events in another order, ends in t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import select
 

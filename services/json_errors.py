@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 from flask import Response, jsonify
 
 
-def json_error(status: int, code: str, message: str,
-               headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> Response:
+def json_error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()
+) -> Response:
     response = jsonify(error={"code": code, "message": message})
     response.status_code = status
     response.headers.update(headers)

@@ -32,8 +32,7 @@ def require_offered(codes: list[str], terra: TerraClient, *, include_sdk: bool) 
     malformed = sorted({code for code in codes if not is_provider_code(code)})
     if malformed:
         raise UnknownProviders(malformed)
-    available = {provider.code for provider in terra.integrations_detailed(include_sdk=include_sdk)
-                 if provider.enabled}
+    available = {provider.code for provider in terra.integrations_detailed(include_sdk=include_sdk) if provider.enabled}
     unknown = sorted(set(codes) - available)
     if unknown:
         raise UnknownProviders(unknown)

@@ -33,8 +33,11 @@ NOT_AT_TERRA = "not_at_terra"  # Terra no longer returns the user, or returns it
 def reconcile(user: User, terra: TerraClient) -> int:
     """Converge `user`'s connections to Terra and commit; returns how many rows changed.
     Raises TerraError when Terra could not be asked (nothing is changed then)."""
-    returned = {each.user_id: each for each in terra.users_by_reference(user.reference_id)
-                if each.reference_id == user.reference_id}
+    returned = {
+        each.user_id: each
+        for each in terra.users_by_reference(user.reference_id)
+        if each.reference_id == user.reference_id
+    }
     changed = 0
     for terra_user in returned.values():
         if connections.was_replaced(terra_user.user_id):
@@ -49,10 +52,13 @@ def reconcile(user: User, terra: TerraClient) -> int:
         elif connection is None:
             connections.upsert_connection(user, terra_user)
             changed += 1
-    stale = db.session.scalars(select(Connection).where(
-        Connection.user_id == user.id, Connection.status != ConnectionStatus.REVOKED,
-        Connection.terra_user_id.not_in(list(returned)),
-    )).all()
+    stale = db.session.scalars(
+        select(Connection).where(
+            Connection.user_id == user.id,
+            Connection.status != ConnectionStatus.REVOKED,
+            Connection.terra_user_id.not_in(list(returned)),
+        )
+    ).all()
     for connection in stale:
         connections.revoke(connection, NOT_AT_TERRA)
         changed += 1
@@ -66,13 +72,18 @@ def reconcile_if_due(user: User, terra: TerraClient) -> None:
     (the claim is one UPDATE that only matches when the last run is old enough). A Terra failure is
     logged, and the page shows what we have."""
     cutoff = utcnow() - timedelta(seconds=current_app.config["RECONCILE_INTERVAL_SECONDS"])
-    claimed = db.session.execute(
-        update(User)
-        .where(User.id == user.id, or_(User.connections_reconciled_at.is_(None),
-                                       User.connections_reconciled_at <= cutoff))
-        .values(connections_reconciled_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    claimed = (
+        db.session.execute(
+            update(User)
+            .where(
+                User.id == user.id,
+                or_(User.connections_reconciled_at.is_(None), User.connections_reconciled_at <= cutoff),
+            )
+            .values(connections_reconciled_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
     db.session.commit()
     if not claimed:
         return
@@ -86,6 +97,8 @@ def reconcile_if_due(user: User, terra: TerraClient) -> None:
 def users_to_sweep() -> list[int]:
     """Every user with a connection that is not revoked: what the scheduled sweep reconciles."""
     return db.session.scalars(
-        select(Connection.user_id).where(Connection.status != ConnectionStatus.REVOKED)
-        .distinct().order_by(Connection.user_id)
+        select(Connection.user_id)
+        .where(Connection.status != ConnectionStatus.REVOKED)
+        .distinct()
+        .order_by(Connection.user_id)
     ).all()

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -90,7 +91,7 @@ class TerraUser:
     active: bool | None  # the spec allows null: Terra did not say, which is not "inactive"
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "TerraUser":
+    def from_json(cls, data: Mapping[str, Any]) -> TerraUser:
         scopes = data.get("scopes") or ""
         if isinstance(scopes, list):  # documented as a comma-separated string; accept a list too
             scopes = ",".join(str(scope) for scope in scopes)
@@ -147,7 +148,7 @@ class TerraClient:
         self._sleep = sleep
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "TerraClient":
+    def from_config(cls, config: Mapping[str, Any]) -> TerraClient:
         return cls(
             dev_id=config["TERRA_DEV_ID"],
             api_key=config["TERRA_API_KEY"],
@@ -255,8 +256,12 @@ class TerraClient:
         """The enabled providers; `include_sdk` adds those connected through Terra's mobile SDK."""
         # Only dev-id: with both headers Terra has been seen to answer an empty list.
         data = self._request(
-            "GET", self.api_base_url + "/integrations/detailed", headers={"dev-id": self.dev_id}, auth=False,
-            params={"sdk": "true"} if include_sdk else None, retry=True,
+            "GET",
+            self.api_base_url + "/integrations/detailed",
+            headers={"dev-id": self.dev_id},
+            auth=False,
+            params={"sdk": "true"} if include_sdk else None,
+            retry=True,
         )
         try:
             return [
@@ -292,8 +297,15 @@ class TerraClient:
                     raise type(error)(
                         f"{error} (tried {attempt} times)", status=error.status, retry_after=error.retry_after
                     ) from None
-                log.warning("Terra %s %s failed (%s); try %d of %d in %.2f s",
-                            method, url.split("?")[0], error, attempt + 1, attempts, wait)
+                log.warning(
+                    "Terra %s %s failed (%s); try %d of %d in %.2f s",
+                    method,
+                    url.split("?")[0],
+                    error,
+                    attempt + 1,
+                    attempts,
+                    wait,
+                )
                 self._sleep(wait)
                 attempt += 1
 
@@ -304,8 +316,9 @@ class TerraClient:
             return error.retry_after if error.retry_after <= self.max_retry_after else None
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
 
-    def _request_once(self, method: str, url: str, *, auth: bool = True, headers: dict | None = None,
-                      **kwargs: Any) -> Any:
+    def _request_once(
+        self, method: str, url: str, *, auth: bool = True, headers: dict | None = None, **kwargs: Any
+    ) -> Any:
         request_headers = {"Accept": "application/json"}
         if auth:
             request_headers.update({"dev-id": self.dev_id, "x-api-key": self.api_key})
@@ -341,8 +354,9 @@ def download_payload(url: str, *, timeout: float, max_bytes: int, session: reque
     try:
         with (session or requests).get(url, timeout=timeout, stream=True, allow_redirects=False) as response:
             if response.status_code != 200:
-                raise TerraRejected(f"downloading the s3_payload answered {response.status_code}",
-                                    status=response.status_code)
+                raise TerraRejected(
+                    f"downloading the s3_payload answered {response.status_code}", status=response.status_code
+                )
             if int(response.headers.get("Content-Length") or 0) > max_bytes:
                 raise TerraRejected(f"the s3_payload is larger than {max_bytes} bytes")
             body = bytearray()

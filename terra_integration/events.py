@@ -23,8 +23,18 @@ ACCOUNT_EVENT_KINDS = frozenset(
 )
 DATA_TYPES = frozenset(
     {
-        "activity", "athlete", "body", "daily", "menstruation", "nutrition", "sleep",
-        "lab_report", "planned_workout", "hormone", "health_observation", "s3_payload",
+        "activity",
+        "athlete",
+        "body",
+        "daily",
+        "menstruation",
+        "nutrition",
+        "sleep",
+        "lab_report",
+        "planned_workout",
+        "hormone",
+        "health_observation",
+        "s3_payload",
     }
 )
 INFORMATIONAL_TYPES = frozenset(
@@ -110,7 +120,9 @@ def parse_event(body: bytes) -> TerraEvent:
         reference_id=reference_id,
         user=user,
         session_ids=tuple(
-            value for value in (_optional_str(data.get("widget_session_id")), _optional_str(data.get("flow_id"))) if value
+            value
+            for value in (_optional_str(data.get("widget_session_id")), _optional_str(data.get("flow_id")))
+            if value
         ),
         reason=_optional_str(data.get("reason")),
         old_user=old_user,

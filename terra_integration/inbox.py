@@ -161,8 +161,13 @@ def _downloaded(ping: TerraEvent) -> TerraEvent:
     if not ping.download_url:
         raise EventParseError("s3_payload without a url")
     config = current_app.config
-    event = parse_event(download_payload(ping.download_url, timeout=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
-                                         max_bytes=config["TERRA_PAYLOAD_MAX_BYTES"]))
+    event = parse_event(
+        download_payload(
+            ping.download_url,
+            timeout=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
+            max_bytes=config["TERRA_PAYLOAD_MAX_BYTES"],
+        )
+    )
     if event.type == PING_TYPE:
         raise EventParseError("an s3_payload must not point at another s3_payload")
     return event

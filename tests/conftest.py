@@ -22,9 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -40,9 +40,14 @@ TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 SANDBOX_INSTALLED = importlib.util.find_spec("sandbox") is not None
 # Made-up credentials, and endpoints on a loopback port nothing listens on (9, "discard").
 DEAD_TERRA = "http://127.0.0.1:9"
-LIVE_TERRA = {"TERRA_DEV_ID": "test-dev-id", "TERRA_API_KEY": "test-api-key", "TERRA_SIGNING_SECRET": "test-secret",
-              "TERRA_API_BASE_URL": DEAD_TERRA + "/v2", "TERRA_WIDGET_SESSION_URL": DEAD_TERRA + "/api/widget/session",
-              "TERRA_LEGACY_WIDGET_URL": DEAD_TERRA + "/v2/auth/generateWidgetSession"}
+LIVE_TERRA = {
+    "TERRA_DEV_ID": "test-dev-id",
+    "TERRA_API_KEY": "test-api-key",
+    "TERRA_SIGNING_SECRET": "test-secret",
+    "TERRA_API_BASE_URL": DEAD_TERRA + "/v2",
+    "TERRA_WIDGET_SESSION_URL": DEAD_TERRA + "/api/widget/session",
+    "TERRA_LEGACY_WIDGET_URL": DEAD_TERRA + "/v2/auth/generateWidgetSession",
+}
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the `flask` and `gunicorn` commands of this environment
 
@@ -153,7 +158,7 @@ class LiveServer:
     def _dispatch(self, environ, start_response):
         return self.app(environ, start_response)
 
-    def start(self) -> "LiveServer":
+    def start(self) -> LiveServer:
         self._thread.start()
         return self
 
@@ -190,13 +195,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(command: list[str], *, health_url: str, env: dict[str, str], log_path: Path,
-                   cwd: Path = ROOT, verify: bool | str = True) -> Iterator[subprocess.Popen]:
+def server_process(
+    command: list[str],
+    *,
+    health_url: str,
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path = ROOT,
+    verify: bool | str = True,
+) -> Iterator[subprocess.Popen]:
     """Run a server as a subprocess until the block ends, once `health_url` answers 200 (`verify`: the
     CA bundle for https). Its output goes to `log_path`; it fails the test if the process exits early."""
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
+
             def healthy():
                 assert process.poll() is None, log_path.read_text()
                 try:
@@ -220,6 +233,7 @@ def start_gunicorn(database_uri, tmp_path):
     """Start the app under the shipped gunicorn configuration (several worker processes) on a free
     port, with extra environment; returns its URL. Its output goes to tmp_path/gunicorn-<port>.log."""
     with ExitStack() as servers:
+
         def start(**extra_env: str) -> str:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -233,10 +247,14 @@ def start_gunicorn(database_uri, tmp_path):
                 "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
                 **extra_env,
             }
-            servers.enter_context(server_process(
-                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
-                health_url=url + "/healthz", env=env, log_path=tmp_path / f"gunicorn-{port}.log",
-            ))
+            servers.enter_context(
+                server_process(
+                    [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
+                    health_url=url + "/healthz",
+                    env=env,
+                    log_path=tmp_path / f"gunicorn-{port}.log",
+                )
+            )
             return url
 
         yield start

@@ -17,30 +17,50 @@ from terra_integration.signature import sign
 
 
 def create_user(email: str = "ada@example.com") -> User:
-    user = User(email=email, password_hash=generate_password_hash("correct horse battery"),
-                reference_id=new_reference_id())
+    user = User(
+        email=email, password_hash=generate_password_hash("correct horse battery"), reference_id=new_reference_id()
+    )
     db.session.add(user)
     db.session.commit()
     return user
 
 
 def create_attempt(user: User, session_id: str | None = None, **fields) -> ConnectAttempt:
-    attempt = ConnectAttempt(user_id=user.id, terra_session_id=session_id or str(uuid.uuid4()),
-                             expires_at=utcnow() + timedelta(minutes=15), **fields)
+    attempt = ConnectAttempt(
+        user_id=user.id,
+        terra_session_id=session_id or str(uuid.uuid4()),
+        expires_at=utcnow() + timedelta(minutes=15),
+        **fields,
+    )
     db.session.add(attempt)
     db.session.commit()
     return attempt
 
 
-def terra_user(user: User, user_id: str | None = None, provider: str = "GARMIN", scopes: str = "ACTIVITY_EXPORT") -> dict:
-    return {"user_id": user_id or str(uuid.uuid4()), "provider": provider, "reference_id": user.reference_id,
-            "scopes": scopes, "active": True, "last_webhook_update": None}
+def terra_user(
+    user: User, user_id: str | None = None, provider: str = "GARMIN", scopes: str = "ACTIVITY_EXPORT"
+) -> dict:
+    return {
+        "user_id": user_id or str(uuid.uuid4()),
+        "provider": provider,
+        "reference_id": user.reference_id,
+        "scopes": scopes,
+        "active": True,
+        "last_webhook_update": None,
+    }
 
 
 def auth_event(user: User, terra: dict, session_id: str | None = None) -> dict:
-    return {"type": "auth", "status": "success", "message": "User has successfully authenticated",
-            "reference_id": user.reference_id, "widget_session_id": session_id, "flow_id": session_id,
-            "version": "2022-03-16", "user": terra}
+    return {
+        "type": "auth",
+        "status": "success",
+        "message": "User has successfully authenticated",
+        "reference_id": user.reference_id,
+        "widget_session_id": session_id,
+        "flow_id": session_id,
+        "version": "2022-03-16",
+        "user": terra,
+    }
 
 
 def token_of(return_url: str) -> str:
@@ -48,8 +68,15 @@ def token_of(return_url: str) -> str:
     return urlsplit(return_url).path.rsplit("/", 1)[1]
 
 
-def deliver(client, payload: dict | bytes, *, secret: str, trace_id: str | None = "auto",
-            header: str = "X-Terra-Signature", timestamp: int | None = None):
+def deliver(
+    client,
+    payload: dict | bytes,
+    *,
+    secret: str,
+    trace_id: str | None = "auto",
+    header: str = "X-Terra-Signature",
+    timestamp: int | None = None,
+):
     """POST a webhook exactly as Terra signs it (real HMAC over the raw bytes)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {header: sign(body, secret, timestamp), "Content-Type": "application/json"}

@@ -35,8 +35,9 @@ class Api:
 
 def sign_up(live_server, email="ada@example.com") -> Api:
     Browser(live_server.url).register(email=email, password=PASSWORD)
-    response = requests.post(live_server.url + "/api/v1/tokens", json={"email": email, "password": PASSWORD},
-                             timeout=10)
+    response = requests.post(
+        live_server.url + "/api/v1/tokens", json={"email": email, "password": PASSWORD}, timeout=10
+    )
     assert response.status_code == 201
     return Api(live_server.url, response.json()["access_token"])
 
@@ -53,8 +54,9 @@ def start(api: Api, **body) -> dict:
 
 
 def complete(widget_url: str, outcome="success", account="ada-garmin", provider="GARMIN") -> str:
-    response = requests.post(widget_url + "/complete", timeout=10,
-                             json={"provider": provider, "account": account, "outcome": outcome})
+    response = requests.post(
+        widget_url + "/complete", timeout=10, json={"provider": provider, "account": account, "outcome": outcome}
+    )
     assert response.status_code == 200, response.text
     return response.json()["redirect_url"]
 
@@ -81,21 +83,25 @@ def test_token_is_random_and_only_its_hash_is_stored(live_server):
 
 def test_token_response_shape_and_no_store(live_server):
     Browser(live_server.url).register(password=PASSWORD)
-    response = requests.post(live_server.url + "/api/v1/tokens",
-                             json={"email": "ada@example.com", "password": PASSWORD}, timeout=10)
+    response = requests.post(
+        live_server.url + "/api/v1/tokens", json={"email": "ada@example.com", "password": PASSWORD}, timeout=10
+    )
     assert response.status_code == 201
     assert response.headers["Cache-Control"] == "no-store"
     body = response.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == live_server.app.config["API_TOKEN_LIFETIME_SECONDS"]
 
 
-@pytest.mark.parametrize("body, status, code", [
-    ({"email": "ada@example.com", "password": "wrong password"}, 401, "invalid_credentials"),
-    ({"email": "nobody@example.com", "password": PASSWORD}, 401, "invalid_credentials"),
-    ({"email": "ada@example.com"}, 400, "invalid_request"),
-    ({"email": 1, "password": 2}, 400, "invalid_request"),
-    ([1, 2], 400, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        ({"email": "ada@example.com", "password": "wrong password"}, 401, "invalid_credentials"),
+        ({"email": "nobody@example.com", "password": PASSWORD}, 401, "invalid_credentials"),
+        ({"email": "ada@example.com"}, 400, "invalid_request"),
+        ({"email": 1, "password": 2}, 400, "invalid_request"),
+        ([1, 2], 400, "invalid_request"),
+    ],
+)
 def test_bad_token_requests(live_server, body, status, code):
     Browser(live_server.url).register(password=PASSWORD)
     response = requests.post(live_server.url + "/api/v1/tokens", json=body, timeout=10)
@@ -103,17 +109,24 @@ def test_bad_token_requests(live_server, body, status, code):
 
 
 def test_token_request_must_be_json(live_server):
-    response = requests.post(live_server.url + "/api/v1/tokens", data="email=a&password=b", timeout=10,
-                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = requests.post(
+        live_server.url + "/api/v1/tokens",
+        data="email=a&password=b",
+        timeout=10,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 400 and "JSON object" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("authorization, error", [
-    (None, "missing_authorization"),
-    ("Bearer", "unsupported_token_type"),
-    ("Basic YTpi", "unsupported_token_type"),
-    ("Bearer not-a-real-token", "invalid_token"),
-])
+@pytest.mark.parametrize(
+    "authorization, error",
+    [
+        (None, "missing_authorization"),
+        ("Bearer", "unsupported_token_type"),
+        ("Basic YTpi", "unsupported_token_type"),
+        ("Bearer not-a-real-token", "invalid_token"),
+    ],
+)
 def test_missing_or_malformed_bearer(live_server, authorization, error):
     headers = {"Authorization": authorization} if authorization else {}
     response = requests.get(live_server.url + "/api/v1/connections", headers=headers, timeout=10)
@@ -175,13 +188,16 @@ def test_create_attempt_answers_201_with_everything_the_app_needs(api, live_serv
         assert (attempt.channel, attempt.return_mode, attempt.requested_provider) == ("mobile", "page", "GARMIN")
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"providers": ["NOT_A_PROVIDER"]}, "unknown_provider"),
-    ({"providers": []}, "invalid_providers"),
-    ({"providers": "GARMIN"}, "invalid_providers"),
-    ({"language": "english please"}, "invalid_language"),
-    ({"return": "somewhere"}, "invalid_return"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"providers": ["NOT_A_PROVIDER"]}, "unknown_provider"),
+        ({"providers": []}, "invalid_providers"),
+        ({"providers": "GARMIN"}, "invalid_providers"),
+        ({"language": "english please"}, "invalid_language"),
+        ({"return": "somewhere"}, "invalid_return"),
+    ],
+)
 def test_invalid_attempt_requests(api, live_server, body, code):
     response = api.post("/api/v1/connect-attempts", json=body)
     assert (response.status_code, response.json()["error"]["code"]) == (400, code)
@@ -226,11 +242,14 @@ def test_someone_elses_attempt_is_404_like_an_unknown_one(api, live_server):
     assert state(api, attempt["attempt_id"]).json()["hint"] is None
 
 
-@pytest.mark.parametrize("if_none_match, params", [
-    pytest.param("current", {}, id="its current ETag"),
-    pytest.param("*", {}, id="If-None-Match: *"),
-    pytest.param("current", {"wait": 1}, id="its current ETag, long-poll"),
-])
+@pytest.mark.parametrize(
+    "if_none_match, params",
+    [
+        pytest.param("current", {}, id="its current ETag"),
+        pytest.param("*", {}, id="If-None-Match: *"),
+        pytest.param("current", {"wait": 1}, id="its current ETag, long-poll"),
+    ],
+)
 def test_someone_elses_attempt_is_404_on_the_conditional_poll_too(api, live_server, if_none_match, params):
     """The If-None-Match path reads only a few columns, the owner among them: holding (or guessing)
     Ada's ETag, Eve still gets the plain 404, with no ETag and no 304 telling her the attempt exists."""
@@ -407,7 +426,8 @@ def test_starting_attempts_is_limited_per_user_across_the_api_and_the_web(api, l
     assert int(refused.headers["Retry-After"]) > 0
     assert refused.json()["error"] == {
         "code": "too_many_requests",
-        "message": "Too many connections started: the limit is 2 per minute. Please wait and try again."}
+        "message": "Too many connections started: the limit is 2 per minute. Please wait and try again.",
+    }
     assert len(traffic.requests()) == terra_calls  # neither a widget session nor the provider list
     with live_server.app.app_context():
         assert db.session.scalar(select(func.count()).select_from(ConnectAttempt)) == 2

@@ -34,11 +34,14 @@ def test_duplicate_email_is_refused(client, auth):
     assert b"already exists" in response.data
 
 
-@pytest.mark.parametrize("email, password, message", [
-    ("not-an-email", "correct horse battery", b"Invalid email"),
-    ("ada@example.com", "short", b"between 8 and 128"),
-    ("", "", b"This field is required"),
-])
+@pytest.mark.parametrize(
+    "email, password, message",
+    [
+        ("not-an-email", "correct horse battery", b"Invalid email"),
+        ("ada@example.com", "short", b"between 8 and 128"),
+        ("", "", b"This field is required"),
+    ],
+)
 def test_register_validates_input(client, email, password, message):
     response = client.post("/auth/register", data={"email": email, "password": password})
     assert response.status_code == 400 and message in response.data
@@ -60,17 +63,21 @@ def test_wrong_password_is_refused_without_saying_which_part(client, auth):
     assert response.status_code == 400 and b"Email or password is not right" in response.data
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("/connections/providers", "/connections/providers"),
-    ("//evil.example/x", "/connections"),
-    ("/\\evil.example", "/connections"),
-    ("https://evil.example/", "/connections"),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("/connections/providers", "/connections/providers"),
+        ("//evil.example/x", "/connections"),
+        ("/\\evil.example", "/connections"),
+        ("https://evil.example/", "/connections"),
+    ],
+)
 def test_login_redirects_only_to_local_paths(client, auth, target, expected):
     auth.register()
     auth.logout()
-    response = client.post(f"/auth/login?next={target}",
-                           data={"email": "ada@example.com", "password": "correct horse battery"})
+    response = client.post(
+        f"/auth/login?next={target}", data={"email": "ada@example.com", "password": "correct horse battery"}
+    )
     assert response.headers["Location"] == expected
 
 
@@ -132,8 +139,10 @@ def test_an_unknown_email_costs_the_same_password_check_as_a_known_one(client, a
         return real_check(password_hash, password)
 
     monkeypatch.setattr(accounts, "check_password_hash", counting_check)
-    statuses = [sign_in(client, email, "wrong password!").status_code
-                for email in ("ada@example.com", "nobody@example.com", "someone@example.com")]
+    statuses = [
+        sign_in(client, email, "wrong password!").status_code
+        for email in ("ada@example.com", "nobody@example.com", "someone@example.com")
+    ]
     assert statuses == [refused] * 3
     real_hash, dummy_hash, same_dummy_hash = checked_hashes
     method = real_hash.split("$")[0]  # e.g. scrypt:32768:8:1: the algorithm and its cost
@@ -145,8 +154,11 @@ def test_registration_is_rate_limited_per_client_address(app, client):
     app.config["REGISTER_RATE_LIMIT"] = "2 per minute"
 
     def register(email, address):
-        return client.post("/auth/register", data={"email": email, "password": "correct horse battery"},
-                           environ_base={"REMOTE_ADDR": address})
+        return client.post(
+            "/auth/register",
+            data={"email": email, "password": "correct horse battery"},
+            environ_base={"REMOTE_ADDR": address},
+        )
 
     statuses = [register(f"user{n}@example.com", "203.0.113.7").status_code for n in range(3)]
     assert statuses == [303, 303, 429]

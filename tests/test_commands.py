@@ -10,8 +10,12 @@ from tests.helpers import auth_event, create_user, deliver, terra_user
 def test_list_and_replay_failed_events(app, client):
     with app.app_context():
         user = create_user()
-        deliver(client, auth_event(user, terra_user(user, "tu-1")), secret=app.config["TERRA_SIGNING_SECRET"],
-                trace_id="trace-replay")
+        deliver(
+            client,
+            auth_event(user, terra_user(user, "tu-1")),
+            secret=app.config["TERRA_SIGNING_SECRET"],
+            trace_id="trace-replay",
+        )
         # Pretend applying failed the first time (say the database was briefly down) and the row was lost.
         db.session.execute(WebhookEvent.__table__.update().values(outcome="failed", detail="OperationalError: down"))
         db.session.execute(Connection.__table__.delete())

@@ -10,8 +10,8 @@ import json
 import threading
 import time
 import uuid
-from types import SimpleNamespace
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -26,11 +26,15 @@ from tests.helpers import auth_event, create_attempt, create_user, terra_user
 DELIVERIES = 16
 
 
-def post_event(base_url: str, secret: str, payload: dict, trace_id: str | None = None,
-               signed_at: int | None = None) -> int:
+def post_event(
+    base_url: str, secret: str, payload: dict, trace_id: str | None = None, signed_at: int | None = None
+) -> int:
     body = json.dumps(payload).encode()
-    headers = {"X-Terra-Signature": sign(body, secret, signed_at), "Content-Type": "application/json",
-               "X-Terra-Trace-Id": trace_id or str(uuid.uuid4())}
+    headers = {
+        "X-Terra-Signature": sign(body, secret, signed_at),
+        "Content-Type": "application/json",
+        "X-Terra-Trace-Id": trace_id or str(uuid.uuid4()),
+    }
     return requests.post(base_url + "/webhooks/terra", data=body, headers=headers, timeout=30).status_code
 
 
@@ -79,8 +83,12 @@ def test_one_event_under_different_trace_ids_still_gives_one_connection(live_ser
     user = make_user(app, "ada@example.com")
     event = auth_event(user, terra_user(user, "tu-many-traces"))
     now = int(time.time())
-    statuses = at_once([lambda seconds=seconds: post_event(live_server.url, secret, event, signed_at=now - seconds)
-                        for seconds in range(DELIVERIES)])
+    statuses = at_once(
+        [
+            lambda seconds=seconds: post_event(live_server.url, secret, event, signed_at=now - seconds)
+            for seconds in range(DELIVERIES)
+        ]
+    )
     assert statuses == [200] * DELIVERIES
     assert len(rows(app, WebhookEvent)) == DELIVERIES
     assert {row.outcome for row in rows(app, WebhookEvent)} == {"applied"}
@@ -103,15 +111,27 @@ def test_reauth_racing_auth_never_leaves_two_connections(live_server, round_numb
     user = make_user(app, f"user{round_number}@example.com")
     old, new = terra_user(user, f"old-{round_number}"), terra_user(user, f"new-{round_number}")
     assert post_event(live_server.url, secret, auth_event(user, old)) == 200
-    events = [reauth({**old, "active": False}, new), auth_event(user, new),
-              {"type": "daily", "user": new, "data": []},
-              {"type": "permission_change", "status": "warning", "scopes_added": "SLEEP_EXPORT",
-               "scopes_removed": "", "user": new}]
+    events = [
+        reauth({**old, "active": False}, new),
+        auth_event(user, new),
+        {"type": "daily", "user": new, "data": []},
+        {
+            "type": "permission_change",
+            "status": "warning",
+            "scopes_added": "SLEEP_EXPORT",
+            "scopes_removed": "",
+            "user": new,
+        },
+    ]
     now = int(time.time())
     # Each event twice, signed a second apart: two deliveries each, not one and its replay.
-    statuses = at_once([lambda event=event, seconds=seconds: post_event(live_server.url, secret, event,
-                                                                        signed_at=now - seconds)
-                        for event in events for seconds in (0, 1)])
+    statuses = at_once(
+        [
+            lambda event=event, seconds=seconds: post_event(live_server.url, secret, event, signed_at=now - seconds)
+            for event in events
+            for seconds in (0, 1)
+        ]
+    )
     assert set(statuses) == {200}
     connections = rows(app, Connection, Connection.user_id == user.id)
     assert [(row.terra_user_id, row.status) for row in connections] == [(f"new-{round_number}", "active")]
@@ -151,8 +171,10 @@ def test_several_worker_processes_on_one_database(gunicorn_server, app):
     old, new = terra_user(user, "old-proc"), terra_user(user, "new-proc")
     assert post_event(gunicorn_server, secret, auth_event(user, old)) == 200
     events = [reauth(old, new), auth_event(user, new)]
-    calls = [lambda event=event, trace=f"trace-{index}": post_event(gunicorn_server, secret, event, trace)
-             for index, event in enumerate(events)]
+    calls = [
+        lambda event=event, trace=f"trace-{index}": post_event(gunicorn_server, secret, event, trace)
+        for index, event in enumerate(events)
+    ]
     statuses = at_once(calls * 6)
     assert set(statuses) == {200}
     with app.app_context():

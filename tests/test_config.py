@@ -39,12 +39,15 @@ def test_development_secret_key_is_generated_once(tmp_path):
     assert load_config({}, str(tmp_path))["SECRET_KEY"] == first
 
 
-@pytest.mark.parametrize("missing, message", [
-    ("SECRET_KEY", "SECRET_KEY is required"),
-    ("PUBLIC_BASE_URL", "PUBLIC_BASE_URL is required"),
-    # Without live credentials production refuses, rather than serving the open sandbox.
-    (tuple(LIVE), "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET"),
-])
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("SECRET_KEY", "SECRET_KEY is required"),
+        ("PUBLIC_BASE_URL", "PUBLIC_BASE_URL is required"),
+        # Without live credentials production refuses, rather than serving the open sandbox.
+        (tuple(LIVE), "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET"),
+    ],
+)
 def test_production_refuses_to_start_without(tmp_path, missing, message):
     missing = missing if isinstance(missing, tuple) else (missing,)
     env = {name: value for name, value in PRODUCTION.items() if name not in missing}
@@ -60,8 +63,15 @@ def test_production_refuses_a_short_secret_key_without_showing_it(tmp_path):
     assert load_config({**PRODUCTION, "SECRET_KEY": short_key + "."}, str(tmp_path))["SECRET_KEY"] == short_key + "."
 
 
-@pytest.mark.parametrize("url", ["http://connect.example.com", "https://connect.example.com/app",
-                                 "connect.example.com", "https://user@connect.example.com"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://connect.example.com",
+        "https://connect.example.com/app",
+        "connect.example.com",
+        "https://user@connect.example.com",
+    ],
+)
 def test_production_public_base_url_is_an_https_origin(tmp_path, url):
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL must be"):
         load_config({**PRODUCTION, "PUBLIC_BASE_URL": url}, str(tmp_path))
@@ -77,13 +87,16 @@ def test_production_uses_secure_cookies_and_trusts_only_its_public_host(tmp_path
 
 
 @pytest.mark.sandbox
-@pytest.mark.parametrize("env, expected", [
-    ({}, "http://127.0.0.1:5000"),
-    ({"PORT": "5731"}, "http://127.0.0.1:5731"),
-    ({"BIND": "127.0.0.2:8000", "PORT": "5731"}, "http://127.0.0.2:8000"),
-    ({"BIND": "0.0.0.0:8000"}, "http://127.0.0.1:8000"),
-    ({"PORT": "5731", "PUBLIC_BASE_URL": "https://tunnel.example.com/"}, "https://tunnel.example.com"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, "http://127.0.0.1:5000"),
+        ({"PORT": "5731"}, "http://127.0.0.1:5731"),
+        ({"BIND": "127.0.0.2:8000", "PORT": "5731"}, "http://127.0.0.2:8000"),
+        ({"BIND": "0.0.0.0:8000"}, "http://127.0.0.1:8000"),
+        ({"PORT": "5731", "PUBLIC_BASE_URL": "https://tunnel.example.com/"}, "https://tunnel.example.com"),
+    ],
+)
 def test_development_public_base_url_follows_the_bind_address(tmp_path, env, expected):
     config = started_config(tmp_path, **env)
     assert config["PUBLIC_BASE_URL"] == expected
@@ -111,8 +124,9 @@ def test_all_three_credentials_select_live_terra(tmp_path):
 
 
 def test_live_mode_does_not_mount_the_sandbox(tmp_path):
-    app = create_app(environ={**LIVE, "APP_ENV": "testing", "SECRET_KEY": "k",
-                              "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite"})
+    app = create_app(
+        environ={**LIVE, "APP_ENV": "testing", "SECRET_KEY": "k", "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite"}
+    )
     assert not any(rule.rule.startswith("/sandbox") for rule in app.url_map.iter_rules())
 
 
@@ -121,8 +135,9 @@ def test_blank_values_count_as_unset(tmp_path):
     config = load_config({"TERRA_DEV_ID": "", "TERRA_WIDGET_SESSION_URL": "", "DATABASE_URL": ""}, str(tmp_path))
     assert config["TERRA_MODE"] == "sandbox"
     assert config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
-    assert started_config(tmp_path, TERRA_WIDGET_SESSION_URL="", SANDBOX_FAULTS="")["TERRA_WIDGET_SESSION_URL"] \
-        .endswith("/sandbox/api/widget/session")
+    assert started_config(tmp_path, TERRA_WIDGET_SESSION_URL="", SANDBOX_FAULTS="")[
+        "TERRA_WIDGET_SESSION_URL"
+    ].endswith("/sandbox/api/widget/session")
 
 
 @pytest.mark.sandbox
@@ -132,11 +147,14 @@ def test_terra_endpoints_from_the_environment_win_over_the_sandboxs(tmp_path):
     assert config["TERRA_WIDGET_SESSION_URL"] == "http://127.0.0.1:5000/sandbox/api/widget/session"
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+    ],
+)
 def test_postgres_urls_use_psycopg3(tmp_path, url, expected):
     assert load_config({"DATABASE_URL": url}, str(tmp_path))["SQLALCHEMY_DATABASE_URI"] == expected
 
@@ -211,16 +229,22 @@ BAD_VALUES = {
 # Any text is a valid secret: these have no bad value.
 FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}
 # Settings that may carry a password or a key, and the secret in their bad value: it never appears in a message.
-SECRETS = {"SECRET_KEY": BAD_VALUES["SECRET_KEY"][0], "DATABASE_URL": "hunter2", "RATELIMIT_STORAGE_URI": "hunter2",
-           "TERRA_API_KEY": "5ecret", "TERRA_SIGNING_SECRET": "5ecret"}
+SECRETS = {
+    "SECRET_KEY": BAD_VALUES["SECRET_KEY"][0],
+    "DATABASE_URL": "hunter2",
+    "RATELIMIT_STORAGE_URI": "hunter2",
+    "TERRA_API_KEY": "5ecret",
+    "TERRA_SIGNING_SECRET": "5ecret",
+}
 
 
 @pytest.mark.sandbox
 def test_every_setting_has_a_bad_value_below():
     from sandbox.settings import SandboxSettings
 
-    settings = {name for model in (AppSettings, TerraSettings, MobileSettings, SandboxSettings)
-                for name in model.model_fields}
+    settings = {
+        name for model in (AppSettings, TerraSettings, MobileSettings, SandboxSettings) for name in model.model_fields
+    }
     assert set(BAD_VALUES) | FREE_FORM == settings
 
 
@@ -231,9 +255,13 @@ def test_env_example_lists_every_setting_with_values_the_app_accepts(tmp_path):
     started_config(tmp_path, **{name: value for name, value in example.items() if value is not None})
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.sandbox) if name.startswith("SANDBOX_") else name for name in sorted(BAD_VALUES)
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.sandbox) if name.startswith("SANDBOX_") else name
+        for name in sorted(BAD_VALUES)
+    ],
+)
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
     value, needs = BAD_VALUES[name]
     with pytest.raises(ConfigError, match=name) as refused:
@@ -246,8 +274,17 @@ def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
 # == the entry points: the same settings for `flask`, gunicorn and `flask run` ==========================
 
 # What the developer's shell might carry that these tests set through .env or leave to derivation.
-SETTINGS_UNDER_TEST = ("FLASK_SKIP_DOTENV", "APP_ENV", "SECRET_KEY", "DATABASE_URL", "PUBLIC_BASE_URL", "PORT",
-                       "BIND", "WEB_CONCURRENCY", *LIVE)
+SETTINGS_UNDER_TEST = (
+    "FLASK_SKIP_DOTENV",
+    "APP_ENV",
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "PUBLIC_BASE_URL",
+    "PORT",
+    "BIND",
+    "WEB_CONCURRENCY",
+    *LIVE,
+)
 
 
 def connect_and_wait(url: str) -> None:
@@ -276,8 +313,14 @@ def test_dotenv_reaches_migrations_and_gunicorn_alike(tmp_path):
     )
     env = {name: value for name, value in os.environ.items() if name not in SETTINGS_UNDER_TEST}
     env["PYTHONPATH"] = str(ROOT)  # run from the folder holding .env, as from a project checkout
-    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade", "heads"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=60)
+    migrated = subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade", "heads"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert migrated.returncode == 0, migrated.stderr
     url = f"http://127.0.0.1:{port}"
     gunicorn = [str(VENV_BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"), "app:create_app()"]
@@ -295,7 +338,11 @@ def test_the_app_factory_reads_dotenv_for_any_wsgi_server(tmp_path, skip_dotenv,
     env.update(PYTHONPATH=str(ROOT), FLASK_SKIP_DOTENV=skip_dotenv, SECRET_KEY=TEST_SECRET_KEY)
     printed = subprocess.run(
         [sys.executable, "-c", "from app import create_app; print(create_app().config['SQLALCHEMY_DATABASE_URI'])"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert printed.returncode == 0, printed.stderr
     assert ("from-dotenv.sqlite" in printed.stdout) is reads_dotenv

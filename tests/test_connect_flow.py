@@ -106,11 +106,18 @@ def test_reconnecting_the_same_account_keeps_one_connection_with_the_new_terra_u
     assert second["status"] == "connected"
     assert new_terra_id != first["connection"]["terra_user_id"]
     # Both events arrive (user_reauth and auth); wait until both are applied.
-    wait_for(lambda: len([row for row in connections(live_server) if row.terra_user_id == new_terra_id]) == 1
-             and len(connections(live_server)) == 1)
+    wait_for(
+        lambda: (
+            len([row for row in connections(live_server) if row.terra_user_id == new_terra_id]) == 1
+            and len(connections(live_server)) == 1
+        )
+    )
     [connection] = connections(live_server)
     assert (connection.id, connection.terra_user_id, connection.status) == (
-        first["connection"]["id"], new_terra_id, "active")
+        first["connection"]["id"],
+        new_terra_id,
+        "active",
+    )
 
 
 def test_a_different_account_adds_a_second_connection(signed_in, live_server):
@@ -128,9 +135,15 @@ def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, liv
     assert response.status_code == 200
     assert 'data-status="revoked"' in response.text and "is disconnected" in response.text
 
-    info = requests.get(live_server.url + "/sandbox/v2/userInfo", params={"user_id": terra_id},
-                        headers={"dev-id": live_server.app.config["TERRA_DEV_ID"],
-                                 "x-api-key": live_server.app.config["TERRA_API_KEY"]}, timeout=10)
+    info = requests.get(
+        live_server.url + "/sandbox/v2/userInfo",
+        params={"user_id": terra_id},
+        headers={
+            "dev-id": live_server.app.config["TERRA_DEV_ID"],
+            "x-api-key": live_server.app.config["TERRA_API_KEY"],
+        },
+        timeout=10,
+    )
     assert info.json()["is_authenticated"] is False
     # Terra's deauth webhook follows; it must leave the connection revoked, not fail.
     with live_server.app.app_context():
@@ -208,8 +221,9 @@ def test_expired_widget_session_offers_a_fresh_one(signed_in, live_server):
     live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 1
     widget_url = start_connect(signed_in)
     time.sleep(1.2)
-    late = requests.post(widget_url + "/complete", json={"provider": "GARMIN", "account": "a", "outcome": "success"},
-                         timeout=10)
+    late = requests.post(
+        widget_url + "/complete", json={"provider": "GARMIN", "account": "a", "outcome": "success"}, timeout=10
+    )
     assert late.status_code == 410
     widget_page = requests.get(widget_url, timeout=10)
     assert "expired" in widget_page.text
@@ -269,8 +283,10 @@ def test_pages_need_a_login(browser):
 def terra_sessions_started(live_server) -> int:
     """Widget sessions and authenticateUser calls the sandbox received: what spends the Terra quota."""
     traffic = traffic_of(live_server.app)
-    return sum(len(traffic.requests(f"sandbox.{endpoint}")) for endpoint in
-               ("create_widget_session", "generate_widget_session", "authenticate_user"))
+    return sum(
+        len(traffic.requests(f"sandbox.{endpoint}"))
+        for endpoint in ("create_widget_session", "generate_widget_session", "authenticate_user")
+    )
 
 
 def test_starting_connections_is_limited_per_user_before_terra_is_asked(signed_in, live_server):
@@ -332,8 +348,10 @@ def test_a_relink_by_another_app_user_ends_the_first_users_connection(start_live
     assert bob_state["connection"]["id"] != ada_state["connection"]["id"]
     wait_for(lambda: [row.status for row in connections(server)] == ["revoked", "active"])
     ada_row, bob_row = connections(server)
-    assert (ada_row.terra_user_id, ada_row.status_reason) == (ada_state["connection"]["terra_user_id"],
-                                                              "relinked_elsewhere")
+    assert (ada_row.terra_user_id, ada_row.status_reason) == (
+        ada_state["connection"]["terra_user_id"],
+        "relinked_elsewhere",
+    )
     assert bob_row.terra_user_id == bob_terra_id
     assert "connected to another account of this app" in ada.get("/connections").text
     assert bob_terra_id not in ada.get("/connections").text
@@ -345,8 +363,13 @@ def test_a_cancel_whose_flow_id_names_no_attempt_is_ended_by_the_failure_return(
     browser.register()
     return_url = finish_widget(start_connect(browser), outcome="denied")
     with server.app.app_context():
-        wait_for(lambda: db.session.scalars(select(WebhookEvent).where(
-            WebhookEvent.event_type == "auth_cancelled", WebhookEvent.outcome == "applied")).first())
+        wait_for(
+            lambda: db.session.scalars(
+                select(WebhookEvent).where(
+                    WebhookEvent.event_type == "auth_cancelled", WebhookEvent.outcome == "applied"
+                )
+            ).first()
+        )
     assert attempt_state(browser, return_url)["status"] == "pending"  # the webhook named no attempt
     assert browser.get(return_url).status_code == 200  # the browser came back through the failure URL
     state = wait_for_terminal(browser, return_url)
@@ -379,9 +402,13 @@ def s3_rows(server) -> list[WebhookEvent]:
         return db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "s3_payload")).all()
 
 
-@pytest.mark.parametrize("max_bytes, outcome, detail", [
-    ("10485760", "recorded", None), ("100", "failed", "larger than 100 bytes"),
-])
+@pytest.mark.parametrize(
+    "max_bytes, outcome, detail",
+    [
+        ("10485760", "recorded", None),
+        ("100", "failed", "larger than 100 bytes"),
+    ],
+)
 def test_ping_mode_data_is_downloaded_within_a_size_limit(start_live_server, max_bytes, outcome, detail):
     server = start_live_server(SANDBOX_FAULTS="s3_payload", TERRA_PAYLOAD_MAX_BYTES=max_bytes)
     browser = Browser(server.url)

@@ -41,8 +41,14 @@ def connections():
 
 
 def reauth_event(user, old, new):
-    return {"type": "user_reauth", "status": "warning", "message": "User has reauthenticated",
-            "version": "2022-03-16", "old_user": old, "new_user": new}
+    return {
+        "type": "user_reauth",
+        "status": "warning",
+        "message": "User has reauthenticated",
+        "version": "2022-03-16",
+        "old_user": old,
+        "new_user": new,
+    }
 
 
 def test_auth_connects_the_attempt_named_by_widget_session_id(send, user):
@@ -67,8 +73,15 @@ def test_auth_without_a_known_session_id_connects_but_ends_no_attempt(send, user
 
 def test_auth_cancelled_with_an_unknown_flow_id_ends_no_attempt(send, user):
     attempt = create_attempt(user, session_id="widget-session")
-    result = send({"type": "auth_cancelled", "status": "error", "flow_id": "some-other-flow",
-                   "reason": "access_denied", "reference_id": user.reference_id})
+    result = send(
+        {
+            "type": "auth_cancelled",
+            "status": "error",
+            "flow_id": "some-other-flow",
+            "reason": "access_denied",
+            "reference_id": user.reference_id,
+        }
+    )
     assert result["status"] == "applied"
     db.session.refresh(attempt)
     assert (attempt.status, attempt.version) == ("pending", 1)
@@ -76,8 +89,17 @@ def test_auth_cancelled_with_an_unknown_flow_id_ends_no_attempt(send, user):
 
 def test_an_event_naming_two_attempts_ends_neither(send, user):
     first, second = create_attempt(user, session_id="s-a"), create_attempt(user, session_id="s-b")
-    send({"type": "auth", "status": "error", "reason": "access_denied", "reference_id": user.reference_id,
-          "widget_session_id": "s-a", "flow_id": "s-b", "user": terra_user(user, "tu-gone")})
+    send(
+        {
+            "type": "auth",
+            "status": "error",
+            "reason": "access_denied",
+            "reference_id": user.reference_id,
+            "widget_session_id": "s-a",
+            "flow_id": "s-b",
+            "user": terra_user(user, "tu-gone"),
+        }
+    )
     db.session.refresh(first)
     db.session.refresh(second)
     assert (first.status, second.status) == ("pending", "pending")
@@ -85,8 +107,15 @@ def test_an_event_naming_two_attempts_ends_neither(send, user):
 
 def test_auth_cancelled_fails_the_attempt_with_its_reason(send, user):
     attempt = create_attempt(user, session_id="flow-1")
-    send({"type": "auth_cancelled", "status": "error", "flow_id": "flow-1", "reason": "access_denied",
-          "reference_id": user.reference_id})
+    send(
+        {
+            "type": "auth_cancelled",
+            "status": "error",
+            "flow_id": "flow-1",
+            "reason": "access_denied",
+            "reference_id": user.reference_id,
+        }
+    )
     db.session.refresh(attempt)
     assert (attempt.status, attempt.error, attempt.terminal) == ("failed", "access_denied", True)
     assert connections() == []
@@ -94,9 +123,17 @@ def test_auth_cancelled_fails_the_attempt_with_its_reason(send, user):
 
 def test_legacy_auth_error_shape_fails_the_attempt(send, user):
     attempt = create_attempt(user, session_id="sess-legacy")
-    send({"type": "auth", "status": "error", "message": "User failed to authenticate and has been deleted",
-          "reason": "auth_cancelled", "reference_id": user.reference_id, "widget_session_id": "sess-legacy",
-          "user": terra_user(user, "tu-deleted")})
+    send(
+        {
+            "type": "auth",
+            "status": "error",
+            "message": "User failed to authenticate and has been deleted",
+            "reason": "auth_cancelled",
+            "reference_id": user.reference_id,
+            "widget_session_id": "sess-legacy",
+            "user": terra_user(user, "tu-deleted"),
+        }
+    )
     db.session.refresh(attempt)
     assert (attempt.status, attempt.error) == ("failed", "auth_cancelled")
     assert connections() == []
@@ -116,8 +153,15 @@ def test_terminal_states_are_sticky_but_cancelled_can_still_connect(send, user):
 def test_late_failure_does_not_undo_a_connection(send, user):
     attempt = create_attempt(user, session_id="s-1")
     send(auth_event(user, terra_user(user, "tu-1"), session_id="s-1"))
-    send({"type": "auth_cancelled", "status": "error", "flow_id": "s-1", "reason": "auth_cancelled",
-          "reference_id": user.reference_id})
+    send(
+        {
+            "type": "auth_cancelled",
+            "status": "error",
+            "flow_id": "s-1",
+            "reason": "auth_cancelled",
+            "reference_id": user.reference_id,
+        }
+    )
     db.session.refresh(attempt)
     assert attempt.status == "connected"
 
@@ -143,8 +187,9 @@ def test_user_reauth_without_old_user_creates_the_new_connection(send, user):
     assert [row.terra_user_id for row in connections()] == ["fresh-id"]
 
 
-@pytest.mark.parametrize("event_type, status", [("deauth", "revoked"), ("access_revoked", "revoked"),
-                                                ("connection_error", "degraded")])
+@pytest.mark.parametrize(
+    "event_type, status", [("deauth", "revoked"), ("access_revoked", "revoked"), ("connection_error", "degraded")]
+)
 def test_status_events(send, user, event_type, status):
     send(auth_event(user, terra_user(user, "tu-1")))
     send({"type": event_type, "status": "warning", "user": {**terra_user(user, "tu-1"), "active": False}})
@@ -155,8 +200,10 @@ def test_status_events(send, user, event_type, status):
 @pytest.mark.parametrize("auth_first", [True, False])
 def test_a_late_auth_does_not_undo_a_connection_error(send, user, auth_first):
     # Every authentication makes a new Terra user id: an auth for a known id is late or replayed.
-    events = [auth_event(user, terra_user(user, "tu-1")),
-              {"type": "connection_error", "status": "warning", "user": terra_user(user, "tu-1")}]
+    events = [
+        auth_event(user, terra_user(user, "tu-1")),
+        {"type": "connection_error", "status": "warning", "user": terra_user(user, "tu-1")},
+    ]
     for event in events if auth_first else reversed(events):
         send(event)
     assert [row.status for row in connections()] == ["degraded"]
@@ -167,7 +214,8 @@ def test_reauth_after_a_deauth_of_the_new_id_keeps_it_revoked(send, user):
     send({"type": "deauth", "status": "success", "user": terra_user(user, "new-id")})
     send(reauth_event(user, terra_user(user, "old-id"), terra_user(user, "new-id")))
     assert [(row.terra_user_id, row.status, row.status_reason) for row in connections()] == [
-        ("new-id", "revoked", "deauth")]
+        ("new-id", "revoked", "deauth")
+    ]
 
 
 @pytest.mark.parametrize("order", ["reauth_first", "auth_first"])
@@ -183,7 +231,11 @@ def test_a_relink_by_another_app_user_revokes_the_old_owners_connection(send, ct
         send(event)
     rows = {row.user_id: row for row in connections()}
     assert (rows[ada.id].id, rows[ada.id].terra_user_id, rows[ada.id].status, rows[ada.id].status_reason) == (
-        ada_row, "ada-terra-id", "revoked", "relinked_elsewhere")
+        ada_row,
+        "ada-terra-id",
+        "revoked",
+        "relinked_elsewhere",
+    )
     assert (rows[bob.id].terra_user_id, rows[bob.id].status) == ("bob-terra-id", "active")
     db.session.refresh(bob_attempt)
     assert bob_attempt.status == "connected" and bob_attempt.connection_id == rows[bob.id].id
@@ -201,8 +253,15 @@ def test_deauth_before_auth_leaves_the_connection_revoked(send, user):
 
 def test_permission_change_applies_added_and_removed_scopes(send, user):
     send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT,HEALTH_EXPORT")))
-    send({"type": "permission_change", "status": "warning", "scopes_added": "BODY_EXPORT",
-          "scopes_removed": "HEALTH_EXPORT", "user": terra_user(user, "tu-1")})
+    send(
+        {
+            "type": "permission_change",
+            "status": "warning",
+            "scopes_added": "BODY_EXPORT",
+            "scopes_removed": "HEALTH_EXPORT",
+            "user": terra_user(user, "tu-1"),
+        }
+    )
     assert connections()[0].scope_list == ["ACTIVITY_EXPORT", "BODY_EXPORT"]
 
 
@@ -222,8 +281,14 @@ def test_reference_id_of_another_app_with_valid_format_is_ignored(send, user, ct
     from itsdangerous import URLSafeSerializer
 
     other = URLSafeSerializer("another-apps-key", salt="terra-reference-id-v1").dumps("abc")
-    result = send({"type": "auth", "status": "success", "reference_id": other,
-                   "user": {**terra_user(user, "tu-y"), "reference_id": other}})
+    result = send(
+        {
+            "type": "auth",
+            "status": "success",
+            "reference_id": other,
+            "user": {**terra_user(user, "tu-y"), "reference_id": other},
+        }
+    )
     assert result["status"] == "ignored"
     assert connections() == []
 
@@ -247,8 +312,7 @@ def test_every_order_of_auth_reauth_and_data_ends_in_one_active_connection(app, 
         user = create_user(f"user{index}@example.com")
         old, new = terra_user(user, f"old-{index}"), terra_user(user, f"new-{index}")
         deliver(client, auth_event(user, old), secret=secret)
-        events = [reauth_event(user, old, new), auth_event(user, new),
-                  {"type": "daily", "user": new, "data": []}]
+        events = [reauth_event(user, old, new), auth_event(user, new), {"type": "daily", "user": new, "data": []}]
         for position in order:
             assert deliver(client, events[position], secret=secret).status_code == 200
         db.session.expire_all()

@@ -29,8 +29,8 @@ from models import ConnectAttempt, Connection, User, WebhookEvent
 from sandbox.delivery import deliver
 from sandbox.faults import ALL_FAULTS
 from sandbox.models import SandboxSession
-from sandbox.traffic import traffic_of
 from sandbox.settings import SandboxSettings
+from sandbox.traffic import traffic_of
 from terra_integration.client import TerraClient, TerraUnavailable
 from tests.conftest import Browser, wait_for
 from tests.helpers import token_of
@@ -59,8 +59,11 @@ def fast_client(server, **options) -> TerraClient:
     config = server.app.config
     settings = {"timeout": 0.3, "backoff_base": 0.01, "backoff_cap": 0.05} | options
     return TerraClient(
-        dev_id=config["TERRA_DEV_ID"], api_key=config["TERRA_API_KEY"], api_base_url=config["TERRA_API_BASE_URL"],
-        widget_session_url=config["TERRA_WIDGET_SESSION_URL"], legacy_widget_url=config["TERRA_LEGACY_WIDGET_URL"],
+        dev_id=config["TERRA_DEV_ID"],
+        api_key=config["TERRA_API_KEY"],
+        api_base_url=config["TERRA_API_BASE_URL"],
+        widget_session_url=config["TERRA_WIDGET_SESSION_URL"],
+        legacy_widget_url=config["TERRA_LEGACY_WIDGET_URL"],
         **settings,
     )
 
@@ -79,8 +82,12 @@ def press_connect(browser: Browser) -> str:
 
 
 def finish_widget(widget_url: str, account: str = "ada-garmin", provider: str = "GARMIN", **kwargs) -> str:
-    response = requests.post(widget_url + "/complete", json={"provider": provider, "account": account,
-                                                             "outcome": "success"}, timeout=10, **kwargs)
+    response = requests.post(
+        widget_url + "/complete",
+        json={"provider": provider, "account": account, "outcome": "success"},
+        timeout=10,
+        **kwargs,
+    )
     assert response.status_code == 200, response.text
     return response.json()["redirect_url"]
 
@@ -120,10 +127,14 @@ def snapshot(server) -> dict:
     with server.app.app_context():
         return {
             "users": db.session.scalar(select(func.count()).select_from(User)),
-            "attempts": [(a.id, a.channel, a.status, a.error)
-                         for a in db.session.scalars(select(ConnectAttempt).order_by(ConnectAttempt.created_at))],
-            "connections": [(c.id, c.terra_user_id, c.status)
-                            for c in db.session.scalars(select(Connection).order_by(Connection.id))],
+            "attempts": [
+                (a.id, a.channel, a.status, a.error)
+                for a in db.session.scalars(select(ConnectAttempt).order_by(ConnectAttempt.created_at))
+            ],
+            "connections": [
+                (c.id, c.terra_user_id, c.status)
+                for c in db.session.scalars(select(Connection).order_by(Connection.id))
+            ],
             "webhook_events": sorted(e.trace_id for e in db.session.scalars(select(WebhookEvent))),
         }
 
@@ -150,7 +161,11 @@ def assert_readable(response: requests.Response, *texts: str) -> None:
 
 
 def test_every_fault_name_is_known_to_the_configuration():
-    assert read_settings(SandboxSettings, {"SANDBOX_FAULTS": " slow, 5xx ,late"}).SANDBOX_FAULTS == ["slow", "5xx", "late"]
+    assert read_settings(SandboxSettings, {"SANDBOX_FAULTS": " slow, 5xx ,late"}).SANDBOX_FAULTS == [
+        "slow",
+        "5xx",
+        "late",
+    ]
     assert read_settings(SandboxSettings, {}).SANDBOX_FAULTS == []
     with pytest.raises(ConfigError, match="SANDBOX_FAULTS.*'sometimes'.*slow, 5xx, 429"):
         read_settings(SandboxSettings, {"SANDBOX_FAULTS": "5xx,sometimes"})
@@ -165,11 +180,14 @@ def test_a_run_fault_from_the_environment_applies_to_terra_endpoints_only(start_
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/sandbox/v2/userInfo?user_id=x", "/sandbox/api/v2/userInfo?user_id=x",
-                                  "/sandbox/v2/integrations/detailed"])
+@pytest.mark.parametrize(
+    "path",
+    ["/sandbox/v2/userInfo?user_id=x", "/sandbox/api/v2/userInfo?user_id=x", "/sandbox/v2/integrations/detailed"],
+)
 def test_5xx_is_a_503_with_a_json_body_in_the_shape_of_the_host(live_server, path):
-    response = requests.get(live_server.url + path, headers={**terra_headers(live_server), "X-Sandbox-Fault": "5xx"},
-                            timeout=5)
+    response = requests.get(
+        live_server.url + path, headers={**terra_headers(live_server), "X-Sandbox-Fault": "5xx"}, timeout=5
+    )
     assert response.status_code == 503
     body = response.json()
     assert "temporarily unavailable" in (body.get("message") or body.get("detail"))
@@ -181,8 +199,12 @@ def test_5xx_is_a_503_with_a_json_body_in_the_shape_of_the_host(live_server, pat
 
 def test_429_carries_retry_after_and_terras_body(live_server):
     live_server.app.config["SANDBOX_RETRY_AFTER_SECONDS"] = 7
-    response = requests.post(live_server.url + "/sandbox/api/widget/session", json={}, timeout=5,
-                             headers={**terra_headers(live_server), "X-Sandbox-Fault": "429"})
+    response = requests.post(
+        live_server.url + "/sandbox/api/widget/session",
+        json={},
+        timeout=5,
+        headers={**terra_headers(live_server), "X-Sandbox-Fault": "429"},
+    )
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "7"
     assert response.json() == {"detail": "rate limit exceeded"}
@@ -190,8 +212,9 @@ def test_429_carries_retry_after_and_terras_body(live_server):
 
 
 def test_malformed_is_a_200_whose_body_is_not_json(live_server):
-    response = requests.get(live_server.url + "/sandbox/v2/integrations/detailed", timeout=5,
-                            headers={"X-Sandbox-Fault": "malformed"})
+    response = requests.get(
+        live_server.url + "/sandbox/v2/integrations/detailed", timeout=5, headers={"X-Sandbox-Fault": "malformed"}
+    )
     assert response.status_code == 200
     with pytest.raises(ValueError):
         response.json()
@@ -210,8 +233,12 @@ def test_reset_closes_the_connection_without_an_answer_and_the_server_carries_on
 def test_slow_answers_after_the_clients_timeout_but_does_the_work(live_server):
     live_server.app.config["SANDBOX_SLOW_SECONDS"] = 1.0
     with pytest.raises(requests.Timeout):
-        requests.post(live_server.url + "/sandbox/api/widget/session", json={"reference_id": "slow"}, timeout=0.3,
-                      headers={**terra_headers(live_server), "X-Sandbox-Fault": "slow"})
+        requests.post(
+            live_server.url + "/sandbox/api/widget/session",
+            json={"reference_id": "slow"},
+            timeout=0.3,
+            headers={**terra_headers(live_server), "X-Sandbox-Fault": "slow"},
+        )
     # Terra created the session all the same: the reason a timed-out POST must not be repeated.
     assert [row.reference_id for row in wait_for(lambda: rows(live_server, SandboxSession))] == ["slow"]
     started = time.monotonic()
@@ -220,8 +247,9 @@ def test_slow_answers_after_the_clients_timeout_but_does_the_work(live_server):
 
 
 def test_an_unknown_fault_name_is_refused(live_server):
-    response = requests.get(live_server.url + "/sandbox/v2/integrations", headers={"X-Sandbox-Fault": "flaky"},
-                            timeout=5)
+    response = requests.get(
+        live_server.url + "/sandbox/v2/integrations", headers={"X-Sandbox-Fault": "flaky"}, timeout=5
+    )
     assert response.status_code == 400 and "unknown fault 'flaky'" in response.json()["message"]
     live_server.app.config["SANDBOX_FAULTS"] = ["5xx", "flaky"]  # a typo at runtime: refused before any work
     response = requests.get(live_server.url + "/sandbox/v2/integrations", timeout=5)
@@ -254,8 +282,11 @@ URLS = {"success_url": "https://app.example/s", "failure_url": "https://app.exam
 CLIENT_CALLS = {
     # name: (call, the sandbox endpoint it reaches, tries expected)
     "create_widget_session": (lambda t: t.create_widget_session(reference_id="r", **URLS), "create_widget_session", 1),
-    "authenticate_user": (lambda t: t.authenticate_user(provider="OURA", reference_id="r", **URLS),
-                          "authenticate_user", 1),
+    "authenticate_user": (
+        lambda t: t.authenticate_user(provider="OURA", reference_id="r", **URLS),
+        "authenticate_user",
+        1,
+    ),
     "deauthenticate_user": (lambda t: t.deauthenticate_user(NOBODY), "deauthenticate_user", 1),
     "user_info": (lambda t: t.user_info(NOBODY), "user_info", 3),
     "users_by_reference": (lambda t: t.users_by_reference("r"), "user_info", 3),
@@ -329,8 +360,14 @@ def test_the_retry_budget_bounds_the_total_time(live_server):
 
 
 def test_default_retry_settings_are_small():
-    terra = TerraClient(dev_id="d", api_key="k", api_base_url="http://127.0.0.1:9/v2",
-                        widget_session_url="http://127.0.0.1:9/s", legacy_widget_url="http://127.0.0.1:9/l", timeout=1)
+    terra = TerraClient(
+        dev_id="d",
+        api_key="k",
+        api_base_url="http://127.0.0.1:9/v2",
+        widget_session_url="http://127.0.0.1:9/s",
+        legacy_widget_url="http://127.0.0.1:9/l",
+        timeout=1,
+    )
     assert (terra.read_attempts, terra.backoff_cap, terra.max_retry_after, terra.retry_budget) == (3, 2.0, 5.0, 8.0)
     started = time.monotonic()
     with pytest.raises(TerraUnavailable, match=r"could not be reached \(ConnectionError\) \(tried 3 times\)"):
@@ -361,11 +398,18 @@ REST_CASES = [
     Case("malformed", "Terra answered 200 with a body that is not JSON", "terra_unavailable", fault="malformed"),
 ]
 SETTING_CASES = [
-    Case("legacy_410", "Terra no longer serves the legacy widget endpoint for this account (410)",
-         "legacy_widget_endpoint_gone",
-         environ={"TERRA_WIDGET_API": "legacy", "SANDBOX_LEGACY_GONE": "true"}),
-    Case("user_cap", "Terra answered 403: User limit reached", "terra_rejected",
-         environ={"SANDBOX_USER_CAP_MODE": "session", "SANDBOX_USER_CAP": "0"}),
+    Case(
+        "legacy_410",
+        "Terra no longer serves the legacy widget endpoint for this account (410)",
+        "legacy_widget_endpoint_gone",
+        environ={"TERRA_WIDGET_API": "legacy", "SANDBOX_LEGACY_GONE": "true"},
+    ),
+    Case(
+        "user_cap",
+        "Terra answered 403: User limit reached",
+        "terra_rejected",
+        environ={"SANDBOX_USER_CAP_MODE": "session", "SANDBOX_USER_CAP": "0"},
+    ),
 ]
 
 
@@ -567,15 +611,19 @@ def test_duplicates_of_every_event_for_a_whole_run(live_server):
     second = finish_widget(press_connect(browser), account="same")  # a re-auth: user_reauth and auth
     wait_for(lambda: len([p for p in traffic_of(live_server.app).webhooks() if p.ok]) == 6)
     assert sorted(event.event_type for event in rows(live_server, WebhookEvent)) == ["auth", "auth", "user_reauth"]
-    wait_for(lambda: [(c.terra_user_id, c.status) for c in rows(live_server, Connection)]
-             == [(terra_user_id(second), "active")])
+    wait_for(
+        lambda: (
+            [(c.terra_user_id, c.status) for c in rows(live_server, Connection)] == [(terra_user_id(second), "active")]
+        )
+    )
 
 
 def test_reorder_user_reauth_after_auth_keeps_one_connection_with_the_new_id(live_server):
     browser = signed_in_browser(live_server)
     first = connect_a_device(live_server, browser, account="same")["connection"]
-    live_server.app.config.update(SANDBOX_FAULTS=["reorder"], SANDBOX_REORDER_WINDOW_SECONDS=0.2,
-                                  SANDBOX_REAUTH_ORDER="reauth_first")
+    live_server.app.config.update(
+        SANDBOX_FAULTS=["reorder"], SANDBOX_REORDER_WINDOW_SECONDS=0.2, SANDBOX_REAUTH_ORDER="reauth_first"
+    )
     return_url = finish_widget(press_connect(browser), account="same")
     new_id = terra_user_id(return_url)
 
@@ -583,8 +631,12 @@ def test_reorder_user_reauth_after_auth_keeps_one_connection_with_the_new_id(liv
     wait_for(lambda: len(auth_posts(live_server, "user_reauth")) == 1)
     arrived = [post.event_type for post in traffic_of(live_server.app).webhooks() if post.ok]
     assert arrived == ["auth", "auth", "user_reauth"]
-    wait_for(lambda: [(c.id, c.terra_user_id, c.status) for c in rows(live_server, Connection)]
-             == [(first["id"], new_id, "active")])
+    wait_for(
+        lambda: (
+            [(c.id, c.terra_user_id, c.status) for c in rows(live_server, Connection)]
+            == [(first["id"], new_id, "active")]
+        )
+    )
     state = attempt_status(browser, return_url)
     assert state["status"] == "connected" and state["connection"]["id"] == first["id"]
 
@@ -670,8 +722,11 @@ def test_webhook_faults_can_be_given_to_deliver_directly(app):
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        config = dict(app.config, SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hook",
-                      SANDBOX_REORDER_WINDOW_SECONDS=0.05)
+        config = dict(
+            app.config,
+            SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hook",
+            SANDBOX_REORDER_WINDOW_SECONDS=0.05,
+        )
         thread = deliver([{"type": "first"}, {"type": "second"}], config, faults=["reorder", "duplicate"])
         thread.join(timeout=5)
         assert thread.delivered == [True, True]

@@ -23,10 +23,11 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -48,8 +49,8 @@ from services.api_tokens import issue_token
 from services.attempts import TOKEN_SALT, attempt_token
 from terra_integration.reference_ids import SALT as REFERENCE_ID_SALT
 from terra_integration.reference_ids import is_authentic, new_reference_id
-from terra_integration.signing import signing_keys
 from terra_integration.signature import compute, sign
+from terra_integration.signing import signing_keys
 from tests.conftest import Browser
 from tests.helpers import auth_event, create_attempt, terra_user
 
@@ -174,19 +175,29 @@ def build_world(app) -> World:
         eve_attempt = create_attempt(eve)
         success = create_attempt(ada, hint="returned_success", hinted_at=utcnow())
         failure = create_attempt(ada, hint="returned_failure", hinted_at=utcnow())
-        connections = [Connection(user_id=user.id, terra_user_id=f"terra-{user.id}", provider="GARMIN", scopes="")
-                       for user in (ada, eve)]
+        connections = [
+            Connection(user_id=user.id, terra_user_id=f"terra-{user.id}", provider="GARMIN", scopes="")
+            for user in (ada, eve)
+        ]
         db.session.add_all(connections)
         db.session.commit()
         return World(
-            ada_id=ada.id, eve_id=eve.id, ada_reference_id=ada.reference_id, eve_reference_id=eve.reference_id,
-            ada_token=ada_token, eve_token=eve_token,
-            ada_attempt=ada_attempt.id, ada_attempt_token=attempt_token(ada_attempt),
+            ada_id=ada.id,
+            eve_id=eve.id,
+            ada_reference_id=ada.reference_id,
+            eve_reference_id=eve.reference_id,
+            ada_token=ada_token,
+            eve_token=eve_token,
+            ada_attempt=ada_attempt.id,
+            ada_attempt_token=attempt_token(ada_attempt),
             ada_session_id=ada_attempt.terra_session_id,
-            eve_attempt=eve_attempt.id, eve_attempt_token=attempt_token(eve_attempt),
-            returned_success=attempt_token(success), returned_failure=attempt_token(failure),
+            eve_attempt=eve_attempt.id,
+            eve_attempt_token=attempt_token(eve_attempt),
+            returned_success=attempt_token(success),
+            returned_failure=attempt_token(failure),
             returned_ids={"success": success.id, "failure": failure.id},
-            ada_connection=connections[0].id, eve_connection=connections[1].id,
+            ada_connection=connections[0].id,
+            eve_connection=connections[1].id,
         )
 
 
@@ -232,8 +243,9 @@ def ada_auth_event(world: World, **changes) -> dict:
 
 
 def post_webhook(client, body: bytes, headers: dict | None = None, **kwargs):
-    return client.post("/webhooks/terra", data=body, headers={"Content-Type": "application/json", **(headers or {})},
-                       **kwargs)
+    return client.post(
+        "/webhooks/terra", data=body, headers={"Content-Type": "application/json", **(headers or {})}, **kwargs
+    )
 
 
 def signed(body: bytes, secret: str, timestamp: int | None = None) -> dict:
@@ -263,24 +275,34 @@ SIGNATURES = [
     pytest.param(lambda b, s, now: header(f"t={now}"), id="no v1"),
     pytest.param(lambda b, s, now: header(f"t={now},v0={compute(b, s, now)}"), id="v0 only (downgrade)"),
     pytest.param(lambda b, s, now: header(sign(b + b" ", s, now)), id="signature of another body"),
-    pytest.param(lambda b, s, now: header(sign(json.dumps(json.loads(b), indent=1).encode(), s, now)),
-                 id="signature of re-serialised JSON"),
-    pytest.param(lambda b, s, now: header(f"t={now},v1={compute(b, s, now - 600)}"),
-                 id="old signature with a fresh t"),
-    pytest.param(lambda b, s, now: header(f"t={now - 600},v1={compute(b, s, now - 600)},t={now}"),
-                 id="second t appended to an old signature"),
+    pytest.param(
+        lambda b, s, now: header(sign(json.dumps(json.loads(b), indent=1).encode(), s, now)),
+        id="signature of re-serialised JSON",
+    ),
+    pytest.param(lambda b, s, now: header(f"t={now},v1={compute(b, s, now - 600)}"), id="old signature with a fresh t"),
+    pytest.param(
+        lambda b, s, now: header(f"t={now - 600},v1={compute(b, s, now - 600)},t={now}"),
+        id="second t appended to an old signature",
+    ),
     pytest.param(lambda b, s, now: header(f"t={now},v1={s}"), id="the secret itself as v1"),
     pytest.param(lambda b, s, now: {"headers": {"Stripe-Signature": sign(b, s, now)}}, id="another header name"),
     pytest.param(lambda b, s, now: {"query_string": {"signature": sign(b, s, now)}}, id="in the query string"),
-    pytest.param(lambda b, s, now: {"headers": {"X-Terra-Signature": f"t={now},v1={'0' * 64}",
-                                                "Content-Type": "application/x-www-form-urlencoded"}},
-                 id="forged, form content type"),
+    pytest.param(
+        lambda b, s, now: {
+            "headers": {
+                "X-Terra-Signature": f"t={now},v1={'0' * 64}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            }
+        },
+        id="forged, form content type",
+    ),
     # Header values arrive as Latin-1: "²" passes str.isdigit and then fails int(), and a non-ASCII v1
     # makes compare_digest raise TypeError. Both must stay a 401.
     pytest.param(lambda b, s, now: header(f"t=\u00b2,v1={compute(b, s, now)}"), id="timestamp a superscript digit"),
     pytest.param(lambda b, s, now: header(f"t={now},v1={compute(b, s, now)[:-1]}\u00e9"), id="non-ASCII v1"),
-    pytest.param(lambda b, s, now: header(sign(b, s, now) + ",v1=" + "\u00e9" * 64),
-                 id="non-ASCII v1 beside the right one"),
+    pytest.param(
+        lambda b, s, now: header(sign(b, s, now) + ",v1=" + "\u00e9" * 64), id="non-ASCII v1 beside the right one"
+    ),
     pytest.param(lambda b, s, now: header(f"t={now},v1={'g' * 64}"), id="v1 not hex"),
     pytest.param(lambda b, s, now: header(f"t={now:_},v1={compute(b, s, now)}"), id="timestamp with underscores"),
 ]
@@ -323,8 +345,12 @@ def with_user(world: World, **user) -> bytes:
 # Each: (world, config) -> body, the status (200: acknowledged, kept as failed), and config overrides.
 WEBHOOK_BODIES = [
     pytest.param(lambda w, c: padded(c["WEBHOOK_MAX_BYTES"] + 1), 413, {}, id="over WEBHOOK_MAX_BYTES"),
-    pytest.param(lambda w, c: padded(c["MAX_CONTENT_LENGTH"] + 1), 413, {"WEBHOOK_MAX_BYTES": 4 * 1024 * 1024},
-                 id="over MAX_CONTENT_LENGTH"),
+    pytest.param(
+        lambda w, c: padded(c["MAX_CONTENT_LENGTH"] + 1),
+        413,
+        {"WEBHOOK_MAX_BYTES": 4 * 1024 * 1024},
+        id="over MAX_CONTENT_LENGTH",
+    ),
     pytest.param(lambda w, c: valid_event_bytes(w)[:-20], 200, {}, id="truncated JSON"),
     pytest.param(lambda w, c: b"", 200, {}, id="empty"),
     pytest.param(lambda w, c: b" \r\n\t", 200, {}, id="whitespace only"),
@@ -333,10 +359,15 @@ WEBHOOK_BODIES = [
     pytest.param(lambda w, c: b"\xef\xbb\xbf" + valid_event_bytes(w), 200, {}, id="UTF-8 byte order mark"),
     pytest.param(lambda w, c: nested_arrays(DEEP), 200, {}, id="10,000 nested arrays"),
     pytest.param(lambda w, c: nested_objects(DEEP), 200, {}, id="10,000 nested objects"),
-    pytest.param(lambda w, c: b'{"type": "auth", "user": ' + nested_arrays(DEEP) + b"}", 200, {},
-                 id="10,000 levels inside an event"),
-    pytest.param(lambda w, c: b'{"type": "auth", "user": ' + nested_arrays(100) + b"}", 200, {},
-                 id="100 levels inside an event"),
+    pytest.param(
+        lambda w, c: b'{"type": "auth", "user": ' + nested_arrays(DEEP) + b"}",
+        200,
+        {},
+        id="10,000 levels inside an event",
+    ),
+    pytest.param(
+        lambda w, c: b'{"type": "auth", "user": ' + nested_arrays(100) + b"}", 200, {}, id="100 levels inside an event"
+    ),
     pytest.param(lambda w, c: b"[" + valid_event_bytes(w) + b"]", 200, {}, id="JSON array"),
     pytest.param(lambda w, c: b"42", 200, {}, id="JSON number"),
     pytest.param(lambda w, c: b'"auth"', 200, {}, id="JSON string"),
@@ -345,23 +376,37 @@ WEBHOOK_BODIES = [
     pytest.param(lambda w, c: valid_event_bytes(w, type=None), 200, {}, id="no type"),
     pytest.param(lambda w, c: valid_event_bytes(w, type=["auth"]), 200, {}, id="type not a string"),
     pytest.param(lambda w, c: valid_event_bytes(w, type="auth\u0000"), 200, {}, id="NUL in the type"),
-    pytest.param(lambda w, c: valid_event_bytes(w, reference_id=w.ada_reference_id + "\u0000"), 200, {},
-                 id="NUL in the reference_id"),
+    pytest.param(
+        lambda w, c: valid_event_bytes(w, reference_id=w.ada_reference_id + "\u0000"),
+        200,
+        {},
+        id="NUL in the reference_id",
+    ),
     pytest.param(lambda w, c: with_user(w, user_id="terra\ud800"), 200, {}, id="lone surrogate in the user id"),
     pytest.param(lambda w, c: with_user(w, user_id="u" * 65), 200, {}, id="Terra user id of 65 characters"),
-    pytest.param(lambda w, c: valid_event_bytes(w, reference_id=None).replace(
-        json.dumps(w.ada_reference_id).encode(), b'{"$ne": null}'), 200, {}, id="reference_id an object"),
+    pytest.param(
+        lambda w, c: valid_event_bytes(w, reference_id=None).replace(
+            json.dumps(w.ada_reference_id).encode(), b'{"$ne": null}'
+        ),
+        200,
+        {},
+        id="reference_id an object",
+    ),
     # Past Python's int_max_str_digits (4300): json.loads raises a ValueError that is not a JSONDecodeError.
-    pytest.param(lambda w, c: valid_event_bytes(w)[:-1] + b', "n": ' + b"9" * 5000 + b"}", 200, {},
-                 id="a 5000-digit number"),
-    pytest.param(lambda w, c: valid_event_bytes(w, user=None).replace(b'"user": null', b'"user": [-' + b"1" * 5000 + b"]"),
-                 200, {}, id="a 5000-digit negative number inside"),
+    pytest.param(
+        lambda w, c: valid_event_bytes(w)[:-1] + b', "n": ' + b"9" * 5000 + b"}", 200, {}, id="a 5000-digit number"
+    ),
+    pytest.param(
+        lambda w, c: valid_event_bytes(w, user=None).replace(b'"user": null', b'"user": [-' + b"1" * 5000 + b"]"),
+        200,
+        {},
+        id="a 5000-digit negative number inside",
+    ),
 ]
 
 
 @pytest.mark.parametrize("make_body, status, config", WEBHOOK_BODIES)
-def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, client, world, make_body, status,
-                                                                      config):
+def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, client, world, make_body, status, config):
     """Verified but unreadable: acknowledged (Terra would retry an error for hours) and kept as one
     failed row for replay, changing nothing else. Too large: refused, nothing kept."""
     app.config.update(config)
@@ -372,8 +417,9 @@ def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, clie
     after = snapshot(app)
     check(response, status)
     assert content_type(response) == "application/json"
-    assert {name: rows for name, rows in after.items() if name != "webhook_events"} == \
-           {name: rows for name, rows in before.items() if name != "webhook_events"}
+    assert {name: rows for name, rows in after.items() if name != "webhook_events"} == {
+        name: rows for name, rows in before.items() if name != "webhook_events"
+    }
     if status == 413:
         assert error_code(response) in {"payload_too_large", "request_entity_too_large"}
         assert after["webhook_events"] == before["webhook_events"]
@@ -385,8 +431,9 @@ def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, clie
 
 
 @pytest.mark.parametrize("make_body, status, config", WEBHOOK_BODIES)
-def test_webhook_bodies_that_are_not_events_are_refused_for_their_signature_first(app, client, world, make_body,
-                                                                                  status, config):
+def test_webhook_bodies_that_are_not_events_are_refused_for_their_signature_first(
+    app, client, world, make_body, status, config
+):
     """The same bodies, signed with another secret: the signature is checked before the body is read
     (only the size limits come first), so the answer is the signature's 401, never the parser's 400."""
     app.config.update(config)
@@ -431,8 +478,12 @@ def test_webhook_oversized_chunked_body_without_content_length_is_413(live_serve
     """Over real HTTP, with Transfer-Encoding: chunked: the limits hold without a Content-Length too."""
     size = live_server.app.config[size_name] + 1
     with unchanged(live_server.app):
-        response = requests.post(live_server.url + "/webhooks/terra", data=chunks(size), timeout=30,
-                                 headers={"Content-Type": "application/json", "X-Terra-Signature": "t=1,v1=00"})
+        response = requests.post(
+            live_server.url + "/webhooks/terra",
+            data=chunks(size),
+            timeout=30,
+            headers={"Content-Type": "application/json", "X-Terra-Signature": "t=1,v1=00"},
+        )
     assert response.request.headers.get("Transfer-Encoding") == "chunked"
     check(response, 413)
 
@@ -444,7 +495,7 @@ def other_key_reference_id(app, world) -> str:
 def changed_payload(token: str) -> str:
     """One character of the signed payload (not of the signature) changed."""
     index = 3
-    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1:]
+    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
 
 
 def session_cookie_value(app, user_id: int) -> str:
@@ -454,8 +505,9 @@ def session_cookie_value(app, user_id: int) -> str:
 # Each: (app, world) -> the reference_id a correctly signed auth event carries (in the event and its user).
 FOREIGN_REFERENCE_IDS = [
     pytest.param(other_key_reference_id, id="signed with another SECRET_KEY"),
-    pytest.param(lambda app, w: URLSafeSerializer(signing_keys()).dumps("abcdefghijklmnop"),
-                 id="the right key, without the salt"),
+    pytest.param(
+        lambda app, w: URLSafeSerializer(signing_keys()).dumps("abcdefghijklmnop"), id="the right key, without the salt"
+    ),
     pytest.param(lambda app, w: "f3b1c0de-unsigned-reference", id="unsigned"),
     pytest.param(lambda app, w: "null", id="the literal null"),
     pytest.param(lambda app, w: None, id="absent"),
@@ -481,10 +533,11 @@ def test_webhook_with_a_foreign_reference_id_is_recorded_and_ignored(app, client
     assert response.get_json()["status"] == "ignored"
     after = snapshot(app)
     # A verified delivery is always kept in the inbox (for replay); nothing else may change.
-    assert {name: rows for name, rows in after.items() if name != "webhook_events"} == \
-           {name: rows for name, rows in before.items() if name != "webhook_events"}
+    assert {name: rows for name, rows in after.items() if name != "webhook_events"} == {
+        name: rows for name, rows in before.items() if name != "webhook_events"
+    }
     with app.app_context():
-        new = db.session.execute(select(db.metadata.tables["webhook_events"])).all()[len(before["webhook_events"]):]
+        new = db.session.execute(select(db.metadata.tables["webhook_events"])).all()[len(before["webhook_events"]) :]
     assert [(row.event_type, row.outcome) for row in new] == [("auth", "ignored")]
 
 
@@ -515,7 +568,8 @@ def test_webhook_for_eve_naming_adas_attempt_leaves_adas_attempt_alone(app, clie
     with app.app_context():
         eves = db.session.execute(select(attempts).where(attempts.c.id == world.eve_attempt)).one()
         new_connection = db.session.scalars(
-            select(Connection).where(Connection.terra_user_id == "eve-new-terra-user")).one()
+            select(Connection).where(Connection.terra_user_id == "eve-new-terra-user")
+        ).one()
     assert (eves.status, eves.connection_id, new_connection.user_id) == ("pending", None, world.eve_id)
 
 
@@ -533,8 +587,12 @@ def api_post(client, path: str, body: Any, content_type: str | None, token: str 
 
 
 def multipart(client, path: str, fields: dict, token: str | None):
-    return client.post(path, data={key: str(value) for key, value in fields.items()} or {"x": "1"},
-                       content_type="multipart/form-data", headers=bearer(token) if token else {})
+    return client.post(
+        path,
+        data={key: str(value) for key, value in fields.items()} or {"x": "1"},
+        content_type="multipart/form-data",
+        headers=bearer(token) if token else {},
+    )
 
 
 def as_json(value: Any) -> bytes:
@@ -544,40 +602,55 @@ def as_json(value: Any) -> bytes:
 # Each: (valid body as a dict) -> (raw body, content type). All are 400 invalid_request except the 413.
 API_BODIES = [
     pytest.param(lambda valid: (as_json(valid), "text/plain"), 400, id="text/plain"),
-    pytest.param(lambda valid: ("&".join(f"{k}={quote(str(v))}" for k, v in valid.items()),
-                                "application/x-www-form-urlencoded"), 400, id="form-urlencoded"),
+    pytest.param(
+        lambda valid: ("&".join(f"{k}={quote(str(v))}" for k, v in valid.items()), "application/x-www-form-urlencoded"),
+        400,
+        id="form-urlencoded",
+    ),
     pytest.param("multipart", 400, id="multipart/form-data"),
     pytest.param(lambda valid: (as_json(valid), None), 400, id="no content type"),
     pytest.param(lambda valid: (b"<credentials/>", "application/xml"), 400, id="application/xml"),
     pytest.param(lambda valid: (as_json(valid), "application/javascript"), 400, id="application/javascript"),
     pytest.param(lambda valid: (as_json(valid)[:-3], "application/json"), 400, id="truncated JSON"),
     pytest.param(lambda valid: (b"", "application/json"), 400, id="empty"),
-    pytest.param(lambda valid: (b'{"email": "caf\xe9@example.com", "password": "x"}', "application/json"), 400,
-                 id="non-UTF-8"),
+    pytest.param(
+        lambda valid: (b'{"email": "caf\xe9@example.com", "password": "x"}', "application/json"), 400, id="non-UTF-8"
+    ),
     pytest.param(lambda valid: (nested_arrays(DEEP), "application/json"), 400, id="10,000 nested arrays"),
     pytest.param(lambda valid: (nested_objects(DEEP), "application/json"), 400, id="10,000 nested objects"),
-    pytest.param(lambda valid: (as_json(valid)[:-1] + (b", " if valid else b"") + b'"x": ' + nested_arrays(DEEP) + b"}",
-                                "application/json"), 400, id="10,000 levels in a field"),
+    pytest.param(
+        lambda valid: (
+            as_json(valid)[:-1] + (b", " if valid else b"") + b'"x": ' + nested_arrays(DEEP) + b"}",
+            "application/json",
+        ),
+        400,
+        id="10,000 levels in a field",
+    ),
     pytest.param(lambda valid: (as_json([valid]), "application/json"), 400, id="JSON array"),
     pytest.param(lambda valid: (b"42", "application/json"), 400, id="JSON number"),
     pytest.param(lambda valid: (b'"ada@example.com"', "application/json"), 400, id="JSON string"),
     pytest.param(lambda valid: (b"null", "application/json"), 400, id="JSON null"),
-    pytest.param(lambda valid: (as_json({**valid, "note": "a\u0000b"}), "application/json"), 400,
-                 id="NUL in a string"),
-    pytest.param(lambda valid: (as_json({**valid, "note": "a\ud800b"}), "application/json"), 400,
-                 id="lone surrogate in a string"),
-    pytest.param(lambda valid: (b'{"pad": "' + b"x" * (1024 * 1024) + b'"}', "application/json"), 413,
-                 id="over MAX_CONTENT_LENGTH"),
+    pytest.param(lambda valid: (as_json({**valid, "note": "a\u0000b"}), "application/json"), 400, id="NUL in a string"),
+    pytest.param(
+        lambda valid: (as_json({**valid, "note": "a\ud800b"}), "application/json"), 400, id="lone surrogate in a string"
+    ),
+    pytest.param(
+        lambda valid: (b'{"pad": "' + b"x" * (1024 * 1024) + b'"}', "application/json"),
+        413,
+        id="over MAX_CONTENT_LENGTH",
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, valid, authenticated", [
-    pytest.param("/api/v1/tokens", TOKEN_BODY, False, id="POST tokens"),
-    pytest.param("/api/v1/connect-attempts", ATTEMPT_BODY, True, id="POST connect-attempts"),
-])
+@pytest.mark.parametrize(
+    "path, valid, authenticated",
+    [
+        pytest.param("/api/v1/tokens", TOKEN_BODY, False, id="POST tokens"),
+        pytest.param("/api/v1/connect-attempts", ATTEMPT_BODY, True, id="POST connect-attempts"),
+    ],
+)
 @pytest.mark.parametrize("make, status", API_BODIES)
-def test_api_bodies_that_are_not_json_objects_are_refused(app, client, world, path, valid, authenticated, make,
-                                                          status):
+def test_api_bodies_that_are_not_json_objects_are_refused(app, client, world, path, valid, authenticated, make, status):
     token = world.ada_token if authenticated else None
     with unchanged(app):
         if make == "multipart":
@@ -592,22 +665,25 @@ def test_api_bodies_that_are_not_json_objects_are_refused(app, client, world, pa
 
 TOKEN_FIELDS = [
     pytest.param({"email": SQL, "password": "x"}, 401, "invalid_credentials", id="SQL email"),
-    pytest.param({"email": "ada@example.com' --", "password": "x"}, 401, "invalid_credentials",
-                 id="SQL comment after the email"),
+    pytest.param(
+        {"email": "ada@example.com' --", "password": "x"}, 401, "invalid_credentials", id="SQL comment after the email"
+    ),
     pytest.param({"email": "ada@example.com", "password": SQL}, 401, "invalid_credentials", id="SQL password"),
     pytest.param({"email": "%", "password": PASSWORD}, 401, "invalid_credentials", id="LIKE wildcard email"),
-    pytest.param({"email": "%@example.com", "password": PASSWORD}, 401, "invalid_credentials",
-                 id="LIKE wildcard in the email"),
-    pytest.param({"email": "_da@example.com", "password": PASSWORD}, 401, "invalid_credentials",
-                 id="single-character wildcard"),
+    pytest.param(
+        {"email": "%@example.com", "password": PASSWORD}, 401, "invalid_credentials", id="LIKE wildcard in the email"
+    ),
+    pytest.param(
+        {"email": "_da@example.com", "password": PASSWORD}, 401, "invalid_credentials", id="single-character wildcard"
+    ),
     pytest.param({"email": SCRIPT, "password": SCRIPT}, 401, "invalid_credentials", id="HTML"),
-    pytest.param({"email": {"$ne": None}, "password": {"$ne": None}}, 400, "invalid_request",
-                 id="operator objects"),
+    pytest.param({"email": {"$ne": None}, "password": {"$ne": None}}, 400, "invalid_request", id="operator objects"),
     pytest.param({"email": ["ada@example.com"], "password": PASSWORD}, 400, "invalid_request", id="email a list"),
     pytest.param({"email": "ada@example.com", "password": True}, 400, "invalid_request", id="password true"),
     pytest.param({"email": "ada@example.com\u0000", "password": PASSWORD}, 400, "invalid_request", id="NUL email"),
-    pytest.param({"email": "ada\udfff@example.com", "password": PASSWORD}, 400, "invalid_request",
-                 id="lone surrogate email"),
+    pytest.param(
+        {"email": "ada\udfff@example.com", "password": PASSWORD}, 400, "invalid_request", id="lone surrogate email"
+    ),
 ]
 
 
@@ -643,21 +719,28 @@ def test_api_attempt_with_hostile_fields_creates_nothing(app, client, world, bod
     assert error_code(response) == code
 
 
-@pytest.mark.parametrize("providers", [
-    pytest.param([SQL], id="SQL"),
-    pytest.param([SQL_DROP], id="SQL DROP TABLE"),
-    pytest.param([SCRIPT], id="HTML"),
-    pytest.param(["GARMIN\n"], id="trailing newline"),
-    pytest.param(["GARMIN", "FITBIT' --"], id="one good one bad"),
-    pytest.param([""], id="empty string"),
-])
+@pytest.mark.parametrize(
+    "providers",
+    [
+        pytest.param([SQL], id="SQL"),
+        pytest.param([SQL_DROP], id="SQL DROP TABLE"),
+        pytest.param([SCRIPT], id="HTML"),
+        pytest.param(["GARMIN\n"], id="trailing newline"),
+        pytest.param(["GARMIN", "FITBIT' --"], id="one good one bad"),
+        pytest.param([""], id="empty string"),
+    ],
+)
 def test_api_attempt_with_hostile_provider_codes_creates_nothing(live_server, providers):
     """A value that is not written like a provider code is refused before Terra's list is asked
     for, as on the web (services/providers.py)."""
     world = build_world(live_server.app)
     with unchanged(live_server.app):
-        response = requests.post(live_server.url + "/api/v1/connect-attempts", json={"providers": providers},
-                                 headers=bearer(world.ada_token), timeout=10)
+        response = requests.post(
+            live_server.url + "/api/v1/connect-attempts",
+            json={"providers": providers},
+            headers=bearer(world.ada_token),
+            timeout=10,
+        )
     check(response, 400)
     assert error_code(response) == "unknown_provider" and content_type(response) == "application/json"
     assert traffic_of(live_server.app).requests("sandbox.integrations_detailed") == []
@@ -666,8 +749,11 @@ def test_api_attempt_with_hostile_provider_codes_creates_nothing(live_server, pr
 @pytest.mark.parametrize("wait", [SQL, SCRIPT, "0x10", "1e1", "26", "-1", "2.5", ""])
 def test_api_hostile_wait_is_400(app, client, world, wait):
     with unchanged(app):
-        response = client.get(f"/api/v1/connect-attempts/{world.ada_attempt}", query_string={"wait": wait},
-                              headers=bearer(world.ada_token))
+        response = client.get(
+            f"/api/v1/connect-attempts/{world.ada_attempt}",
+            query_string={"wait": wait},
+            headers=bearer(world.ada_token),
+        )
     check(response, 400)
     assert error_code(response) == "invalid_wait"
 
@@ -675,8 +761,9 @@ def test_api_hostile_wait_is_400(app, client, world, wait):
 @pytest.mark.parametrize("etag", [SQL, SCRIPT, '"1", *', "*" * 5000])
 def test_api_hostile_if_none_match_changes_nothing(app, client, world, etag):
     with unchanged(app):
-        response = client.get(f"/api/v1/connect-attempts/{world.ada_attempt}",
-                              headers={**bearer(world.ada_token), "If-None-Match": etag})
+        response = client.get(
+            f"/api/v1/connect-attempts/{world.ada_attempt}", headers={**bearer(world.ada_token), "If-None-Match": etag}
+        )
     # '"1", *' names the current version (1), so that one is a 304; the rest match nothing.
     check(response, 304 if etag.startswith('"1"') else 200)
 
@@ -684,20 +771,26 @@ def test_api_hostile_if_none_match_changes_nothing(app, client, world, etag):
 # Each: (world) -> (method, path). Ada's token; every one names nothing of hers.
 API_IDS = [
     pytest.param(lambda w: ("GET", f"/api/v1/connect-attempts/{w.eve_attempt}"), id="Eve's attempt"),
-    pytest.param(lambda w: ("POST", f"/api/v1/connect-attempts/{w.eve_attempt}/browser-closed"),
-                 id="Eve's attempt: browser closed"),
+    pytest.param(
+        lambda w: ("POST", f"/api/v1/connect-attempts/{w.eve_attempt}/browser-closed"),
+        id="Eve's attempt: browser closed",
+    ),
     pytest.param(lambda w: ("DELETE", f"/api/v1/connections/{w.eve_connection}"), id="Eve's connection"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/" + quote(SQL, safe="")), id="SQL attempt id"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/" + quote(SCRIPT, safe="")), id="HTML attempt id"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/%00"), id="NUL attempt id"),
-    pytest.param(lambda w: ("POST", f"/api/v1/connect-attempts/{w.ada_attempt}%00/browser-closed"),
-                 id="Ada's attempt id with NUL appended"),
-    pytest.param(lambda w: ("GET", f"/api/v1/connect-attempts/{w.ada_attempt}%20OR%201%3D1"),
-                 id="Ada's attempt id with SQL appended"),
+    pytest.param(
+        lambda w: ("POST", f"/api/v1/connect-attempts/{w.ada_attempt}%00/browser-closed"),
+        id="Ada's attempt id with NUL appended",
+    ),
+    pytest.param(
+        lambda w: ("GET", f"/api/v1/connect-attempts/{w.ada_attempt}%20OR%201%3D1"),
+        id="Ada's attempt id with SQL appended",
+    ),
     pytest.param(lambda w: ("GET", f"/api/v1/connect-attempts/{w.ada_attempt}x" + "y" * 40), id="attempt id too long"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/..%2F..%2Fconnections"), id="path traversal"),
     pytest.param(lambda w: ("DELETE", "/api/v1/connections/2147483648"), id="connection id 2**31"),
-    pytest.param(lambda w: ("DELETE", f"/api/v1/connections/{10 ** 30}"), id="connection id 10**30"),
+    pytest.param(lambda w: ("DELETE", f"/api/v1/connections/{10**30}"), id="connection id 10**30"),
     pytest.param(lambda w: ("DELETE", "/api/v1/connections/-1"), id="negative connection id"),
     pytest.param(lambda w: ("DELETE", "/api/v1/connections/1%20OR%201=1"), id="SQL connection id"),
 ]
@@ -731,8 +824,10 @@ API_CREDENTIALS = [
     pytest.param(lambda app, w: {"headers": bearer(f"{w.ada_token} {w.eve_token}")}, id="two tokens"),
     pytest.param(lambda app, w: {"headers": bearer(SQL)}, id="SQL"),
     pytest.param(lambda app, w: {"headers": bearer(w.ada_reference_id)}, id="another signed value"),
-    pytest.param(lambda app, w: {"headers": bearer(db.session.scalars(select(ApiToken.token_hash)).first())},
-                 id="the stored hash of a token"),
+    pytest.param(
+        lambda app, w: {"headers": bearer(db.session.scalars(select(ApiToken.token_hash)).first())},
+        id="the stored hash of a token",
+    ),
     pytest.param(lambda app, w: {"headers": bearer(revoked(app, w.eve_token))}, id="Eve's revoked token"),
 ]
 
@@ -749,8 +844,13 @@ def test_api_tampered_bearer_tokens_are_401(app, client, world, make):
 
 # == return pages =======================================================================================
 
-RETURN_PAGES = ["/connect/return/success", "/connect/return/failure", "/connect/attempts/status",
-                "/mobile/return/success", "/mobile/return/failure"]
+RETURN_PAGES = [
+    "/connect/return/success",
+    "/connect/return/failure",
+    "/connect/attempts/status",
+    "/mobile/return/success",
+    "/mobile/return/failure",
+]
 
 
 TINY_MAX_AGE = 60  # seconds; the default is two days
@@ -790,11 +890,14 @@ ATTEMPT_TOKENS = [
     pytest.param(lambda app, w: w.ada_attempt, id="the bare attempt id"),
     pytest.param(lambda app, w: w.ada_reference_id, id="another purpose's signed value: reference_id"),
     pytest.param(lambda app, w: session_cookie_value(app, w.ada_id), id="another purpose's signed value: session"),
-    pytest.param(lambda app, w: URLSafeTimedSerializer("another-key", salt=TOKEN_SALT).dumps(w.ada_attempt),
-                 id="signed with another key"),
+    pytest.param(
+        lambda app, w: URLSafeTimedSerializer("another-key", salt=TOKEN_SALT).dumps(w.ada_attempt),
+        id="signed with another key",
+    ),
     # The salt keeps purposes apart: the same key and payload under itsdangerous' default salt is not a token.
-    pytest.param(lambda app, w: URLSafeTimedSerializer(signing_keys()).dumps(w.ada_attempt),
-                 id="the right key, without the salt"),
+    pytest.param(
+        lambda app, w: URLSafeTimedSerializer(signing_keys()).dumps(w.ada_attempt), id="the right key, without the salt"
+    ),
     pytest.param(expired_token, id="expired (ATTEMPT_TOKEN_MAX_AGE=60, made 120 s ago)"),
     pytest.param(lambda app, w: signed_attempt_id("no-such-attempt"), id="signed, unknown attempt"),
     pytest.param(lambda app, w: signed_attempt_id(SQL), id="signed, SQL as the attempt id"),
@@ -835,12 +938,16 @@ def test_return_pages_of_another_users_attempt_record_only_the_hint(app, client,
     after = snapshot(app)
     check(response, 200)
     assert "not for your account" in body_text(response)
-    assert {name: rows for name, rows in after.items() if name != "connect_attempts"} == \
-           {name: rows for name, rows in before.items() if name != "connect_attempts"}
+    assert {name: rows for name, rows in after.items() if name != "connect_attempts"} == {
+        name: rows for name, rows in before.items() if name != "connect_attempts"
+    }
     with app.app_context():
         attempts = db.metadata.tables["connect_attempts"].c
-        row = db.session.execute(select(attempts.user_id, attempts.status, attempts.redirect_terra_user_id)
-                                 .where(attempts.id == world.ada_attempt)).one()
+        row = db.session.execute(
+            select(attempts.user_id, attempts.status, attempts.redirect_terra_user_id).where(
+                attempts.id == world.ada_attempt
+            )
+        ).one()
     assert tuple(row) == (world.ada_id, "pending", "terra-claim")
 
 
@@ -866,8 +973,9 @@ RETURN_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("page", ["/connect/return/success", "/connect/return/failure",
-                                  "/mobile/return/success", "/mobile/return/failure"])
+@pytest.mark.parametrize(
+    "page", ["/connect/return/success", "/connect/return/failure", "/mobile/return/success", "/mobile/return/failure"]
+)
 @pytest.mark.parametrize("params", RETURN_PARAMS)
 def test_return_pages_show_no_query_parameter_and_store_nothing(app, client, world, page, params):
     # The attempt already carries the hint this page records, so a visit changes nothing.
@@ -898,8 +1006,7 @@ REDIRECT_PARAMS = [
 def test_mobile_return_links_come_only_from_configuration(app, client, world, params, outcome, agent):
     token = world.returned_success if outcome == "success" else world.returned_failure
     with unchanged(app):
-        response = client.get(f"/mobile/return/{outcome}/{token}", query_string=params,
-                              headers={"User-Agent": agent})
+        response = client.get(f"/mobile/return/{outcome}/{token}", query_string=params, headers={"User-Agent": agent})
     check(response, 200)
     page = response.get_data(as_text=True)
     link = re.search(r'id="return-to-app" href="([^"]+)"', page).group(1).replace("&amp;", "&")
@@ -915,14 +1022,54 @@ def test_mobile_return_links_come_only_from_configuration(app, client, world, pa
 PAGE_PARAMETERS = {"attempt", "tried", "user_id", "resource"}
 # Names a redirect target is often looked for under (REDIRECT_PARAMS has six more).
 REDIRECT_NAMES = [
-    "redirect", "redirect_url", "redirectUrl", "redirect_to", "url", "uri", "link", "deep_link", "deeplink",
-    "app_url", "applink", "universal_link", "intent", "target", "dest", "destination", "continue", "goto", "go",
-    "to", "out", "view", "callback", "cb", "return", "returnUrl", "return_url", "success_url", "failure_url",
-    "auth_success_redirect_url", "auth_failure_redirect_url", "browser_fallback_url", "origin", "host", "path",
-    "forward", "location", "state", "r", "u",
+    "redirect",
+    "redirect_url",
+    "redirectUrl",
+    "redirect_to",
+    "url",
+    "uri",
+    "link",
+    "deep_link",
+    "deeplink",
+    "app_url",
+    "applink",
+    "universal_link",
+    "intent",
+    "target",
+    "dest",
+    "destination",
+    "continue",
+    "goto",
+    "go",
+    "to",
+    "out",
+    "view",
+    "callback",
+    "cb",
+    "return",
+    "returnUrl",
+    "return_url",
+    "success_url",
+    "failure_url",
+    "auth_success_redirect_url",
+    "auth_failure_redirect_url",
+    "browser_fallback_url",
+    "origin",
+    "host",
+    "path",
+    "forward",
+    "location",
+    "state",
+    "r",
+    "u",
 ]
-EVIL_TARGETS = ["https://evil.example/", "evil.example://connect/success", "javascript:alert(1)", "//evil.example",
-                "intent://connect/success#Intent;scheme=evil.example;end"]
+EVIL_TARGETS = [
+    "https://evil.example/",
+    "evil.example://connect/success",
+    "javascript:alert(1)",
+    "//evil.example",
+    "intent://connect/success#Intent;scheme=evil.example;end",
+]
 HTML_RETURN_PAGES = [page for page in RETURN_PAGES if "/return/" in page]
 
 
@@ -936,13 +1083,24 @@ def returned_token(world: World, page: str) -> str:
 
 
 @pytest.mark.parametrize("page", HTML_RETURN_PAGES)
-@given(extra=st.dictionaries(
-    keys=st.one_of(st.sampled_from(REDIRECT_NAMES), st.text(min_size=1, max_size=12)).filter(
-        lambda name: name not in PAGE_PARAMETERS),
-    values=st.sampled_from(EVIL_TARGETS), min_size=1, max_size=8))
+@given(
+    extra=st.dictionaries(
+        keys=st.one_of(st.sampled_from(REDIRECT_NAMES), st.text(min_size=1, max_size=12)).filter(
+            lambda name: name not in PAGE_PARAMETERS
+        ),
+        values=st.sampled_from(EVIL_TARGETS),
+        min_size=1,
+        max_size=8,
+    )
+)
 @example(extra=dict.fromkeys(REDIRECT_NAMES, EVIL_TARGETS[0]))
-@settings(derandomize=True, database=None, max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    derandomize=True,
+    database=None,
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 def test_no_other_query_parameter_reaches_a_return_page(app, client, world, page, extra):
     """Any parameter name, not only the six of REDIRECT_PARAMS: the page, its "Return to app" link
     and its headers are exactly what they are without it."""
@@ -1002,11 +1160,13 @@ def test_return_pages_read_no_query_parameter_but_their_own(app, client, world, 
 
 def test_a_claimed_terra_user_id_is_stored_as_a_claim_and_never_shown(app, client, world):
     before = snapshot(app)
-    response = check(client.get(f"/connect/return/success/{world.returned_success}",
-                                query_string={"user_id": SCRIPT}), 200)
+    response = check(
+        client.get(f"/connect/return/success/{world.returned_success}", query_string={"user_id": SCRIPT}), 200
+    )
     after = snapshot(app)
-    assert {k: v for k, v in after.items() if k != "connect_attempts"} == \
-           {k: v for k, v in before.items() if k != "connect_attempts"}
+    assert {k: v for k, v in after.items() if k != "connect_attempts"} == {
+        k: v for k, v in before.items() if k != "connect_attempts"
+    }
     assert SCRIPT not in response.get_data(as_text=True)
     with app.app_context():
         claims = db.session.scalars(select(db.metadata.tables["connect_attempts"].c.redirect_terra_user_id)).all()
@@ -1024,8 +1184,9 @@ def csrf_token_of_another_session(app) -> str:
 
 # Each: (world) -> (path, form data, who is logged in).
 WEB_FORMS = [
-    pytest.param(lambda w: ("/auth/register", {"email": "mallory@example.com", "password": PASSWORD}, None),
-                 id="register"),
+    pytest.param(
+        lambda w: ("/auth/register", {"email": "mallory@example.com", "password": PASSWORD}, None), id="register"
+    ),
     pytest.param(lambda w: ("/auth/login", {"email": "ada@example.com", "password": PASSWORD}, None), id="login"),
     pytest.param(lambda w: ("/auth/logout", {}, w.ada_id), id="logout"),
     pytest.param(lambda w: ("/connections/connect", {}, w.ada_id), id="connect"),
@@ -1036,8 +1197,10 @@ CSRF_TOKENS = [
     pytest.param(lambda app: {}, id="no token"),
     pytest.param(lambda app: {"csrf_token": "forged-token"}, id="forged token"),
     pytest.param(lambda app: {"csrf_token": csrf_token_of_another_session(app)}, id="another session's token"),
-    pytest.param(lambda app: {"headers": {"X-CSRFToken": csrf_token_of_another_session(app)}},
-                 id="another session's token in X-CSRFToken"),
+    pytest.param(
+        lambda app: {"headers": {"X-CSRFToken": csrf_token_of_another_session(app)}},
+        id="another session's token in X-CSRFToken",
+    ),
 ]
 
 
@@ -1063,8 +1226,7 @@ def test_web_forms_with_a_valid_csrf_token_work(app, world):
     browser = app.test_client()
     page = browser.get("/auth/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
-    response = browser.post("/auth/login", data={"email": "ada@example.com", "password": PASSWORD,
-                                                  "csrf_token": token})
+    response = browser.post("/auth/login", data={"email": "ada@example.com", "password": PASSWORD, "csrf_token": token})
     check(response, 303)
     assert logged_in_as(browser) == world.ada_id
 
@@ -1074,13 +1236,16 @@ WEB_FIELDS = [
     pytest.param("/auth/register", {"email": f"{SCRIPT}@example.com", "password": PASSWORD}, id="register HTML email"),
     pytest.param("/auth/register", {"email": IMG, "password": PASSWORD}, id="register attribute-breaking email"),
     pytest.param("/auth/register", {"email": SQL, "password": PASSWORD}, id="register SQL email"),
-    pytest.param("/auth/register", {"email": f"x{SQL_DROP}@example.com", "password": PASSWORD},
-                 id="register SQL DROP email"),
+    pytest.param(
+        "/auth/register", {"email": f"x{SQL_DROP}@example.com", "password": PASSWORD}, id="register SQL DROP email"
+    ),
     pytest.param("/auth/register", {"email": "ada@example.com", "password": SCRIPT}, id="register as Ada again"),
-    pytest.param("/auth/register", {"email": "not-an-email", "password": SCRIPT + IMG},
-                 id="register HTML password, bad email"),
-    pytest.param("/auth/register", {"email": "a" * 250 + "@example.com", "password": PASSWORD},
-                 id="register email too long"),
+    pytest.param(
+        "/auth/register", {"email": "not-an-email", "password": SCRIPT + IMG}, id="register HTML password, bad email"
+    ),
+    pytest.param(
+        "/auth/register", {"email": "a" * 250 + "@example.com", "password": PASSWORD}, id="register email too long"
+    ),
     pytest.param("/auth/register", {"email": "m@example.com", "password": "x" * 129}, id="register password too long"),
     pytest.param("/auth/register", {"email": "m\x00@example.com", "password": PASSWORD}, id="register NUL email"),
     pytest.param("/auth/login", {"email": SQL, "password": SQL}, id="login SQL"),
@@ -1118,8 +1283,12 @@ def test_html_from_a_signed_webhook_is_shown_escaped(app, client, world):
     secret = app.config["TERRA_SIGNING_SECRET"]
     ada = SimpleNamespace(reference_id=world.ada_reference_id)
     connected = auth_event(ada, terra_user(ada, "terra-html", provider=SCRIPT, scopes=IMG), session_id="other")
-    failed = {"type": "auth_cancelled", "reference_id": world.ada_reference_id, "reason": SCRIPT + IMG,
-              "widget_session_id": world.ada_session_id}
+    failed = {
+        "type": "auth_cancelled",
+        "reference_id": world.ada_reference_id,
+        "reason": SCRIPT + IMG,
+        "widget_session_id": world.ada_session_id,
+    }
     for event in (connected, failed):
         body = json.dumps(event).encode()
         check(post_webhook(client, body, signed(body, secret)), 200)
@@ -1153,14 +1322,17 @@ def test_hostile_provider_codes_are_404(app, client, world, code):
     check(response, 404)
 
 
-@pytest.mark.parametrize("make_id", [
-    pytest.param(lambda w: w.eve_connection, id="Eve's connection"),
-    pytest.param(lambda w: 2**31, id="2**31"),
-    pytest.param(lambda w: 10**30, id="10**30"),
-    pytest.param(lambda w: -1, id="negative"),
-    pytest.param(lambda w: "1%20OR%201=1", id="SQL"),
-    pytest.param(lambda w: quote(SCRIPT, safe=""), id="HTML"),
-])
+@pytest.mark.parametrize(
+    "make_id",
+    [
+        pytest.param(lambda w: w.eve_connection, id="Eve's connection"),
+        pytest.param(lambda w: 2**31, id="2**31"),
+        pytest.param(lambda w: 10**30, id="10**30"),
+        pytest.param(lambda w: -1, id="negative"),
+        pytest.param(lambda w: "1%20OR%201=1", id="SQL"),
+        pytest.param(lambda w: quote(SCRIPT, safe=""), id="HTML"),
+    ],
+)
 def test_disconnecting_what_is_not_yours_is_404(app, client, world, make_id):
     log_in(client, world.ada_id)
     with unchanged(app):
@@ -1248,10 +1420,15 @@ def test_header_injection_over_real_http_gives_one_clean_header_block(live_serve
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
     body = f"email=ada%40example.com&password={quote(PASSWORD)}&csrf_token={quote(token)}"
     connection = http.client.HTTPConnection(urlsplit(live_server.url).netloc, timeout=10)
-    connection.request("POST", "/auth/login?next=/x%0d%0aSet-Cookie:%20injected=1", body=body, headers={
-        "Content-Type": "application/x-www-form-urlencoded",
-        "Cookie": "; ".join(f"{name}={value}" for name, value in browser.http.cookies.items()),
-    })
+    connection.request(
+        "POST",
+        "/auth/login?next=/x%0d%0aSet-Cookie:%20injected=1",
+        body=body,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": "; ".join(f"{name}={value}" for name, value in browser.http.cookies.items()),
+        },
+    )
     response = connection.getresponse()
     raw_headers = [f"{name}: {value}" for name, value in response.getheaders()]
     connection.close()
@@ -1268,8 +1445,7 @@ def test_login_brute_force_is_429_per_client_address(app, client, world):
     attacker, bystander = {"REMOTE_ADDR": "203.0.113.7"}, {"REMOTE_ADDR": "198.51.100.20"}
 
     def login(password, address):
-        return client.post("/auth/login", data={"email": "ada@example.com", "password": password},
-                           environ_base=address)
+        return client.post("/auth/login", data={"email": "ada@example.com", "password": password}, environ_base=address)
 
     with unchanged(app):
         statuses = [login(f"guess number {n}", attacker).status_code for n in range(3)]
@@ -1286,8 +1462,11 @@ def test_api_sign_in_brute_force_is_429_per_client_address(app, client, world):
     app.config["LOGIN_RATE_LIMIT"] = "3 per minute"
 
     def sign_in(password, address):
-        return client.post("/api/v1/tokens", json={"email": "ada@example.com", "password": password},
-                           environ_base={"REMOTE_ADDR": address})
+        return client.post(
+            "/api/v1/tokens",
+            json={"email": "ada@example.com", "password": password},
+            environ_base={"REMOTE_ADDR": address},
+        )
 
     with unchanged(app):
         assert [sign_in(f"guess {n}", "203.0.113.7").status_code for n in range(3)] == [401, 401, 401]
@@ -1307,15 +1486,19 @@ def redis_db():
 
 
 def web_login(server_url: str, password: str) -> int:
-    response = Browser(server_url).submit("/auth/login", "/auth/login",
-                                          {"email": "ada@example.com", "password": password}, allow_redirects=False)
+    response = Browser(server_url).submit(
+        "/auth/login", "/auth/login", {"email": "ada@example.com", "password": password}, allow_redirects=False
+    )
     return response.status_code
 
 
-@pytest.mark.parametrize("storage, second_instance_first_try", [
-    pytest.param("memory://", 400, id="memory: each instance counts alone"),
-    pytest.param(REDIS_URL, 429, id="redis: instances share the count"),
-])
+@pytest.mark.parametrize(
+    "storage, second_instance_first_try",
+    [
+        pytest.param("memory://", 400, id="memory: each instance counts alone"),
+        pytest.param(REDIS_URL, 429, id="redis: instances share the count"),
+    ],
+)
 def test_login_rate_limit_storage(request, start_live_server, storage, second_instance_first_try):
     """With RATELIMIT_STORAGE_URI=redis://..., a second instance (another process, in production) sees
     the failures counted by the first; with memory:// it does not."""
@@ -1334,8 +1517,13 @@ def test_login_rate_limit_storage(request, start_live_server, storage, second_in
 
 # (method, path, request keyword arguments, status)
 OTHER_ENTRY_POINTS = [
-    pytest.param("GET", "/.well-known/apple-app-site-association?x=" + quote(SCRIPT), {}, 404,
-                 id="AASA, not configured, HTML query"),
+    pytest.param(
+        "GET",
+        "/.well-known/apple-app-site-association?x=" + quote(SCRIPT),
+        {},
+        404,
+        id="AASA, not configured, HTML query",
+    ),
     pytest.param("GET", "/.well-known/assetlinks.json?x=" + quote(SQL), {}, 404, id="assetlinks, not configured, SQL"),
     pytest.param("POST", "/.well-known/assetlinks.json", {"data": b"{}"}, 405, id="assetlinks POST"),
     pytest.param("GET", "/.well-known/..%2F..%2Fconfig.py", {}, 404, id="well-known path traversal"),
@@ -1358,8 +1546,11 @@ def test_well_known_files_and_health_probes(app, client, world, method, path, kw
 
 @pytest.mark.parametrize("path", ["/.well-known/apple-app-site-association", "/.well-known/assetlinks.json"])
 def test_configured_association_files_ignore_hostile_queries(app, client, world, path):
-    app.config.update(IOS_APP_IDS=["ABCDE12345.com.example.app"], ANDROID_PACKAGE_NAME="com.example.app",
-                      ANDROID_CERT_SHA256=[":".join(["AB"] * 32)])
+    app.config.update(
+        IOS_APP_IDS=["ABCDE12345.com.example.app"],
+        ANDROID_PACKAGE_NAME="com.example.app",
+        ANDROID_CERT_SHA256=[":".join(["AB"] * 32)],
+    )
     plain = client.get(path).get_data()
     with unchanged(app):
         response = client.get(path, query_string={"x": SCRIPT, "callback": "alert"})

@@ -20,11 +20,14 @@ def imported_packages(package: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("package, never_imports", [
-    ("models", {"services", "blueprints", "mobile_redirects"}),
-    ("services", {"blueprints", "mobile_redirects"}),
-    # The API builds deep links (blueprints -> mobile_redirects), so never the other way round.
-    ("mobile_redirects", {"blueprints"}),
-])
+@pytest.mark.parametrize(
+    "package, never_imports",
+    [
+        ("models", {"services", "blueprints", "mobile_redirects"}),
+        ("services", {"blueprints", "mobile_redirects"}),
+        # The API builds deep links (blueprints -> mobile_redirects), so never the other way round.
+        ("mobile_redirects", {"blueprints"}),
+    ],
+)
 def test_a_package_never_imports_the_layers_above_it(package, never_imports):
     assert imported_packages(package) & never_imports == set()

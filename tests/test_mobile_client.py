@@ -18,8 +18,7 @@ from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, mob
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("return_mode, outcome, final", [("page", "success", "connected"),
-                                                         ("app", "denied", "failed")])
+@pytest.mark.parametrize("return_mode, outcome, final", [("page", "success", "connected"), ("app", "denied", "failed")])
 def test_client_walks_the_whole_mobile_flow(live_server, return_mode, outcome, final):
     steps: list[str] = []
     client = MobileClient(live_server.url, say=steps.append)
@@ -38,17 +37,29 @@ def test_client_walks_the_whole_mobile_flow(live_server, return_mode, outcome, f
 @pytest.mark.browser
 def test_command_prints_each_step(live_server):
     runner = live_server.app.test_cli_runner()
-    result = runner.invoke(mobile_client_command, ["--base-url", live_server.url, "--email", "cli@example.com",
-                                                   "--password", "correct horse battery", "--register",
-                                                   "--chromium", CHROMIUM])
+    result = runner.invoke(
+        mobile_client_command,
+        [
+            "--base-url",
+            live_server.url,
+            "--email",
+            "cli@example.com",
+            "--password",
+            "correct horse battery",
+            "--register",
+            "--chromium",
+            CHROMIUM,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "deep link caught: com.example.terraconnect://connect/success" in result.output
     assert result.output.strip().endswith("done: connected")
 
 
 def test_runs_as_a_module_from_the_repository_root():
-    result = subprocess.run([sys.executable, "-m", "tools.mobile_client", "--help"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.mobile_client", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "Play the mobile app against a running server" in result.stdout
 
@@ -67,7 +78,7 @@ def test_backoff_has_full_jitter_and_respects_the_server():
     random.seed(7)
     backoff = Backoff(base=1, cap=8)
     delays = [backoff.next_delay(0) for _ in range(8)]
-    ceilings = [min(8, 2 ** n) for n in range(8)]
+    ceilings = [min(8, 2**n) for n in range(8)]
     assert all(0 <= delay <= ceiling for delay, ceiling in zip(delays, ceilings))
     assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
     assert Backoff(base=1, cap=8).next_delay(server_minimum=2.5) >= 2.5

@@ -33,8 +33,7 @@ def attempt(app):
 
 
 def return_page(client, token, outcome="success", agent=DESKTOP, **params):
-    return client.get(f"/mobile/return/{outcome}/{token}", query_string=params,
-                      headers={"User-Agent": agent})
+    return client.get(f"/mobile/return/{outcome}/{token}", query_string=params, headers={"User-Agent": agent})
 
 
 def app_link(response) -> str:
@@ -69,8 +68,15 @@ def test_return_page_headers(client, attempt):
     assert response.headers["Cache-Control"] == "no-store"
     csp = response.headers["Content-Security-Policy"]
     nonce = re.search(r"'nonce-([^']+)'", csp).group(1)
-    assert csp.split("; ") == ["default-src 'none'", f"script-src 'nonce-{nonce}'", "style-src 'self'", "img-src 'self'",
-                               "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"]
+    assert csp.split("; ") == [
+        "default-src 'none'",
+        f"script-src 'nonce-{nonce}'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
     assert f'<script nonce="{nonce}">' in response.get_data(as_text=True)
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert return_page(client, attempt[1]).headers["Content-Security-Policy"] != csp  # a fresh nonce each time
@@ -100,7 +106,8 @@ def test_ios_gets_the_custom_scheme_even_when_a_universal_link_exists(client, ap
     attempt_id, token = attempt
     assert app_link(return_page(client, token, agent=agent)).startswith("com.example.terraconnect://")
     assert app_link(return_page(client, token, agent=DESKTOP)) == (
-        f"https://links.example.com/terra/connect/success?attempt_id={attempt_id}")
+        f"https://links.example.com/terra/connect/success?attempt_id={attempt_id}"
+    )
 
 
 def test_without_any_deep_link_configured_the_page_still_explains(client, app, attempt):
@@ -170,35 +177,44 @@ def test_deep_links_carry_only_the_attempt_and_the_outcome():
     assert return_page_link({**config, "MOBILE_APP_SCHEME": ""}, "abc", "success", IPHONE, "https://x/") is None
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"MOBILE_APP_SCHEME": "javascript"}, "MOBILE_APP_SCHEME"),
-    ({"MOBILE_APP_SCHEME": "https"}, "MOBILE_APP_SCHEME"),
-    ({"MOBILE_APP_SCHEME": "com.example.app://evil"}, "MOBILE_APP_SCHEME"),
-    ({"MOBILE_UNIVERSAL_LINK_BASE": "http://links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
-    ({"MOBILE_UNIVERSAL_LINK_BASE": "https://user@links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
-    ({"MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com/t?next=//evil"}, "MOBILE_UNIVERSAL_LINK_BASE"),
-    ({"MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com\\@evil"}, "MOBILE_UNIVERSAL_LINK_BASE"),
-    ({"IOS_APP_IDS": "com.example.app"}, "IOS_APP_IDS"),
-    ({"ANDROID_PACKAGE_NAME": "not a package"}, "ANDROID_PACKAGE_NAME"),
-    ({"ANDROID_CERT_SHA256": "AB:CD"}, "ANDROID_CERT_SHA256"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MOBILE_APP_SCHEME": "javascript"}, "MOBILE_APP_SCHEME"),
+        ({"MOBILE_APP_SCHEME": "https"}, "MOBILE_APP_SCHEME"),
+        ({"MOBILE_APP_SCHEME": "com.example.app://evil"}, "MOBILE_APP_SCHEME"),
+        ({"MOBILE_UNIVERSAL_LINK_BASE": "http://links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
+        ({"MOBILE_UNIVERSAL_LINK_BASE": "https://user@links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
+        ({"MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com/t?next=//evil"}, "MOBILE_UNIVERSAL_LINK_BASE"),
+        ({"MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com\\@evil"}, "MOBILE_UNIVERSAL_LINK_BASE"),
+        ({"IOS_APP_IDS": "com.example.app"}, "IOS_APP_IDS"),
+        ({"ANDROID_PACKAGE_NAME": "not a package"}, "ANDROID_PACKAGE_NAME"),
+        ({"ANDROID_CERT_SHA256": "AB:CD"}, "ANDROID_CERT_SHA256"),
+    ],
+)
 def test_deep_link_configuration_is_validated_at_start_up(tmp_path, env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(env, str(tmp_path))
 
 
 def configured_app(tmp_path, **env):
-    return create_app(environ={"APP_ENV": "testing", "SECRET_KEY": "k",
-                               "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite", **env})
+    return create_app(
+        environ={"APP_ENV": "testing", "SECRET_KEY": "k", "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite", **env}
+    )
 
 
 def test_apple_app_site_association_is_byte_exact(tmp_path):
-    app = configured_app(tmp_path, IOS_APP_IDS="ABCDE12345.com.example.app,FGHIJ67890.com.example.beta",
-                         MOBILE_UNIVERSAL_LINK_BASE="https://links.example.com/terra")
+    app = configured_app(
+        tmp_path,
+        IOS_APP_IDS="ABCDE12345.com.example.app,FGHIJ67890.com.example.beta",
+        MOBILE_UNIVERSAL_LINK_BASE="https://links.example.com/terra",
+    )
     response = app.test_client().get("/.well-known/apple-app-site-association")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
-    assert response.data == b"""{
+    assert (
+        response.data
+        == b"""{
   "applinks": {
     "details": [
       {
@@ -223,6 +239,7 @@ def test_apple_app_site_association_is_byte_exact(tmp_path):
   }
 }
 """
+    )
 
 
 def test_asset_links_is_byte_exact(tmp_path):
@@ -230,7 +247,10 @@ def test_asset_links_is_byte_exact(tmp_path):
     response = app.test_client().get("/.well-known/assetlinks.json")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
-    assert response.data == ("""[
+    assert (
+        response.data
+        == (
+            """[
   {
     "relation": [
       "delegate_permission/common.handle_all_urls"
@@ -239,12 +259,14 @@ def test_asset_links_is_byte_exact(tmp_path):
       "namespace": "android_app",
       "package_name": "com.example.app",
       "sha256_cert_fingerprints": [
-        "%s"
+        "FINGERPRINT"
       ]
     }
   }
 ]
-""" % FINGERPRINT).encode()  # noqa: UP031 (a JSON template: its braces are literal)
+""".replace("FINGERPRINT", FINGERPRINT)
+        ).encode()
+    )
 
 
 @pytest.mark.parametrize("path", ["/.well-known/apple-app-site-association", "/.well-known/assetlinks.json"])
@@ -255,8 +277,12 @@ def test_association_files_are_404_when_not_configured(client, path):
 
 @pytest.mark.parametrize("path", ["/.well-known/apple-app-site-association", "/.well-known/assetlinks.json"])
 def test_association_files_never_redirect(tmp_path, path):
-    app = configured_app(tmp_path, IOS_APP_IDS="ABCDE12345.com.example.app",
-                         ANDROID_PACKAGE_NAME="com.example.app", ANDROID_CERT_SHA256=FINGERPRINT)
+    app = configured_app(
+        tmp_path,
+        IOS_APP_IDS="ABCDE12345.com.example.app",
+        ANDROID_PACKAGE_NAME="com.example.app",
+        ANDROID_CERT_SHA256=FINGERPRINT,
+    )
     client = app.test_client()
     assert client.get(path).status_code == 200
     assert client.get(path + "/").status_code == 404  # no slash redirect either

@@ -12,16 +12,16 @@ import json
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 from jsonschema import Draft202012Validator, FormatChecker
-
 from sqlalchemy import select
 
 from extensions import db
@@ -83,7 +83,7 @@ def template_regex(template: str) -> re.Pattern:
 def find_operation(method: str, path: str) -> tuple[str, dict]:
     """The documented operation that answers `method` on the concrete `path` (/api/v1/...)."""
     assert path.startswith(API_PREFIX), path
-    relative = path[len(API_PREFIX):]
+    relative = path[len(API_PREFIX) :]
     matches = [template for template in DOCUMENT["paths"] if template_regex(template).match(relative)]
     assert len(matches) == 1, f"{path} matches {matches} in the document"
     item = DOCUMENT["paths"][matches[0]]
@@ -158,11 +158,17 @@ class Answer:
 
 def as_answer(response) -> Answer:
     if isinstance(response, requests.Response):
-        return Answer(response.request.method, urlsplit(response.request.url).path, response.status_code,
-                      response.headers, response.content)
+        return Answer(
+            response.request.method,
+            urlsplit(response.request.url).path,
+            response.status_code,
+            response.headers,
+            response.content,
+        )
     # Flask's test client
-    return Answer(response.request.method, response.request.path, response.status_code, response.headers,
-                  response.get_data())
+    return Answer(
+        response.request.method, response.request.path, response.status_code, response.headers, response.get_data()
+    )
 
 
 def check(response) -> Any:
@@ -218,8 +224,18 @@ class Api:
     def __init__(self, base_url: str, token: str | None = None):
         self.base_url, self.token = base_url, token
 
-    def call(self, method: str, path: str, *, json: Any = None, data: Any = None, headers: dict | None = None,
-             params: dict | None = None, token: str | None = None, valid_request: bool = True) -> requests.Response:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: Any = None,
+        headers: dict | None = None,
+        params: dict | None = None,
+        token: str | None = None,
+        valid_request: bool = True,
+    ) -> requests.Response:
         path = path if path.startswith(API_PREFIX) else API_PREFIX + path
         if json is not None and valid_request:
             # What the tests send as a good request must be a good request by the document too.
@@ -227,10 +243,11 @@ class Api:
         headers = dict(headers or {})
         if token or self.token:
             headers["Authorization"] = f"Bearer {token or self.token}"
-        return requests.request(method, self.base_url + path, json=json, data=data, headers=headers,
-                                params=params, timeout=40)
+        return requests.request(
+            method, self.base_url + path, json=json, data=data, headers=headers, params=params, timeout=40
+        )
 
-    def sign_in(self, email: str, password: str = PASSWORD) -> "Api":
+    def sign_in(self, email: str, password: str = PASSWORD) -> Api:
         token = expect(self.call("POST", "/tokens", json={"email": email, "password": password}), 201)
         assert token["token_type"] == "Bearer"
         return Api(self.base_url, token["access_token"])
@@ -243,8 +260,9 @@ def register_and_sign_in(server, email: str = "ada@example.com") -> Api:
 
 
 def finish_widget(widget_url: str, outcome: str = "success", provider: str = "GARMIN", account: str = "x") -> str:
-    response = requests.post(widget_url + "/complete", json={"provider": provider, "account": account,
-                                                             "outcome": outcome}, timeout=10)
+    response = requests.post(
+        widget_url + "/complete", json={"provider": provider, "account": account, "outcome": outcome}, timeout=10
+    )
     assert response.status_code == 200, response.text
     return response.json()["redirect_url"]
 
@@ -297,8 +315,18 @@ def test_document_is_openapi_3_1_with_the_agreed_top_level():
     schemes = DOCUMENT["components"]["securitySchemes"]
     assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearerAuth"].items()
     assert DOCUMENT["security"] == [{"bearerAuth": []}]
-    assert set(DOCUMENT) <= {"openapi", "info", "jsonSchemaDialect", "servers", "paths", "webhooks", "components",
-                             "security", "tags", "externalDocs"}
+    assert set(DOCUMENT) <= {
+        "openapi",
+        "info",
+        "jsonSchemaDialect",
+        "servers",
+        "paths",
+        "webhooks",
+        "components",
+        "security",
+        "tags",
+        "externalDocs",
+    }
 
 
 def test_every_reference_resolves():
@@ -329,8 +357,10 @@ def test_operations_are_well_formed():
     for method, template, operation in operations():
         name = f"{method.upper()} {template}"
         operation_ids.append(operation["operationId"])
-        parameters = [deref(parameter) for parameter in
-                      DOCUMENT["paths"][template].get("parameters", []) + operation.get("parameters", [])]
+        parameters = [
+            deref(parameter)
+            for parameter in DOCUMENT["paths"][template].get("parameters", []) + operation.get("parameters", [])
+        ]
         for parameter in parameters:
             assert {"name", "in", "schema"} <= parameter.keys(), name
             assert parameter["in"] in ("path", "query", "header", "cookie"), name
@@ -375,8 +405,14 @@ def test_attempt_schema_has_exactly_the_fields_the_model_reports(app):
         connection = Connection(user_id=user.id, terra_user_id="terra-1", provider="GARMIN", scopes="A,B")
         db.session.add(connection)
         db.session.commit()
-        attempt = create_attempt(user, requested_provider="GARMIN", status="connected", connection_id=connection.id,
-                                 error="auth_failed", hint="returned_success")
+        attempt = create_attempt(
+            user,
+            requested_provider="GARMIN",
+            status="connected",
+            connection_id=connection.id,
+            error="auth_failed",
+            hint="returned_success",
+        )
         db.session.refresh(attempt)
         attempt_fields = set(attempt.to_dict()) | {"poll_after_ms"}
         connection_fields = set(connection.to_dict())
@@ -394,22 +430,44 @@ def test_attempt_schema_has_exactly_the_fields_the_model_reports(app):
 
 def test_attempt_schema_rejects_what_the_api_never_sends():
     good = {
-        "attempt_id": "abc", "status": "pending", "terminal": False, "hint": None, "provider": None, "resource": None,
-        "connection": None, "error": None, "version": 1, "created_at": "2026-05-01T10:00:00.123456Z",
-        "updated_at": "2026-05-01T10:00:00Z", "expires_at": "2026-05-01T10:15:00Z", "poll_after_ms": 2000,
+        "attempt_id": "abc",
+        "status": "pending",
+        "terminal": False,
+        "hint": None,
+        "provider": None,
+        "resource": None,
+        "connection": None,
+        "error": None,
+        "version": 1,
+        "created_at": "2026-05-01T10:00:00.123456Z",
+        "updated_at": "2026-05-01T10:00:00Z",
+        "expires_at": "2026-05-01T10:15:00Z",
+        "poll_after_ms": 2000,
     }
     assert accepts(component("Attempt"), good)
     for change in (
-        {"status": "done"}, {"hint": "clicked"}, {"terminal": True}, {"poll_after_ms": None},
-        {"version": "1"}, {"created_at": "yesterday"}, {"expires_at": "2026-02-30T10:00:00Z"},
-        {"error": {"code": "x"}}, {"connection": {"id": 1}}, {"extra": 1},
+        {"status": "done"},
+        {"hint": "clicked"},
+        {"terminal": True},
+        {"poll_after_ms": None},
+        {"version": "1"},
+        {"created_at": "yesterday"},
+        {"expires_at": "2026-02-30T10:00:00Z"},
+        {"error": {"code": "x"}},
+        {"connection": {"id": 1}},
+        {"extra": 1},
     ):
         assert not accepts(component("Attempt"), {**good, **change}), change
     missing = dict(good)
     del missing["hint"]
     assert not accepts(component("Attempt"), missing)
-    finished = {**good, "status": "failed", "terminal": True, "poll_after_ms": None,
-                "error": {"code": "access_denied", "message": "You declined."}}
+    finished = {
+        **good,
+        "status": "failed",
+        "terminal": True,
+        "poll_after_ms": None,
+        "error": {"code": "access_denied", "message": "You declined."},
+    }
     assert accepts(component("Attempt"), finished)
     assert not accepts(component("Attempt"), {**finished, "poll_after_ms": 2000})
 
@@ -424,9 +482,11 @@ def test_every_api_route_is_documented_with_its_methods_and_nothing_else(app):
         if not rule.endpoint.startswith("api."):
             continue
         assert rule.rule.startswith(API_PREFIX), rule.rule
-        template = re.sub(r"<(?:([^:<>]+):)?([^<>]+)>", r"{\2}", rule.rule[len(API_PREFIX):])
-        types = {name: converter_types[converter or "default"]
-                 for converter, name in re.findall(r"<(?:([^:<>]+):)?([^<>]+)>", rule.rule)}
+        template = re.sub(r"<(?:([^:<>]+):)?([^<>]+)>", r"{\2}", rule.rule[len(API_PREFIX) :])
+        types = {
+            name: converter_types[converter or "default"]
+            for converter, name in re.findall(r"<(?:([^:<>]+):)?([^<>]+)>", rule.rule)
+        }
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             served[(method.lower(), template)] = types
     documented = {(method, template) for method, template, _ in operations()}
@@ -436,8 +496,9 @@ def test_every_api_route_is_documented_with_its_methods_and_nothing_else(app):
     for (method, template), types in served.items():
         item = DOCUMENT["paths"][template]
         parameters = [deref(parameter) for parameter in item.get("parameters", []) + item[method].get("parameters", [])]
-        documented_types = {parameter["name"]: parameter["schema"]["type"]
-                            for parameter in parameters if parameter["in"] == "path"}
+        documented_types = {
+            parameter["name"]: parameter["schema"]["type"] for parameter in parameters if parameter["in"] == "path"
+        }
         assert documented_types == types, f"{method.upper()} {template}"
 
 
@@ -477,8 +538,11 @@ def test_connecting_a_device_end_to_end(live_server, mobile):
 
     # The browser closing after the outcome is known changes nothing.
     closed = expect(mobile.call("POST", status_url + "/browser-closed"), 202)
-    assert (closed["status"], closed["hint"], closed["version"]) == ("connected", "returned_success",
-                                                                     connected["version"])
+    assert (closed["status"], closed["hint"], closed["version"]) == (
+        "connected",
+        "returned_success",
+        connected["version"],
+    )
 
     deleted = expect(mobile.call("DELETE", f"/connections/{connection['id']}"), 200)
     assert (deleted["id"], deleted["status"], deleted["status_reason"]) == (connection["id"], "revoked", "disconnected")
@@ -500,7 +564,11 @@ def test_an_sdk_only_provider_ends_the_attempt_at_once_as_sdk_required(live_serv
     assert link == f"com.example.terraconnect://connect/success?attempt_id={created['attempt_id']}&resource={provider}"
     state = expect(mobile.call("GET", created["status_url"]), 200)  # no polling needed: already decided
     assert (state["status"], state["terminal"], state["resource"], state["provider"]) == (
-        "sdk_required", True, provider, provider)
+        "sdk_required",
+        True,
+        provider,
+        provider,
+    )
     assert state["connection"] is None and state["poll_after_ms"] is None
     with live_server.app.app_context():
         assert db.session.scalars(select(WebhookEvent)).all() == []  # Terra sends none for it
@@ -597,12 +665,20 @@ def test_wait_outside_the_documented_range_is_400(mobile):
 def test_bodies_that_are_not_json_objects_are_400(live_server, mobile):
     anonymous = Api(live_server.url)
     answers = [
-        anonymous.call("POST", "/tokens", data="email=ada%40example.com&password=x",
-                       headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        anonymous.call(
+            "POST",
+            "/tokens",
+            data="email=ada%40example.com&password=x",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
         anonymous.call("POST", "/tokens", data="{not json", headers={"Content-Type": "application/json"}),
         anonymous.call("POST", "/tokens", json=["ada@example.com", PASSWORD], valid_request=False),
-        mobile.call("POST", "/connect-attempts", data="providers=GARMIN",
-                    headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        mobile.call(
+            "POST",
+            "/connect-attempts",
+            data="providers=GARMIN",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
         mobile.call("POST", "/connect-attempts", data="{not json", headers={"Content-Type": "application/json"}),
         mobile.call("POST", "/connect-attempts"),
     ]
@@ -610,14 +686,17 @@ def test_bodies_that_are_not_json_objects_are_400(live_server, mobile):
         assert expect(response, 400)["error"]["code"] == "invalid_request"
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"providers": []}, "invalid_providers"),
-    ({"providers": "GARMIN"}, "invalid_providers"),
-    ({"providers": ["GARMIN", 7]}, "invalid_providers"),
-    ({"language": "english"}, "invalid_language"),
-    ({"language": 5}, "invalid_language"),
-    ({"return": "browser"}, "invalid_return"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"providers": []}, "invalid_providers"),
+        ({"providers": "GARMIN"}, "invalid_providers"),
+        ({"providers": ["GARMIN", 7]}, "invalid_providers"),
+        ({"language": "english"}, "invalid_language"),
+        ({"language": 5}, "invalid_language"),
+        ({"return": "browser"}, "invalid_return"),
+    ],
+)
 def test_attempt_requests_the_document_forbids_are_400(mobile, body, code):
     assert not accepts(request_schema("POST", API_PREFIX + "/connect-attempts"), body)
     response = mobile.call("POST", "/connect-attempts", json=body, valid_request=False)
@@ -645,13 +724,18 @@ def test_sign_in_errors(live_server):
     Browser(live_server.url).register()
     anonymous = Api(live_server.url)
     schema = request_schema("POST", API_PREFIX + "/tokens")
-    for body in ({"email": "ada@example.com"}, {"email": "", "password": PASSWORD},
-                 {"email": "ada@example.com", "password": 12345}):
+    for body in (
+        {"email": "ada@example.com"},
+        {"email": "", "password": PASSWORD},
+        {"email": "ada@example.com", "password": 12345},
+    ):
         assert not accepts(schema, body), body
         response = anonymous.call("POST", "/tokens", json=body, valid_request=False)
         assert expect(response, 400)["error"]["code"] == "invalid_request"
-    for body in ({"email": "ada@example.com", "password": "not the password"},
-                 {"email": "nobody@example.com", "password": PASSWORD}):
+    for body in (
+        {"email": "ada@example.com", "password": "not the password"},
+        {"email": "nobody@example.com", "password": PASSWORD},
+    ):
         response = anonymous.call("POST", "/tokens", json=body)
         assert expect(response, 401)["error"]["code"] == "invalid_credentials"
 
@@ -699,8 +783,9 @@ def test_terra_failures_are_502(start_live_server):
 
 # -- bearer authentication ----------------------------------------------------------------------
 
-PROTECTED_OPERATIONS = sorted((method, template) for method, template, operation in operations()
-                              if protected(operation))
+PROTECTED_OPERATIONS = sorted(
+    (method, template) for method, template, operation in operations() if protected(operation)
+)
 
 
 def unauthorised_calls(server) -> list[tuple[str, requests.Response]]:
@@ -714,8 +799,12 @@ def unauthorised_calls(server) -> list[tuple[str, requests.Response]]:
             if token.revoked_at is None:
                 token.expires_at = utcnow() - timedelta(seconds=1)
         db.session.commit()
-    callers = {"no token": Api(server.url), "unknown token": Api(server.url, "not-a-token"),
-               "revoked token": revoked, "expired token": expired}
+    callers = {
+        "no token": Api(server.url),
+        "unknown token": Api(server.url, "not-a-token"),
+        "revoked token": revoked,
+        "expired token": expired,
+    }
     calls = []
     for who, api in callers.items():
         for method, template in PROTECTED_OPERATIONS:

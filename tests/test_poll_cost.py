@@ -29,8 +29,12 @@ def ada(app):
         user = create_user()
         attempt = create_attempt(user)
         token, _ = api_tokens.issue_token(user)
-        return {"token": token, "attempt_id": attempt.id, "path": f"/api/v1/connect-attempts/{attempt.id}",
-                "headers": {"Authorization": f"Bearer {token}"}}
+        return {
+            "token": token,
+            "attempt_id": attempt.id,
+            "path": f"/api/v1/connect-attempts/{attempt.id}",
+            "headers": {"Authorization": f"Bearer {token}"},
+        }
 
 
 @contextmanager
@@ -103,8 +107,10 @@ def test_an_unknown_token_is_never_cached(app, client, ada):
 
 
 def test_the_cache_can_be_switched_off(database_uri, ada):
-    strict = create_app({"API_TOKEN_CACHE_SECONDS": 0},
-                        environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri})
+    strict = create_app(
+        {"API_TOKEN_CACHE_SECONDS": 0},
+        environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri},
+    )
     client = strict.test_client()
     with statements(strict) as sent:
         for _ in range(3):
@@ -146,8 +152,10 @@ def test_request_windows_forget_finished_windows_without_a_thread(monkeypatch):
 
 
 def test_a_long_poll_beyond_the_workers_cap_answers_at_once(database_uri, ada):
-    capped = create_app({"STATUS_MAX_WAITERS": 1},
-                        environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri})
+    capped = create_app(
+        {"STATUS_MAX_WAITERS": 1},
+        environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": database_uri},
+    )
     headers = {**ada["headers"], "If-None-Match": '"1"'}
     held: dict = {}
 
@@ -175,8 +183,13 @@ def test_a_long_poll_beyond_the_workers_cap_answers_at_once(database_uri, ada):
 def test_sqlite_runs_with_a_write_ahead_log(tmp_path):
     from flask_migrate import upgrade
 
-    app = create_app(environ={"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY,
-                              "DATABASE_URL": f"sqlite:///{tmp_path / 'wal.sqlite'}"})
+    app = create_app(
+        environ={
+            "APP_ENV": "testing",
+            "SECRET_KEY": TEST_SECRET_KEY,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'wal.sqlite'}",
+        }
+    )
     with app.app_context():
         upgrade(directory=app.root_path + "/migrations", revision="heads")
         with db.engine.connect() as connection:
@@ -185,8 +198,10 @@ def test_sqlite_runs_with_a_write_ahead_log(tmp_path):
         db.engine.dispose()
 
 
-@pytest.mark.parametrize("environ, waiters", [({}, 16), ({"GUNICORN_THREADS": "8"}, 4),
-                                               ({"GUNICORN_THREADS": "1"}, 1), ({"STATUS_MAX_WAITERS": "3"}, 3)])
+@pytest.mark.parametrize(
+    "environ, waiters",
+    [({}, 16), ({"GUNICORN_THREADS": "8"}, 4), ({"GUNICORN_THREADS": "1"}, 1), ({"STATUS_MAX_WAITERS": "3"}, 3)],
+)
 def test_long_polls_may_hold_half_the_workers_threads_by_default(environ, waiters):
     assert load_config({"APP_ENV": "testing", **environ})["STATUS_MAX_WAITERS"] == waiters
 

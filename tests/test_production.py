@@ -37,8 +37,12 @@ APP = "app:create_app()"
 MIGRATE = [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade", "heads"]
 
 # Made the way docs/deploy.md (and the refusal message) says to make one.
-SECRET_KEY = subprocess.run([sys.executable, "-c", "import secrets; print(secrets.token_urlsafe(48))"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+SECRET_KEY = subprocess.run(
+    [sys.executable, "-c", "import secrets; print(secrets.token_urlsafe(48))"],
+    capture_output=True,
+    text=True,
+    check=True,
+).stdout.strip()
 SIGNING_SECRET = "whsec-production-test-destination"
 REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own; test_hostile_input uses 15
 PASSWORD = "correct horse battery staple"
@@ -114,8 +118,9 @@ class Deployment:
 
     def serve(self, env: dict[str, str], health_url: str, log_name: str):
         command = [*GUNICORN, "--certfile", self.certfile, "--keyfile", self.keyfile, APP]
-        return server_process(command, health_url=health_url, env=env, log_path=self.folder / log_name,
-                              verify=self.ca_bundle)
+        return server_process(
+            command, health_url=health_url, env=env, log_path=self.folder / log_name, verify=self.ca_bundle
+        )
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -130,9 +135,12 @@ def deployment(tmp_path_factory, database_uri):
     limits.flushdb()  # no Redis is a failure: production shares its limits there
     migrate(deployment.terra_env())
     migrate(deployment.production_env(database_uri))
-    with deployment.serve(deployment.terra_env(), deployment.terra_url + "/healthz", "terra.log"), \
-            deployment.serve(deployment.production_env(database_uri), f"https://127.0.0.1:{deployment.app_port}/readyz",
-                             "production.log"):
+    with (
+        deployment.serve(deployment.terra_env(), deployment.terra_url + "/healthz", "terra.log"),
+        deployment.serve(
+            deployment.production_env(database_uri), f"https://127.0.0.1:{deployment.app_port}/readyz", "production.log"
+        ),
+    ):
         yield deployment
     _empty_tables(create_app(environ=_environ(database_uri)))
     limits.flushdb()
@@ -213,36 +221,52 @@ def test_https_answers_carry_production_headers(deployment):
     assert sandbox.status_code == 404
 
 
-@pytest.mark.parametrize("host, status", [
-    ("localhost", 200),            # the public name (PUBLIC_BASE_URL)
-    ("127.0.0.1", 200),            # the health checks' (EXTRA_TRUSTED_HOSTS)
-    ("evil.example.net", 400),
-    ("a" * 64 + ".example.com", 400),
-    ("localhost..example.com", 400),
-])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost", 200),  # the public name (PUBLIC_BASE_URL)
+        ("127.0.0.1", 200),  # the health checks' (EXTRA_TRUSTED_HOSTS)
+        ("evil.example.net", 400),
+        ("a" * 64 + ".example.com", 400),
+        ("localhost..example.com", 400),
+    ],
+)
 def test_only_configured_hosts_are_served(deployment, host, status):
-    response = requests.get(f"https://127.0.0.1:{deployment.app_port}/auth/login", headers={"Host": host},
-                            verify=deployment.ca_bundle, timeout=10)
+    response = requests.get(
+        f"https://127.0.0.1:{deployment.app_port}/auth/login",
+        headers={"Host": host},
+        verify=deployment.ca_bundle,
+        timeout=10,
+    )
     assert response.status_code == status
 
 
 # What production refuses, and the message that names the fix; no secret value may be printed.
 REFUSALS = [
-    pytest.param({"TERRA_DEV_ID": None, "TERRA_API_KEY": None, "TERRA_SIGNING_SECRET": None},
-                 "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET",
-                 id="no Terra credentials"),
+    pytest.param(
+        {"TERRA_DEV_ID": None, "TERRA_API_KEY": None, "TERRA_SIGNING_SECRET": None},
+        "needs live Terra credentials: set TERRA_DEV_ID, TERRA_API_KEY, TERRA_SIGNING_SECRET",
+        id="no Terra credentials",
+    ),
     pytest.param({"PUBLIC_BASE_URL": None}, "PUBLIC_BASE_URL is required", id="no PUBLIC_BASE_URL"),
-    pytest.param({"PUBLIC_BASE_URL": "http://localhost"}, "PUBLIC_BASE_URL must be https://",
-                 id="http PUBLIC_BASE_URL"),
-    pytest.param({"SECRET_KEY": "short-secret-key-of-31-chars..."}, "SECRET_KEY must be at least 32 characters",
-                 id="short SECRET_KEY"),
+    pytest.param(
+        {"PUBLIC_BASE_URL": "http://localhost"}, "PUBLIC_BASE_URL must be https://", id="http PUBLIC_BASE_URL"
+    ),
+    pytest.param(
+        {"SECRET_KEY": "short-secret-key-of-31-chars..."},
+        "SECRET_KEY must be at least 32 characters",
+        id="short SECRET_KEY",
+    ),
 ]
 
 
-@pytest.mark.parametrize("entry_point", [
-    pytest.param([*GUNICORN, APP], id="gunicorn"),
-    pytest.param(MIGRATE, id="flask db upgrade"),
-])
+@pytest.mark.parametrize(
+    "entry_point",
+    [
+        pytest.param([*GUNICORN, APP], id="gunicorn"),
+        pytest.param(MIGRATE, id="flask db upgrade"),
+    ],
+)
 @pytest.mark.parametrize("changes, message", REFUSALS)
 def test_production_refuses_to_start(tmp_path, changes, message, entry_point):
     env = Deployment(tmp_path).production_env(f"sqlite:///{tmp_path / 'refused.sqlite'}", **changes)
@@ -261,13 +285,23 @@ def test_behind_a_tls_proxy(database_uri, tmp_path, app):  # `app` empties the t
     public = "https://connect.example.com"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = Deployment(tmp_path).production_env(database_uri, BIND=f"127.0.0.1:{port}", PUBLIC_BASE_URL=public,
-                                              TRUSTED_PROXY_COUNT="1", LOGIN_RATE_LIMIT="2 per minute")
+    env = Deployment(tmp_path).production_env(
+        database_uri,
+        BIND=f"127.0.0.1:{port}",
+        PUBLIC_BASE_URL=public,
+        TRUSTED_PROXY_COUNT="1",
+        LOGIN_RATE_LIMIT="2 per minute",
+    )
 
-    def through_proxy(method: str, path: str, client: str = "203.0.113.9", host: str = "connect.example.com",
-                      **kwargs) -> requests.Response:
-        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": host, "X-Forwarded-For": client,
-                   **kwargs.pop("headers", {})}
+    def through_proxy(
+        method: str, path: str, client: str = "203.0.113.9", host: str = "connect.example.com", **kwargs
+    ) -> requests.Response:
+        headers = {
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": host,
+            "X-Forwarded-For": client,
+            **kwargs.pop("headers", {}),
+        }
         return requests.request(method, url + path, headers=headers, allow_redirects=False, timeout=10, **kwargs)
 
     with server_process([*GUNICORN, APP], health_url=url + "/healthz", env=env, log_path=tmp_path / "proxied.log"):
@@ -288,8 +322,9 @@ def test_behind_a_tls_proxy(database_uri, tmp_path, app):  # `app` empties the t
 
         def log_in_from(client: str) -> int:
             wrong = {"csrf_token": token, "email": "proxied@example.com", "password": "wrong password"}
-            return through_proxy("POST", "/auth/login", client=client, data=wrong,
-                                 headers={**session, "Referer": public + "/auth/login"}).status_code
+            return through_proxy(
+                "POST", "/auth/login", client=client, data=wrong, headers={**session, "Referer": public + "/auth/login"}
+            ).status_code
 
         assert [log_in_from("203.0.113.9") for _ in range(3)] == [400, 400, 429]
         assert log_in_from("203.0.113.10") == 400

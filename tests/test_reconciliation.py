@@ -27,7 +27,9 @@ def userinfo_calls(server) -> int:
 
 def statuses(server) -> list[tuple[str, str]]:
     with server.app.app_context():
-        return [(row.terra_user_id, row.status) for row in db.session.scalars(select(Connection).order_by(Connection.id))]
+        return [
+            (row.terra_user_id, row.status) for row in db.session.scalars(select(Connection).order_by(Connection.id))
+        ]
 
 
 def connect_with_lost_webhooks_later(server, browser: Browser) -> str:
@@ -59,12 +61,17 @@ def test_the_mobile_connection_list_reconciles_too(live_server, browser):
     terra_id = connect_with_lost_webhooks_later(live_server, browser)
     requests.post(f"{live_server.url}/sandbox/users/{terra_id}/events", json={"type": "deauth"}, timeout=10)
     live_server.app.config["RECONCILE_INTERVAL_SECONDS"] = 0  # the dashboard visit at sign-up does not count
-    token = requests.post(live_server.url + "/api/v1/tokens", timeout=10,
-                          json={"email": "ada@example.com", "password": "correct horse battery"}).json()["access_token"]
-    listed = requests.get(live_server.url + "/api/v1/connections", headers={"Authorization": f"Bearer {token}"},
-                          timeout=10).json()
+    token = requests.post(
+        live_server.url + "/api/v1/tokens",
+        timeout=10,
+        json={"email": "ada@example.com", "password": "correct horse battery"},
+    ).json()["access_token"]
+    listed = requests.get(
+        live_server.url + "/api/v1/connections", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ).json()
     assert [(row["terra_user_id"], row["status"], row["status_reason"]) for row in listed["connections"]] == [
-        (terra_id, "revoked", "not_at_terra")]
+        (terra_id, "revoked", "not_at_terra")
+    ]
 
 
 def test_the_return_page_finds_the_connection_when_the_webhook_is_lost(live_server, browser):
@@ -93,15 +100,19 @@ def test_the_command_sweeps_everyone_and_one_failure_does_not_stop_it(live_serve
     terra_ids = []
     for number, browser in enumerate(browsers):
         browser.register(email=f"user{number}@example.com")
-        terra_ids.append(wait_for_terminal(browser, finish_widget(start_connect(browser), account=f"a{number}"))
-                         ["connection"]["terra_user_id"])
+        terra_ids.append(
+            wait_for_terminal(browser, finish_widget(start_connect(browser), account=f"a{number}"))["connection"][
+                "terra_user_id"
+            ]
+        )
     live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""  # the revocations below reach the app only through userInfo
     for terra_id in terra_ids:
         requests.post(f"{live_server.url}/sandbox/users/{terra_id}/events", json={"type": "deauth"}, timeout=10)
     terra = FailingFor.from_config(live_server.app.config)
     with live_server.app.app_context():
-        terra.failing_reference = db.session.scalars(select(User.reference_id).where(
-            User.email == "user1@example.com")).one()
+        terra.failing_reference = db.session.scalars(
+            select(User.reference_id).where(User.email == "user1@example.com")
+        ).one()
     live_server.app.extensions["terra_integration"].client = terra
 
     result = live_server.app.test_cli_runner().invoke(args=["terra", "reconcile"])
@@ -130,8 +141,15 @@ class TerraSide:
         new = terra_user(owner, f"{owner.id}-tu-{next(self.ids)}")
         old = self.users.pop(self.linked.get(account, ""), None)  # Terra deletes the earlier user
         if old is not None:
-            self.webhooks.append({"type": "user_reauth", "status": "warning", "message": "reauth",
-                                  "old_user": {**old, "active": False}, "new_user": new})
+            self.webhooks.append(
+                {
+                    "type": "user_reauth",
+                    "status": "warning",
+                    "message": "reauth",
+                    "old_user": {**old, "active": False},
+                    "new_user": new,
+                }
+            )
         self.webhooks.append(auth_event(owner, new))
         self.users[new["user_id"]] = new
         self.linked[account] = new["user_id"]
@@ -157,14 +175,20 @@ def test_a_connection_terra_no_longer_returns_is_revoked_and_a_new_one_added(cli
     assert reconcile(owner, terra) == 2
     rows = db.session.scalars(select(Connection).order_by(Connection.id)).all()
     assert [(row.terra_user_id, row.status, row.status_reason) for row in rows] == [
-        ("deleted-at-terra", "revoked", "not_at_terra"), (f"{owner.id}-tu-0", "active", None)]
+        ("deleted-at-terra", "revoked", "not_at_terra"),
+        (f"{owner.id}-tu-0", "active", None),
+    ]
     assert reconcile(owner, terra) == 0  # converged: nothing more to change
 
 
-OPERATIONS = st.lists(st.one_of(
-    st.tuples(st.just("connect"), st.integers(0, 1), st.sampled_from(["watch", "ring"])),
-    st.tuples(st.sampled_from(["connection_error", "deauth"]), st.integers(0, 3), st.none()),
-), min_size=1, max_size=5)
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("connect"), st.integers(0, 1), st.sampled_from(["watch", "ring"])),
+        st.tuples(st.sampled_from(["connection_error", "deauth"]), st.integers(0, 3), st.none()),
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 @pytest.fixture
@@ -205,8 +229,11 @@ def test_reconciliation_and_webhooks_reach_the_same_state_in_any_order(client, c
     in_order = final_state(list(range(len(terra.webhooks))))
     shuffled = data.draw(st.permutations(range(len(terra.webhooks))), label="delivery order")
     reconcile_at = data.draw(st.sets(st.integers(0, len(shuffled))), label="reconciled before these deliveries")
-    steps = [step for position, index in enumerate(shuffled)
-             for step in (["reconcile"] if position in reconcile_at else []) + [index]]
+    steps = [
+        step
+        for position, index in enumerate(shuffled)
+        for step in (["reconcile"] if position in reconcile_at else []) + [index]
+    ]
     steps += ["reconcile"] if len(shuffled) in reconcile_at else []
     assert final_state(steps) == in_order
 

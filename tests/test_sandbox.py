@@ -29,9 +29,16 @@ from models.time import utcnow
 from sandbox.delivery import deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra_integration.signature import verify
-from tests.conftest import (LIVE_TERRA, ROOT, TEST_SECRET_KEY, VENV_BIN, _environ, _recreate_postgres_database,
-                            free_port, server_process)
-
+from tests.conftest import (
+    LIVE_TERRA,
+    ROOT,
+    TEST_SECRET_KEY,
+    VENV_BIN,
+    _environ,
+    _recreate_postgres_database,
+    free_port,
+    server_process,
+)
 
 # -- helpers --------------------------------------------------------------------------------------
 
@@ -134,9 +141,7 @@ def query_of(url: str) -> dict[str, str]:
 # -- widget session endpoints ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "sent", [{}, {"dev-id": "sandbox-dev-id"}, {"dev-id": "sandbox-dev-id", "x-api-key": "wrong"}]
-)
+@pytest.mark.parametrize("sent", [{}, {"dev-id": "sandbox-dev-id"}, {"dev-id": "sandbox-dev-id", "x-api-key": "wrong"}])
 def test_widget_session_rejects_bad_credentials(client, sent):
     response = client.post("/sandbox/api/widget/session", json={}, headers=sent)
     assert response.status_code == 403
@@ -161,18 +166,22 @@ def test_widget_session_answers_201_with_warnings_for_unusable_providers(client,
 
 
 @pytest.mark.parametrize("provider", ["APPLE", "SAMSUNG", "HEALTH_CONNECT"])
-def test_sdk_only_providers_hand_back_to_the_app_with_a_null_user_and_no_webhook(client, headers, webhooks,
-                                                                                 provider):
+def test_sdk_only_providers_hand_back_to_the_app_with_a_null_user_and_no_webhook(client, headers, webhooks, provider):
     session = new_session(client, headers, providers=f"{provider},GARMIN")
     picker = client.get(f"/sandbox/widget/{session['session_id']}").get_data(as_text=True)
     assert f'data-provider="{provider}"' in picker
     handoff = client.get(f"/sandbox/widget/{session['session_id']}/login", query_string={"provider": provider})
     assert 'id="sdk-handoff"' in handoff.get_data(as_text=True)
-    decided = client.post(f"/sandbox/widget/{session['session_id']}/decision",
-                          data={"provider": provider, "decision": "allow"})
+    decided = client.post(
+        f"/sandbox/widget/{session['session_id']}/decision", data={"provider": provider, "decision": "allow"}
+    )
     assert decided.status_code == 303
-    assert query_of(decided.headers["Location"]) == {"attempt": "abc", "user_id": "null", "resource": provider,
-                                                     "reference_id": "ref-1"}
+    assert query_of(decided.headers["Location"]) == {
+        "attempt": "abc",
+        "user_id": "null",
+        "resource": provider,
+        "reference_id": "ref-1",
+    }
     connect(client, headers, account="after")  # one delivery later: the SDK handoff sent none before it
     assert [event["type"] for event in webhooks.events(1)] == ["auth"]
 
@@ -224,16 +233,12 @@ def test_reference_id_longer_than_255_is_rejected(client, headers):
     ],
 )
 def test_bad_redirect_urls_are_rejected(client, headers, url):
-    response = client.post(
-        "/sandbox/api/widget/session", json={"auth_failure_redirect_url": url}, headers=headers
-    )
+    response = client.post("/sandbox/api/widget/session", json={"auth_failure_redirect_url": url}, headers=headers)
     assert response.status_code == 400
     assert "auth_failure_redirect_url" in response.get_json()["message"]
 
 
-@pytest.mark.parametrize(
-    "url", ["https://app.example/cb?x=1", "http://localhost:5000/return", "myapp://connect/done"]
-)
+@pytest.mark.parametrize("url", ["https://app.example/cb?x=1", "http://localhost:5000/return", "myapp://connect/done"])
 def test_web_and_app_link_redirect_urls_are_accepted(client, headers, url):
     response = client.post("/sandbox/api/widget/session", json={"auth_success_redirect_url": url}, headers=headers)
     assert response.status_code == 201
@@ -380,8 +385,7 @@ def test_another_account_or_reference_is_a_new_user_not_a_reauth(client, headers
     assert [event["type"] for event in webhooks.events(3)] == ["auth", "auth", "auth"]
 
 
-def test_relink_across_users_makes_another_reference_a_reauth_under_both_reference_ids(app, client, headers,
-                                                                                      webhooks):
+def test_relink_across_users_makes_another_reference_a_reauth_under_both_reference_ids(app, client, headers, webhooks):
     first = connect(client, headers, account="alice", reference_id="ref-ada")
     app.config["SANDBOX_FAULTS"] = ["relink_across_users"]
     second = connect(client, headers, account="alice", reference_id="ref-bob")
@@ -548,8 +552,12 @@ def test_failed_delivery_is_retried_with_the_same_trace_id(app, client, headers,
 @pytest.mark.parametrize("faults, same_timestamp", [([], False), (["stale_signature"], True)])
 def test_retries_are_signed_afresh_unless_stale_signature_keeps_the_first_t(app, webhooks, faults, same_timestamp):
     webhooks.statuses = [500]
-    config = dict(app.config, SANDBOX_WEBHOOK_RETRY_BASE_SECONDS=1.1, SANDBOX_WEBHOOK_RETRY_CAP_SECONDS=2,
-                  SANDBOX_WEBHOOK_RETRIES=1)
+    config = dict(
+        app.config,
+        SANDBOX_WEBHOOK_RETRY_BASE_SECONDS=1.1,
+        SANDBOX_WEBHOOK_RETRY_CAP_SECONDS=2,
+        SANDBOX_WEBHOOK_RETRIES=1,
+    )
     deliver([{"type": "deauth"}], config, faults).join(timeout=5)
     first, retry = (delivery["headers"]["X-Terra-Signature"] for delivery in webhooks.wait_for(2))
     assert (first == retry) is same_timestamp
@@ -654,8 +662,7 @@ def test_console_lists_users_and_sends_events(app, client, headers, webhooks):
     assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "sleep"}).status_code == 409
 
 
-def test_s3_payload_delivers_a_download_url_that_serves_the_data_event_until_it_expires(app, client, headers,
-                                                                                         webhooks):
+def test_s3_payload_delivers_a_download_url_that_serves_the_data_event_until_it_expires(app, client, headers, webhooks):
     user_id = connect(client, headers)
     app.config["SANDBOX_FAULTS"] = ["s3_payload"]
     assert client.post(f"/sandbox/users/{user_id}/events", json={"type": "activity"}).status_code == 202
@@ -681,6 +688,7 @@ SANDBOX_TABLES = {"sandbox_sessions", "sandbox_users", "sandbox_payloads"}
 @pytest.fixture
 def empty_database(tmp_path) -> str:
     """A database of its own, next to the suite's: SQLite, or `<TEST_DATABASE_URL's name>_<suffix>`."""
+
     def named(suffix: str) -> str:
         configured = os.environ.get("TEST_DATABASE_URL")
         if not configured:
@@ -737,8 +745,13 @@ def test_a_database_the_sandbox_used_keeps_its_terra_users_through_the_move(empt
 
 
 # What a copy of the app without the sandbox still runs of its own tests (marked `sandbox`: those that need it).
-TESTS_WITHOUT_SANDBOX = ["tests/test_config.py", "tests/test_signature.py", "tests/test_auth.py",
-                         "tests/test_webhook_receiver.py", "tests/test_commands.py"]
+TESTS_WITHOUT_SANDBOX = [
+    "tests/test_config.py",
+    "tests/test_signature.py",
+    "tests/test_auth.py",
+    "tests/test_webhook_receiver.py",
+    "tests/test_commands.py",
+]
 
 
 def copy_without_sandbox(target: Path) -> None:
@@ -761,12 +774,25 @@ def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests
     uri = empty_database("without_sandbox")
     env = {name: value for name, value in os.environ.items() if name != "TEST_DATABASE_URL"}
     env.update(FLASK_SKIP_DOTENV="1", PYTHONPATH=str(copy))
-    live = {**env, "APP_ENV": "production", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": uri,
-            "PUBLIC_BASE_URL": "https://connect.example.com", "EXTRA_TRUSTED_HOSTS": "127.0.0.1", **LIVE_TERRA}
+    live = {
+        **env,
+        "APP_ENV": "production",
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "DATABASE_URL": uri,
+        "PUBLIC_BASE_URL": "https://connect.example.com",
+        "EXTRA_TRUSTED_HOSTS": "127.0.0.1",
+        **LIVE_TERRA,
+    }
 
     # Plain `upgrade`: without the sandbox's branch the app's history has one head, and no sandbox tables.
-    migrated = subprocess.run([str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"], cwd=copy, env=live,
-                              capture_output=True, text=True, timeout=120)
+    migrated = subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade"],
+        cwd=copy,
+        env=live,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert migrated.returncode == 0, migrated.stderr
     app = create_app(environ=_environ(uri))
     with app.app_context():
@@ -776,14 +802,24 @@ def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests
 
     port = free_port()
     gunicorn = [str(VENV_BIN / "gunicorn"), "--config", "gunicorn.conf.py", "app:create_app()"]
-    with server_process(gunicorn, health_url=f"http://127.0.0.1:{port}/readyz", cwd=copy,
-                        env={**live, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}, log_path=tmp_path / "g.log"):
+    with server_process(
+        gunicorn,
+        health_url=f"http://127.0.0.1:{port}/readyz",
+        cwd=copy,
+        env={**live, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"},
+        log_path=tmp_path / "g.log",
+    ):
         assert requests.get(f"http://127.0.0.1:{port}/sandbox/", timeout=5).status_code == 404
 
     own_tests = {**env, "TEST_DATABASE_URL": uri} if uri.startswith("postgresql") else env
-    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not sandbox",
-                             *TESTS_WITHOUT_SANDBOX], cwd=copy, env=own_tests, capture_output=True, text=True,
-                            timeout=600)
+    tested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not sandbox", *TESTS_WITHOUT_SANDBOX],
+        cwd=copy,
+        env=own_tests,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert tested.returncode == 0, tested.stdout[-5000:]
     summary = tested.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"=* ?(\d+) passed, \d+ deselected in .*", summary), summary

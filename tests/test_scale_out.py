@@ -44,9 +44,16 @@ def token_for(base_url: str, email: str) -> dict:
 
 def post_event(base_url: str, secret: str, payload: dict, trace_id: str) -> int:
     body = json.dumps(payload).encode()
-    return requests.post(base_url + "/webhooks/terra", data=body, timeout=30, headers={
-        "X-Terra-Signature": sign(body, secret), "Content-Type": "application/json", "X-Terra-Trace-Id": trace_id,
-    }).status_code
+    return requests.post(
+        base_url + "/webhooks/terra",
+        data=body,
+        timeout=30,
+        headers={
+            "X-Terra-Signature": sign(body, secret),
+            "Content-Type": "application/json",
+            "X-Terra-Trace-Id": trace_id,
+        },
+    ).status_code
 
 
 def test_an_attempt_made_on_one_instance_is_served_and_woken_on_the_other(two_instances, app):
@@ -70,8 +77,9 @@ def test_an_attempt_made_on_one_instance_is_served_and_woken_on_the_other(two_in
         delivered_at["t"] = time.monotonic()
 
     threading.Thread(target=deliver_to_first).start()
-    woken = requests.get(second + attempt["status_url"], params={"wait": 20},
-                         headers={**headers, "If-None-Match": etag}, timeout=30)
+    woken = requests.get(
+        second + attempt["status_url"], params={"wait": 20}, headers={**headers, "If-None-Match": etag}, timeout=30
+    )
     seen_at = time.monotonic()
     assert woken.status_code == 200 and woken.json()["status"] == "connected"
     assert seen_at - delivered_at["t"] < 2  # the other instance's commit wakes this long-poll
@@ -88,13 +96,17 @@ def test_duplicate_deliveries_split_across_instances_leave_one_connection(two_in
         swap = {"type": "user_reauth", "status": "warning", "message": "reauth", "old_user": old, "new_user": new}
         second_auth = auth_event(owner, new)
     assert post_event(first, secret, first_auth, "trace-old") == 200
-    calls = [lambda base=base, event=event, trace=trace: post_event(base, secret, event, trace)
-             for base in (first, second) for event, trace in ((swap, "trace-swap"), (second_auth, "trace-new"))]
+    calls = [
+        lambda base=base, event=event, trace=trace: post_event(base, secret, event, trace)
+        for base in (first, second)
+        for event, trace in ((swap, "trace-swap"), (second_auth, "trace-new"))
+    ]
     assert set(at_once(calls * 4)) == {200}
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == 3
         assert [(row.terra_user_id, row.status) for row in db.session.scalars(select(Connection))] == [
-            ("new-split", "active")]
+            ("new-split", "active")
+        ]
 
 
 def test_login_rate_limit_is_shared_through_redis(two_instances):
@@ -102,8 +114,9 @@ def test_login_rate_limit_is_shared_through_redis(two_instances):
     statuses = []
     for base in (first, second, first, second, first, second):
         browser = Browser(base)
-        response = browser.submit("/auth/login", "/auth/login",
-                                  {"email": f"{uuid.uuid4()}@example.com", "password": "wrong password"})
+        response = browser.submit(
+            "/auth/login", "/auth/login", {"email": f"{uuid.uuid4()}@example.com", "password": "wrong password"}
+        )
         statuses.append(response.status_code)
     # Four tries a minute in all, whichever instance answers: the fifth and sixth are refused.
     assert statuses == [400, 400, 400, 400, 429, 429]

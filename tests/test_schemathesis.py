@@ -55,8 +55,11 @@ HYPOTHESIS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
 # Operations that take input a negative example can break (the document itself takes none).
-WITH_INPUT = sorted(label for label, operation in OPERATIONS.items()
-                    if operation.path_parameters or operation.query or operation.headers or operation.body)
+WITH_INPUT = sorted(
+    label
+    for label, operation in OPERATIONS.items()
+    if operation.path_parameters or operation.query or operation.headers or operation.body
+)
 WITH_IDS = sorted(label for label, operation in OPERATIONS.items() if operation.path_parameters)
 
 
@@ -76,8 +79,9 @@ class Caller:
             db.session.add(user)
             db.session.commit()
             attempt = create_attempt(user, channel="mobile", return_mode="page")
-            connection = Connection(user_id=user.id, terra_user_id="fuzz-terra-user", provider="GARMIN",
-                                    scopes="ACTIVITY_EXPORT")
+            connection = Connection(
+                user_id=user.id, terra_user_id="fuzz-terra-user", provider="GARMIN", scopes="ACTIVITY_EXPORT"
+            )
             db.session.add(connection)
             db.session.commit()
             self.user_id, self.attempt_id, self.connection_id = user.id, attempt.id, connection.id

@@ -10,13 +10,23 @@ import requests
 from app import create_app
 from sandbox.settings import DEFAULT_SANDBOX_SIGNING_SECRET, SANDBOX_API_KEY
 from tests.conftest import TEST_SECRET_KEY, Browser, wait_for
-from tests.test_config import PRODUCTION
 from tests.helpers import token_of
+from tests.test_config import PRODUCTION
 from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
 
 PASSWORD = "correct horse battery staple"
-PAGES = ["/", "/auth/login", "/auth/register", "/healthz", "/readyz", "/sandbox/", "/no-such-page",
-         "/connect/return/success/forged", "/api/v1/connections", "/.well-known/assetlinks.json"]
+PAGES = [
+    "/",
+    "/auth/login",
+    "/auth/register",
+    "/healthz",
+    "/readyz",
+    "/sandbox/",
+    "/no-such-page",
+    "/connect/return/success/forged",
+    "/api/v1/connections",
+    "/.well-known/assetlinks.json",
+]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -38,14 +48,18 @@ def test_production_adds_hsts_and_secure_cookies(tmp_path):
 
 @pytest.mark.parametrize("proxies, second_client_limited", [("0", True), ("1", False)])
 def test_proxy_fix_decides_which_address_the_rate_limit_sees(database_uri, proxies, second_client_limited):
-    app = create_app({"WTF_CSRF_ENABLED": False, "LOGIN_RATE_LIMIT": "2 per minute"},
-                     environ={"APP_ENV": "testing", "SECRET_KEY": "k", "TRUSTED_PROXY_COUNT": proxies,
-                              "DATABASE_URL": database_uri})
+    app = create_app(
+        {"WTF_CSRF_ENABLED": False, "LOGIN_RATE_LIMIT": "2 per minute"},
+        environ={"APP_ENV": "testing", "SECRET_KEY": "k", "TRUSTED_PROXY_COUNT": proxies, "DATABASE_URL": database_uri},
+    )
     client = app.test_client()
 
     def login_from(address):
-        return client.post("/auth/login", data={"email": "a@example.com", "password": "wrong password"},
-                           headers={"X-Forwarded-For": address}).status_code
+        return client.post(
+            "/auth/login",
+            data={"email": "a@example.com", "password": "wrong password"},
+            headers={"X-Forwarded-For": address},
+        ).status_code
 
     assert [login_from("203.0.113.1") for _ in range(3)] == [400, 400, 429]
     # Without a trusted proxy every request comes from the proxy's address, so the limit is shared.
@@ -59,8 +73,9 @@ def test_no_secret_or_token_appears_in_the_logs_of_a_full_flow(gunicorn_server, 
     wait_for_terminal(browser, return_url)
     attempt_token = token_of(return_url)
 
-    token = requests.post(gunicorn_server + "/api/v1/tokens", json={"email": "logs@example.com", "password": PASSWORD},
-                          timeout=10).json()["access_token"]
+    token = requests.post(
+        gunicorn_server + "/api/v1/tokens", json={"email": "logs@example.com", "password": PASSWORD}, timeout=10
+    ).json()["access_token"]
     api = {"Authorization": f"Bearer {token}"}
     attempt = requests.post(gunicorn_server + "/api/v1/connect-attempts", json={}, headers=api, timeout=10).json()
     mobile_return = finish_widget(attempt["url"], account="logs-phone")
@@ -129,16 +144,30 @@ def test_form_action_allows_plain_http_only_outside_production(production_app, t
         return re.search(r"form-action ([^;]+)", page.headers["Content-Security-Policy"]).group(1)
 
     assert form_action(production_app) == "'self' https:"
-    scheme_app = create_app(environ={**PRODUCTION, "MOBILE_APP_SCHEME": "com.example.health",
-                                     "DATABASE_URL": f"sqlite:///{tmp_path}/s.sqlite"})
+    scheme_app = create_app(
+        environ={
+            **PRODUCTION,
+            "MOBILE_APP_SCHEME": "com.example.health",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/s.sqlite",
+        }
+    )
     assert form_action(scheme_app) == "'self' https: com.example.health:"
     # The sandbox's own pages and their redirects stay on http:// loopback in development.
     development = create_app(environ={"DATABASE_URL": f"sqlite:///{tmp_path}/d.sqlite"})
     assert form_action(development) == "'self' http: https: com.example.terraconnect:"
 
 
-@pytest.mark.parametrize("path", ["/", "/connections", "/connections/providers", "/auth/login", "/auth/register",
-                                  "/connect/return/success?attempt=forged"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/connections",
+        "/connections/providers",
+        "/auth/login",
+        "/auth/register",
+        "/connect/return/success?attempt=forged",
+    ],
+)
 def test_pages_are_never_cached(client, auth, path):
     assert auth.register().status_code == 303
     response = client.get(path)

@@ -23,8 +23,12 @@ def terra(live_server) -> TerraClient:
 
 
 def test_new_widget_session(terra, live_server):
-    session = terra.create_widget_session(reference_id="ref-1", success_url="https://app.example/ok",
-                                          failure_url="https://app.example/fail", providers=["GARMIN", "NOPE"])
+    session = terra.create_widget_session(
+        reference_id="ref-1",
+        success_url="https://app.example/ok",
+        failure_url="https://app.example/fail",
+        providers=["GARMIN", "NOPE"],
+    )
     assert session.url == f"{live_server.url}/sandbox/widget/{session.session_id}"
     assert session.expires_in == 900
     assert any("NOPE" in warning for warning in session.warnings)
@@ -32,29 +36,34 @@ def test_new_widget_session(terra, live_server):
 
 def test_legacy_widget_session_and_its_410(terra, live_server):
     terra.widget_api = "legacy"
-    assert terra.create_widget_session(reference_id="r", success_url="https://a.example/s",
-                                       failure_url="https://a.example/f").session_id
+    assert terra.create_widget_session(
+        reference_id="r", success_url="https://a.example/s", failure_url="https://a.example/f"
+    ).session_id
     live_server.app.config["SANDBOX_LEGACY_GONE"] = True
     with pytest.raises(LegacyWidgetEndpointGone, match="TERRA_WIDGET_API=session") as raised:
-        terra.create_widget_session(reference_id="r", success_url="https://a.example/s",
-                                    failure_url="https://a.example/f")
+        terra.create_widget_session(
+            reference_id="r", success_url="https://a.example/s", failure_url="https://a.example/f"
+        )
     assert raised.value.status == 410
 
 
 def test_bad_credentials_are_rejected_with_terras_message(terra):
     terra.api_key = "wrong"
     with pytest.raises(TerraRejected, match="403"):
-        terra.create_widget_session(reference_id="r", success_url="https://a.example/s",
-                                    failure_url="https://a.example/f")
+        terra.create_widget_session(
+            reference_id="r", success_url="https://a.example/s", failure_url="https://a.example/f"
+        )
 
 
 def test_user_info_by_id_and_by_reference_in_both_shapes(terra, live_server):
     import requests
 
-    session = terra.create_widget_session(reference_id="ref-shapes", success_url="https://a.example/s",
-                                          failure_url="https://a.example/f")
-    redirect = requests.post(session.url + "/complete", json={"provider": "OURA", "account": "x", "outcome": "success"},
-                             timeout=10).json()["redirect_url"]
+    session = terra.create_widget_session(
+        reference_id="ref-shapes", success_url="https://a.example/s", failure_url="https://a.example/f"
+    )
+    redirect = requests.post(
+        session.url + "/complete", json={"provider": "OURA", "account": "x", "outcome": "success"}, timeout=10
+    ).json()["redirect_url"]
     user_id = redirect.split("user_id=")[1].split("&")[0]
 
     user = terra.user_info(user_id)
@@ -99,8 +108,17 @@ def stub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubTerra)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
-    yield server, TerraClient(dev_id="d", api_key="k", api_base_url=url + "/v2", widget_session_url=url + "/session",
-                              legacy_widget_url=url + "/legacy", timeout=2)
+    yield (
+        server,
+        TerraClient(
+            dev_id="d",
+            api_key="k",
+            api_base_url=url + "/v2",
+            widget_session_url=url + "/session",
+            legacy_widget_url=url + "/legacy",
+            timeout=2,
+        ),
+    )
     server.shutdown()
 
 
@@ -111,19 +129,27 @@ def answer(server, status: int, body: bytes):
 @pytest.mark.parametrize("status", [200, 201, 202])
 def test_any_2xx_is_accepted(stub, status):
     server, terra = stub
-    answer(server, status, json.dumps({"session_id": "s", "url": "https://w.example/s", "expires_in": 86400,
-                                       "warnings": ["language ignored"]}).encode())
+    answer(
+        server,
+        status,
+        json.dumps(
+            {"session_id": "s", "url": "https://w.example/s", "expires_in": 86400, "warnings": ["language ignored"]}
+        ).encode(),
+    )
     session = terra.create_widget_session(reference_id="r", success_url="https://a/s", failure_url="https://a/f")
     assert (session.session_id, session.expires_in, session.warnings) == ("s", 86400, ["language ignored"])
 
 
-@pytest.mark.parametrize("status, body, error, message", [
-    (500, b'{"message": "boom"}', TerraUnavailable, "500: boom"),
-    (429, b'{"detail": "rate limit exceeded"}', TerraUnavailable, "rate limit exceeded"),
-    (400, b'{"title": "bad request", "detail": "invalid start_date"}', TerraRejected, "invalid start_date"),
-    (200, b"<html>", TerraUnavailable, "not JSON"),
-    (200, b'{"status": "success"}', Exception, "no session_id"),
-])
+@pytest.mark.parametrize(
+    "status, body, error, message",
+    [
+        (500, b'{"message": "boom"}', TerraUnavailable, "500: boom"),
+        (429, b'{"detail": "rate limit exceeded"}', TerraUnavailable, "rate limit exceeded"),
+        (400, b'{"title": "bad request", "detail": "invalid start_date"}', TerraRejected, "invalid start_date"),
+        (200, b"<html>", TerraUnavailable, "not JSON"),
+        (200, b'{"status": "success"}', Exception, "no session_id"),
+    ],
+)
 def test_failures_become_clear_errors(stub, status, body, error, message):
     server, terra = stub
     answer(server, status, body)
@@ -132,16 +158,28 @@ def test_failures_become_clear_errors(stub, status, body, error, message):
 
 
 def test_unreachable_terra_is_unavailable():
-    terra = TerraClient(dev_id="d", api_key="k", api_base_url="http://127.0.0.1:9/v2",
-                        widget_session_url="http://127.0.0.1:9/s", legacy_widget_url="http://127.0.0.1:9/l", timeout=1)
+    terra = TerraClient(
+        dev_id="d",
+        api_key="k",
+        api_base_url="http://127.0.0.1:9/v2",
+        widget_session_url="http://127.0.0.1:9/s",
+        legacy_widget_url="http://127.0.0.1:9/l",
+        timeout=1,
+    )
     with pytest.raises(TerraUnavailable, match="could not be reached"):
         terra.integrations_detailed()
 
 
-@pytest.mark.parametrize("user_fields, is_authenticated, active", [
-    ({"active": None}, True, None), ({}, True, None), ({"active": True}, True, True),
-    ({"active": None}, False, False), ({"active": False}, True, False),
-])
+@pytest.mark.parametrize(
+    "user_fields, is_authenticated, active",
+    [
+        ({"active": None}, True, None),
+        ({}, True, None),
+        ({"active": True}, True, True),
+        ({"active": None}, False, False),
+        ({"active": False}, True, False),
+    ],
+)
 def test_user_info_keeps_an_unknown_active_flag_unknown(stub, user_fields, is_authenticated, active):
     server, terra = stub
     user = {"user_id": "u-1", "provider": "OURA", "reference_id": "r", **user_fields}
@@ -160,10 +198,19 @@ def test_an_unknown_active_flag_does_not_block_the_userinfo_confirmation(app, st
     with app.app_context(), app.test_request_context():
         app.extensions["terra_integration"].client = terra
         user = create_user()
-        attempt = create_attempt(user, redirect_terra_user_id="u-1", hint="returned_success",
-                                 hinted_at=utcnow() - timedelta(seconds=10))
-        answer(server, 200, json.dumps({"user": {"user_id": "u-1", "provider": "OURA", "active": None,
-                                                 "reference_id": user.reference_id},
-                                        "status": "success", "is_authenticated": True}).encode())
+        attempt = create_attempt(
+            user, redirect_terra_user_id="u-1", hint="returned_success", hinted_at=utcnow() - timedelta(seconds=10)
+        )
+        answer(
+            server,
+            200,
+            json.dumps(
+                {
+                    "user": {"user_id": "u-1", "provider": "OURA", "active": None, "reference_id": user.reference_id},
+                    "status": "success",
+                    "is_authenticated": True,
+                }
+            ).encode(),
+        )
         assert attempts.refresh(attempt).status == "connected"
         assert attempt.connection.terra_user_id == "u-1"

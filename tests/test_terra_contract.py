@@ -23,9 +23,17 @@ from referencing.jsonschema import DRAFT202012
 from tests.test_sandbox import WebhookReceiver, complete, connect, new_session, query_of
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = Path(os.environ.get("TERRA_OPENAPI_DIR") or next(
-    (folder / "shared/reference/terra-openapi" for folder in ROOT.parents
-     if (folder / "shared/reference/terra-openapi").is_dir()), ROOT / "terra-openapi"))
+SPECS = Path(
+    os.environ.get("TERRA_OPENAPI_DIR")
+    or next(
+        (
+            folder / "shared/reference/terra-openapi"
+            for folder in ROOT.parents
+            if (folder / "shared/reference/terra-openapi").is_dir()
+        ),
+        ROOT / "terra-openapi",
+    )
+)
 V2, WIDGET = "urn:terra:v2", "urn:terra:widget"
 
 
@@ -44,7 +52,9 @@ def pointer(*parts: str) -> str:
 
 def assert_matches(instance, uri: str, *parts: str) -> None:
     validator = Draft202012Validator({"$ref": uri + "#" + pointer(*parts)}, registry=registry())
-    problems = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(instance)]
+    problems = [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(instance)
+    ]
     assert not problems, problems
 
 
@@ -79,8 +89,18 @@ def test_widget_session_answers_match_the_widget_spec(client, headers):
     # spec of 2026.10.08 does (DESIGN.md). The body is checked against the 200 schema it extends.
     response = client.post("/sandbox/widget/api/session", json={"providers": "GARMIN,NOPE"}, headers=headers)
     assert response.status_code == 201 and response.get_json()["warnings"]
-    assert_matches(response.get_json(), WIDGET, "paths", "/widget/api/session", "post", "responses", "200",
-                   "content", "application/json", "schema")
+    assert_matches(
+        response.get_json(),
+        WIDGET,
+        "paths",
+        "/widget/api/session",
+        "post",
+        "responses",
+        "200",
+        "content",
+        "application/json",
+        "schema",
+    )
     refused = client.post("/sandbox/widget/api/session", json={}, headers={"dev-id": "nobody", "x-api-key": "x"})
     assert_response(refused, WIDGET, "/widget/api/session", "post", 403)
     bad = client.post("/sandbox/widget/api/session", json={"reference_id": "r" * 256}, headers=headers)
@@ -91,23 +111,51 @@ def test_widget_session_answers_match_the_widget_spec(client, headers):
 def test_rest_answers_match_the_v2_spec(client, headers, webhooks, prefix):
     legacy = client.post(prefix + "/auth/generateWidgetSession", json={"reference_id": "ref-1"}, headers=headers)
     assert_response(legacy, V2, "/auth/generateWidgetSession", "post", 200)
-    started = client.post(prefix + "/auth/authenticateUser?resource=OURA", json={"reference_id": "ref-1"},
-                          headers=headers)
+    started = client.post(
+        prefix + "/auth/authenticateUser?resource=OURA", json={"reference_id": "ref-1"}, headers=headers
+    )
     assert_response(started, V2, "/auth/authenticateUser", "post", 200)
     user_id = connect(client, headers, account="contract")
-    assert_response(client.get(prefix + "/userInfo", query_string={"user_id": user_id}, headers=headers),
-                    V2, "/userInfo", "get", 200)
-    assert_response(client.get(prefix + "/userInfo", query_string={"reference_id": "ref-1"}, headers=headers),
-                    V2, "/userInfo", "get", 200)
+    assert_response(
+        client.get(prefix + "/userInfo", query_string={"user_id": user_id}, headers=headers),
+        V2,
+        "/userInfo",
+        "get",
+        200,
+    )
+    assert_response(
+        client.get(prefix + "/userInfo", query_string={"reference_id": "ref-1"}, headers=headers),
+        V2,
+        "/userInfo",
+        "get",
+        200,
+    )
     # The spec's two answers are a `oneOf` of objects with no required keys, so `{"users": [...]}` matches
     # both and fails `oneOf` itself: checked against the unpaginated branch, the one the sandbox sends.
     listing = client.get(prefix + "/subscriptions", headers=headers)
     assert listing.status_code == 200 and listing.get_json()["users"]
-    assert_matches(listing.get_json(), V2, "paths", "/subscriptions", "get", "responses", "200", "content",
-                   "application/json", "schema", "oneOf", "0")
+    assert_matches(
+        listing.get_json(),
+        V2,
+        "paths",
+        "/subscriptions",
+        "get",
+        "responses",
+        "200",
+        "content",
+        "application/json",
+        "schema",
+        "oneOf",
+        "0",
+    )
     assert_response(client.get(prefix + "/integrations"), V2, "/integrations", "get", 200)
-    assert_response(client.get(prefix + "/integrations/detailed", query_string={"sdk": "true"}, headers=headers),
-                    V2, "/integrations/detailed", "get", 200)
+    assert_response(
+        client.get(prefix + "/integrations/detailed", query_string={"sdk": "true"}, headers=headers),
+        V2,
+        "/integrations/detailed",
+        "get",
+        200,
+    )
     deleted = client.delete(prefix + "/auth/deauthenticateUser", query_string={"user_id": user_id}, headers=headers)
     assert_response(deleted, V2, "/auth/deauthenticateUser", "delete", 200)
 
@@ -120,8 +168,16 @@ def test_errors_on_the_access_host_are_problem_json_per_the_spec(client, headers
     assert_response(bad, V2, "/auth/authenticateUser", "post", 400)
     unauthorised = client.get("/sandbox/api/v2/subscriptions")
     assert unauthorised.status_code == 401 and unauthorised.mimetype == "application/problem+json"
-    assert_matches(unauthorised.get_json(force=True), V2, "components", "responses", "Unauthorized", "content",
-                   "application/problem+json", "schema")
+    assert_matches(
+        unauthorised.get_json(force=True),
+        V2,
+        "components",
+        "responses",
+        "Unauthorized",
+        "content",
+        "application/problem+json",
+        "schema",
+    )
     limited = client.get("/sandbox/api/v2/integrations", headers={"X-Sandbox-Fault": "429"})
     assert limited.status_code == 429 and limited.mimetype == "application/problem+json"
     assert_matches(limited.get_json(force=True), V2, "components", "schemas", "Problem")
@@ -143,22 +199,32 @@ def test_every_webhook_body_the_sandbox_sends_matches_the_v2_spec(app, client, h
     reauthenticated = connect(client, headers, account="contract")  # a re-auth: user_reauth and auth
     session = new_session(client, headers)
     complete(client, session["session_id"], outcome="denied")  # auth_cancelled (the 2026 shape)
-    current = query_of(complete(client, new_session(client, headers)["session_id"], account="other")
-                       .get_json()["redirect_url"])["user_id"]
+    current = query_of(
+        complete(client, new_session(client, headers)["session_id"], account="other").get_json()["redirect_url"]
+    )["user_id"]
     for kind in ("activity", "daily", "sleep", "connection_error", "permission_change"):
         assert client.post(f"/sandbox/users/{current}/events", json={"type": kind}).status_code == 202
     app.config["SANDBOX_FAULTS"] = ["s3_payload"]
     assert client.post(f"/sandbox/users/{current}/events", json={"type": "activity"}).status_code == 202
     app.config["SANDBOX_FAULTS"] = []
     assert client.post(f"/sandbox/users/{reauthenticated}/events", json={"type": "access_revoked"}).status_code == 202
-    deauthed = client.delete("/sandbox/v2/auth/deauthenticateUser", query_string={"user_id": current},
-                             headers=headers)
+    deauthed = client.delete("/sandbox/v2/auth/deauthenticateUser", query_string={"user_id": current}, headers=headers)
     assert deauthed.status_code == 200
 
     events = webhooks.events(13)
     assert {event["type"] for event in events} >= {
-        "auth", "user_reauth", "auth_cancelled", "activity", "daily", "sleep", "connection_error",
-        "permission_change", "s3_payload", "access_revoked", "deauth"}
+        "auth",
+        "user_reauth",
+        "auth_cancelled",
+        "activity",
+        "daily",
+        "sleep",
+        "connection_error",
+        "permission_change",
+        "s3_payload",
+        "access_revoked",
+        "deauth",
+    }
     for event in events:
         assert_webhook(event)
     ping = next(event for event in events if event["type"] == "s3_payload")

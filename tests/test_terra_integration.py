@@ -56,7 +56,10 @@ def test_a_missing_required_setting_is_named_and_the_others_have_defaults():
     config = dict(GOOD_SETTINGS)
     check_settings(config)
     assert (config["TERRA_WIDGET_SESSION_URL"], config["TERRA_TIMEOUT_SECONDS"], config["WEBHOOK_MAX_BYTES"]) == (
-        "https://access.tryterra.co/api/widget/session", 10.0, 524288)
+        "https://access.tryterra.co/api/widget/session",
+        10.0,
+        524288,
+    )
 
 
 def test_the_app_handles_every_account_event_the_integration_hands_it():
@@ -73,8 +76,9 @@ def test_terra_sdk_and_the_integration_in_one_process(live_server):
     assert Path(terra.__file__).parent.parent.name == "site-packages"
     assert Path(terra_integration.__file__).parent == ROOT / "terra_integration"
     config = live_server.app.config
-    sdk = terra.Terra(dev_id=config["TERRA_DEV_ID"], api_key=config["TERRA_API_KEY"],
-                      base_url=config["TERRA_API_BASE_URL"])
+    sdk = terra.Terra(
+        dev_id=config["TERRA_DEV_ID"], api_key=config["TERRA_API_KEY"], base_url=config["TERRA_API_BASE_URL"]
+    )
     ours = TerraClient.from_config(config)
     sdk_codes = {provider.provider for provider in sdk.integrations.detailedfetch().providers}
     assert "GARMIN" in sdk_codes
@@ -118,14 +122,22 @@ def test_the_listed_files_run_in_another_app_against_the_sandbox(start_live_serv
     }
     # No PYTHONPATH: only the copied folder (the script's own) and the installed packages are importable.
     env = {"PATH": str(Path(sys.executable).parent), "FLASK_SKIP_DOTENV": "1", **settings}
-    with server_process([sys.executable, "tiny_host.py", str(port)], health_url=tiny_url + "/healthz", env=env,
-                        log_path=tmp_path / "tiny_host.log", cwd=folder):
+    with server_process(
+        [sys.executable, "tiny_host.py", str(port)],
+        health_url=tiny_url + "/healthz",
+        env=env,
+        log_path=tmp_path / "tiny_host.log",
+        cwd=folder,
+    ):
         member = requests.post(tiny_url + "/members", timeout=10).json()
         widget_url = requests.post(f"{tiny_url}/members/{member['id']}/connect", timeout=10).json()["url"]
         assert widget_url.startswith(sandbox.url + "/sandbox/")
 
-        done = requests.post(widget_url + "/complete", json={"provider": "GARMIN", "account": "tiny-garmin",
-                                                             "outcome": "success"}, timeout=10)
+        done = requests.post(
+            widget_url + "/complete",
+            json={"provider": "GARMIN", "account": "tiny-garmin", "outcome": "success"},
+            timeout=10,
+        )
         assert done.status_code == 200, done.text
         redirect = urlsplit(done.json()["redirect_url"])
         assert redirect.netloc == f"127.0.0.1:{port}" and redirect.path == "/connected"
@@ -136,14 +148,27 @@ def test_the_listed_files_run_in_another_app_against_the_sandbox(start_live_serv
 
         assert wait_for(linked_user) == terra_user_id  # the sandbox's signed auth webhook, applied
 
-        deauth = json.dumps({"type": "deauth", "status": "success", "reference_id": member["reference_id"],
-                             "user": {"user_id": terra_user_id, "provider": "GARMIN",
-                                      "reference_id": member["reference_id"]}}).encode()
+        deauth = json.dumps(
+            {
+                "type": "deauth",
+                "status": "success",
+                "reference_id": member["reference_id"],
+                "user": {"user_id": terra_user_id, "provider": "GARMIN", "reference_id": member["reference_id"]},
+            }
+        ).encode()
         trace_id = str(uuid.uuid4())
 
         def post(signature: str) -> requests.Response:
-            return requests.post(tiny_url + "/webhooks/terra", data=deauth, timeout=10, headers={
-                "terra-signature": signature, "X-Terra-Trace-Id": trace_id, "Content-Type": "application/json"})
+            return requests.post(
+                tiny_url + "/webhooks/terra",
+                data=deauth,
+                timeout=10,
+                headers={
+                    "terra-signature": signature,
+                    "X-Terra-Trace-Id": trace_id,
+                    "Content-Type": "application/json",
+                },
+            )
 
         assert post(sign(deauth, "not-the-secret")).status_code == 401
         assert linked_user() == terra_user_id

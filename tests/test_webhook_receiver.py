@@ -2,15 +2,16 @@
 
 import json
 import logging
-import time
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
-from sqlalchemy import event as sqlalchemy_event, func, select
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from extensions import db
@@ -104,8 +105,7 @@ def test_no_configured_secret_fails_closed_with_logged_reason(client, app, user,
         (b'{"type": "auth", "a": ' + b"[" * 100 + b"]" * 100 + b"}", "nested too deeply"),
     ],
 )
-def test_malformed_verified_bodies_are_acknowledged_and_kept_as_failed_for_replay(client, app, secret, body,
-                                                                                    message):
+def test_malformed_verified_bodies_are_acknowledged_and_kept_as_failed_for_replay(client, app, secret, body, message):
     response = deliver(client, body, secret=secret, trace_id="trace-malformed")
     assert (response.status_code, response.json["status"]) == (200, "failed")
     again = deliver(client, body, secret=secret, trace_id="trace-malformed")  # Terra's retry: kept once
@@ -163,7 +163,9 @@ def test_a_signed_delivery_replayed_under_a_fresh_trace_id_is_a_duplicate(client
     assert deliver(client, event, secret=secret, timestamp=now - 1, trace_id="trace-later").json["status"] == "applied"
     with app.app_context():
         assert db.session.scalars(select(WebhookEvent.trace_id).order_by(WebhookEvent.id)).all() == [
-            "trace-first", "trace-later"]
+            "trace-first",
+            "trace-later",
+        ]
 
 
 def test_data_events_are_recorded_one_row_per_trace_id(client, app, secret, user):
@@ -182,8 +184,14 @@ def test_data_events_are_recorded_one_row_per_trace_id(client, app, secret, user
 
 @pytest.mark.parametrize("event_type", ["large_request_processing", "large_request_sending", "brand_new_event"])
 def test_informational_and_unknown_types_are_recorded_and_acknowledged(client, app, secret, user, event_type):
-    body = {"type": event_type, "status": "processing", "reference": str(uuid.uuid4()), "message": "m",
-            "expected_payloads": 3, "user": terra_user(user, "tu-1")}
+    body = {
+        "type": event_type,
+        "status": "processing",
+        "reference": str(uuid.uuid4()),
+        "message": "m",
+        "expected_payloads": 3,
+        "user": terra_user(user, "tu-1"),
+    }
     response = deliver(client, body, secret=secret)
     assert (response.status_code, response.json["status"]) == (200, "recorded")
     with app.app_context():
@@ -226,8 +234,10 @@ class DatabaseWork:
 def test_a_delivery_is_one_transaction(client, app, secret, user, kind):
     """Recorded and applied in one transaction, on one connection: one commit per delivery."""
     deliver(client, auth_event(user, terra_user(user, "tu-once")), secret=secret)
-    events = {"activity": {"type": "activity", "user": terra_user(user, "tu-once"), "data": []},
-              "auth": auth_event(user, terra_user(user, "tu-other"))}
+    events = {
+        "activity": {"type": "activity", "user": terra_user(user, "tu-once"), "data": []},
+        "auth": auth_event(user, terra_user(user, "tu-other")),
+    }
     with DatabaseWork(app) as work:
         response = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}")
     assert response.json["status"] == ("recorded" if kind == "activity" else "applied")
@@ -238,28 +248,37 @@ def test_a_delivery_is_one_transaction(client, app, secret, user, kind):
     assert work.commits == 0
 
 
-def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(client, app, secret, user, monkeypatch,
-                                                                              caplog):
+def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(
+    client, app, secret, user, monkeypatch, caplog
+):
     # Fails after the connection was written (flushed), the way a bug or a lost database would.
     def broken(*args):
         raise RuntimeError("the attempt lookup broke")
 
     monkeypatch.setattr(event_handlers.attempts, "find_attempt_for_event", broken)
     with DatabaseWork(app) as work, caplog.at_level(logging.ERROR):
-        response = deliver(client, auth_event(user, terra_user(user, "tu-failed")), secret=secret,
-                           trace_id="trace-failed")
+        response = deliver(
+            client, auth_event(user, terra_user(user, "tu-failed")), secret=secret, trace_id="trace-failed"
+        )
     assert (response.status_code, response.json["status"]) == (200, "failed")
     assert work.commits == 1
     assert "applying webhook event" in caplog.text and "the attempt lookup broke" in caplog.text
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent)).one()
-        assert (row.trace_id, row.outcome, row.detail) == ("trace-failed", "failed",
-                                                           "RuntimeError: the attempt lookup broke")
+        assert (row.trace_id, row.outcome, row.detail) == (
+            "trace-failed",
+            "failed",
+            "RuntimeError: the attempt lookup broke",
+        )
         assert row.applied_at is not None
     assert count(app, Connection) == 0
 
-    assert deliver(client, auth_event(user, terra_user(user, "tu-failed")), secret=secret,
-                   trace_id="trace-failed").json["status"] == "duplicate"
+    assert (
+        deliver(client, auth_event(user, terra_user(user, "tu-failed")), secret=secret, trace_id="trace-failed").json[
+            "status"
+        ]
+        == "duplicate"
+    )
     monkeypatch.undo()
     with app.app_context():
         assert inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
@@ -292,14 +311,16 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
 
     def always_conflicts(parsed):  # a second row for a Terra user that already has one: the unique constraint
         tries.append(parsed.type)
-        db.session.add(Connection(user_id=user.id, terra_user_id="tu-taken", provider="GARMIN", scopes="",
-                                  status="active"))
+        db.session.add(
+            Connection(user_id=user.id, terra_user_id="tu-taken", provider="GARMIN", scopes="", status="active")
+        )
         return "applied", None
 
     monkeypatch.setattr(inbox, "apply_event", always_conflicts)
     with DatabaseWork(app) as work:
-        response = deliver(client, {"type": "activity", "user": terra_user(user, "tu-taken")}, secret=secret,
-                           trace_id="trace-lost")
+        response = deliver(
+            client, {"type": "activity", "user": terra_user(user, "tu-taken")}, secret=secret, trace_id="trace-lost"
+        )
     assert (response.json["status"], len(tries), work.commits) == ("failed", inbox.APPLY_TRIES, 1)
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.trace_id == "trace-lost")).one()
@@ -313,8 +334,10 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
         (b'{"type": "auth\\u0000"}', "NUL characters or lone surrogates"),
         (b'{"type": "auth", "user": {"user_id": "u\\ud800"}}', "NUL characters or lone surrogates"),
         (b'{"type": "auth", "user": {"user_id": "u1", "reference_id": {}}}', "reference_id must be a string"),
-        (b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (USER_ID_LENGTH + 1) + b'"}}',
-         f"at most {USER_ID_LENGTH} characters"),
+        (
+            b'{"type": "user_reauth", "old_user": {"user_id": "' + b"u" * (USER_ID_LENGTH + 1) + b'"}}',
+            f"at most {USER_ID_LENGTH} characters",
+        ),
     ],
 )
 def test_events_that_could_not_be_stored_do_not_parse(body, message):
@@ -327,12 +350,15 @@ def test_the_terra_user_id_limit_is_the_columns_length():
     assert {column.type.length for column in columns} == {USER_ID_LENGTH}
 
 
-@pytest.mark.parametrize("body", [
-    {"type": "deauth", "status": "success", "message": "User has deauthenticated"},
-    {"type": "auth", "status": "success", "reference_id": None},
-    {"type": "user_reauth", "status": "warning", "old_user": None},
-    {"type": "activity", "data": []},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "deauth", "status": "success", "message": "User has deauthenticated"},
+        {"type": "auth", "status": "success", "reference_id": None},
+        {"type": "user_reauth", "status": "warning", "old_user": None},
+        {"type": "activity", "data": []},
+    ],
+)
 def test_verified_events_without_a_user_are_kept_as_failed_and_acknowledged(client, app, secret, body):
     response = deliver(client, body, secret=secret)
     assert (response.status_code, response.json["status"]) == (200, "failed")
@@ -363,8 +389,9 @@ def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_ou
     app.config["TERRA_PAYLOAD_TIMEOUT_SECONDS"] = 0.3
     url = f"http://127.0.0.1:{server.server_port}/payloads/p1?X-Amz-Signature=abc"
     try:
-        response = deliver(client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300},
-                           secret=secret)
+        response = deliver(
+            client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300}, secret=secret
+        )
     finally:
         server.shutdown()
     assert (response.status_code, response.json["status"]) == (200, "failed")
@@ -378,13 +405,21 @@ def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_ou
     "make_event, outcome",
     [
         pytest.param(lambda u: {"type": "t" * 300}, "recorded", id="unknown type, quoted in the detail"),
-        pytest.param(lambda u: {"type": "auth_cancelled", "reference_id": u.reference_id, "reason": "r" * 300},
-                     "applied", id="failure reason, quoted in the detail"),
-        pytest.param(lambda u: {"type": "auth", "status": "success", "user": {"user_id": "tu-long",
-                                                                              "reference_id": "r" * 300}},
-                     "ignored", id="reference_id of the user"),
-        pytest.param(lambda u: {"type": "user_reauth", "new_user": {"user_id": "tu-long", "reference_id": "r" * 300}},
-                     "ignored", id="reference_id of the new user"),
+        pytest.param(
+            lambda u: {"type": "auth_cancelled", "reference_id": u.reference_id, "reason": "r" * 300},
+            "applied",
+            id="failure reason, quoted in the detail",
+        ),
+        pytest.param(
+            lambda u: {"type": "auth", "status": "success", "user": {"user_id": "tu-long", "reference_id": "r" * 300}},
+            "ignored",
+            id="reference_id of the user",
+        ),
+        pytest.param(
+            lambda u: {"type": "user_reauth", "new_user": {"user_id": "tu-long", "reference_id": "r" * 300}},
+            "ignored",
+            id="reference_id of the new user",
+        ),
     ],
 )
 def test_signed_fields_longer_than_their_columns_are_cut_not_a_500(client, app, secret, user, make_event, outcome):

@@ -25,8 +25,15 @@ import click
 import requests
 from flask.cli import ScriptInfo, with_appcontext
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 DECISIONS = {"success": "allow", "denied": "deny", "cancelled": "cancel"}
 
@@ -40,7 +47,7 @@ class Backoff:
     tries: int = 0
 
     def next_delay(self, server_minimum: float) -> float:
-        ceiling = min(self.cap, self.base * 2 ** self.tries)
+        ceiling = min(self.cap, self.base * 2**self.tries)
         self.tries += 1
         return max(server_minimum, random.uniform(0, ceiling))
 
@@ -62,8 +69,12 @@ class MobileClient:
         if match is None:
             raise click.ClickException("the registration page has no CSRF token")
         token = match.group(1)
-        response = self._call("POST", "/auth/register", data={"csrf_token": token, "email": email,
-                                                               "password": password}, allow_redirects=False)
+        response = self._call(
+            "POST",
+            "/auth/register",
+            data={"csrf_token": token, "email": email, "password": password},
+            allow_redirects=False,
+        )
         self.say(f"register {email}: {'created' if response.status_code == 303 else 'already exists or refused'}")
         self.http.cookies.clear()  # the app itself never uses the web session
 
@@ -85,8 +96,9 @@ class MobileClient:
         self.say(f"2. attempt {attempt['attempt_id']} started; widget {attempt['url']}")
         return attempt
 
-    def run_browser(self, url: str, scheme: str, provider: str, account: str, outcome: str,
-                    chromium: str) -> str | None:
+    def run_browser(
+        self, url: str, scheme: str, provider: str, account: str, outcome: str, chromium: str
+    ) -> str | None:
         """Finish the widget as a user would; return the deep link the browser was sent to."""
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
@@ -159,8 +171,9 @@ def mobile_client_command(base_url, email, password, register, provider, account
         client.register(email, password)
     client.sign_in(email, password)
     attempt = client.start_attempt(return_mode, [provider])
-    link = client.run_browser(attempt["url"], current_app.config["MOBILE_APP_SCHEME"], provider, account,
-                              outcome, chromium)
+    link = client.run_browser(
+        attempt["url"], current_app.config["MOBILE_APP_SCHEME"], provider, account, outcome, chromium
+    )
     if link is None:
         client.browser_closed(attempt["attempt_id"])
     elif deep_link_attempt_id(link) != attempt["attempt_id"]:

@@ -81,7 +81,8 @@ def create_app() -> Flask:
     def connect(member_id: int):
         session = terra.client.create_widget_session(
             reference_id=db.get_or_404(Member, member_id).reference_id,
-            success_url=request.host_url + "connected", failure_url=request.host_url + "not-connected",
+            success_url=request.host_url + "connected",
+            failure_url=request.host_url + "not-connected",
         )
         return jsonify(url=session.url)
 

@@ -58,8 +58,11 @@ class Counters:
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0], duration=0, duration_help="unused")
     p.add_argument("--requests", type=int, default=1500, help="requests per case and variant (default 1500)")
-    p.add_argument("--pyinstrument", type=common.Path,
-                   help="also profile each case of the as-shipped app with pyinstrument; call trees into this folder")
+    p.add_argument(
+        "--pyinstrument",
+        type=common.Path,
+        help="also profile each case of the as-shipped app with pyinstrument; call trees into this folder",
+    )
     args = p.parse_args(argv)
     if not 10 <= args.requests <= 100_000:
         raise SystemExit("--requests must be between 10 and 100000")
@@ -107,10 +110,18 @@ def main(argv: list[str] | None = None) -> None:
                     n = args.requests
                     per = [(a - b) / n for a, b in zip(after, before)]
                     rows.append([variant, case, cpu / n * 1000, wall / n * 1000, per[0], per[1], per[2]])
-                    results[f"{variant}/{case}"] = {"cpu_ms": cpu / n * 1000, "wall_ms": wall / n * 1000,
-                                                    "statements": per[0], "checkouts": per[1], "commits": per[2]}
-                    print(f"  {variant:>20} {case:>16}: CPU {cpu / n * 1000:6.3f} ms, wall {wall / n * 1000:6.3f} ms, "
-                          f"{per[0]:.1f} statements, {per[1]:.1f} checkouts, {per[2]:.1f} commits", flush=True)
+                    results[f"{variant}/{case}"] = {
+                        "cpu_ms": cpu / n * 1000,
+                        "wall_ms": wall / n * 1000,
+                        "statements": per[0],
+                        "checkouts": per[1],
+                        "commits": per[2],
+                    }
+                    print(
+                        f"  {variant:>20} {case:>16}: CPU {cpu / n * 1000:6.3f} ms, wall {wall / n * 1000:6.3f} ms, "
+                        f"{per[0]:.1f} statements, {per[1]:.1f} checkouts, {per[2]:.1f} commits",
+                        flush=True,
+                    )
                 if args.pyinstrument and variant == "as shipped":
                     profile_cases(cases, args)
                 with flask_app.app_context():
@@ -120,12 +131,15 @@ def main(argv: list[str] | None = None) -> None:
                 factory.kw["expire_on_commit"] = previous
         common.print_table(
             f"in-process cost per request ({args.db}, {args.requests} requests each, one thread, Flask test client)",
-            ["variant", "case", "CPU ms", "wall ms", "statements", "checkouts", "commits"], rows)
+            ["variant", "case", "CPU ms", "wall ms", "statements", "checkouts", "commits"],
+            rows,
+        )
         run.results["cells"] = results
 
 
-def request_cases(client, status_path: str, bearer: dict, auth_bodies: list[bytes],
-                  activity_bodies: list[bytes]) -> dict:
+def request_cases(
+    client, status_path: str, bearer: dict, auth_bodies: list[bytes], activity_bodies: list[bytes]
+) -> dict:
     """Case name -> a function of the request number that sends one request of that case."""
     etag = client.get(status_path, headers=bearer).headers["ETag"]
     return {

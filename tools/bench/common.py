@@ -46,24 +46,33 @@ if str(ROOT) not in sys.path:  # `python -m tools.bench.x` from the repository r
 # -- arguments --------------------------------------------------------------------------------------
 
 
-def parser(description: str, *, duration: float, duration_help: str = "seconds per measurement") -> argparse.ArgumentParser:
+def parser(
+    description: str, *, duration: float, duration_help: str = "seconds per measurement"
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--db", choices=("sqlite", "postgresql"), required=True, help="the database to run against")
     p.add_argument("--duration", type=float, default=duration, help=f"{duration_help} (default {duration:g})")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="the PostgreSQL database to DROP and recreate (default %(default)s); loopback only")
+    p.add_argument(
+        "--pg-url",
+        default=DEFAULT_PG_URL,
+        help="the PostgreSQL database to DROP and recreate (default %(default)s); loopback only",
+    )
     p.add_argument("--json", type=Path, help="also write the results to this file as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, SQLite file) and the database")
-    p.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra environment for the app's server, to measure a configuration variant "
-                        "(e.g. RATELIMIT_STORAGE_URI=redis://127.0.0.1:6379/15); repeatable")
+    p.add_argument(
+        "--app-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the app's server, to measure a configuration variant "
+        "(e.g. RATELIMIT_STORAGE_URI=redis://127.0.0.1:6379/15); repeatable",
+    )
     return p
 
 
 def add_wrk_load_options(p: argparse.ArgumentParser) -> None:
     """The options of the benchmarks that load the server with wrk at several concurrencies."""
-    p.add_argument("--concurrency", type=concurrency_list, default=[1, 16, 64],
-                   help="client counts (default 1,16,64)")
+    p.add_argument("--concurrency", type=concurrency_list, default=[1, 16, 64], help="client counts (default 1,16,64)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each measurement")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
     p.add_argument("--profile", type=Path, help="also profile the app's workers with py-spy into this folder")
@@ -142,7 +151,11 @@ class Run(ExitStack):
         log = self.enter_context(open(log_path, "w"))  # noqa: SIM115 (closed by the run's exit stack)
         process = subprocess.Popen(
             [PYTHON, "-m", "gunicorn", "--config", "gunicorn.conf.py", spec],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes.append(process)
         server = Server(label=label, url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
@@ -184,8 +197,11 @@ class Run(ExitStack):
 
 def app_environ(database_url: str, port: int, **extra: str) -> dict[str, str]:
     """The environment of the app (sandbox mode: no Terra credentials) for a benchmark run."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("TERRA_", "SANDBOX_", "DATABASE_URL", "WEB_CONCURRENCY", "GUNICORN_"))}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("TERRA_", "SANDBOX_", "DATABASE_URL", "WEB_CONCURRENCY", "GUNICORN_"))
+    }
     url = f"http://127.0.0.1:{port}"
     env.update(
         APP_ENV="development",
@@ -348,8 +364,11 @@ def seed_user(app, email: str | None = None, *, attempts: int = 1, expires_in: t
 
     with app.app_context():
         # The password is never used (the benchmarks hold bearer tokens); a real hash would cost 50 ms.
-        user = User(email=email or f"bench-{uuid.uuid4().hex[:12]}@example.com",
-                    password_hash="bench:not-a-password", reference_id=new_reference_id())
+        user = User(
+            email=email or f"bench-{uuid.uuid4().hex[:12]}@example.com",
+            password_hash="bench:not-a-password",
+            reference_id=new_reference_id(),
+        )
         db.session.add(user)
         db.session.commit()
         token, _ = issue_token(user)
@@ -357,8 +376,9 @@ def seed_user(app, email: str | None = None, *, attempts: int = 1, expires_in: t
         rows = []
         for _ in range(attempts):
             session_id = str(uuid.uuid4())
-            row = ConnectAttempt(user_id=user.id, channel="mobile", terra_session_id=session_id,
-                                 expires_at=utcnow() + expires_in)
+            row = ConnectAttempt(
+                user_id=user.id, channel="mobile", terra_session_id=session_id, expires_at=utcnow() + expires_in
+            )
             rows.append(row)
             seeded.session_ids.append(session_id)
         db.session.add_all(rows)
@@ -373,8 +393,9 @@ def seed_connection(app, user_id: int, terra_user_id: str, provider: str = "GARM
     from models import Connection
 
     with app.app_context():
-        db.session.add(Connection(user_id=user_id, terra_user_id=terra_user_id, provider=provider,
-                                  scopes="ACTIVITY_EXPORT"))
+        db.session.add(
+            Connection(user_id=user_id, terra_user_id=terra_user_id, provider=provider, scopes="ACTIVITY_EXPORT")
+        )
         db.session.commit()
         db.session.remove()
 
@@ -383,22 +404,39 @@ def seed_connection(app, user_id: int, terra_user_id: str, provider: str = "GARM
 
 
 def terra_user(reference_id: str, user_id: str, provider: str = "GARMIN") -> dict:
-    return {"user_id": user_id, "provider": provider, "reference_id": reference_id,
-            "scopes": "ACTIVITY_EXPORT,HEALTH_EXPORT", "active": True, "last_webhook_update": None}
+    return {
+        "user_id": user_id,
+        "provider": provider,
+        "reference_id": reference_id,
+        "scopes": "ACTIVITY_EXPORT,HEALTH_EXPORT",
+        "active": True,
+        "last_webhook_update": None,
+    }
 
 
 def auth_body(reference_id: str, terra_user_id: str, session_id: str) -> bytes:
-    event = {"type": "auth", "status": "success", "message": "User has successfully authenticated",
-             "reference_id": reference_id, "widget_session_id": session_id, "flow_id": session_id,
-             "version": "2022-03-16", "user": terra_user(reference_id, terra_user_id)}
+    event = {
+        "type": "auth",
+        "status": "success",
+        "message": "User has successfully authenticated",
+        "reference_id": reference_id,
+        "widget_session_id": session_id,
+        "flow_id": session_id,
+        "version": "2022-03-16",
+        "user": terra_user(reference_id, terra_user_id),
+    }
     return json.dumps(event, separators=(",", ":")).encode()
 
 
 def activity_body(reference_id: str, terra_user_id: str) -> bytes:
     from sandbox.sample_data import sample_items
 
-    event = {"type": "activity", "user": terra_user(reference_id, terra_user_id), "data": sample_items("activity"),
-             "version": "2022-03-16"}
+    event = {
+        "type": "activity",
+        "user": terra_user(reference_id, terra_user_id),
+        "data": sample_items("activity"),
+        "version": "2022-03-16",
+    }
     return json.dumps(event, separators=(",", ":")).encode()
 
 
@@ -462,19 +500,45 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {"rps": round(self.rps, 1), "requests": self.requests, "seconds": round(self.seconds, 2),
-                "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms, "mean_ms": self.mean_ms,
-                "max_ms": self.max_ms, "statuses": self.statuses, "errors": self.errors, "cpu_ms_per_request": self.cpu}
+        return {
+            "rps": round(self.rps, 1),
+            "requests": self.requests,
+            "seconds": round(self.seconds, 2),
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "mean_ms": self.mean_ms,
+            "max_ms": self.max_ms,
+            "statuses": self.statuses,
+            "errors": self.errors,
+            "cpu_ms_per_request": self.cpu,
+        }
 
 
-def wrk(url: str, *, connections: int, duration: float, headers: Iterable[str] = (), script: str = "report.lua",
-        script_args: Sequence[str] = (), threads: int = 1, timeout_s: int = 30) -> LoadResult:
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    headers: Iterable[str] = (),
+    script: str = "report.lua",
+    script_args: Sequence[str] = (),
+    threads: int = 1,
+    timeout_s: int = 30,
+) -> LoadResult:
     """Run wrk against `url` (loopback only) for `duration` seconds; wrk's Lua prints one JSON line."""
     assert url.startswith("http://127.0.0.1:"), url
     binary = ensure_wrk()
     threads = max(1, min(threads, connections))
-    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout_s}s",
-            "-s", str(LUA_DIR / script)]
+    argv = [
+        binary,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={timeout_s}s",
+        "-s",
+        str(LUA_DIR / script),
+    ]
     for header in headers:
         argv += ["-H", header]
     argv.append(url)
@@ -488,8 +552,11 @@ def wrk(url: str, *, connections: int, duration: float, headers: Iterable[str] =
     return LoadResult(
         requests=int(data["requests"]),
         seconds=data["duration_us"] / 1e6,
-        p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000, p99_ms=data["p99_us"] / 1000,
-        mean_ms=data["mean_us"] / 1000, max_ms=data["max_us"] / 1000,
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        mean_ms=data["mean_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
         statuses={str(key): value for key, value in (data.get("statuses") or {}).items()},
         errors={key: value for key, value in data["errors"].items() if value},
     )
@@ -559,7 +626,9 @@ class CpuMeter:
             "app": {pid: _proc_cpu_seconds(pid) for pid in app_pids},
             "postgres": {pid: _proc_cpu_seconds(pid) for pid in _postgres_pids()},
             "loadgen": children_usage.ru_utime + children_usage.ru_stime,
-            "busy": busy, "total": total, "wall": time.monotonic(),
+            "busy": busy,
+            "total": total,
+            "wall": time.monotonic(),
         }
 
     def start(self) -> None:
@@ -596,14 +665,29 @@ def py_spy(pid: int, seconds: float, out: Path, *, mode: str = "wall", rate: int
     binary = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     if not Path(binary).exists():
         raise SystemExit("py-spy is missing: .venv/bin/uv pip install -r tools/bench/requirements.txt")
-    argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, round(seconds))),
-            "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"]
+    argv = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+    ]
     argv.append("--idle" if mode == "wall" else "--gil")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarize_profile(path: Path, *, within: str | None = "full_dispatch_request", top: int = 25,
-                      skip: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+def summarize_profile(
+    path: Path, *, within: str | None = "full_dispatch_request", top: int = 25, skip: tuple[str, ...] = ()
+) -> list[tuple[str, float]]:
     """Share of samples spent inside each function, inclusive, counted from the frame `within` down
     (samples whose stack does not pass through `within` are left out; None: all samples, all frames).
     In "wall" mode that is wall time, waits included; in "gil" mode it is Python CPU time."""
@@ -663,16 +747,28 @@ def profile_server(server: Server, load, *, seconds: float, out_prefix: Path, la
             print(f"py-spy wrote nothing to {out}")
             continue
         if mode == "wall":
-            print_profile(f"{label}: wall time inside request handling, inclusive (py-spy --idle; {out})",
-                          summarize_profile(out, top=30))
-            print_profile(f"{label}: wall time inside request handling, by innermost frame",
-                          leaf_profile(out, within="full_dispatch_request"))
+            print_profile(
+                f"{label}: wall time inside request handling, inclusive (py-spy --idle; {out})",
+                summarize_profile(out, top=30),
+            )
+            print_profile(
+                f"{label}: wall time inside request handling, by innermost frame",
+                leaf_profile(out, within="full_dispatch_request"),
+            )
         else:
-            print_profile(f"{label}: Python CPU time of the workers (GIL holder), inclusive (py-spy --gil; {out})",
-                          summarize_profile(out, within=None, top=40, skip=("_bootstrap", "Thread.run", "<module>",
-                                                                            "run (gunicorn", "main (", "process ")))
-            print_profile(f"{label}: Python CPU time of the workers, by innermost frame",
-                          [row for row in leaf_profile(out, top=16) if not row[0].startswith("process ")])
+            print_profile(
+                f"{label}: Python CPU time of the workers (GIL holder), inclusive (py-spy --gil; {out})",
+                summarize_profile(
+                    out,
+                    within=None,
+                    top=40,
+                    skip=("_bootstrap", "Thread.run", "<module>", "run (gunicorn", "main (", "process "),
+                ),
+            )
+            print_profile(
+                f"{label}: Python CPU time of the workers, by innermost frame",
+                [row for row in leaf_profile(out, top=16) if not row[0].startswith("process ")],
+            )
 
 
 def _frame_name(frame: str) -> str:
@@ -737,10 +833,12 @@ def machine_info(db: str, pg_url: str) -> dict:
 
         info["sqlite"] = sqlite3.sqlite_version
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=False)
-        dirty = subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                               text=True, check=False)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--short", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         info["code"] = f"{head.stdout.strip()} + {len(dirty.stdout.splitlines())} modified files"
     except OSError:
         pass
@@ -781,8 +879,11 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
-        print("| " + " | ".join(value.rjust(w) if _numeric(value) else value.ljust(w)
-                                 for value, w in zip(row, widths)) + " |")
+        print(
+            "| "
+            + " | ".join(value.rjust(w) if _numeric(value) else value.ljust(w) for value, w in zip(row, widths))
+            + " |"
+        )
     sys.stdout.flush()
 
 

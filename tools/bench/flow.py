@@ -36,9 +36,11 @@ def client(base_url: str, token: str, seconds: float, max_flows: int, results) -
                 continue
             attempt = created.json()
             after_create = time.monotonic()
-            completed = requests.post(attempt["url"] + "/complete", timeout=30,
-                                      json={"provider": "GARMIN", "account": f"acct-{uuid.uuid4().hex[:12]}",
-                                            "outcome": "success"})
+            completed = requests.post(
+                attempt["url"] + "/complete",
+                timeout=30,
+                json={"provider": "GARMIN", "account": f"acct-{uuid.uuid4().hex[:12]}", "outcome": "success"},
+            )
             if completed.status_code != 200:
                 errors.append(f"complete {completed.status_code}")
                 continue
@@ -52,16 +54,24 @@ def client(base_url: str, token: str, seconds: float, max_flows: int, results) -
                     body = answer.json()
                 if body["terminal"] or time.monotonic() > deadline + 30:
                     break
-                answer = session.get(status_url + "?wait=25", headers={"If-None-Match": answer.headers["ETag"]},
-                                     timeout=60)
+                answer = session.get(
+                    status_url + "?wait=25", headers={"If-None-Match": answer.headers["ETag"]}, timeout=60
+                )
                 polls += 1
             if answer.status_code not in (200, 304) or body["status"] != "connected":
                 errors.append(f"status {answer.status_code} {body.get('status')}")
                 continue
             done = time.monotonic()
-            flows.append({"total_ms": (done - started) * 1000, "create_ms": (after_create - started) * 1000,
-                          "complete_ms": (after_complete - after_create) * 1000,
-                          "connected_ms": (done - after_complete) * 1000, "polls": polls, "ended": done})
+            flows.append(
+                {
+                    "total_ms": (done - started) * 1000,
+                    "create_ms": (after_create - started) * 1000,
+                    "complete_ms": (after_complete - after_create) * 1000,
+                    "connected_ms": (done - after_complete) * 1000,
+                    "polls": polls,
+                    "ended": done,
+                }
+            )
         except requests.RequestException as error:
             errors.append(type(error).__name__)
     results.put({"flows": flows, "errors": errors, "began": began})
@@ -69,8 +79,12 @@ def client(base_url: str, token: str, seconds: float, max_flows: int, results) -
 
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0], duration=15)
-    p.add_argument("--clients", type=common.concurrency_list, default=[1, 4, 8],
-                   help="concurrent clients, one process each (default 1,4,8)")
+    p.add_argument(
+        "--clients",
+        type=common.concurrency_list,
+        default=[1, 4, 8],
+        help="concurrent clients, one process each (default 1,4,8)",
+    )
     p.add_argument("--max-flows", type=int, default=5000, help="upper bound of flows per client per measurement")
     args = p.parse_args(argv)
 
@@ -83,9 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         run.results["cells"] = {}
         for clients in args.clients:
             queue = context.Queue()
-            processes = [context.Process(target=client, daemon=True,
-                                         args=(server.url, users[i].token, args.duration, args.max_flows, queue))
-                         for i in range(clients)]
+            processes = [
+                context.Process(
+                    target=client, daemon=True, args=(server.url, users[i].token, args.duration, args.max_flows, queue)
+                )
+                for i in range(clients)
+            ]
             for process in processes:
                 process.start()
             outcomes = [queue.get(timeout=args.duration + 120) for _ in processes]
@@ -94,25 +111,50 @@ def main(argv: list[str] | None = None) -> None:
             flows = [flow for outcome in outcomes for flow in outcome["flows"]]
             errors = [error for outcome in outcomes for error in outcome["errors"]]
             if not flows:
-                raise SystemExit(f"no flow completed with {clients} clients; errors: {errors[:10]}\n"
-                                 f"see {server.log_path}")
+                raise SystemExit(
+                    f"no flow completed with {clients} clients; errors: {errors[:10]}\nsee {server.log_path}"
+                )
             elapsed = max(flow["ended"] for flow in flows) - min(outcome["began"] for outcome in outcomes)
             rate = len(flows) / elapsed
             total = [f["total_ms"] for f in flows]
-            rows.append([clients, len(flows), rate, common.percentile(total, 50), common.percentile(total, 99),
-                         common.percentile([f["create_ms"] for f in flows], 50),
-                         common.percentile([f["complete_ms"] for f in flows], 50),
-                         common.percentile([f["connected_ms"] for f in flows], 50),
-                         common.percentile([f["connected_ms"] for f in flows], 99),
-                         len(errors)])
-            print(f"  {clients} clients: {len(flows)} flows in {elapsed:.1f} s = {rate:.1f}/s; errors {errors[:5]}",
-                  flush=True)
-            run.results["cells"][str(clients)] = {"flows": len(flows), "flows_per_s": rate, "errors": errors[:50],
-                                                  "total_ms": sorted(total)}
+            rows.append(
+                [
+                    clients,
+                    len(flows),
+                    rate,
+                    common.percentile(total, 50),
+                    common.percentile(total, 99),
+                    common.percentile([f["create_ms"] for f in flows], 50),
+                    common.percentile([f["complete_ms"] for f in flows], 50),
+                    common.percentile([f["connected_ms"] for f in flows], 50),
+                    common.percentile([f["connected_ms"] for f in flows], 99),
+                    len(errors),
+                ]
+            )
+            print(
+                f"  {clients} clients: {len(flows)} flows in {elapsed:.1f} s = {rate:.1f}/s; errors {errors[:5]}",
+                flush=True,
+            )
+            run.results["cells"][str(clients)] = {
+                "flows": len(flows),
+                "flows_per_s": rate,
+                "errors": errors[:50],
+                "total_ms": sorted(total),
+            }
         common.print_table(
             f"full sandbox connect flows ({args.db}, {args.duration:g} s per row; Python load generator)",
-            ["clients", "flows", "flows/s", "p50 ms", "p99 ms", "create p50", "complete p50",
-             "to connected p50", "to connected p99", "errors"],
+            [
+                "clients",
+                "flows",
+                "flows/s",
+                "p50 ms",
+                "p99 ms",
+                "create p50",
+                "complete p50",
+                "to connected p50",
+                "to connected p99",
+                "errors",
+            ],
             rows,
         )
 

@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
         etag = requests.get(url, headers={"Authorization": f"Bearer {seeded.token}"}, timeout=10).headers["ETag"]
         cases = [[auth], [auth, f"If-None-Match: {etag}"]]
         workers = server.worker_pids()
-        print(f"workers {workers}; warm-up {args.warmup:g} s, then {args.duration:g} s of load, "
-              f"a sample every {args.interval:g} s", flush=True)
+        print(
+            f"workers {workers}; warm-up {args.warmup:g} s, then {args.duration:g} s of load, "
+            f"a sample every {args.interval:g} s",
+            flush=True,
+        )
         common.wrk(url, connections=args.clients, duration=args.warmup, headers=cases[0], script="fixed.lua")
 
         samples: dict[int, list[tuple[float, int]]] = {pid: [] for pid in workers}
@@ -64,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             seconds = min(args.interval, args.duration - (time.monotonic() - started))
             if seconds < 1:
                 break
-            result = common.wrk(url, connections=args.clients, duration=seconds, headers=cases[step % 2],
-                                script="fixed.lua")
+            result = common.wrk(
+                url, connections=args.clients, duration=seconds, headers=cases[step % 2], script="fixed.lua"
+            )
             requests_done += result.requests
             step += 1
             if step % max(1, int(60 / args.interval)) == 0:
@@ -84,14 +88,24 @@ def main(argv: list[str] | None = None) -> None:
             if not points:
                 continue
             second_half = [point for point in points if point[0] >= points[-1][0] / 2]
-            rows.append([pid, len(points), points[0][1] / 1024, points[-1][1] / 1024, max(r for _, r in points) / 1024,
-                         slope_kib_per_min(points), slope_kib_per_min(second_half)])
+            rows.append(
+                [
+                    pid,
+                    len(points),
+                    points[0][1] / 1024,
+                    points[-1][1] / 1024,
+                    max(r for _, r in points) / 1024,
+                    slope_kib_per_min(points),
+                    slope_kib_per_min(second_half),
+                ]
+            )
         elapsed = time.monotonic() - started
         common.print_table(
             f"worker RSS under load on the status endpoint ({args.db}, {elapsed:.0f} s, {args.clients} clients, "
             f"{requests_done:,} requests, {requests_done / elapsed:.0f} req/s)",
             ["worker pid", "samples", "start MiB", "end MiB", "max MiB", "slope KiB/min", "2nd-half slope KiB/min"],
-            rows)
+            rows,
+        )
         run.results["samples"] = {str(pid): points for pid, points in samples.items()}
         run.results["requests"] = requests_done
         run.results["rows"] = rows

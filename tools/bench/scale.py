@@ -26,7 +26,12 @@ FLAT = 1.25
 
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0], duration=10)
-    p.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",") if x.strip()], default=[1000, 1_000_000], help="row counts of attempts and of connections (default 1000,1000000)")
+    p.add_argument(
+        "--sizes",
+        type=lambda text: [int(x) for x in text.split(",") if x.strip()],
+        default=[1000, 1_000_000],
+        help="row counts of attempts and of connections (default 1000,1000000)",
+    )
     p.add_argument("--concurrency", type=common.concurrency_list, default=[1, 16], help="client counts (default 1,16)")
     p.add_argument("--warmup", type=float, default=2)
     args = p.parse_args(argv)
@@ -58,11 +63,15 @@ def main(argv: list[str] | None = None) -> None:
                 for name, headers in (("200", [auth]), ("304", [auth, f"If-None-Match: {etag}"])):
                     if args.warmup:
                         common.wrk(url, connections=clients, duration=args.warmup, headers=headers, script="fixed.lua")
-                    result = common.wrk(url, connections=clients, duration=args.duration, headers=headers,
-                                        script="fixed.lua")
+                    result = common.wrk(
+                        url, connections=clients, duration=args.duration, headers=headers, script="fixed.lua"
+                    )
                     measured[size][f"{name}/{clients}"] = result
-                    print(f"  {size:>9,} rows {clients:>3} clients {name}: {result.rps:7.0f} req/s  "
-                          f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  {result.statuses}", flush=True)
+                    print(
+                        f"  {size:>9,} rows {clients:>3} clients {name}: {result.rps:7.0f} req/s  "
+                        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  {result.statuses}",
+                        flush=True,
+                    )
             run.stop_server(server)
             plans_text = explain_endpoint(app, seeded.token, pending_id, connected_id, args.db)
 
@@ -78,12 +87,18 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
         smallest, largest = min(measured), max(measured)
         growth = {key: measured[largest][key].p50_ms / measured[smallest][key].p50_ms for key in keys}
-        common.print_table(f"status endpoint latency by table size ({args.db}, {args.duration:g} s each; "
-                           f"'200/16' = 200 path at 16 clients)", headers, rows)
-        print(f"p50 growth from {smallest:,} to {largest:,} rows: "
-              + ", ".join(f"{key} x{value:.2f}" for key, value in growth.items())
-              + f" -> flat latency {common.verdict(all(value <= FLAT for value in growth.values()))} "
-                f"(threshold x{FLAT})")
+        common.print_table(
+            f"status endpoint latency by table size ({args.db}, {args.duration:g} s each; "
+            f"'200/16' = 200 path at 16 clients)",
+            headers,
+            rows,
+        )
+        print(
+            f"p50 growth from {smallest:,} to {largest:,} rows: "
+            + ", ".join(f"{key} x{value:.2f}" for key, value in growth.items())
+            + f" -> flat latency {common.verdict(all(value <= FLAT for value in growth.values()))} "
+            f"(threshold x{FLAT})"
+        )
         print(f"\nquery plans at {largest:,} rows:\n{plans_text}")
         run.results["cells"] = {str(size): {k: v.as_dict() for k, v in by.items()} for size, by in measured.items()}
         run.results["fill_seconds"] = fill_seconds
@@ -100,13 +115,20 @@ def seed_connected_attempt(app, seeded: common.Seeded) -> str:
     from models.time import utcnow
 
     with app.app_context():
-        connection = Connection(user_id=seeded.user_id, terra_user_id=str(uuid.uuid4()), provider="GARMIN",
-                                scopes="ACTIVITY_EXPORT")
+        connection = Connection(
+            user_id=seeded.user_id, terra_user_id=str(uuid.uuid4()), provider="GARMIN", scopes="ACTIVITY_EXPORT"
+        )
         db.session.add(connection)
         db.session.flush()
-        attempt = ConnectAttempt(user_id=seeded.user_id, channel="mobile", terra_session_id=str(uuid.uuid4()),
-                                 status="connected", connection_id=connection.id, version=2,
-                                 expires_at=utcnow() + timedelta(days=2))
+        attempt = ConnectAttempt(
+            user_id=seeded.user_id,
+            channel="mobile",
+            terra_session_id=str(uuid.uuid4()),
+            status="connected",
+            connection_id=connection.id,
+            version=2,
+            expires_at=utcnow() + timedelta(days=2),
+        )
         db.session.add(attempt)
         db.session.commit()
         attempt_id = attempt.id
@@ -129,7 +151,9 @@ def fill_postgresql(url: str, size: int) -> int:
 
     engine = create_engine(url)
     with engine.begin() as connection:
-        have = connection.execute(text("SELECT count(*) FROM connections WHERE terra_user_id LIKE 'seed-terra-%'")).scalar()
+        have = connection.execute(
+            text("SELECT count(*) FROM connections WHERE terra_user_id LIKE 'seed-terra-%'")
+        ).scalar()
         if have >= size:
             return 0
         first, last = have + 1, size
@@ -137,32 +161,45 @@ def fill_postgresql(url: str, size: int) -> int:
         users_need = -(-size // PER_USER)
         last_user = connection.execute(text("SELECT coalesce(max(id), 0) FROM users")).scalar()
         if users_need > users_have:
-            connection.execute(text(
-                "INSERT INTO users (email, password_hash, reference_id, created_at) "
-                "SELECT 'seed-' || g || '@example.com', 'seed', 'seed-ref-' || g, now() AT TIME ZONE 'utc' "
-                "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g"), {"a": users_have + 1, "b": users_need})
+            connection.execute(
+                text(
+                    "INSERT INTO users (email, password_hash, reference_id, created_at) "
+                    "SELECT 'seed-' || g || '@example.com', 'seed', 'seed-ref-' || g, now() AT TIME ZONE 'utc' "
+                    "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g"
+                ),
+                {"a": users_have + 1, "b": users_need},
+            )
             # One bearer token per seeded user, so the token lookup runs against a table of realistic size.
-            connection.execute(text(
-                "INSERT INTO api_tokens (user_id, token_hash, created_at, expires_at) "
-                "SELECT id, md5('token-a-' || id) || md5('token-b-' || id), now() AT TIME ZONE 'utc', "
-                "now() AT TIME ZONE 'utc' + interval '30 days' FROM users WHERE id > :last AND email LIKE 'seed-%'"),
-                {"last": last_user})
+            connection.execute(
+                text(
+                    "INSERT INTO api_tokens (user_id, token_hash, created_at, expires_at) "
+                    "SELECT id, md5('token-a-' || id) || md5('token-b-' || id), now() AT TIME ZONE 'utc', "
+                    "now() AT TIME ZONE 'utc' + interval '30 days' FROM users WHERE id > :last AND email LIKE 'seed-%'"
+                ),
+                {"last": last_user},
+            )
         last_connection = connection.execute(text("SELECT coalesce(max(id), 0) FROM connections")).scalar()
-        connection.execute(text(
-            "INSERT INTO connections (user_id, terra_user_id, provider, status, scopes, created_at, updated_at, "
-            "last_event_at) "
-            "SELECT u.id, 'seed-terra-' || g, 'GARMIN', 'active', 'ACTIVITY_EXPORT', now() AT TIME ZONE 'utc', "
-            "now() AT TIME ZONE 'utc', NULL "
-            "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g JOIN users u ON u.email = 'seed-' || ((g - 1) / CAST(:per AS bigint) + 1) || '@example.com'"),
-            {"a": first, "b": last, "per": PER_USER})
-        connection.execute(text(
-            "INSERT INTO connect_attempts (id, user_id, channel, terra_session_id, widget_url, status, version, "
-            "created_at, updated_at, expires_at, connection_id) "
-            "SELECT substr(md5('attempt-' || c.terra_user_id), 1, 22), c.user_id, 'mobile', "
-            "'seed-session-' || substr(c.terra_user_id, 12), NULL, 'connected', 2, now() AT TIME ZONE 'utc', "
-            "now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc' + interval '15 minutes', c.id "
-            "FROM connections c WHERE c.id > :last AND c.terra_user_id LIKE 'seed-terra-%'"),
-            {"last": last_connection})
+        connection.execute(
+            text(
+                "INSERT INTO connections (user_id, terra_user_id, provider, status, scopes, created_at, updated_at, "
+                "last_event_at) "
+                "SELECT u.id, 'seed-terra-' || g, 'GARMIN', 'active', 'ACTIVITY_EXPORT', now() AT TIME ZONE 'utc', "
+                "now() AT TIME ZONE 'utc', NULL "
+                "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g JOIN users u ON u.email = 'seed-' || ((g - 1) / CAST(:per AS bigint) + 1) || '@example.com'"
+            ),
+            {"a": first, "b": last, "per": PER_USER},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO connect_attempts (id, user_id, channel, terra_session_id, widget_url, status, version, "
+                "created_at, updated_at, expires_at, connection_id) "
+                "SELECT substr(md5('attempt-' || c.terra_user_id), 1, 22), c.user_id, 'mobile', "
+                "'seed-session-' || substr(c.terra_user_id, 12), NULL, 'connected', 2, now() AT TIME ZONE 'utc', "
+                "now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc' + interval '15 minutes', c.id "
+                "FROM connections c WHERE c.id > :last AND c.terra_user_id LIKE 'seed-terra-%'"
+            ),
+            {"last": last_connection},
+        )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("ANALYZE"))
     engine.dispose()
@@ -182,31 +219,61 @@ def fill_sqlite(path: Path, size: int) -> int:
         users_have = db.execute("SELECT count(*) FROM users WHERE email LIKE 'seed-%'").fetchone()[0]
         users_need = -(-size // PER_USER)
         base_user = db.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()[0]
-        _batched(db, "INSERT INTO users (id, email, password_hash, reference_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                 ((base_user + k - users_have, f"seed-{k}@example.com", "seed", f"seed-ref-{k}", stamp)
-                  for k in range(users_have + 1, users_need + 1)))
+        _batched(
+            db,
+            "INSERT INTO users (id, email, password_hash, reference_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                (base_user + k - users_have, f"seed-{k}@example.com", "seed", f"seed-ref-{k}", stamp)
+                for k in range(users_have + 1, users_need + 1)
+            ),
+        )
         import hashlib
 
         later = (now + timedelta(days=30)).isoformat(sep=" ")
-        _batched(db, "INSERT INTO api_tokens (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                 ((base_user + k - users_have, hashlib.sha256(f"token-{k}".encode()).hexdigest(), stamp, later)
-                  for k in range(users_have + 1, users_need + 1)))
+        _batched(
+            db,
+            "INSERT INTO api_tokens (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+            (
+                (base_user + k - users_have, hashlib.sha256(f"token-{k}".encode()).hexdigest(), stamp, later)
+                for k in range(users_have + 1, users_need + 1)
+            ),
+        )
         # Seed user k has id user_id_of[k]: look them up once, in one query.
-        user_ids = dict(db.execute("SELECT CAST(substr(email, 6, instr(email, '@') - 6) AS INTEGER), id FROM users "
-                                   "WHERE email LIKE 'seed-%'"))
+        user_ids = dict(
+            db.execute(
+                "SELECT CAST(substr(email, 6, instr(email, '@') - 6) AS INTEGER), id FROM users "
+                "WHERE email LIKE 'seed-%'"
+            )
+        )
         base_connection = db.execute("SELECT coalesce(max(id), 0) FROM connections").fetchone()[0]
         first = have + 1
-        _batched(db, "INSERT INTO connections (id, user_id, terra_user_id, provider, status, scopes, created_at, "
-                     "updated_at) VALUES (?, ?, ?, 'GARMIN', 'active', 'ACTIVITY_EXPORT', ?, ?)",
-                 ((base_connection + g - have, user_ids[(g - 1) // PER_USER + 1], f"seed-terra-{g}", stamp, stamp)
-                  for g in range(first, size + 1)))
-        _batched(db, "INSERT INTO connect_attempts (id, user_id, channel, terra_session_id, status, version, "
-                     "created_at, updated_at, expires_at, connection_id) "
-                     "VALUES (?, ?, 'mobile', ?, 'connected', 2, ?, ?, ?, ?)",
-                 ((hashlib.md5(f"attempt-seed-terra-{g}".encode()).hexdigest()[:22],
-                   user_ids[(g - 1) // PER_USER + 1], f"seed-session-{g}", stamp, stamp, expires,
-                   base_connection + g - have)
-                  for g in range(first, size + 1)))
+        _batched(
+            db,
+            "INSERT INTO connections (id, user_id, terra_user_id, provider, status, scopes, created_at, "
+            "updated_at) VALUES (?, ?, ?, 'GARMIN', 'active', 'ACTIVITY_EXPORT', ?, ?)",
+            (
+                (base_connection + g - have, user_ids[(g - 1) // PER_USER + 1], f"seed-terra-{g}", stamp, stamp)
+                for g in range(first, size + 1)
+            ),
+        )
+        _batched(
+            db,
+            "INSERT INTO connect_attempts (id, user_id, channel, terra_session_id, status, version, "
+            "created_at, updated_at, expires_at, connection_id) "
+            "VALUES (?, ?, 'mobile', ?, 'connected', 2, ?, ?, ?, ?)",
+            (
+                (
+                    hashlib.md5(f"attempt-seed-terra-{g}".encode()).hexdigest()[:22],
+                    user_ids[(g - 1) // PER_USER + 1],
+                    f"seed-session-{g}",
+                    stamp,
+                    stamp,
+                    expires,
+                    base_connection + g - have,
+                )
+                for g in range(first, size + 1)
+            ),
+        )
         db.execute("COMMIT")
         return size - first + 1
     finally:
@@ -230,8 +297,10 @@ def table_counts(app) -> dict[str, int]:
     from extensions import db
 
     with app.app_context():
-        counts = {name: db.session.execute(text(f"SELECT count(*) FROM {name}")).scalar()
-                  for name in ("users", "connections", "connect_attempts", "api_tokens")}
+        counts = {
+            name: db.session.execute(text(f"SELECT count(*) FROM {name}")).scalar()
+            for name in ("users", "connections", "connect_attempts", "api_tokens")
+        }
         db.session.remove()
         db.engine.dispose()
     return counts

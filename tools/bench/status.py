@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         first = requests.get(status_url, headers={"Authorization": f"Bearer {seeded.token}"}, timeout=10)
         first.raise_for_status()
         etag = first.headers["ETag"]
-        check = requests.get(status_url, headers={"Authorization": f"Bearer {seeded.token}", "If-None-Match": etag},
-                             timeout=10)
+        check = requests.get(
+            status_url, headers={"Authorization": f"Bearer {seeded.token}", "If-None-Match": etag}, timeout=10
+        )
         assert check.status_code == 304, check.status_code
         print(f"status endpoint: 200 with ETag {etag}, 304 with If-None-Match; body {len(first.content)} bytes")
 
@@ -55,37 +56,97 @@ def main(argv: list[str] | None = None) -> None:
             measured[clients] = {}
             for name, (url, headers) in cases.items():
                 if args.warmup:
-                    common.wrk(url, connections=clients, duration=args.warmup, headers=headers, script="fixed.lua",
-                               threads=args.threads)
+                    common.wrk(
+                        url,
+                        connections=clients,
+                        duration=args.warmup,
+                        headers=headers,
+                        script="fixed.lua",
+                        threads=args.threads,
+                    )
                 target = servers[name]
-                result = common.measure(target, partial(
-                    common.wrk, url, connections=clients, duration=args.duration, headers=headers, script="fixed.lua",
-                    threads=args.threads))
+                result = common.measure(
+                    target,
+                    partial(
+                        common.wrk,
+                        url,
+                        connections=clients,
+                        duration=args.duration,
+                        headers=headers,
+                        script="fixed.lua",
+                        threads=args.threads,
+                    ),
+                )
                 measured[clients][name] = result
-                print(f"  {clients:>3} clients  {name:>4}: {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                      f"p99 {result.p99_ms:7.2f} ms  statuses {result.statuses} {result.errors or ''}  CPU {result.cpu}",
-                      flush=True)
+                print(
+                    f"  {clients:>3} clients  {name:>4}: {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                    f"p99 {result.p99_ms:7.2f} ms  statuses {result.statuses} {result.errors or ''}  CPU {result.cpu}",
+                    flush=True,
+                )
 
         rows = []
         for clients, by_case in measured.items():
             b, ok, nm = by_case["bare"], by_case["200"], by_case["304"]
-            rows.append([clients, b.rps, b.p50_ms, b.p99_ms,
-                         ok.rps, ok.p50_ms, ok.p99_ms, common.pct(ok.rps / b.rps),
-                         nm.rps, nm.p50_ms, nm.p99_ms, common.pct(nm.rps / b.rps),
-                         (f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
-                          f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}")])
+            rows.append(
+                [
+                    clients,
+                    b.rps,
+                    b.p50_ms,
+                    b.p99_ms,
+                    ok.rps,
+                    ok.p50_ms,
+                    ok.p99_ms,
+                    common.pct(ok.rps / b.rps),
+                    nm.rps,
+                    nm.p50_ms,
+                    nm.p99_ms,
+                    common.pct(nm.rps / b.rps),
+                    (
+                        f"200 {common.verdict(ok.rps / b.rps >= TARGET_200)}, "
+                        f"304 {common.verdict(nm.rps / b.rps >= TARGET_304)}"
+                    ),
+                ]
+            )
         common.print_table(
             f"status endpoint vs bare Flask ({args.db}, {args.duration:g} s each, wrk -t{args.threads}; "
             f"targets 200 >= {common.pct(TARGET_200)}, 304 >= {common.pct(TARGET_304)} of bare req/s)",
-            ["clients", "bare req/s", "p50 ms", "p99 ms", "200 req/s", "p50 ms", "p99 ms", "200/bare",
-             "304 req/s", "p50 ms", "p99 ms", "304/bare", "targets"],
+            [
+                "clients",
+                "bare req/s",
+                "p50 ms",
+                "p99 ms",
+                "200 req/s",
+                "p50 ms",
+                "p99 ms",
+                "200/bare",
+                "304 req/s",
+                "p50 ms",
+                "p99 ms",
+                "304/bare",
+                "targets",
+            ],
             rows,
         )
-        cpu_rows = [[clients, name, r.rps, r.cpu["app_ms"], r.cpu["postgres_ms"], r.cpu["loadgen_ms"], r.cpu["cores_busy"], r.cpu["other_cores"]]
-                    for clients, by_case in measured.items() for name, r in by_case.items()]
-        common.print_table("CPU per request (ms) by process group; cores busy during the cell (of 2), and how many "
-                           "of them other work used", ["clients", "case", "req/s", "server CPU ms", "postgres CPU ms",
-                                                        "wrk CPU ms", "cores busy", "other cores"], cpu_rows)
+        cpu_rows = [
+            [
+                clients,
+                name,
+                r.rps,
+                r.cpu["app_ms"],
+                r.cpu["postgres_ms"],
+                r.cpu["loadgen_ms"],
+                r.cpu["cores_busy"],
+                r.cpu["other_cores"],
+            ]
+            for clients, by_case in measured.items()
+            for name, r in by_case.items()
+        ]
+        common.print_table(
+            "CPU per request (ms) by process group; cores busy during the cell (of 2), and how many "
+            "of them other work used",
+            ["clients", "case", "req/s", "server CPU ms", "postgres CPU ms", "wrk CPU ms", "cores busy", "other cores"],
+            cpu_rows,
+        )
         run.results["cells"] = {str(c): {k: v.as_dict() for k, v in by.items()} for c, by in measured.items()}
 
         if args.profile:
@@ -99,10 +160,22 @@ def profile(run: common.Run, server: common.Server, cases: dict, args) -> None:
     seconds = max(args.duration, 10)
     for name in ("200", "304"):
         url, headers = cases[name]
-        load = partial(common.wrk, url, connections=clients, duration=seconds, headers=headers, script="fixed.lua",
-                       threads=args.threads)
-        common.profile_server(server, load, seconds=seconds, out_prefix=args.profile / f"status-{name}-{args.db}",
-                              label=f"status {name} path, {clients} clients, {args.db}")
+        load = partial(
+            common.wrk,
+            url,
+            connections=clients,
+            duration=seconds,
+            headers=headers,
+            script="fixed.lua",
+            threads=args.threads,
+        )
+        common.profile_server(
+            server,
+            load,
+            seconds=seconds,
+            out_prefix=args.profile / f"status-{name}-{args.db}",
+            label=f"status {name} path, {clients} clients, {args.db}",
+        )
 
 
 if __name__ == "__main__":

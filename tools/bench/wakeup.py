@@ -46,8 +46,11 @@ def poller(base_url: str, token: str, pipe) -> None:
             connection = http.client.HTTPConnection(host, port, timeout=wait + 30)
             try:
                 asked = time.monotonic()
-                connection.request("GET", f"/api/v1/connect-attempts/{attempt_id}?wait={wait}",
-                                   headers={"Authorization": f"Bearer {token}", "If-None-Match": etag})
+                connection.request(
+                    "GET",
+                    f"/api/v1/connect-attempts/{attempt_id}?wait={wait}",
+                    headers={"Authorization": f"Bearer {token}", "If-None-Match": etag},
+                )
                 if first:
                     pipe.send(("sent", asked))
                     first = False
@@ -98,8 +101,11 @@ def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: flo
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(host, port, timeout=60)
             try:
-                connection.request("GET", f"/api/v1/connect-attempts/{attempt_id}?wait=25",
-                                   headers={"Authorization": f"Bearer {token}", "If-None-Match": '"1"'})
+                connection.request(
+                    "GET",
+                    f"/api/v1/connect-attempts/{attempt_id}?wait=25",
+                    headers={"Authorization": f"Bearer {token}", "If-None-Match": '"1"'},
+                )
                 asked = time.monotonic()
                 connection.getresponse().read()
                 if time.monotonic() - asked < 1:  # no waiter slot free: back off as an app does
@@ -121,9 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.splitlines()[0], duration=180, duration_help="upper bound of the whole measurement, s")
     p.add_argument("--rounds", type=int, default=100, help="webhook/long-poll rounds (default 100)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
-    p.add_argument("--idle-waiters", type=int, default=0,
-                   help="other clients holding long-polls open on their own pending attempts (default 0); "
-                        "with gthread each one occupies a worker thread for up to 25 s")
+    p.add_argument(
+        "--idle-waiters",
+        type=int,
+        default=0,
+        help="other clients holding long-polls open on their own pending attempts (default 0); "
+        "with gthread each one occupies a worker thread for up to 25 s",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.idle_waiters <= 200:
         raise SystemExit("--idle-waiters must be between 0 and 200")
@@ -131,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     with common.Run(args, "wakeup") as run:
         app = run.migrate()
         seeded = common.seed_user(app, attempts=args.rounds)
-        bodies = [common.auth_body(seeded.reference_id, str(uuid.uuid4()), session_id)
-                  for session_id in seeded.session_ids]
+        bodies = [
+            common.auth_body(seeded.reference_id, str(uuid.uuid4()), session_id) for session_id in seeded.session_ids
+        ]
         server = run.start_server(label="app", WEB_CONCURRENCY=str(args.workers))
         print(f"app: {len(server.worker_pids())} worker processes")
 
@@ -141,16 +152,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.idle_waiters:
             others = common.seed_user(app, attempts=args.idle_waiters)
             ready = context.Event()
-            waiters = context.Process(target=idle_waiters, daemon=True,
-                                      args=(server.url, others.token, others.attempt_ids, args.duration, ready))
+            waiters = context.Process(
+                target=idle_waiters,
+                daemon=True,
+                args=(server.url, others.token, others.attempt_ids, args.duration, ready),
+            )
             waiters.start()
             ready.wait(30)
             time.sleep(2)  # let their requests reach the server
             print(f"{args.idle_waiters} other clients hold long-polls open")
         poll_end, poll_child = context.Pipe()
         post_end, post_child = context.Pipe()
-        children = [context.Process(target=poller, args=(server.url, seeded.token, poll_child), daemon=True),
-                    context.Process(target=poster, args=(server.url, post_child), daemon=True)]
+        children = [
+            context.Process(target=poller, args=(server.url, seeded.token, poll_child), daemon=True),
+            context.Process(target=poster, args=(server.url, post_child), daemon=True),
+        ]
         for child in children:
             child.start()
         rounds: list[dict] = []
@@ -172,13 +188,15 @@ def main(argv: list[str] | None = None) -> None:
                 if not poll_end.poll(65):
                     raise RuntimeError("the long-poll did not return")
                 _, seen, poll_status, attempt_status = poll_end.recv()
-                rounds.append({
-                    "webhook_ms": (answered - started) * 1000,
-                    "wakeup_ms": (seen - answered) * 1000,
-                    "from_send_ms": (seen - started) * 1000,
-                    "ok": http_status == 200 and poll_status == 200 and attempt_status == "connected",
-                    "detail": f"webhook {http_status} {outcome}; poll {poll_status} {attempt_status}",
-                })
+                rounds.append(
+                    {
+                        "webhook_ms": (answered - started) * 1000,
+                        "wakeup_ms": (seen - answered) * 1000,
+                        "from_send_ms": (seen - started) * 1000,
+                        "ok": http_status == 200 and poll_status == 200 and attempt_status == "connected",
+                        "detail": f"webhook {http_status} {outcome}; poll {poll_status} {attempt_status}",
+                    }
+                )
         finally:
             poll_end.send(None)
             post_end.send(None)
@@ -197,21 +215,36 @@ def main(argv: list[str] | None = None) -> None:
         if not good:
             raise SystemExit("no successful round")
         rows = []
-        for key, label in (("wakeup_ms", "webhook 200 -> poller sees connected"),
-                           ("from_send_ms", "webhook sent -> poller sees connected"),
-                           ("webhook_ms", "webhook request itself")):
+        for key, label in (
+            ("wakeup_ms", "webhook 200 -> poller sees connected"),
+            ("from_send_ms", "webhook sent -> poller sees connected"),
+            ("webhook_ms", "webhook request itself"),
+        ):
             values = [r[key] for r in good]
-            rows.append([label, len(values), min(values), common.percentile(values, 50), common.percentile(values, 90),
-                         common.percentile(values, 99), max(values)])
+            rows.append(
+                [
+                    label,
+                    len(values),
+                    min(values),
+                    common.percentile(values, 50),
+                    common.percentile(values, 90),
+                    common.percentile(values, 99),
+                    max(values),
+                ]
+            )
         wake = [r["wakeup_ms"] for r in good]
         p50, p99 = common.percentile(wake, 50), common.percentile(wake, 99)
         common.print_table(
             f"long-poll wake-up ({args.db}, {args.workers} workers, {args.idle_waiters} other long-polls open, "
             f"poller and poster in separate processes; "
             f"targets p50 < {TARGET_P50_MS} ms, p99 < {TARGET_P99_MS} ms)",
-            ["interval (ms)", "rounds", "min", "p50", "p90", "p99", "max"], rows)
-        print(f"p50 {p50:.1f} ms: {common.verdict(p50 < TARGET_P50_MS)}; p99 {p99:.1f} ms: "
-              f"{common.verdict(p99 < TARGET_P99_MS)}; failed rounds: {len(failed)}")
+            ["interval (ms)", "rounds", "min", "p50", "p90", "p99", "max"],
+            rows,
+        )
+        print(
+            f"p50 {p50:.1f} ms: {common.verdict(p50 < TARGET_P50_MS)}; p99 {p99:.1f} ms: "
+            f"{common.verdict(p99 < TARGET_P99_MS)}; failed rounds: {len(failed)}"
+        )
         run.results["rounds"] = rounds
         run.results["summary"] = {"p50_ms": p50, "p99_ms": p99, "failed": len(failed)}
 

@@ -51,15 +51,24 @@ def main(argv: list[str] | None = None) -> None:
         bare = run.start_server(common.BARE_SPEC, label="bare")
         for target in (server, bare):
             body = bodies["activity"][0]
-            answer = requests.post(target.url + "/webhooks/terra", data=body, headers=common.signed_headers(body),
-                                   timeout=10)
+            answer = requests.post(
+                target.url + "/webhooks/terra", data=body, headers=common.signed_headers(body), timeout=10
+            )
             assert answer.status_code == 200, (target.label, answer.status_code, answer.text)
-        print(f"both receivers accept a signed event; bodies: auth {len(bodies['auth'][0])} B, "
-              f"activity {len(bodies['activity'][0])} B")
+        print(
+            f"both receivers accept a signed event; bodies: auth {len(bodies['auth'][0])} B, "
+            f"activity {len(bodies['activity'][0])} B"
+        )
 
         def load(url: str, kind: str, clients: int, seconds: float) -> common.LoadResult:
-            return common.wrk(url + "/webhooks/terra", connections=clients, duration=seconds, script="webhooks.lua",
-                              script_args=[str(data[kind]), common.random_tag()], threads=args.threads)
+            return common.wrk(
+                url + "/webhooks/terra",
+                connections=clients,
+                duration=seconds,
+                script="webhooks.lua",
+                script_args=[str(data[kind]), common.random_tag()],
+                threads=args.threads,
+            )
 
         measured: dict[tuple[str, int], dict[str, common.LoadResult]] = {}
         for kind in KINDS:
@@ -69,42 +78,100 @@ def main(argv: list[str] | None = None) -> None:
                     if args.warmup:
                         load(target.url, kind, clients, args.warmup)
                     result = cell[name] = common.measure(
-                        target, partial(load, target.url, kind, clients, args.duration))
-                    print(f"  {kind:>8} {clients:>3} clients {name:>6}: {result.rps:8.0f} events/s  "
-                          f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  statuses {result.statuses} "
-                          f"{result.errors or ''}  CPU {result.cpu}", flush=True)
+                        target, partial(load, target.url, kind, clients, args.duration)
+                    )
+                    print(
+                        f"  {kind:>8} {clients:>3} clients {name:>6}: {result.rps:8.0f} events/s  "
+                        f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  statuses {result.statuses} "
+                        f"{result.errors or ''}  CPU {result.cpu}",
+                        flush=True,
+                    )
 
         rows = []
         for (kind, clients), cell in measured.items():
             v, a = cell["verify"], cell["app"]
             ratio = a.rps / v.rps
             bad = sum(n for status, n in a.statuses.items() if status != "200")
-            rows.append([kind, clients, v.rps, v.p50_ms, v.p99_ms, a.rps, a.p50_ms, a.p99_ms, common.pct(ratio),
-                         bad, common.verdict(ratio >= TARGET)])
+            rows.append(
+                [
+                    kind,
+                    clients,
+                    v.rps,
+                    v.p50_ms,
+                    v.p99_ms,
+                    a.rps,
+                    a.p50_ms,
+                    a.p99_ms,
+                    common.pct(ratio),
+                    bad,
+                    common.verdict(ratio >= TARGET),
+                ]
+            )
         common.print_table(
             f"webhook ingestion vs verify-only ({args.db}, {args.duration:g} s each, unique trace ids; "
             f"target >= {common.pct(TARGET)})",
-            ["event", "clients", "verify ev/s", "p50 ms", "p99 ms", "app ev/s", "p50 ms", "p99 ms", "app/verify",
-             "non-200", "target"],
+            [
+                "event",
+                "clients",
+                "verify ev/s",
+                "p50 ms",
+                "p99 ms",
+                "app ev/s",
+                "p50 ms",
+                "p99 ms",
+                "app/verify",
+                "non-200",
+                "target",
+            ],
             rows,
         )
-        cpu_rows = [[kind, clients, name, r.rps, r.cpu["app_ms"], r.cpu["postgres_ms"], r.cpu["loadgen_ms"],
-                     r.cpu["cores_busy"], r.cpu["other_cores"]]
-                    for (kind, clients), cell in measured.items() for name, r in cell.items()]
-        common.print_table("CPU per event (ms) by process group; cores busy during the cell (of 2), and how many "
-                           "of them other work used", ["event", "clients", "receiver", "ev/s", "server CPU ms",
-                                                        "postgres CPU ms", "wrk CPU ms", "cores busy", "other cores"],
-                           cpu_rows)
-        run.results["cells"] = {f"{k}/{c}": {n: r.as_dict() for n, r in cell.items()} for (k, c), cell in measured.items()}
+        cpu_rows = [
+            [
+                kind,
+                clients,
+                name,
+                r.rps,
+                r.cpu["app_ms"],
+                r.cpu["postgres_ms"],
+                r.cpu["loadgen_ms"],
+                r.cpu["cores_busy"],
+                r.cpu["other_cores"],
+            ]
+            for (kind, clients), cell in measured.items()
+            for name, r in cell.items()
+        ]
+        common.print_table(
+            "CPU per event (ms) by process group; cores busy during the cell (of 2), and how many "
+            "of them other work used",
+            [
+                "event",
+                "clients",
+                "receiver",
+                "ev/s",
+                "server CPU ms",
+                "postgres CPU ms",
+                "wrk CPU ms",
+                "cores busy",
+                "other cores",
+            ],
+            cpu_rows,
+        )
+        run.results["cells"] = {
+            f"{k}/{c}": {n: r.as_dict() for n, r in cell.items()} for (k, c), cell in measured.items()
+        }
 
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             clients = max(args.concurrency)
             seconds = max(args.duration, 10)
             for kind in KINDS:
-                common.profile_server(server, partial(load, server.url, kind, clients, seconds), seconds=seconds,
-                                      out_prefix=args.profile / f"webhooks-{kind}-{args.db}",
-                                      label=f"webhooks {kind}, {clients} clients, {args.db}")
+                common.profile_server(
+                    server,
+                    partial(load, server.url, kind, clients, seconds),
+                    seconds=seconds,
+                    out_prefix=args.profile / f"webhooks-{kind}-{args.db}",
+                    label=f"webhooks {kind}, {clients} clients, {args.db}",
+                )
 
         run.stop_server(server)  # let in-flight requests finish before counting
         outcomes = inbox_outcomes(app)
@@ -121,7 +188,8 @@ def inbox_outcomes(app) -> dict[str, int]:
     with app.app_context():
         rows = db.session.execute(
             select(WebhookEvent.event_type, WebhookEvent.outcome, func.count()).group_by(
-                WebhookEvent.event_type, WebhookEvent.outcome)
+                WebhookEvent.event_type, WebhookEvent.outcome
+            )
         ).all()
         db.session.remove()
     return {f"{event_type}/{outcome}": count for event_type, outcome, count in rows}
