@@ -7,17 +7,9 @@ import os
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from tools.mobile_client import CHROMIUM_ARGS
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-# Without the background-networking flags Chromium keeps dialling Google, which this machine refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ import click
 import requests
 from flask.cli import ScriptInfo, with_appcontext
 
+# Without the background-networking flags Chromium keeps dialling Google, which this machine refuses.
+# The browser tests launch Chromium with these too.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
