@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -14,6 +15,12 @@ from models import ConnectAttempt, User
 from models.time import utcnow
 from terra_integration.reference_ids import new_reference_id
 from terra_integration.signature import sign
+
+
+def redis_test_url(offset: int) -> str:
+    """A Redis database the tests may flush: 14 and 15 by default; TEST_REDIS_DB moves both, so that
+    suites run side by side (several checkouts on one machine) do not flush each other's counters."""
+    return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '14')) + offset}"
 
 
 def create_user(email: str = "ada@example.com") -> User:

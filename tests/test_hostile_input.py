@@ -52,7 +52,7 @@ from terra_integration.reference_ids import is_authentic, new_reference_id
 from terra_integration.signature import compute, sign
 from terra_integration.signing import signing_keys
 from tests.conftest import Browser
-from tests.helpers import auth_event, create_attempt, terra_user
+from tests.helpers import auth_event, create_attempt, redis_test_url, terra_user
 
 PASSWORD = "correct horse battery"  # Ada's and Eve's
 SCRIPT = "<script>alert(1)</script>"
@@ -62,7 +62,7 @@ SQL = "' OR '1'='1' --"
 SQL_DROP = "'; DROP TABLE users; --"
 DEEP = 10_000  # levels of nesting: far past Python's recursion limit
 TABLES = ("users", "api_tokens", "connect_attempts", "connections", "replaced_terra_users", "webhook_events")
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = redis_test_url(1)
 
 
 # -- what every case checks ----------------------------------------------------------------------

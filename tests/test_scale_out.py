@@ -21,11 +21,11 @@ from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
 from terra_integration.signature import sign
 from tests.conftest import Browser
-from tests.helpers import auth_event, terra_user
+from tests.helpers import auth_event, redis_test_url, terra_user
 from tests.test_concurrency import at_once
 
 PASSWORD = "correct horse battery"
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_test_url(0)
 
 
 @pytest.fixture
