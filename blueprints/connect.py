@@ -12,12 +12,14 @@ from extensions import db, limiter, terra
 from models import ConnectAttempt, User
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connections, reconciliation, return_visits
-from services.providers import is_provider_code
+from services.providers import is_provider_code, provider_label, provider_name
 from terra_integration.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
 
 bp.add_app_template_filter(reason_text, "reason_text")
+bp.add_app_template_filter(provider_name, "provider_name")
+bp.add_app_template_global(provider_label, "provider_label")
 
 
 def connect_rate_limit(user_id: Callable[[], int]):
@@ -71,7 +73,7 @@ def connect():
         attempt = attempts.start_widget_attempt(g.user, channel="web")
     except TerraError as error:
         current_app.logger.warning("widget session failed: %s", error)
-        flash(f"Could not start a connection: {error}")
+        flash(f"Could not start a connection: {error}", "error")
         return redirect(url_for("connect.dashboard"), code=303)
     return redirect(attempt.widget_url, code=303)
 
@@ -98,7 +100,7 @@ def connect_provider(provider: str):
     except TerraNotFound:
         abort(404, description="Terra does not offer this provider.")
     except TerraError as error:
-        flash(f"Could not start a connection: {error}")
+        flash(f"Could not start a connection: {error}", "error")
         return redirect(url_for("connect.providers"), code=303)
     return redirect(attempt.widget_url, code=303)
 
@@ -151,7 +153,7 @@ def disconnect(connection_id: int):
     try:
         connections.disconnect(connection, terra.client)
     except TerraError as error:
-        flash(f"Could not disconnect {connection.provider}: {error}")
+        flash(f"Could not disconnect {provider_name(connection.provider)}: {error}", "error")
         return redirect(url_for("connect.dashboard"), code=303)
-    flash(f"{connection.provider} is disconnected.")
+    flash(f"{provider_name(connection.provider)} is disconnected. The app receives none of its data from now on.")
     return redirect(url_for("connect.dashboard"), code=303)

@@ -29,7 +29,8 @@ class AttemptHint(enum.StrEnum):
     BROWSER_CLOSED = "browser_closed"
 
 
-# What a person reads for each failure reason; unknown reasons (Terra may add some) are shown as they are.
+# What a person reads for each failure reason; an unknown one (Terra may add some) is shown as words,
+# "invalid_credentials" as "Invalid credentials.", never as a code.
 REASON_TEXT = {
     "access_denied": "You declined the permissions the app asked for.",
     "auth_cancelled": "The connection was cancelled before it finished.",
@@ -54,7 +55,9 @@ REASON_TEXT = {
 
 
 def reason_text(reason: str | None) -> str:
-    return REASON_TEXT.get(reason or "", reason or "")
+    if not reason:
+        return ""
+    return REASON_TEXT.get(reason) or reason.replace("_", " ").strip().capitalize() + "."
 
 
 def new_attempt_id() -> str:

@@ -12,6 +12,7 @@ from sandbox.errors import sandbox_error
 from sandbox.faults import ALL_FAULTS, FLOW_VARIANTS, REST_FAULTS, WEBHOOK_FAULTS, run_faults
 from sandbox.flows import active_user_count
 from sandbox.models import SandboxSession, SandboxUser
+from sandbox.sample_data import DATA_KINDS
 from sandbox.user_events import USER_EVENT_TYPES, send_user_event
 
 RECENT_SESSIONS = 20
@@ -39,7 +40,9 @@ def console():
         users=users,
         sessions=sessions,
         active_count=active_user_count(),
-        event_types=[kind for kind in USER_EVENT_TYPES if kind != "deauth"],  # deauth has its own button
+        data_events=DATA_KINDS,
+        # What happens to the connection itself; deauth has a button of its own.
+        connection_events=[kind for kind in USER_EVENT_TYPES if kind not in DATA_KINDS and kind != "deauth"],
         sent=request.args.get("sent"),
         settings={name: current_app.config[name] for name in CONSOLE_SETTINGS},
         faults=run_faults(current_app.config),

@@ -70,13 +70,13 @@ def test_full_flow_register_connect_consent_webhook_dashboard(signed_in, live_se
 
     page = signed_in.get(return_url)
     assert page.status_code == 200
-    assert "Finishing your connection" in page.text or "Connected to GARMIN" in page.text
+    assert "Finishing your connection" in page.text or "Connected to Garmin" in page.text
 
     state = wait_for_terminal(signed_in, return_url)
     assert state["status"] == "connected"
     assert state["connection"]["terra_user_id"] == query["user_id"][0]
     assert state["hint"] == "returned_success"
-    assert "Connected to GARMIN" in signed_in.get(return_url).text
+    assert "Connected to Garmin" in signed_in.get(return_url).text
 
     dashboard = signed_in.get("/connections").text
     assert 'data-provider="GARMIN" data-status="active"' in dashboard
@@ -327,7 +327,7 @@ def test_finishing_someone_elses_widget_says_so_on_the_return_page(signed_in, li
     assert wait_for_terminal(eve, return_url)["status"] == "connected"
     assert 'data-provider="GARMIN"' not in signed_in.get("/connections").text
     # A browser with no session at all (an in-app browser) holds the token, and that is enough.
-    assert "Connected to GARMIN" in Browser(live_server.url).get(return_url).text
+    assert "Connected to Garmin" in Browser(live_server.url).get(return_url).text
 
 
 # -- Terra's ambiguous shapes, produced by the sandbox's switches --------------------------------

@@ -192,10 +192,10 @@ def test_register_log_out_log_in_connect_disconnect_over_https(deployment, chrom
     page.click("button[type=submit]")
     page.click("button[name=decision][value=allow]")
     page.wait_for_url(app + "/connect/return/success**")
-    expect(page.locator("#attempt h1")).to_have_text("Connected to GARMIN")
+    expect(page.locator("#attempt h1")).to_have_text("Connected to Garmin")
 
     page.click("text=Go to your connections")
-    row = page.locator('tr[data-provider="GARMIN"]')
+    row = page.locator('#connections [data-provider="GARMIN"]')
     expect(row).to_have_attribute("data-status", "active")
     page.click("text=Disconnect")
     expect(row).to_have_attribute("data-status", "revoked")
