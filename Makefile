@@ -19,7 +19,7 @@ UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes 
 UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
               --custom-compile-command "make lock"
 
-.PHONY: run test mutation lint lock mobile-client install install-dev chromium clean
+.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium clean
 
 run: install
 	$(BIN)/flask --app app db upgrade heads
@@ -53,6 +53,10 @@ lock: | $(UV)
 # The stand-in mobile app (docs/mobile.md) against a running `make run`; it drives Debian's chromium.
 mobile-client: install-dev chromium
 	$(BIN)/python -m tools.mobile_client $(ARGS)
+
+# docs/walkthrough.md's pictures, taken anew into docs/images/ (a fresh app, Debian's chromium).
+screenshots: install-dev chromium
+	$(BIN)/python -m tools.screenshots
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

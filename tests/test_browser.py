@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
@@ -14,7 +15,9 @@ from playwright.sync_api import expect, sync_playwright
 from extensions import db
 from models import Connection, User
 from tools.mobile_client import CHROMIUM_ARGS
+from tools.walkthrough import FLOWS, walk_through
 
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
@@ -194,3 +197,24 @@ def test_every_page_passes_axe_core(chromium, live_server):
     assert problems == [], "\n".join(problems)
     anonymous.context.close()
     context.close()
+
+
+# -- docs/walkthrough.md ---------------------------------------------------------------------------
+
+WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_each_walkthrough_step_shows_what_the_walkthrough_says(chromium, live_server):
+    taken = []
+    walk_through(chromium, live_server.url, lambda step, page: taken.append(step.image))
+    assert taken == [step.image for steps in FLOWS for step in steps]
+
+
+def test_the_walkthrough_quotes_each_step_and_shows_its_picture():
+    text = WALKTHROUGH.read_text()
+    for step in (step for steps in FLOWS for step in steps):
+        assert step.shows in text, f"docs/walkthrough.md does not quote {step.shows!r}"
+        assert f"(images/{step.image}.png)" in text, f"docs/walkthrough.md does not show {step.image}.png"
+        assert (WALKTHROUGH.parent / "images" / f"{step.image}.png").is_file(), "run `make screenshots`"
