@@ -391,7 +391,7 @@ def test_an_sdk_only_provider_on_the_web_says_to_use_the_mobile_app_at_once(sign
     return_url = finish_widget(start_connect(signed_in), provider="HEALTH_CONNECT")
     assert parse_qs(urlsplit(return_url).query)["user_id"] == ["null"]
     page = signed_in.get(return_url).text
-    assert "Connect HEALTH_CONNECT from the mobile app" in page and 'id="sdk-required"' in page
+    assert "Connect Health Connect from the mobile app" in page and 'id="sdk-required"' in page
     state = attempt_state(signed_in, return_url)
     assert (state["status"], state["terminal"], state["resource"]) == ("sdk_required", True, "HEALTH_CONNECT")
     assert connections(live_server) == []

@@ -473,7 +473,7 @@ def test_disconnect_keeps_the_connection_and_says_why(start_live_server, case):
 
     page = browser.submit("/connections", f"/connections/{connection['id']}/disconnect")
     assert page.status_code == 200 and urlsplit(page.url).path == "/connections"
-    assert_readable(page, "Could not disconnect GARMIN: " + case.message)
+    assert_readable(page, "Could not disconnect Garmin: " + case.message)
     assert requests_to(server, "deauthenticate_user") == 1  # a DELETE: never repeated
     if case.fault == "slow":
         # Terra did deauthenticate, only too late to say so: its deauth webhook settles it.
