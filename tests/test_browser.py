@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import select
 
 from extensions import db
 from models import Connection, User
@@ -86,14 +88,49 @@ WIDTHS = (360, 390, 1280)
 SEEDED = (("FITBIT", "degraded", None), ("OURA", "revoked", "access_revoked"), ("WAHOO", "revoked", "deauth"))
 
 
-def seed_pages(page, server) -> list[str]:
-    """Register, connect Garmin through the sandbox, add connections in other states; return the
-    addresses of the pages a newcomer sees, signed in or not."""
-    register_and_connect(page, server.url, "ada@example.com", "GARMIN", "allow")
+@dataclass
+class Tour:
+    """A newcomer's pages, seen by a signed-in browser and an anonymous one, with every response
+    that failed (status 400 or more) and the favicon's answers, recorded from the start."""
+
+    server: object
+    signed_in: Page
+    anonymous: Page
+    failed: list[str] = field(default_factory=list)
+    favicons: list[int] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
+
+    def record(self, response) -> None:
+        if response.status >= 400:
+            self.failed.append(f"{response.status} {response.url}")
+        if response.url.endswith("/static/favicon.svg"):
+            self.favicons.append(response.status)
+
+    def visits(self, widths):
+        """Each page at each width: (the browser, now showing it, the address, the width)."""
+        signed_out = ["/", "/auth/login", "/auth/register"]
+        for width in widths:
+            for viewer, addresses in ((self.signed_in, self.addresses), (self.anonymous, signed_out)):
+                viewer.set_viewport_size({"width": width, "height": 800})
+                for address in addresses:
+                    viewer.goto(address if address.startswith("http") else self.server.url + address)
+                    yield viewer, address, width
+
+
+@pytest.fixture
+def tour(chromium, live_server):
+    """Register, connect Garmin through the sandbox, add connections in the other states."""
+    contexts = [chromium.new_context(), chromium.new_context()]
+    tour = Tour(live_server, *(context.new_page() for context in contexts))
+    for context in contexts:
+        context.set_default_timeout(15_000)
+        context.on("response", tour.record)
+    page = tour.signed_in
+    register_and_connect(page, live_server.url, "ada@example.com", "GARMIN", "allow")
     page.wait_for_url("**/connect/return/success/**")
     expect(page.locator("#attempt h1")).to_have_text("Connected to Garmin")
     return_page = page.url
-    with server.app.app_context():
+    with live_server.app.app_context():
         user_id = db.session.query(User.id).scalar()
         for provider, status, reason in SEEDED:
             db.session.add(
@@ -107,61 +144,43 @@ def seed_pages(page, server) -> list[str]:
                 )
             )
         db.session.commit()
-    page.goto(server.url + "/connections")
+    page.goto(live_server.url + "/connections")
     page.click("#connect-device")
-    widget = page.url
-    return [
+    tour.addresses = [
         "/connections",
         "/connections/providers",
         return_page,
         # The mobile return page as after its one automatic try of the app link (which never loads here).
         return_page.replace("/connect/return/", "/mobile/return/") + "&tried=1",
-        widget,
+        page.url,  # the sandbox widget
         "/sandbox/",
         "/no-such-page",  # errors are pages of the layout too
     ]
-
-
-def signed_out_pages() -> list[str]:
-    return ["/", "/auth/login", "/auth/register"]
-
-
-def absolute(server, address: str) -> str:
-    return address if address.startswith("http") else server.url + address
+    yield tour
+    for context in contexts:
+        context.close()
 
 
 @pytest.mark.browser
 @pytest.mark.sandbox
-def test_pages_fit_phone_and_desktop_widths_and_nothing_they_load_fails(chromium, live_server):
-    context = chromium.new_context()
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    failed, icons = [], []
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.on("response", lambda r: icons.append(r.status) if r.url.endswith("/static/favicon.svg") else None)
-    signed_in = seed_pages(page, live_server)
-    anonymous = chromium.new_context().new_page()
-
+def test_pages_fit_phone_and_desktop_widths_and_nothing_they_load_fails(tour):
     too_wide = []
-    for width in WIDTHS:
-        for viewer, addresses in ((page, signed_in), (anonymous, signed_out_pages())):
-            viewer.set_viewport_size({"width": width, "height": 800})
-            for address in addresses:
-                viewer.goto(absolute(live_server, address))
-                overflow = viewer.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-                if overflow > 0:
-                    too_wide.append(f"{address} at {width} px: {overflow} px too wide")
-                if viewer is anonymous and width == 390:
-                    # Each header link on one line.
-                    assert viewer.evaluate(
-                        "[...document.querySelectorAll('.bar nav a')].every(a => a.getClientRects().length === 1"
-                        " && a.getBoundingClientRect().height < 1.6 * parseFloat(getComputedStyle(a).lineHeight))"
-                    ), f"a header link wraps on {address} at 390 px"
+    for viewer, address, width in tour.visits(WIDTHS):
+        overflow = viewer.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        if overflow > 0:
+            too_wide.append(f"{address} at {width} px: {overflow} px too wide")
+        if viewer is tour.anonymous and width == 390:
+            # Each header link on one line.
+            assert viewer.evaluate(
+                "[...document.querySelectorAll('.bar nav a')].every(a => a.getClientRects().length === 1"
+                " && a.getBoundingClientRect().height < 1.6 * parseFloat(getComputedStyle(a).lineHeight))"
+            ), f"a header link wraps on {address} at 390 px"
     assert too_wide == []
 
     # The sandbox console at 1280 px: each group of Send buttons on one row, none wrapping its text.
+    page = tour.signed_in
     page.set_viewport_size({"width": 1280, "height": 800})
-    page.goto(live_server.url + "/sandbox/")
+    page.goto(tour.server.url + "/sandbox/")
     rows = page.evaluate(
         "[...document.querySelectorAll('#sandbox-users .button-group')].map(group =>"
         " new Set([...group.querySelectorAll('button')].map(b => b.getBoundingClientRect().top)).size)"
@@ -170,33 +189,46 @@ def test_pages_fit_phone_and_desktop_widths_and_nothing_they_load_fails(chromium
     heights = page.evaluate("[...document.querySelectorAll('#sandbox-users button')].map(b => b.offsetHeight)")
     assert len(set(heights)) == 1
 
-    assert [entry for entry in failed if not entry.endswith("/no-such-page")] == []
-    assert icons and all(status in (200, 304) for status in icons)
-    anonymous.context.close()
-    context.close()
+    assert [entry for entry in tour.failed if not entry.endswith("/no-such-page")] == []
+    assert tour.favicons and all(status in (200, 304) for status in tour.favicons)
 
 
 @pytest.mark.browser
 @pytest.mark.sandbox
-def test_every_page_passes_axe_core(chromium, live_server):
-    context = chromium.new_context()
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    signed_in = seed_pages(page, live_server)
-    anonymous = chromium.new_context().new_page()
+def test_every_page_passes_axe_core(tour):
     axe = Axe()
     problems = []
-    for width in (360, 1280):
-        for viewer, addresses in ((page, signed_in), (anonymous, signed_out_pages())):
-            viewer.set_viewport_size({"width": width, "height": 800})
-            for address in addresses:
-                viewer.goto(absolute(live_server, address))
-                results = axe.run(viewer)
-                if results.violations_count:
-                    problems.append(f"{address} at {width} px:\n{results.generate_report()}")
+    for viewer, address, width in tour.visits((360, 1280)):
+        results = axe.run(viewer)
+        if results.violations_count:
+            problems.append(f"{address} at {width} px:\n{results.generate_report()}")
     assert problems == [], "\n".join(problems)
-    anonymous.context.close()
-    context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_dashboard_says_in_words_what_each_connection_is(tour):
+    page = tour.signed_in
+    page.goto(tour.server.url + "/connections")
+    cards = page.locator("#connections > li")
+    expect(cards).to_have_count(4)
+    text = page.locator("main").inner_text()
+    for name, state, explanation in (
+        ("Garmin", "Connected", "Terra sends the app this Garmin account's new data"),
+        ("Fitbit", "Needs attention", "Fitbit stopped accepting Terra's access"),
+        ("Oura", "Disconnected", "Access was withdrawn in the provider's own settings."),
+        ("Wahoo", "Disconnected", "It was disconnected at Terra."),
+    ):
+        card = page.locator(f"#connections > li:has(h2:text-is('{name}'))")
+        expect(card.locator(".state")).to_have_text(state)
+        expect(card).to_contain_text(explanation)
+    expect(page.get_by_role("button", name="Connect Fitbit again")).to_be_visible()
+    # No codes, no Terra user ids: what Terra and the database call things is no news to a person.
+    for code in ("GARMIN", "FITBIT", "access_revoked", "deauth", "degraded", "revoked", "active"):
+        assert code not in text
+    with tour.server.app.app_context():
+        terra_user_ids = db.session.scalars(select(Connection.terra_user_id)).all()
+    assert terra_user_ids and not any(terra_user_id in page.content() for terra_user_id in terra_user_ids)
 
 
 # -- docs/walkthrough.md ---------------------------------------------------------------------------
