@@ -1,6 +1,6 @@
 """The steps of docs/walkthrough.md, from a fresh app to a connected device, on the web and through
 the mobile API, as a newcomer takes them in a browser. `make screenshots` (tools/screenshots.py)
-takes each step's picture; tests/test_walkthrough.py runs the same steps and fails when a page no
+takes each step's picture; tests/test_browser.py runs the same steps and fails when a page no
 longer shows what the walkthrough says it shows (each step's `shows`).
 """
 
@@ -26,7 +26,6 @@ class Walk:
 
     base_url: str
     api: requests.Session = field(default_factory=requests.Session)
-    widget_url: str = ""
     attempt_id: str = ""
 
 
@@ -73,8 +72,8 @@ def _start_mobile_attempt(page: Page, walk: Walk) -> None:
     walk.api.headers["Authorization"] = "Bearer " + token.json()["access_token"]
     attempt = walk.api.post(walk.base_url + "/api/v1/connect-attempts", json={"return": "page"}, timeout=30)
     attempt.raise_for_status()
-    walk.attempt_id, walk.widget_url = attempt.json()["attempt_id"], attempt.json()["url"]
-    page.goto(walk.widget_url)
+    walk.attempt_id = attempt.json()["attempt_id"]
+    page.goto(attempt.json()["url"])
 
 
 def _disconnect(page: Page, walk: Walk) -> None:
