@@ -15,8 +15,10 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import ConnectAttempt, Connection, WebhookEvent
+from models.connect_attempt import reason_text
 from sandbox.traffic import traffic_of
 from services.attempts import attempt_token
+from services.providers import provider_label
 from tests.conftest import Browser, wait_for
 from tests.helpers import token_of
 
@@ -418,3 +420,16 @@ def test_ping_mode_data_is_downloaded_within_a_size_limit(start_live_server, max
     assert sent.status_code == 202
     [row] = wait_for(lambda: [row for row in s3_rows(server) if row.outcome != "received"])
     assert row.outcome == outcome and (detail is None or detail in row.detail)
+
+
+def test_a_provider_or_reason_terra_adds_later_is_shown_in_words_not_as_a_code():
+    assert (provider_label("HEALTH_CONNECT").name, provider_label("HEALTH_CONNECT").monogram) == (
+        "Health Connect",
+        "HC",
+    )
+    new = provider_label("NEW_BAND")
+    assert (new.name, new.monogram, new.code) == ("New Band", "NB", "NEW_BAND")
+    assert 0 <= new.tone < 8
+    assert reason_text("access_revoked") == "Access was withdrawn in the provider's own settings."
+    assert reason_text("invalid_credentials") == "Invalid credentials."
+    assert reason_text(None) == ""
