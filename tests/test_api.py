@@ -403,6 +403,12 @@ def test_a_method_the_api_does_not_serve_is_405_with_allow(api, method, path, al
     assert response.headers["Content-Type"] == "application/json"
 
 
+def test_a_web_page_405_carries_allow_too(live_server):
+    response = requests.get(live_server.url + "/auth/logout", timeout=10)
+    assert response.status_code == 405 and response.headers["Content-Type"].startswith("text/html")
+    assert {name.strip() for name in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
+
+
 def test_null_optional_fields_take_their_defaults(api, live_server):
     response = api.post("/api/v1/connect-attempts", json={"providers": None, "language": None, "return": None})
     assert response.status_code == 201, response.text
