@@ -19,13 +19,13 @@ UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes 
 UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
               --custom-compile-command "make lock"
 
-.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium clean
+.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium java clean
 
 run: install
 	$(BIN)/flask --app app db upgrade heads
 	$(BIN)/gunicorn --config gunicorn.conf.py "app:create_app()"
 
-test: install-dev chromium
+test: install-dev chromium java
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
@@ -86,6 +86,14 @@ chromium:
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# openapi-generator (tests/test_generated_clients.py) is a Java program: Debian's Java runtime, unless
+# a java is on PATH already.
+java:
+	@command -v java >/dev/null || { \
+	  echo "Installing Debian's Java runtime for the generated-client tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq default-jre-headless; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache mutants

@@ -89,13 +89,16 @@ def register_errorhandlers(app: Flask) -> None:
     def handle_http_error(error: HTTPException):
         if error.response is not None:  # already a complete answer (e.g. Authlib's RFC 6750 error)
             return error.response
+        # The error's own headers (a 405's `Allow`) go into every answer; its Content-Type does not.
+        headers = [(name, value) for name, value in error.get_headers() if name.lower() != "content-type"]
         if wants_json():
-            return json_error(error.code, (error.name or "error").lower().replace(" ", "_"), error.description)
+            code = (error.name or "error").lower().replace(" ", "_")
+            return json_error(error.code, code, error.description, headers)
         if isinstance(error, (BadHost, SecurityError)):
             # A Host header that is malformed (an overlong or empty label) or not trusted leaves the
             # request without URL routing, so the page template (its url_for) cannot be rendered.
             return error.description, error.code, {"Content-Type": "text/plain; charset=utf-8"}
-        return render_template("errors/error.html", error=error), error.code
+        return render_template("errors/error.html", error=error), error.code, headers
 
     @app.errorhandler(Exception)
     def handle_unexpected_error(error: Exception):

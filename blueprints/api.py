@@ -94,12 +94,16 @@ def revoke_current_token():
 @require_token()
 @connect_rate_limit(caller_id)
 def create_attempt():
+    # Every field is optional, and null is the same as leaving it out (docs/openapi.json): a generated
+    # client may send `"language": null` for a field its caller did not set.
     data = json_body()
     providers = _providers(data.get("providers"))
     language = data.get("language")
     if language is not None and (not isinstance(language, str) or not LANGUAGE.fullmatch(language)):
         raise ApiError(400, "invalid_language", "language must be a code such as en or zh_cn")
-    return_mode = data.get("return", current_app.config["MOBILE_REDIRECT_MODE"])
+    return_mode = data.get("return")
+    if return_mode is None:
+        return_mode = current_app.config["MOBILE_REDIRECT_MODE"]
     if return_mode not in ("page", "app"):
         raise ApiError(400, "invalid_return", 'return must be "page" or "app"')
     if return_mode == "app":
@@ -187,15 +191,24 @@ def _create_poll_state(state) -> None:
 def get_attempt(attempt_id: str):
     _count_poll(attempt_id)
     wait = _wait_seconds()
-    if request.if_none_match:
+    if request.if_none_match or wait:
         # Most conditional polls find nothing new: decide that from a few columns, and build the
         # attempt only when there is news.
         state = _owned(attempts.owned_poll_state, attempt_id)
-        if _etag(state) in request.if_none_match and not attempts.change_due(state):
+        # Without If-None-Match, a long-poll waits for news after the version it finds; with one
+        # that names an older version, the caller is behind and gets the state at once.
+        unchanged = not attempts.change_due(state) and (not request.if_none_match or _etag_matches(state))
+        if unchanged:
             held = wait and state.status == AttemptStatus.PENDING
-            if not (held and long_poll.wait_for_change(attempt_id, state.version, wait)):
+            changed = held and long_poll.wait_for_change(attempt_id, state.version, wait)
+            if not changed and request.if_none_match:
                 return _not_modified(state)
-    return _attempt_response(attempts.refresh(_owned_attempt(attempt_id)))
+            # No If-None-Match: a wait that saw no change answers 200 with the same state, so a
+            # client (a generated one, say) can long-poll without handling 304.
+    attempt = attempts.refresh(_owned_attempt(attempt_id))
+    if _etag_matches(attempt):
+        return _not_modified(attempt)
+    return _attempt_response(attempt)
 
 
 def _wait_seconds() -> float:
@@ -215,18 +228,24 @@ def _etag(attempt) -> str:
     return str(attempt.version)
 
 
+def _etag_matches(attempt) -> bool:
+    """Whether `If-None-Match` names the attempt's current version (or is `*`). Weak comparison, as
+    RFC 9110 prescribes for If-None-Match: a compressing proxy (nginx's gzip) turns our "3" into
+    W/"3", and that must still match, or long-polling silently stops."""
+    return request.if_none_match.contains_weak(_etag(attempt))
+
+
 def _not_modified(attempt) -> Response:
     response = Response(status=304)
     response.set_etag(_etag(attempt))
     return response
 
 
-def _attempt_response(attempt: ConnectAttempt) -> Response:
-    if _etag(attempt) in request.if_none_match:
-        return _not_modified(attempt)
+def _attempt_response(attempt: ConnectAttempt, status: int = 200) -> Response:
     body = attempt.to_dict()
     body["poll_after_ms"] = None if attempt.terminal else current_app.config["STATUS_POLL_AFTER_MS"]
     response = jsonify(body)
+    response.status_code = status
     response.set_etag(_etag(attempt))
     return response
 
@@ -234,11 +253,14 @@ def _attempt_response(attempt: ConnectAttempt) -> Response:
 @bp.post("/connect-attempts/<attempt_id>/browser-closed")
 @require_token()
 def browser_closed(attempt_id: str):
+    """Validators are ignored here: the report is always recorded and answered with 202. This
+    resource has no representation of its own (no GET) for an If-None-Match to match; the body,
+    ETag and Content-Location are those of the attempt."""
     attempt = _owned_attempt(attempt_id)
     attempts.record_browser_closed(attempt)
     db.session.commit()
-    response = _attempt_response(attempts.refresh(attempt))
-    response.status_code = 202 if response.status_code == 200 else response.status_code
+    response = _attempt_response(attempts.refresh(attempt), status=202)
+    response.headers["Content-Location"] = url_for("api.get_attempt", attempt_id=attempt_id)
     return response
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
-from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 from cachetools import TTLCache
 from flask import abort, current_app
 from sqlalchemy import select, update
@@ -131,12 +131,16 @@ class HashedBearerTokenValidator(BearerTokenValidator):
 
 
 class BearerTokenProtector(ResourceProtector):
-    """Authlib's protector, answering in the API's error shape; status and `WWW-Authenticate`
-    (RFC 6750: `Bearer error="invalid_token"`) stay Authlib's."""
+    """Authlib's protector, answering in the API's error shape. A token that is not valid keeps
+    Authlib's challenge, `Bearer error="invalid_token", ...`; a request with no bearer token at all
+    gets the bare `Bearer` challenge, with no error code (RFC 6750 §3.1)."""
 
     def raise_error_response(self, error):
         message = error.get_error_description() or "a valid bearer token is required"
-        abort(json_error(error.status_code, error.error or "unauthorized", message, error.get_headers()))
+        headers = dict(error.get_headers())
+        if not isinstance(error, InvalidTokenError):
+            headers["WWW-Authenticate"] = "Bearer"
+        abort(json_error(error.status_code, error.error or "unauthorized", message, headers))
 
 
 require_token = BearerTokenProtector()

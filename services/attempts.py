@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from flask import current_app, url_for
 from itsdangerous import BadSignature
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 
 from extensions import db, terra
 from models import AttemptStatus, ConnectAttempt, Connection, User
@@ -216,7 +216,16 @@ def _change(attempt: ConnectAttempt, **fields) -> None:
     # Incremented by the database, so two concurrent changes (say a webhook and a return-page hint)
     # give two increments; a Python-side `+= 1` would let both write the same number.
     attempt.version = ConnectAttempt.version + 1
-    attempt.updated_at = utcnow()
+    attempt.updated_at = _updated_now()
+
+
+def _updated_now():
+    """`updated_at` for a change: now, unless the row already holds a later time, so that it never
+    goes backwards from one version to the next. The time is taken before the write; a change that
+    took it earlier but reached the row later (another worker's, or a clock stepped back) keeps the
+    later time. Compared in the UPDATE itself, on the row as it is when the write lands."""
+    now = utcnow()
+    return case((ConnectAttempt.updated_at > now, ConnectAttempt.updated_at), else_=now)
 
 
 def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields) -> bool:
@@ -229,7 +238,7 @@ def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields
     result = db.session.execute(
         update(ConnectAttempt)
         .where(ConnectAttempt.id == attempt.id, ConnectAttempt.status.in_(allowed_from))
-        .values(**fields, version=ConnectAttempt.version + 1, updated_at=utcnow())
+        .values(**fields, version=ConnectAttempt.version + 1, updated_at=_updated_now())
         .execution_options(synchronize_session=False)
     )
     db.session.expire(attempt)

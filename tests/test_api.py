@@ -132,7 +132,11 @@ def test_missing_or_malformed_bearer(live_server, authorization, error):
     response = requests.get(live_server.url + "/api/v1/connections", headers=headers, timeout=10)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == error and response.json()["error"]["message"]
-    assert response.headers["WWW-Authenticate"].lower().startswith("bearer")  # RFC 6750; scheme is case-insensitive
+    if error == "invalid_token":
+        assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    else:
+        # No bearer token at all: RFC 6750 §3.1's bare challenge, with no error code.
+        assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_expired_token_is_refused(api, live_server):
@@ -321,11 +325,99 @@ def test_long_poll_returns_on_time_when_nothing_happens(api):
     assert 1.9 <= elapsed < 4
 
 
-def test_long_poll_without_a_known_version_answers_at_once(api):
+def test_long_poll_with_an_older_version_answers_at_once(api):
     attempt = start(api)
+    first = state(api, attempt["attempt_id"])
+    api.post(f"/api/v1/connect-attempts/{attempt['attempt_id']}/browser-closed")
+    # The caller is behind: the long poll has news for it at once.
     started = time.monotonic()
-    assert state(api, attempt["attempt_id"], params={"wait": 20}).status_code == 200
-    assert time.monotonic() - started < 2
+    response = state(api, attempt["attempt_id"], params={"wait": 20}, headers={"If-None-Match": first.headers["ETag"]})
+    assert response.status_code == 200 and response.json()["hint"] == "browser_closed"
+    assert time.monotonic() - started < 10
+
+
+def test_long_poll_without_if_none_match_waits_for_a_change_and_answers_200(api):
+    """A client that cannot handle 304 (many generated ones) long-polls without If-None-Match: the wait
+    ends with the new state when the attempt changes, and with the unchanged state, still 200, when
+    nothing does."""
+    attempt = start(api)
+    status_path = f"/api/v1/connect-attempts/{attempt['attempt_id']}"
+    before = state(api, attempt["attempt_id"]).json()
+
+    unchanged = state(api, attempt["attempt_id"], params={"wait": 1})
+    assert unchanged.status_code == 200 and unchanged.json()["version"] == before["version"]
+    assert unchanged.headers["ETag"] == f'"{before["version"]}"'
+
+    closer = threading.Timer(0.5, lambda: api.post(status_path + "/browser-closed"))
+    closer.start()
+    changed = state(api, attempt["attempt_id"], params={"wait": 20})
+    closer.join()
+    # Had the request not waited, it would have answered before the browser-closed report.
+    assert changed.status_code == 200 and changed.json()["hint"] == "browser_closed"
+    assert changed.json()["version"] > before["version"]
+
+
+def test_weak_etags_match(api):
+    """RFC 9110 compares If-None-Match weakly: a compressing proxy that made our ETag weak (W/"3")
+    must not turn conditional polls and long-polling off."""
+    attempt = start(api)
+    etag = state(api, attempt["attempt_id"]).headers["ETag"]
+    weak = "W/" + etag
+    unchanged = state(api, attempt["attempt_id"], headers={"If-None-Match": weak})
+    assert unchanged.status_code == 304 and unchanged.headers["ETag"] == etag
+    listed = state(api, attempt["attempt_id"], headers={"If-None-Match": f'W/"0", {weak}'})
+    assert listed.status_code == 304
+    held = state(api, attempt["attempt_id"], params={"wait": 1}, headers={"If-None-Match": weak})
+    assert held.status_code == 304
+    other = state(api, attempt["attempt_id"], headers={"If-None-Match": 'W/"0"'})
+    assert other.status_code == 200 and other.headers["ETag"] == etag
+
+
+def test_browser_closed_ignores_validators(api):
+    """The report is always recorded and answered with 202 and the attempt: If-None-Match on this
+    POST is ignored (the choice docs/openapi.json states), never a 304 for an action performed."""
+    attempt = start(api)
+    status_path = f"/api/v1/connect-attempts/{attempt['attempt_id']}"
+    etag = state(api, attempt["attempt_id"]).headers["ETag"]
+    for if_none_match in (etag, "*"):
+        closed = api.post(status_path + "/browser-closed", headers={"If-None-Match": if_none_match})
+        assert closed.status_code == 202 and closed.json()["hint"] == "browser_closed"
+        assert closed.headers["Content-Location"] == status_path
+        assert closed.headers["ETag"] == f'"{closed.json()["version"]}"'
+    assert state(api, attempt["attempt_id"]).json()["hint"] == "browser_closed"
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("PUT", "/api/v1/connections", {"GET", "HEAD", "OPTIONS"}),
+        ("GET", "/api/v1/tokens", {"POST", "OPTIONS"}),
+        ("DELETE", "/api/v1/connect-attempts/x", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_a_method_the_api_does_not_serve_is_405_with_allow(api, method, path, allowed):
+    response = getattr(api, method.lower())(path)
+    assert response.status_code == 405
+    assert {name.strip() for name in response.headers["Allow"].split(",")} == allowed
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert response.headers["Content-Type"] == "application/json"
+
+
+def test_a_web_page_405_carries_allow_too(live_server):
+    response = requests.get(live_server.url + "/auth/logout", timeout=10)
+    assert response.status_code == 405 and response.headers["Content-Type"].startswith("text/html")
+    assert {name.strip() for name in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
+
+
+def test_null_optional_fields_take_their_defaults(api, live_server):
+    response = api.post("/api/v1/connect-attempts", json={"providers": None, "language": None, "return": None})
+    assert response.status_code == 201, response.text
+    with live_server.app.app_context():
+        attempt = db.session.get(ConnectAttempt, response.json()["attempt_id"])
+        assert (attempt.return_mode, attempt.requested_provider) == (
+            live_server.app.config["MOBILE_REDIRECT_MODE"],
+            None,
+        )
 
 
 @pytest.mark.parametrize("wait", ["26", "-1", "soon", "1.5"])

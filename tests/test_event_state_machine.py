@@ -2,12 +2,16 @@
 
 import itertools
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from extensions import db
 from models import Connection, WebhookEvent
+from models.connect_attempt import AttemptHint
+from models.time import utcnow
+from services import attempts
 from terra_integration.inbox import replay
 from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
 
@@ -325,3 +329,26 @@ def test_unknown_attempt_state_is_untouched_by_data_events(send, user):
     send({"type": "sleep", "user": terra_user(user, str(uuid.uuid4())), "data": []})
     db.session.refresh(attempt)
     assert attempt.status == "pending" and attempt.version == 1
+
+
+def test_updated_at_never_goes_backwards(user):
+    """A change whose time was taken before another change reached the row (another worker, a clock
+    stepped back) must not move `updated_at` back: it keeps the later time, and `version` still grows."""
+    later = (utcnow() + timedelta(minutes=5)).replace(microsecond=0)
+    attempt = create_attempt(user, updated_at=later)
+    version = attempt.version
+
+    attempts.record_hint(attempt, AttemptHint.RETURNED_FAILURE)  # an ORM change
+    db.session.commit()
+    assert (attempt.updated_at, attempt.version) == (later, version + 1)
+
+    assert attempts.mark_failed(attempt, "access_denied")  # a guarded UPDATE
+    db.session.commit()
+    assert (attempt.updated_at, attempt.status, attempt.version) == (later, "failed", version + 2)
+
+    # With nothing later stored, the change takes the time now.
+    fresh = create_attempt(user, updated_at=utcnow() - timedelta(minutes=5))
+    before = utcnow()
+    attempts.record_hint(fresh, AttemptHint.RETURNED_SUCCESS)
+    db.session.commit()
+    assert fresh.updated_at >= before
