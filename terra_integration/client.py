@@ -148,15 +148,18 @@ class TerraClient:
         self._sleep = sleep
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TerraClient:
+    def from_config(cls, config: Mapping[str, Any], **options: Any) -> TerraClient:
+        """The client for the TERRA_* settings in `config`; `options` (any keyword argument of the
+        constructor) come on top, e.g. a shorter timeout or other retry settings."""
+        optional = {"widget_api": "TERRA_WIDGET_API", "timeout": "TERRA_TIMEOUT_SECONDS"}
+        settings = {argument: config[key] for argument, key in optional.items() if key in config}
         return cls(
             dev_id=config["TERRA_DEV_ID"],
             api_key=config["TERRA_API_KEY"],
             api_base_url=config["TERRA_API_BASE_URL"],
             widget_session_url=config["TERRA_WIDGET_SESSION_URL"],
             legacy_widget_url=config["TERRA_LEGACY_WIDGET_URL"],
-            widget_api=config["TERRA_WIDGET_API"],
-            timeout=config["TERRA_TIMEOUT_SECONDS"],
+            **settings | options,
         )
 
     # -- widget and authentication -------------------------------------------------------

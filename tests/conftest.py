@@ -18,12 +18,14 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -35,19 +37,13 @@ from werkzeug.serving import make_server
 from app import create_app
 from config import database_url
 from extensions import db
+from tests.helpers import terra_settings
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 SANDBOX_INSTALLED = importlib.util.find_spec("sandbox") is not None
 # Made-up credentials, and endpoints on a loopback port nothing listens on (9, "discard").
 DEAD_TERRA = "http://127.0.0.1:9"
-LIVE_TERRA = {
-    "TERRA_DEV_ID": "test-dev-id",
-    "TERRA_API_KEY": "test-api-key",
-    "TERRA_SIGNING_SECRET": "test-secret",
-    "TERRA_API_BASE_URL": DEAD_TERRA + "/v2",
-    "TERRA_WIDGET_SESSION_URL": DEAD_TERRA + "/api/widget/session",
-    "TERRA_LEGACY_WIDGET_URL": DEAD_TERRA + "/v2/auth/generateWidgetSession",
-}
+LIVE_TERRA = terra_settings(DEAD_TERRA)
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the `flask` and `gunicorn` commands of this environment
 
@@ -137,12 +133,39 @@ def auth(client):
     return AuthActions(client)
 
 
+@contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[socketserver.BaseServer]:
+    """Serve `server` (Werkzeug's, or http.server's for a stub) from a thread until the block ends."""
+    # serve_forever looks for shutdown every poll_interval (0.5 s by default): each server's
+    # teardown would wait that long, and the suite starts hundreds of them.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def stub_server() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], ThreadingHTTPServer]]:
+    """Serve a handler class on a loopback port until the test ends: a stand-in for Terra, a storage
+    host or a webhook receiver. Its URL is http://127.0.0.1:<server.server_port>."""
+    with ExitStack() as servers:
+
+        def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+            return servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)))
+
+        yield serve
+
+
 class LiveServer:
     """The app on a real port: the Terra client, the sandbox and webhooks all go over HTTP."""
 
     def __init__(self, database_uri: str, **environ: str):
-        self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self.http = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
+        self.url = f"http://127.0.0.1:{self.http.server_port}"
         self.app = create_app(
             environ=_environ(
                 database_uri,
@@ -152,35 +175,25 @@ class LiveServer:
                 **environ,
             )
         )
-        # Werkzeug checks for shutdown every poll_interval (0.5 s by default): each teardown would wait that long.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def _dispatch(self, environ, start_response):
         return self.app(environ, start_response)
-
-    def start(self) -> LiveServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
 def start_live_server(database_uri):
     """Start the app on a real port with extra environment, e.g. TERRA_WIDGET_API=legacy."""
-    servers: list[LiveServer] = []
+    started: list[LiveServer] = []
+    with ExitStack() as servers:
 
-    def start(**environ: str) -> LiveServer:
-        servers.append(LiveServer(database_uri, **environ).start())
-        return servers[-1]
+        def start(**environ: str) -> LiveServer:
+            started.append(LiveServer(database_uri, **environ))
+            servers.enter_context(serving(started[-1].http))
+            return started[-1]
 
-    yield start
-    for server in servers:
-        server.stop()
-    if servers:
-        _empty_tables(servers[0].app)
+        yield start
+    if started:
+        _empty_tables(started[0].app)
 
 
 @pytest.fixture

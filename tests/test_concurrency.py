@@ -6,7 +6,6 @@ processes sharing the database.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -14,28 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from extensions import db
 from models import ConnectAttempt, Connection, WebhookEvent
 from services import attempts
-from terra_integration.signature import sign
-from tests.helpers import auth_event, create_attempt, create_user, terra_user
+from tests.helpers import auth_event, create_attempt, create_user, post_event, terra_user
 
 DELIVERIES = 16
-
-
-def post_event(
-    base_url: str, secret: str, payload: dict, trace_id: str | None = None, signed_at: int | None = None
-) -> int:
-    body = json.dumps(payload).encode()
-    headers = {
-        "X-Terra-Signature": sign(body, secret, signed_at),
-        "Content-Type": "application/json",
-        "X-Terra-Trace-Id": trace_id or str(uuid.uuid4()),
-    }
-    return requests.post(base_url + "/webhooks/terra", data=body, headers=headers, timeout=30).status_code
 
 
 def at_once(calls) -> list:

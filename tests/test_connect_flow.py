@@ -18,7 +18,7 @@ from models import ConnectAttempt, Connection, WebhookEvent
 from sandbox.traffic import traffic_of
 from services.attempts import attempt_token
 from tests.conftest import Browser, wait_for
-from tests.helpers import token_of
+from tests.helpers import finish_widget, token_of
 
 
 def start_connect(browser: Browser) -> str:
@@ -26,14 +26,6 @@ def start_connect(browser: Browser) -> str:
     response = browser.submit("/connections", "/connections/connect", allow_redirects=False)
     assert response.status_code == 303, response.text
     return response.headers["Location"]
-
-
-def finish_widget(widget_url: str, outcome: str = "success", account: str = "ada-garmin", provider: str = "GARMIN"):
-    response = requests.post(
-        widget_url + "/complete", json={"provider": provider, "account": account, "outcome": outcome}, timeout=10
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["redirect_url"]
 
 
 def attempt_state(browser: Browser, return_url: str) -> dict:

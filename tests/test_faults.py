@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 from typing import ClassVar
@@ -32,8 +31,8 @@ from sandbox.models import SandboxSession
 from sandbox.settings import SandboxSettings
 from sandbox.traffic import traffic_of
 from terra_integration.client import TerraClient, TerraUnavailable
-from tests.conftest import Browser, wait_for
-from tests.helpers import token_of
+from tests.conftest import LIVE_TERRA, Browser, wait_for
+from tests.helpers import finish_widget, token_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -56,15 +55,8 @@ def requests_to(server, *endpoints: str) -> int:
 
 
 def fast_client(server, **options) -> TerraClient:
-    config = server.app.config
-    settings = {"timeout": 0.3, "backoff_base": 0.01, "backoff_cap": 0.05} | options
-    return TerraClient(
-        dev_id=config["TERRA_DEV_ID"],
-        api_key=config["TERRA_API_KEY"],
-        api_base_url=config["TERRA_API_BASE_URL"],
-        widget_session_url=config["TERRA_WIDGET_SESSION_URL"],
-        legacy_widget_url=config["TERRA_LEGACY_WIDGET_URL"],
-        **settings,
+    return TerraClient.from_config(
+        server.app.config, **{"timeout": 0.3, "backoff_base": 0.01, "backoff_cap": 0.05} | options
     )
 
 
@@ -79,17 +71,6 @@ def press_connect(browser: Browser) -> str:
     response = browser.submit("/connections", "/connections/connect", allow_redirects=False)
     assert response.status_code == 303, response.text
     return response.headers["Location"]
-
-
-def finish_widget(widget_url: str, account: str = "ada-garmin", provider: str = "GARMIN", **kwargs) -> str:
-    response = requests.post(
-        widget_url + "/complete",
-        json={"provider": provider, "account": account, "outcome": "success"},
-        timeout=10,
-        **kwargs,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["redirect_url"]
 
 
 def attempt_status(browser: Browser, return_url: str) -> dict:
@@ -360,14 +341,7 @@ def test_the_retry_budget_bounds_the_total_time(live_server):
 
 
 def test_default_retry_settings_are_small():
-    terra = TerraClient(
-        dev_id="d",
-        api_key="k",
-        api_base_url="http://127.0.0.1:9/v2",
-        widget_session_url="http://127.0.0.1:9/s",
-        legacy_widget_url="http://127.0.0.1:9/l",
-        timeout=1,
-    )
+    terra = TerraClient.from_config(LIVE_TERRA, timeout=1)
     assert (terra.read_attempts, terra.backoff_cap, terra.max_retry_after, terra.retry_budget) == (3, 2.0, 5.0, 8.0)
     started = time.monotonic()
     with pytest.raises(TerraUnavailable, match=r"could not be reached \(ConnectionError\) \(tried 3 times\)"):
@@ -554,12 +528,6 @@ def test_mobile_api_provider_check_and_delete_are_502s_with_a_code(start_live_se
 # -- reset under gunicorn's threaded workers --------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def gunicorn_with_reset(start_gunicorn, tmp_path, app):  # `app` empties the tables afterwards
     url = start_gunicorn(WEB_CONCURRENCY="2", TERRA_TIMEOUT_SECONDS="2", SANDBOX_FAULTS="reset")
@@ -716,26 +684,21 @@ class RecordingReceiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_webhook_faults_can_be_given_to_deliver_directly(app):
+def test_webhook_faults_can_be_given_to_deliver_directly(app, stub_server):
     """Outside any request: one batch, reordered and duplicated, to a plain HTTP receiver."""
     handler = type("Receiver", (RecordingReceiver,), {"posted": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        config = dict(
-            app.config,
-            SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hook",
-            SANDBOX_REORDER_WINDOW_SECONDS=0.05,
-        )
-        thread = deliver([{"type": "first"}, {"type": "second"}], config, faults=["reorder", "duplicate"])
-        thread.join(timeout=5)
-        assert thread.delivered == [True, True]
-        posted = handler.posted
-        assert posted[0]["type"] == "second"  # both senders start with the last event
-        per_trace: dict[str, list[str]] = {}
-        for item in posted:
-            per_trace.setdefault(item["trace_id"], []).append(item["type"])
-        assert sorted(per_trace.values()) == [["first", "first"], ["second", "second"]]
-    finally:
-        server.shutdown()
-        server.server_close()
+    server = stub_server(handler)
+    config = dict(
+        app.config,
+        SANDBOX_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hook",
+        SANDBOX_REORDER_WINDOW_SECONDS=0.05,
+    )
+    thread = deliver([{"type": "first"}, {"type": "second"}], config, faults=["reorder", "duplicate"])
+    thread.join(timeout=5)
+    assert thread.delivered == [True, True]
+    posted = handler.posted
+    assert posted[0]["type"] == "second"  # both senders start with the last event
+    per_trace: dict[str, list[str]] = {}
+    for item in posted:
+        per_trace.setdefault(item["trace_id"], []).append(item["type"])
+    assert sorted(per_trace.values()) == [["first", "first"], ["second", "second"]]

@@ -28,7 +28,7 @@ from extensions import db
 from models import ApiToken, Connection, WebhookEvent
 from models.time import utcnow
 from tests.conftest import Browser, wait_for
-from tests.helpers import create_attempt, create_user
+from tests.helpers import create_attempt, create_user, finish_widget
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 DOCUMENT: dict = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
@@ -257,14 +257,6 @@ def register_and_sign_in(server, email: str = "ada@example.com") -> Api:
     page = Browser(server.url).register(email=email, password=PASSWORD)
     assert page.status_code == 200 and "Your connections" in page.text
     return Api(server.url).sign_in(email)
-
-
-def finish_widget(widget_url: str, outcome: str = "success", provider: str = "GARMIN", account: str = "x") -> str:
-    response = requests.post(
-        widget_url + "/complete", json={"provider": provider, "account": account, "outcome": outcome}, timeout=10
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["redirect_url"]
 
 
 def start_attempt(api: Api, body: dict | None = None) -> dict:

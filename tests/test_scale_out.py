@@ -7,7 +7,6 @@ deliveries split across instances, and rate limits shared through Redis.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -19,9 +18,8 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
-from terra_integration.signature import sign
 from tests.conftest import Browser
-from tests.helpers import auth_event, redis_test_url, terra_user
+from tests.helpers import auth_event, post_event, redis_test_url, terra_user
 from tests.test_concurrency import at_once
 
 PASSWORD = "correct horse battery"
@@ -40,20 +38,6 @@ def token_for(base_url: str, email: str) -> dict:
     Browser(base_url).register(email=email, password=PASSWORD)
     response = requests.post(base_url + "/api/v1/tokens", json={"email": email, "password": PASSWORD}, timeout=10)
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
-def post_event(base_url: str, secret: str, payload: dict, trace_id: str) -> int:
-    body = json.dumps(payload).encode()
-    return requests.post(
-        base_url + "/webhooks/terra",
-        data=body,
-        timeout=30,
-        headers={
-            "X-Terra-Signature": sign(body, secret),
-            "Content-Type": "application/json",
-            "X-Terra-Trace-Id": trace_id,
-        },
-    ).status_code
 
 
 def test_an_attempt_made_on_one_instance_is_served_and_woken_on_the_other(two_instances, app):
