@@ -10,6 +10,7 @@ import pytest
 from terra_integration.client import (
     LegacyWidgetEndpointGone,
     TerraClient,
+    TerraError,
     TerraNotFound,
     TerraRejected,
     TerraUnavailable,
@@ -131,14 +132,15 @@ def test_any_2xx_is_accepted(stub, status):
         (429, b'{"detail": "rate limit exceeded"}', TerraUnavailable, "rate limit exceeded"),
         (400, b'{"title": "bad request", "detail": "invalid start_date"}', TerraRejected, "invalid start_date"),
         (200, b"<html>", TerraUnavailable, "not JSON"),
-        (200, b'{"status": "success"}', Exception, "no session_id"),
+        (200, b'{"status": "success"}', TerraError, "no session_id"),
     ],
 )
 def test_failures_become_clear_errors(stub, status, body, error, message):
     server, terra = stub
     answer(server, status, body)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as raised:
         terra.create_widget_session(reference_id="r", success_url="https://a/s", failure_url="https://a/f")
+    assert type(raised.value) is error  # not merely a subclass: each is handled in its own way
 
 
 def test_unreachable_terra_is_unavailable():
