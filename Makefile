@@ -25,8 +25,12 @@ run: install
 	$(BIN)/flask --app app db upgrade heads
 	$(BIN)/gunicorn --config gunicorn.conf.py "app:create_app()"
 
+# The suite runs in TEST_PROCESSES processes (pytest-xdist; `auto`: one per CPU). Most of its time is
+# spent waiting on servers, so a 2-core machine gains from 2 processes too. Each process has its own
+# database (tests/conftest.py); the tests that flush the test Redis databases share one process.
+TEST_PROCESSES ?= auto
 test: install-dev chromium
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --numprocesses $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
 # [tool.mutmut], docs/reliability.md). Tens of minutes: not part of `make test` or CI.

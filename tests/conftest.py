@@ -57,10 +57,16 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def database_uri(tmp_path_factory) -> str:
+def database_uri(tmp_path_factory, worker_id) -> str:
+    """The run's database, migrated. Under pytest-xdist (`make test`) each process has its own: the
+    SQLite file is in the process's own temporary folder, and TEST_DATABASE_URL's name gets the
+    process's name appended (terra_connect_test_gw0, ...); `worker_id` is "master" without xdist."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
-        uri = database_url({"DATABASE_URL": configured}, None)
+        url = make_url(database_url({"DATABASE_URL": configured}, None))
+        if worker_id != "master":
+            url = url.set(database=f"{url.database}_{worker_id}")
+        uri = url.render_as_string(hide_password=False)
         _recreate_postgres_database(uri)
     else:
         uri = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}"
