@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from config import database_url
 from extensions import db
+from models.time import clock as app_clock
 from tests.helpers import terra_settings
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
@@ -113,6 +115,18 @@ def app(database_uri, tmp_path):
     app.instance_path = str(tmp_path)
     yield app
     _empty_tables(app)
+
+
+@pytest.fixture
+def advance_clock() -> Iterator[Callable[[float], None]]:
+    """Move the app's clock (models/time.py) forward instead of sleeping; the live servers run in this
+    process and read it too. The clock is back to the real time after the test."""
+
+    def advance(seconds: float) -> None:
+        app_clock.offset += timedelta(seconds=seconds)
+
+    yield advance
+    app_clock.offset = timedelta()
 
 
 @pytest.fixture

@@ -327,23 +327,23 @@ def test_bad_wait_is_400(api, wait):
     assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_wait")
 
 
-def test_pending_attempt_expires_after_the_widget_session_lifetime(api, live_server):
-    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 1
+def test_pending_attempt_expires_after_the_widget_session_lifetime(api, live_server, advance_clock):
+    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 60
     attempt = start(api)
-    time.sleep(1.2)
+    advance_clock(60)
     body = state(api, attempt["attempt_id"]).json()
     assert (body["status"], body["terminal"], body["error"]["code"]) == ("expired", True, "session_expired")
     assert body["poll_after_ms"] is None
 
 
-def test_browser_closed_then_cancelled_then_late_success_connects(api, live_server):
-    live_server.app.config["BROWSER_CLOSED_GRACE_SECONDS"] = 1
+def test_browser_closed_then_cancelled_then_late_success_connects(api, live_server, advance_clock):
+    live_server.app.config["BROWSER_CLOSED_GRACE_SECONDS"] = 30
     live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""  # hold Terra's webhook back
     attempt = start(api)
     closed = api.post(f"/api/v1/connect-attempts/{attempt['attempt_id']}/browser-closed")
     assert closed.status_code == 202
     assert (closed.json()["status"], closed.json()["hint"]) == ("pending", "browser_closed")
-    time.sleep(1.1)
+    advance_clock(30)
     body = state(api, attempt["attempt_id"]).json()
     assert (body["status"], body["error"]["code"]) == ("cancelled", "browser_closed")
 

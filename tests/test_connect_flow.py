@@ -6,7 +6,6 @@ finishes the sandbox widget through its automation endpoint, which does what its
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -209,10 +208,10 @@ def test_a_return_url_naming_someone_elses_terra_user_connects_nothing(signed_in
         assert db.session.scalars(select(ConnectAttempt.redirect_terra_user_id)).all() == [None, None]
 
 
-def test_expired_widget_session_offers_a_fresh_one(signed_in, live_server):
-    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 1
+def test_expired_widget_session_offers_a_fresh_one(signed_in, live_server, advance_clock):
+    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 60
     widget_url = start_connect(signed_in)
-    time.sleep(1.2)
+    advance_clock(60)
     late = requests.post(
         widget_url + "/complete", json={"provider": "GARMIN", "account": "a", "outcome": "success"}, timeout=10
     )
