@@ -421,7 +421,9 @@ def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, clie
         name: rows for name, rows in before.items() if name != "webhook_events"
     }
     if status == 413:
-        assert error_code(response) in {"payload_too_large", "request_entity_too_large"}
+        # The webhook's own limit, or Werkzeug's MAX_CONTENT_LENGTH when that one is the smaller.
+        too_large = "request_entity_too_large" if "WEBHOOK_MAX_BYTES" in config else "payload_too_large"
+        assert error_code(response) == too_large
         assert after["webhook_events"] == before["webhook_events"]
         return
     assert response.get_json()["status"] == "failed"
@@ -1385,13 +1387,19 @@ def test_login_next_never_leaves_the_site(app, client, world, raw, location):
 
 # == header injection ===================================================================================
 
+# Each: the `next` value, and where the login sends the browser (a value with a control character is
+# refused for the dashboard; the others are plain paths, kept percent-encoded).
 HEADER_INJECTIONS = [
-    pytest.param("/x%0d%0aSet-Cookie:%20injected=1", id="CRLF Set-Cookie"),
-    pytest.param("/x%0aSet-Cookie:%20injected=1", id="LF Set-Cookie"),
-    pytest.param("/x%0dSet-Cookie:%20injected=1", id="CR Set-Cookie"),
-    pytest.param("/x%0d%0a%0d%0a<script>alert(1)</script>", id="CRLF CRLF body"),
-    pytest.param("/x%0d%0aLocation:%20//evil.example", id="CRLF second Location"),
-    pytest.param("/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1", id="U+560A U+560D (CR/LF low bytes)"),
+    pytest.param("/x%0d%0aSet-Cookie:%20injected=1", "/connections", id="CRLF Set-Cookie"),
+    pytest.param("/x%0aSet-Cookie:%20injected=1", "/connections", id="LF Set-Cookie"),
+    pytest.param("/x%0dSet-Cookie:%20injected=1", "/connections", id="CR Set-Cookie"),
+    pytest.param("/x%0d%0a%0d%0a<script>alert(1)</script>", "/connections", id="CRLF CRLF body"),
+    pytest.param("/x%0d%0aLocation:%20//evil.example", "/connections", id="CRLF second Location"),
+    pytest.param(
+        "/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1",
+        "/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1",
+        id="U+560A U+560D (CR/LF low bytes)",
+    ),
 ]
 
 
@@ -1402,13 +1410,13 @@ def assert_single_clean_headers(response) -> None:
     assert len(response.headers.getlist("Location")) == 1
 
 
-@pytest.mark.parametrize("raw", HEADER_INJECTIONS)
-def test_header_injection_through_next_is_not_possible(app, client, world, raw):
+@pytest.mark.parametrize("raw, location", HEADER_INJECTIONS)
+def test_header_injection_through_next_is_not_possible(app, client, world, raw, location):
     with unchanged(app):
         response = client.post(f"/auth/login?next={raw}", data={"email": "ada@example.com", "password": PASSWORD})
     check(response, 303)
     assert_single_clean_headers(response)
-    assert response.headers["Location"] in ("/connections", "/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1")
+    assert response.headers["Location"] == location
     assert client.get_cookie("injected") is None
 
 
