@@ -320,13 +320,6 @@ def test_long_poll_without_a_known_version_answers_at_once(api):
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("wait", ["26", "-1", "soon", "1.5"])
-def test_bad_wait_is_400(api, wait):
-    attempt = start(api)
-    response = state(api, attempt["attempt_id"], params={"wait": wait})
-    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_wait")
-
-
 def test_pending_attempt_expires_after_the_widget_session_lifetime(api, live_server, advance_clock):
     live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 60
     attempt = start(api)
