@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
-from tests.conftest import Browser
+from tests.conftest import Browser, gunicorn
 from tests.helpers import auth_event, post_event, redis_test_url, terra_user, uses_test_redis
 from tests.test_concurrency import at_once
 
@@ -27,11 +27,19 @@ REDIS_URL = redis_test_url(0)
 pytestmark = uses_test_redis
 
 
-@pytest.fixture
-def two_instances(start_gunicorn):
-    redis.Redis.from_url(REDIS_URL).flushdb()
+@pytest.fixture(scope="module")
+def instances(database_uri, tmp_path_factory):
+    """Started once for the module: each instance boots several workers, each importing the app."""
     settings = {"RATELIMIT_STORAGE_URI": REDIS_URL, "LOGIN_RATE_LIMIT": "4 per minute"}
-    yield start_gunicorn(**settings), start_gunicorn(**settings)
+    logs = tmp_path_factory.mktemp("instances")
+    with gunicorn(database_uri, logs, **settings) as first, gunicorn(database_uri, logs, **settings) as second:
+        yield first, second
+
+
+@pytest.fixture
+def two_instances(instances, app):  # `app` empties the tables afterwards
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    yield instances
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
