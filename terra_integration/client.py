@@ -10,6 +10,8 @@ at most `read_attempts` tries, waiting with capped exponential backoff and full 
 and never starting a try more than `retry_budget` seconds after the first one began. Creating a widget session or an
 authenticateUser flow (POST) and deauthenticateUser (DELETE) are tried once: a timed-out POST may
 well have created a session on Terra's side, and a second one must not be made without need.
+Kept rather than urllib3's `Retry`, which retries neither a body that is not JSON nor within a time
+budget, and waits out a long `Retry-After` instead of giving up (docs/reliability.md).
 """
 
 from __future__ import annotations
