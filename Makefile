@@ -25,12 +25,12 @@ run: install
 	$(BIN)/flask --app app db upgrade heads
 	$(BIN)/gunicorn --config gunicorn.conf.py "app:create_app()"
 
-# The suite runs in TEST_PROCESSES processes (pytest-xdist; `auto`: one per CPU). Most of its time is
-# spent waiting on servers, so a 2-core machine gains from 2 processes too. Each process has its own
-# database (tests/conftest.py); the tests that flush the test Redis databases share one process.
+# The suite runs in TEST_PROCESSES processes (pytest-xdist; `auto`: one per CPU), each with its own
+# database (tests/conftest.py). A test module runs whole in one process (--dist loadfile): its
+# module-wide servers start once, and each module that flushes a Redis database has its own.
 TEST_PROCESSES ?= auto
 test: install-dev chromium
-	$(BIN)/pytest --numprocesses $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest --numprocesses $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
 # [tool.mutmut], docs/reliability.md). Tens of minutes: not part of `make test` or CI.

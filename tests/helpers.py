@@ -8,7 +8,6 @@ import uuid
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-import pytest
 import requests
 from werkzeug.security import generate_password_hash
 
@@ -20,14 +19,11 @@ from terra_integration.signature import sign
 
 
 def redis_test_url(offset: int) -> str:
-    """A Redis database the tests may flush: 14 and 15 by default; TEST_REDIS_DB moves both, so that
-    suites run side by side (several checkouts on one machine) do not flush each other's counters."""
-    return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '14')) + offset}"
-
-
-# The tests that use those databases: pytest-xdist (`make test`, --dist loadgroup) runs them all in one
-# of its processes, one after another, so that no test flushes counters another is counting.
-uses_test_redis = pytest.mark.xdist_group("test-redis")
+    """A Redis database the tests may flush: 13, 14 and 15 by default, one per test module that uses
+    Redis (the parallel suite runs a module's tests in one process, but modules side by side);
+    TEST_REDIS_DB moves all three, so that suites run side by side (several checkouts on one machine)
+    do not flush each other's counters."""
+    return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '13')) + offset}"
 
 
 def create_user(email: str = "ada@example.com") -> User:

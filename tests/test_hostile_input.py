@@ -52,7 +52,7 @@ from terra_integration.reference_ids import is_authentic, new_reference_id
 from terra_integration.signature import compute, sign
 from terra_integration.signing import signing_keys
 from tests.conftest import Browser
-from tests.helpers import auth_event, create_attempt, redis_test_url, terra_user, uses_test_redis
+from tests.helpers import auth_event, create_attempt, redis_test_url, terra_user
 
 PASSWORD = "correct horse battery"  # Ada's and Eve's
 SCRIPT = "<script>alert(1)</script>"
@@ -1495,7 +1495,6 @@ def web_login(server_url: str, password: str) -> int:
     return response.status_code
 
 
-@uses_test_redis
 @pytest.mark.parametrize(
     "storage, second_instance_first_try",
     [

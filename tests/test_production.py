@@ -30,7 +30,7 @@ from extensions import db
 from models import WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
 from tests.conftest import ROOT, VENV_BIN, Browser, _empty_tables, _environ, free_port, server_process
-from tests.helpers import redis_test_url, uses_test_redis
+from tests.helpers import redis_test_url
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 GUNICORN = [str(VENV_BIN / "gunicorn"), "--config", "gunicorn.conf.py"]
@@ -45,8 +45,7 @@ SECRET_KEY = subprocess.run(
     check=True,
 ).stdout.strip()
 SIGNING_SECRET = "whsec-production-test-destination"
-REDIS_URL = redis_test_url(0)  # a database of its own; test_hostile_input uses the next
-pytestmark = uses_test_redis  # and the deployment starts once, in one process
+REDIS_URL = redis_test_url(2)  # a database of its own: test_scale_out uses the first, test_hostile_input the next
 PASSWORD = "correct horse battery staple"
 
 

@@ -19,12 +19,11 @@ from sqlalchemy import func, select
 from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
 from tests.conftest import Browser, gunicorn
-from tests.helpers import auth_event, post_event, redis_test_url, terra_user, uses_test_redis
+from tests.helpers import auth_event, post_event, redis_test_url, terra_user
 from tests.test_concurrency import at_once
 
 PASSWORD = "correct horse battery"
 REDIS_URL = redis_test_url(0)
-pytestmark = uses_test_redis
 
 
 @pytest.fixture(scope="module")
