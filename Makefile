@@ -25,8 +25,12 @@ run: install
 	$(BIN)/flask --app app db upgrade heads
 	$(BIN)/gunicorn --config gunicorn.conf.py "app:create_app()"
 
+# The suite runs in TEST_PROCESSES processes (pytest-xdist; `auto`: one per CPU), each with its own
+# database (tests/conftest.py). A test module runs whole in one process (--dist loadfile): its
+# module-wide servers start once, and each module that flushes a Redis database has its own.
+TEST_PROCESSES ?= auto
 test: install-dev chromium java
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --numprocesses $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
 # [tool.mutmut], docs/reliability.md). Tens of minutes: not part of `make test` or CI.

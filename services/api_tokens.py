@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from extensions import db
 from models import ApiToken, User
 from models.api_token import hash_token, new_token
-from models.time import utcnow
+from models.time import clock, utcnow
 from services.json_errors import json_error
 
 LAST_USED_RESOLUTION = timedelta(minutes=5)
@@ -53,7 +53,7 @@ class TokenCache:
     caches are not thread-safe (even a read reorders and expires entries)."""
 
     def __init__(self, seconds: float):
-        self.tokens: TTLCache[str, CheckedToken] = TTLCache(TOKEN_CACHE_MAX_ENTRIES, ttl=seconds)
+        self.tokens: TTLCache[str, CheckedToken] = TTLCache(TOKEN_CACHE_MAX_ENTRIES, ttl=seconds, timer=clock.monotonic)
         self._lock = threading.Lock()
 
     def get(self, token_hash: str) -> CheckedToken | None:

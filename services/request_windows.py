@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from functools import lru_cache
 
 import limits
+
+from models.time import clock
 
 SWEEP_SECONDS = 60.0
 
@@ -31,12 +32,12 @@ class RequestWindows:
     def __init__(self) -> None:
         self._windows: dict[str, tuple[float, int]] = {}  # key -> (window end, requests so far)
         self._lock = threading.Lock()
-        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        self._next_sweep = clock.monotonic() + SWEEP_SECONDS
 
     def hit(self, key: str, limit_text: str) -> int | None:
         """Count a request under `key`: None while within the limit, else whole seconds to wait."""
         limit = parse_limit(limit_text)
-        now = time.monotonic()
+        now = clock.monotonic()
         with self._lock:
             if now >= self._next_sweep:
                 self._sweep(now)

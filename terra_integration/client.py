@@ -10,6 +10,8 @@ at most `read_attempts` tries, waiting with capped exponential backoff and full 
 and never starting a try more than `retry_budget` seconds after the first one began. Creating a widget session or an
 authenticateUser flow (POST) and deauthenticateUser (DELETE) are tried once: a timed-out POST may
 well have created a session on Terra's side, and a second one must not be made without need.
+Kept rather than urllib3's `Retry`, which retries neither a body that is not JSON nor within a time
+budget, and waits out a long `Retry-After` instead of giving up (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -148,15 +150,18 @@ class TerraClient:
         self._sleep = sleep
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TerraClient:
+    def from_config(cls, config: Mapping[str, Any], **options: Any) -> TerraClient:
+        """The client for the TERRA_* settings in `config`; `options` (any keyword argument of the
+        constructor) come on top, e.g. a shorter timeout or other retry settings."""
+        optional = {"widget_api": "TERRA_WIDGET_API", "timeout": "TERRA_TIMEOUT_SECONDS"}
+        settings = {argument: config[key] for argument, key in optional.items() if key in config}
         return cls(
             dev_id=config["TERRA_DEV_ID"],
             api_key=config["TERRA_API_KEY"],
             api_base_url=config["TERRA_API_BASE_URL"],
             widget_session_url=config["TERRA_WIDGET_SESSION_URL"],
             legacy_widget_url=config["TERRA_LEGACY_WIDGET_URL"],
-            widget_api=config["TERRA_WIDGET_API"],
-            timeout=config["TERRA_TIMEOUT_SECONDS"],
+            **settings | options,
         )
 
     # -- widget and authentication -------------------------------------------------------

@@ -18,12 +18,15 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -35,19 +38,14 @@ from werkzeug.serving import make_server
 from app import create_app
 from config import database_url
 from extensions import db
+from models.time import clock as app_clock
+from tests.helpers import terra_settings
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 SANDBOX_INSTALLED = importlib.util.find_spec("sandbox") is not None
 # Made-up credentials, and endpoints on a loopback port nothing listens on (9, "discard").
 DEAD_TERRA = "http://127.0.0.1:9"
-LIVE_TERRA = {
-    "TERRA_DEV_ID": "test-dev-id",
-    "TERRA_API_KEY": "test-api-key",
-    "TERRA_SIGNING_SECRET": "test-secret",
-    "TERRA_API_BASE_URL": DEAD_TERRA + "/v2",
-    "TERRA_WIDGET_SESSION_URL": DEAD_TERRA + "/api/widget/session",
-    "TERRA_LEGACY_WIDGET_URL": DEAD_TERRA + "/v2/auth/generateWidgetSession",
-}
+LIVE_TERRA = terra_settings(DEAD_TERRA)
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the `flask` and `gunicorn` commands of this environment
 
@@ -61,10 +59,16 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def database_uri(tmp_path_factory) -> str:
+def database_uri(tmp_path_factory, worker_id) -> str:
+    """The run's database, migrated. Under pytest-xdist (`make test`) each process has its own: the
+    SQLite file is in the process's own temporary folder, and TEST_DATABASE_URL's name gets the
+    process's name appended (terra_connect_test_gw0, ...); `worker_id` is "master" without xdist."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
-        uri = database_url({"DATABASE_URL": configured}, None)
+        url = make_url(database_url({"DATABASE_URL": configured}, None))
+        if worker_id != "master":
+            url = url.set(database=f"{url.database}_{worker_id}")
+        uri = url.render_as_string(hide_password=False)
         _recreate_postgres_database(uri)
     else:
         uri = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}"
@@ -114,6 +118,18 @@ def app(database_uri, tmp_path):
 
 
 @pytest.fixture
+def advance_clock() -> Iterator[Callable[[float], None]]:
+    """Move the app's clock (models/time.py) forward instead of sleeping; the live servers run in this
+    process and read it too. The clock is back to the real time after the test."""
+
+    def advance(seconds: float) -> None:
+        app_clock.offset += timedelta(seconds=seconds)
+
+    yield advance
+    app_clock.offset = timedelta()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 
@@ -137,12 +153,39 @@ def auth(client):
     return AuthActions(client)
 
 
+@contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[socketserver.BaseServer]:
+    """Serve `server` (Werkzeug's, or http.server's for a stub) from a thread until the block ends."""
+    # serve_forever looks for shutdown every poll_interval (0.5 s by default): each server's
+    # teardown would wait that long, and the suite starts hundreds of them.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def stub_server() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], ThreadingHTTPServer]]:
+    """Serve a handler class on a loopback port until the test ends: a stand-in for Terra, a storage
+    host or a webhook receiver. Its URL is http://127.0.0.1:<server.server_port>."""
+    with ExitStack() as servers:
+
+        def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+            return servers.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)))
+
+        yield serve
+
+
 class LiveServer:
     """The app on a real port: the Terra client, the sandbox and webhooks all go over HTTP."""
 
     def __init__(self, database_uri: str, **environ: str):
-        self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self.http = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
+        self.url = f"http://127.0.0.1:{self.http.server_port}"
         self.app = create_app(
             environ=_environ(
                 database_uri,
@@ -152,35 +195,25 @@ class LiveServer:
                 **environ,
             )
         )
-        # Werkzeug checks for shutdown every poll_interval (0.5 s by default): each teardown would wait that long.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def _dispatch(self, environ, start_response):
         return self.app(environ, start_response)
-
-    def start(self) -> LiveServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
 def start_live_server(database_uri):
     """Start the app on a real port with extra environment, e.g. TERRA_WIDGET_API=legacy."""
-    servers: list[LiveServer] = []
+    started: list[LiveServer] = []
+    with ExitStack() as servers:
 
-    def start(**environ: str) -> LiveServer:
-        servers.append(LiveServer(database_uri, **environ).start())
-        return servers[-1]
+        def start(**environ: str) -> LiveServer:
+            started.append(LiveServer(database_uri, **environ))
+            servers.enter_context(serving(started[-1].http))
+            return started[-1]
 
-    yield start
-    for server in servers:
-        server.stop()
-    if servers:
-        _empty_tables(servers[0].app)
+        yield start
+    if started:
+        _empty_tables(started[0].app)
 
 
 @pytest.fixture
@@ -207,7 +240,9 @@ def server_process(
     """Run a server as a subprocess until the block ends, once `health_url` answers 200 (`verify`: the
     CA bundle for https). Its output goes to `log_path`; it fails the test if the process exits early."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
 
             def healthy():
@@ -217,47 +252,47 @@ def server_process(
                 except requests.RequestException:  # not listening yet, or a worker still booting
                     return False
 
-            wait_for(healthy, timeout=30, interval=0.2)
+            # Each gunicorn worker imports the app: on a busy machine, booting takes tens of seconds.
+            wait_for(healthy, timeout=90, interval=0.2)
             yield process
         finally:
-            process.send_signal(signal.SIGINT)  # quick shutdown; gunicorn's SIGTERM waits for its workers
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # a loaded machine: do not let one slow exit fail the test
-                process.kill()
-                process.wait()
+            # A clean shutdown is not under test: the server and every process it started (gunicorn's
+            # workers, a reloader) end at once. Even gunicorn's quick shutdown (SIGINT) took seconds.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def gunicorn(database_uri: str, log_folder: Path, **extra_env: str) -> Iterator[str]:
+    """The app under the shipped gunicorn configuration (several worker processes) on a free port,
+    with extra environment, until the block ends; yields its URL. Its output goes to
+    log_folder/gunicorn-<port>.log."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "APP_ENV": "testing",
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "DATABASE_URL": database_uri,
+        "PUBLIC_BASE_URL": url,
+        "BIND": f"127.0.0.1:{port}",
+        "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+        **extra_env,
+    }
+    with server_process(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
+        health_url=url + "/healthz",
+        env=env,
+        log_path=log_folder / f"gunicorn-{port}.log",
+    ):
+        yield url
 
 
 @pytest.fixture
 def start_gunicorn(database_uri, tmp_path):
-    """Start the app under the shipped gunicorn configuration (several worker processes) on a free
-    port, with extra environment; returns its URL. Its output goes to tmp_path/gunicorn-<port>.log."""
+    """Start gunicorn (see `gunicorn`) for this test, with extra environment; returns its URL."""
     with ExitStack() as servers:
-
-        def start(**extra_env: str) -> str:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            env = {
-                **os.environ,
-                "APP_ENV": "testing",
-                "SECRET_KEY": TEST_SECRET_KEY,
-                "DATABASE_URL": database_uri,
-                "PUBLIC_BASE_URL": url,
-                "BIND": f"127.0.0.1:{port}",
-                "SANDBOX_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
-                **extra_env,
-            }
-            servers.enter_context(
-                server_process(
-                    [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"],
-                    health_url=url + "/healthz",
-                    env=env,
-                    log_path=tmp_path / f"gunicorn-{port}.log",
-                )
-            )
-            return url
-
-        yield start
+        yield lambda **extra_env: servers.enter_context(gunicorn(database_uri, tmp_path, **extra_env))
 
 
 @pytest.fixture

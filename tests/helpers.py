@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+import requests
 from werkzeug.security import generate_password_hash
 
 from extensions import db
@@ -18,9 +19,11 @@ from terra_integration.signature import sign
 
 
 def redis_test_url(offset: int) -> str:
-    """A Redis database the tests may flush: 14 and 15 by default; TEST_REDIS_DB moves both, so that
-    suites run side by side (several checkouts on one machine) do not flush each other's counters."""
-    return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '14')) + offset}"
+    """A Redis database the tests may flush: 13, 14 and 15 by default, one per test module that uses
+    Redis (the parallel suite runs a module's tests in one process, but modules side by side);
+    TEST_REDIS_DB moves all three, so that suites run side by side (several checkouts on one machine)
+    do not flush each other's counters."""
+    return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '13')) + offset}"
 
 
 def create_user(email: str = "ada@example.com") -> User:
@@ -75,20 +78,59 @@ def token_of(return_url: str) -> str:
     return urlsplit(return_url).path.rsplit("/", 1)[1]
 
 
-def deliver(
-    client,
+def finish_widget(
+    widget_url: str, outcome: str = "success", account: str = "ada-garmin", provider: str = "GARMIN", **kwargs
+) -> str:
+    """Finish a sandbox widget session through its automation endpoint, which does what its pages do;
+    returns the URL Terra sends the browser back to. `kwargs` go to requests (e.g. headers)."""
+    response = requests.post(
+        widget_url + "/complete",
+        json={"provider": provider, "account": account, "outcome": outcome},
+        timeout=10,
+        **kwargs,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["redirect_url"]
+
+
+def signed(
     payload: dict | bytes,
     *,
     secret: str,
     trace_id: str | None = "auto",
     header: str = "X-Terra-Signature",
     timestamp: int | None = None,
-):
-    """POST a webhook exactly as Terra signs it (real HMAC over the raw bytes)."""
+) -> tuple[bytes, dict[str, str]]:
+    """A webhook's body and headers exactly as Terra signs it (real HMAC over the raw bytes)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {header: sign(body, secret, timestamp), "Content-Type": "application/json"}
     if trace_id == "auto":
         trace_id = str(uuid.uuid4())
     if trace_id:
         headers["X-Terra-Trace-Id"] = trace_id
+    return body, headers
+
+
+def deliver(client, payload: dict | bytes, *, secret: str, **signing):
+    """POST a signed webhook through a Flask test client."""
+    body, headers = signed(payload, secret=secret, **signing)
     return client.post("/webhooks/terra", data=body, headers=headers)
+
+
+def post_event(base_url: str, secret: str, payload: dict, trace_id: str = "auto", signed_at: int | None = None) -> int:
+    """POST a signed webhook to a server over HTTP; its status code."""
+    body, headers = signed(payload, secret=secret, trace_id=trace_id, timestamp=signed_at)
+    return requests.post(base_url + "/webhooks/terra", data=body, headers=headers, timeout=30).status_code
+
+
+def terra_settings(terra_url: str) -> dict[str, str]:
+    """Made-up credentials and the endpoints of a Terra at `terra_url`, laid out as Terra's hosts are
+    (and the sandbox under /sandbox): for a stub, or for a port nothing listens on."""
+    return {
+        "TERRA_DEV_ID": "test-dev-id",
+        "TERRA_API_KEY": "test-api-key",
+        "TERRA_SIGNING_SECRET": "test-secret",
+        "TERRA_API_BASE_URL": terra_url + "/v2",
+        "TERRA_WIDGET_SESSION_URL": terra_url + "/api/widget/session",
+        "TERRA_LEGACY_WIDGET_URL": terra_url + "/v2/auth/generateWidgetSession",
+    }

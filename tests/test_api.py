@@ -15,7 +15,7 @@ from models import ApiToken, ConnectAttempt, Connection, User
 from models.time import utcnow
 from sandbox.traffic import traffic_of
 from tests.conftest import Browser, wait_for
-from tests.helpers import auth_event, deliver, terra_user
+from tests.helpers import auth_event, deliver, finish_widget, terra_user
 
 PASSWORD = "correct horse battery"
 
@@ -51,14 +51,6 @@ def start(api: Api, **body) -> dict:
     response = api.post("/api/v1/connect-attempts", json=body)
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def complete(widget_url: str, outcome="success", account="ada-garmin", provider="GARMIN") -> str:
-    response = requests.post(
-        widget_url + "/complete", timeout=10, json={"provider": provider, "account": account, "outcome": outcome}
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["redirect_url"]
 
 
 def state(api: Api, attempt_id: str, **kwargs) -> requests.Response:
@@ -211,7 +203,7 @@ def test_invalid_attempt_requests(api, live_server, body, code):
 
 def test_page_mode_redirects_through_the_https_return_page(api, live_server):
     attempt = start(api)
-    redirect = complete(attempt["url"])
+    redirect = finish_widget(attempt["url"])
     assert redirect.startswith(live_server.url + "/mobile/return/success/")
     page = requests.get(redirect, timeout=10)
     assert page.status_code == 200
@@ -222,7 +214,7 @@ def test_page_mode_redirects_through_the_https_return_page(api, live_server):
 
 def test_app_mode_redirects_straight_to_the_deep_link(api):
     attempt = start(api, **{"return": "app"})
-    redirect = complete(attempt["url"], outcome="denied")
+    redirect = finish_widget(attempt["url"], outcome="denied")
     assert redirect.startswith(f"com.example.terraconnect://connect/failure?attempt_id={attempt['attempt_id']}&")
     body = final_state(api, attempt["attempt_id"])
     assert (body["status"], body["error"]["code"]) == ("failed", "access_denied")
@@ -277,7 +269,7 @@ def test_status_etag_304_and_version_changes(api, live_server):
     assert unchanged.status_code == 304 and unchanged.headers["ETag"] == etag and unchanged.content == b""
     assert unchanged.headers["Cache-Control"] == "no-store"
 
-    requests.get(complete(attempt["url"]), timeout=10)  # the browser reaches the return page: a hint
+    requests.get(finish_widget(attempt["url"]), timeout=10)  # the browser reaches the return page: a hint
     changed = state(api, attempt["attempt_id"], headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["ETag"] != etag
     assert changed.json()["version"] > first.json()["version"]
@@ -420,36 +412,29 @@ def test_null_optional_fields_take_their_defaults(api, live_server):
         )
 
 
-@pytest.mark.parametrize("wait", ["26", "-1", "soon", "1.5"])
-def test_bad_wait_is_400(api, wait):
+def test_pending_attempt_expires_after_the_widget_session_lifetime(api, live_server, advance_clock):
+    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 60
     attempt = start(api)
-    response = state(api, attempt["attempt_id"], params={"wait": wait})
-    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_wait")
-
-
-def test_pending_attempt_expires_after_the_widget_session_lifetime(api, live_server):
-    live_server.app.config["SANDBOX_SESSION_TTL_SECONDS"] = 1
-    attempt = start(api)
-    time.sleep(1.2)
+    advance_clock(60)
     body = state(api, attempt["attempt_id"]).json()
     assert (body["status"], body["terminal"], body["error"]["code"]) == ("expired", True, "session_expired")
     assert body["poll_after_ms"] is None
 
 
-def test_browser_closed_then_cancelled_then_late_success_connects(api, live_server):
-    live_server.app.config["BROWSER_CLOSED_GRACE_SECONDS"] = 1
+def test_browser_closed_then_cancelled_then_late_success_connects(api, live_server, advance_clock):
+    live_server.app.config["BROWSER_CLOSED_GRACE_SECONDS"] = 30
     live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""  # hold Terra's webhook back
     attempt = start(api)
     closed = api.post(f"/api/v1/connect-attempts/{attempt['attempt_id']}/browser-closed")
     assert closed.status_code == 202
     assert (closed.json()["status"], closed.json()["hint"]) == ("pending", "browser_closed")
-    time.sleep(1.1)
+    advance_clock(30)
     body = state(api, attempt["attempt_id"]).json()
     assert (body["status"], body["error"]["code"]) == ("cancelled", "browser_closed")
 
     # The user had in fact finished: Terra's verified auth arrives late and wins.
     live_server.app.config["SANDBOX_WEBHOOK_URL"] = live_server.url + "/webhooks/terra"
-    complete(attempt["url"])
+    finish_widget(attempt["url"])
     wait_for(lambda: state(api, attempt["attempt_id"]).json()["status"] == "connected")
 
 
@@ -457,7 +442,7 @@ def test_redirect_user_id_is_confirmed_by_userinfo_when_the_webhook_is_late(api,
     live_server.app.config["SANDBOX_WEBHOOK_URL"] = ""
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
     attempt = start(api)
-    requests.get(complete(attempt["url"]), timeout=10)
+    requests.get(finish_widget(attempt["url"]), timeout=10)
     body = final_state(api, attempt["attempt_id"])
     assert body["status"] == "connected" and body["connection"]["provider"] == "GARMIN"
 
@@ -467,7 +452,7 @@ def test_redirect_user_id_is_confirmed_by_userinfo_when_the_webhook_is_late(api,
 
 def test_list_and_delete_connections(api, live_server):
     attempt = start(api)
-    connection = final_state_with(api, attempt, complete(attempt["url"]))["connection"]
+    connection = final_state_with(api, attempt, finish_widget(attempt["url"]))["connection"]
     listed = api.get("/api/v1/connections").json()["connections"]
     assert [row["id"] for row in listed] == [connection["id"]] and listed[0]["status"] == "active"
 
@@ -483,7 +468,7 @@ def final_state_with(api, attempt, redirect_url):
 
 def test_someone_elses_connection_cannot_be_deleted(api, live_server):
     attempt = start(api)
-    connection = final_state_with(api, attempt, complete(attempt["url"]))["connection"]
+    connection = final_state_with(api, attempt, finish_widget(attempt["url"]))["connection"]
     eve = sign_up(live_server, "eve@example.com")
     assert eve.delete(f"/api/v1/connections/{connection['id']}").status_code == 404
     assert eve.get("/api/v1/connections").json() == {"connections": []}

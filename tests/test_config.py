@@ -289,7 +289,8 @@ SETTINGS_UNDER_TEST = (
 
 def connect_and_wait(url: str) -> None:
     """Register and connect through the sandbox that the server at `url` serves itself."""
-    from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal  # they need the sandbox
+    from tests.helpers import finish_widget
+    from tests.test_connect_flow import start_connect, wait_for_terminal  # they need the sandbox
 
     browser = Browser(url)
     assert "Your connections" in browser.register().text

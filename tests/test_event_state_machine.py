@@ -304,8 +304,20 @@ def test_replaying_events_converges_to_the_same_state(send, user):
     send(auth_event(user, terra_user(user, "new")))
     send({"type": "connection_error", "status": "warning", "user": terra_user(user, "new")})
     before = [(row.id, row.terra_user_id, row.status) for row in connections()]
-    for row in db.session.scalars(select(WebhookEvent).order_by(WebhookEvent.id)).all():
-        replay(row)
+    events = db.session.scalars(select(WebhookEvent).order_by(WebhookEvent.id)).all()
+    assert [(row.event_type, row.outcome) for row in events] == [
+        ("auth", "applied"),
+        ("user_reauth", "applied"),
+        ("auth", "applied"),
+        ("connection_error", "applied"),
+    ]
+    # Again, in the same order: what is already so is ignored, and nothing changes.
+    assert [(row.event_type, replay(row)) for row in events] == [
+        ("auth", "ignored"),  # the old Terra user, replaced since
+        ("user_reauth", "ignored"),
+        ("auth", "applied"),
+        ("connection_error", "applied"),
+    ]
     db.session.expire_all()
     assert [(row.id, row.terra_user_id, row.status) for row in connections()] == before
 

@@ -4,7 +4,8 @@ the app calls the sandbox over HTTP, and the sandbox calls the app's webhook ove
 from __future__ import annotations
 
 from tests.conftest import Browser
-from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
+from tests.helpers import finish_widget
+from tests.test_connect_flow import start_connect, wait_for_terminal
 
 
 def test_full_flow_under_gunicorn(gunicorn_server, app):  # `app` empties the tables afterwards

@@ -421,7 +421,9 @@ def test_webhook_bodies_that_are_not_events_are_kept_failed_or_refused(app, clie
         name: rows for name, rows in before.items() if name != "webhook_events"
     }
     if status == 413:
-        assert error_code(response) in {"payload_too_large", "request_entity_too_large"}
+        # The webhook's own limit, or Werkzeug's MAX_CONTENT_LENGTH when that one is the smaller.
+        too_large = "request_entity_too_large" if "WEBHOOK_MAX_BYTES" in config else "payload_too_large"
+        assert error_code(response) == too_large
         assert after["webhook_events"] == before["webhook_events"]
         return
     assert response.get_json()["status"] == "failed"
@@ -746,7 +748,12 @@ def test_api_attempt_with_hostile_provider_codes_creates_nothing(live_server, pr
     assert traffic_of(live_server.app).requests("sandbox.integrations_detailed") == []
 
 
-@pytest.mark.parametrize("wait", [SQL, SCRIPT, "0x10", "1e1", "26", "-1", "2.5", ""])
+# `?wait=` takes whole seconds from 0 to 25 (docs/openapi.json; tests/test_openapi.py checks that the
+# document refuses these too).
+BAD_WAITS = [SQL, SCRIPT, "soon", "0x10", "1e1", "26", "-1", "2.5", ""]
+
+
+@pytest.mark.parametrize("wait", BAD_WAITS)
 def test_api_hostile_wait_is_400(app, client, world, wait):
     with unchanged(app):
         response = client.get(
@@ -770,12 +777,6 @@ def test_api_hostile_if_none_match_changes_nothing(app, client, world, etag):
 
 # Each: (world) -> (method, path). Ada's token; every one names nothing of hers.
 API_IDS = [
-    pytest.param(lambda w: ("GET", f"/api/v1/connect-attempts/{w.eve_attempt}"), id="Eve's attempt"),
-    pytest.param(
-        lambda w: ("POST", f"/api/v1/connect-attempts/{w.eve_attempt}/browser-closed"),
-        id="Eve's attempt: browser closed",
-    ),
-    pytest.param(lambda w: ("DELETE", f"/api/v1/connections/{w.eve_connection}"), id="Eve's connection"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/" + quote(SQL, safe="")), id="SQL attempt id"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/" + quote(SCRIPT, safe="")), id="HTML attempt id"),
     pytest.param(lambda w: ("GET", "/api/v1/connect-attempts/%00"), id="NUL attempt id"),
@@ -912,19 +913,15 @@ def test_return_pages_refuse_tampered_attempt_tokens(app, client, world, page, m
         path, query = with_token(page, token)
         response = client.get(path, query_string=query)
     check(response, 404)
+    # A return page says so; without a token, or with a "/" in it, no return page's route matches.
+    if "/return/" in page and token and "/" not in token:
+        assert "This connection link is not valid" in body_text(response)
 
 
 def test_a_fresh_token_under_the_same_tiny_max_age_is_accepted(app, client, world):
     """Control for the expired case: the limit is what refuses it, not something else."""
     app.config["ATTEMPT_TOKEN_MAX_AGE"] = TINY_MAX_AGE
     check(client.get("/connect/attempts/status", query_string={"attempt": world.ada_attempt_token}), 200)
-
-
-def test_the_live_status_of_another_users_attempt_is_404(app, client, world):
-    log_in(client, world.eve_id)
-    with unchanged(app):
-        response = client.get("/connect/attempts/status", query_string={"attempt": world.ada_attempt_token})
-    check(response, 404)
 
 
 @pytest.mark.parametrize("page", [page for page in RETURN_PAGES if "/return/" in page])
@@ -1385,13 +1382,19 @@ def test_login_next_never_leaves_the_site(app, client, world, raw, location):
 
 # == header injection ===================================================================================
 
+# Each: the `next` value, and where the login sends the browser (a value with a control character is
+# refused for the dashboard; the others are plain paths, kept percent-encoded).
 HEADER_INJECTIONS = [
-    pytest.param("/x%0d%0aSet-Cookie:%20injected=1", id="CRLF Set-Cookie"),
-    pytest.param("/x%0aSet-Cookie:%20injected=1", id="LF Set-Cookie"),
-    pytest.param("/x%0dSet-Cookie:%20injected=1", id="CR Set-Cookie"),
-    pytest.param("/x%0d%0a%0d%0a<script>alert(1)</script>", id="CRLF CRLF body"),
-    pytest.param("/x%0d%0aLocation:%20//evil.example", id="CRLF second Location"),
-    pytest.param("/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1", id="U+560A U+560D (CR/LF low bytes)"),
+    pytest.param("/x%0d%0aSet-Cookie:%20injected=1", "/connections", id="CRLF Set-Cookie"),
+    pytest.param("/x%0aSet-Cookie:%20injected=1", "/connections", id="LF Set-Cookie"),
+    pytest.param("/x%0dSet-Cookie:%20injected=1", "/connections", id="CR Set-Cookie"),
+    pytest.param("/x%0d%0a%0d%0a<script>alert(1)</script>", "/connections", id="CRLF CRLF body"),
+    pytest.param("/x%0d%0aLocation:%20//evil.example", "/connections", id="CRLF second Location"),
+    pytest.param(
+        "/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1",
+        "/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1",
+        id="U+560A U+560D (CR/LF low bytes)",
+    ),
 ]
 
 
@@ -1402,13 +1405,13 @@ def assert_single_clean_headers(response) -> None:
     assert len(response.headers.getlist("Location")) == 1
 
 
-@pytest.mark.parametrize("raw", HEADER_INJECTIONS)
-def test_header_injection_through_next_is_not_possible(app, client, world, raw):
+@pytest.mark.parametrize("raw, location", HEADER_INJECTIONS)
+def test_header_injection_through_next_is_not_possible(app, client, world, raw, location):
     with unchanged(app):
         response = client.post(f"/auth/login?next={raw}", data={"email": "ada@example.com", "password": PASSWORD})
     check(response, 303)
     assert_single_clean_headers(response)
-    assert response.headers["Location"] in ("/connections", "/x%E5%98%8A%E5%98%8DSet-Cookie:%20injected=1")
+    assert response.headers["Location"] == location
     assert client.get_cookie("injected") is None
 
 

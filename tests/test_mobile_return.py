@@ -117,13 +117,6 @@ def test_without_any_deep_link_configured_the_page_still_explains(client, app, a
     assert b"return-to-app" not in response.data and b"close this window" in response.data
 
 
-@pytest.mark.parametrize("token", ["", "forged", "a.b.c"])
-def test_bad_attempt_token_is_404(client, token):
-    response = return_page(client, token)
-    assert response.status_code == 404
-    assert (b"This connection link is not valid" in response.data) is bool(token)  # no token: no such route
-
-
 # One rule for both return pages, web and mobile (services/return_visits.py).
 BOTH_RETURN_PAGES = ["/connect/return/success", "/mobile/return/success"]
 

@@ -45,7 +45,7 @@ SECRET_KEY = subprocess.run(
     check=True,
 ).stdout.strip()
 SIGNING_SECRET = "whsec-production-test-destination"
-REDIS_URL = redis_test_url(0)  # a database of its own; test_hostile_input uses the next
+REDIS_URL = redis_test_url(2)  # a database of its own: test_scale_out uses the first, test_hostile_input the next
 PASSWORD = "correct horse battery staple"
 
 

@@ -17,8 +17,8 @@ from sandbox.traffic import traffic_of
 from services.reconciliation import reconcile
 from terra_integration.client import TerraClient, TerraUnavailable, TerraUser
 from tests.conftest import Browser
-from tests.helpers import auth_event, create_user, deliver, terra_user
-from tests.test_connect_flow import finish_widget, start_connect, wait_for_terminal
+from tests.helpers import auth_event, create_user, deliver, finish_widget, terra_user
+from tests.test_connect_flow import start_connect, wait_for_terminal
 
 
 def userinfo_calls(server) -> int:

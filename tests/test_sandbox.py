@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,9 +47,9 @@ from tests.conftest import (
 class WebhookReceiver:
     """An HTTP server on 127.0.0.1 that records every POST and answers with scripted statuses."""
 
-    def __init__(self, statuses: list[int] | None = None):
+    def __init__(self, serve: Callable[[type[BaseHTTPRequestHandler]], ThreadingHTTPServer]):
         self.deliveries: list[dict] = []
-        self.statuses = list(statuses or [])
+        self.statuses: list[int] = []
         self.changed = threading.Condition()
         receiver = self
 
@@ -66,9 +67,7 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.server = serve(Handler)
 
     @property
     def url(self) -> str:
@@ -83,10 +82,6 @@ class WebhookReceiver:
     def events(self, count: int) -> list[dict]:
         return [json.loads(delivery["body"]) for delivery in self.wait_for(count)]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture(autouse=True)
 def no_stray_webhooks(app):
@@ -97,11 +92,10 @@ def no_stray_webhooks(app):
 
 
 @pytest.fixture
-def webhooks(app):
-    receiver = WebhookReceiver()
+def webhooks(app, stub_server):
+    receiver = WebhookReceiver(stub_server)
     app.config["SANDBOX_WEBHOOK_URL"] = receiver.url
-    yield receiver
-    receiver.close()
+    return receiver
 
 
 @pytest.fixture

@@ -110,8 +110,8 @@ def caller(start_live_server) -> Caller:
     return Caller(server)
 
 
-def run(caller: Caller, operation, strategy, conformance_checks, *, broken_credentials: bool = False) -> int:
-    """Send every example `strategy` gives; return how many were sent. Hypothesis reports the first
+def run(caller: Caller, operation, strategy, conformance_checks, *, broken_credentials: bool = False) -> list[int]:
+    """Send every example `strategy` gives; return the status codes of the answers. Hypothesis reports the first
     failing example with schemathesis's explanation and a curl command to reproduce it.
 
     Each request carries a valid token, except that with `broken_credentials` an `Authorization`
@@ -132,20 +132,23 @@ def run(caller: Caller, operation, strategy, conformance_checks, *, broken_crede
         sent.append(response.status_code)
 
     send()
-    return len(sent)
+    return sent
 
 
 @pytest.mark.parametrize("label", sorted(OPERATIONS))
 def test_generated_requests_get_documented_answers(caller, label):
     operation = OPERATIONS[label]
-    assert run(caller, operation, operation.as_strategy(GenerationMode.POSITIVE), CONFORMANCE) >= 1
+    assert run(caller, operation, operation.as_strategy(GenerationMode.POSITIVE), CONFORMANCE)
 
 
 @pytest.mark.parametrize("label", WITH_IDS)
 def test_generated_requests_on_the_callers_own_objects_get_documented_answers(caller, label):
     operation = OPERATIONS[label]
     strategy = operation.as_strategy(GenerationMode.POSITIVE, path_parameters=caller.own_ids(operation))
-    assert run(caller, operation, strategy, CONFORMANCE) >= 1
+    statuses = run(caller, operation, strategy, CONFORMANCE)
+    # The caller's own objects exist: unless some request reached the handler and succeeded, the
+    # pass proved only that refusals are documented.
+    assert any(200 <= status < 300 for status in statuses), statuses
 
 
 @pytest.mark.parametrize("broken_credentials", [False, True], ids=["valid token", "generated Authorization"])
@@ -153,4 +156,4 @@ def test_generated_requests_on_the_callers_own_objects_get_documented_answers(ca
 def test_requests_that_break_the_document_never_get_a_server_error(caller, label, broken_credentials):
     operation = OPERATIONS[label]
     strategy = operation.as_strategy(GenerationMode.NEGATIVE)
-    assert run(caller, operation, strategy, [checks.not_a_server_error], broken_credentials=broken_credentials) >= 1
+    assert run(caller, operation, strategy, [checks.not_a_server_error], broken_credentials=broken_credentials)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from terra_integration.client import (
     LegacyWidgetEndpointGone,
     TerraClient,
+    TerraError,
     TerraNotFound,
     TerraRejected,
     TerraUnavailable,
 )
+from tests.conftest import LIVE_TERRA
+from tests.helpers import finish_widget, terra_settings
 
 
 @pytest.fixture
@@ -56,14 +58,10 @@ def test_bad_credentials_are_rejected_with_terras_message(terra):
 
 
 def test_user_info_by_id_and_by_reference_in_both_shapes(terra, live_server):
-    import requests
-
     session = terra.create_widget_session(
         reference_id="ref-shapes", success_url="https://a.example/s", failure_url="https://a.example/f"
     )
-    redirect = requests.post(
-        session.url + "/complete", json={"provider": "OURA", "account": "x", "outcome": "success"}, timeout=10
-    ).json()["redirect_url"]
+    redirect = finish_widget(session.url, provider="OURA", account="x")
     user_id = redirect.split("user_id=")[1].split("&")[0]
 
     user = terra.user_info(user_id)
@@ -104,22 +102,9 @@ class StubTerra(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def stub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubTerra)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    yield (
-        server,
-        TerraClient(
-            dev_id="d",
-            api_key="k",
-            api_base_url=url + "/v2",
-            widget_session_url=url + "/session",
-            legacy_widget_url=url + "/legacy",
-            timeout=2,
-        ),
-    )
-    server.shutdown()
+def stub(stub_server):
+    server = stub_server(StubTerra)
+    return server, TerraClient.from_config(terra_settings(f"http://127.0.0.1:{server.server_port}"), timeout=2)
 
 
 def answer(server, status: int, body: bytes):
@@ -147,25 +132,19 @@ def test_any_2xx_is_accepted(stub, status):
         (429, b'{"detail": "rate limit exceeded"}', TerraUnavailable, "rate limit exceeded"),
         (400, b'{"title": "bad request", "detail": "invalid start_date"}', TerraRejected, "invalid start_date"),
         (200, b"<html>", TerraUnavailable, "not JSON"),
-        (200, b'{"status": "success"}', Exception, "no session_id"),
+        (200, b'{"status": "success"}', TerraError, "no session_id"),
     ],
 )
 def test_failures_become_clear_errors(stub, status, body, error, message):
     server, terra = stub
     answer(server, status, body)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as raised:
         terra.create_widget_session(reference_id="r", success_url="https://a/s", failure_url="https://a/f")
+    assert type(raised.value) is error  # not merely a subclass: each is handled in its own way
 
 
 def test_unreachable_terra_is_unavailable():
-    terra = TerraClient(
-        dev_id="d",
-        api_key="k",
-        api_base_url="http://127.0.0.1:9/v2",
-        widget_session_url="http://127.0.0.1:9/s",
-        legacy_widget_url="http://127.0.0.1:9/l",
-        timeout=1,
-    )
+    terra = TerraClient.from_config(LIVE_TERRA, timeout=1)
     with pytest.raises(TerraUnavailable, match="could not be reached"):
         terra.integrations_detailed()
 

@@ -69,11 +69,10 @@ def assert_response(response, uri: str, path: str, method: str, status: int) -> 
 
 
 @pytest.fixture
-def webhooks(app):
-    receiver = WebhookReceiver()
+def webhooks(app, stub_server):
+    receiver = WebhookReceiver(stub_server)
     app.config.update(SANDBOX_WEBHOOK_URL=receiver.url, SANDBOX_WEBHOOK_RETRY_BASE_SECONDS=0.01)
-    yield receiver
-    receiver.close()
+    return receiver
 
 
 @pytest.fixture

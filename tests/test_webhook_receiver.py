@@ -2,10 +2,9 @@
 
 import json
 import logging
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -383,17 +382,15 @@ class SlowStorage(BaseHTTPRequestHandler):
         pass
 
 
-def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_our_credentials(client, app, secret):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowStorage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_our_credentials(
+    client, app, secret, stub_server
+):
+    server = stub_server(SlowStorage)
     app.config["TERRA_PAYLOAD_TIMEOUT_SECONDS"] = 0.3
     url = f"http://127.0.0.1:{server.server_port}/payloads/p1?X-Amz-Signature=abc"
-    try:
-        response = deliver(
-            client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300}, secret=secret
-        )
-    finally:
-        server.shutdown()
+    response = deliver(
+        client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300}, secret=secret
+    )
     assert (response.status_code, response.json["status"]) == (200, "failed")
     with app.app_context():
         [row] = db.session.scalars(select(WebhookEvent)).all()
