@@ -84,6 +84,8 @@ class ConnectAttempt(db.Model):
     hinted_at: Mapped[datetime | None]
     # Mobile: where Terra sends the browser back ("page": our HTTPS return page, "app": the deep link).
     return_mode: Mapped[str | None] = mapped_column(String(8))
+    # Mobile: the link the app's in-app browser catches ("scheme" or "https"), as the app said.
+    callback: Mapped[str | None] = mapped_column(String(8))
     # The app said its in-app browser closed; without a verified outcome soon after, it is cancelled.
     browser_closed_at: Mapped[datetime | None]
     connection_id: Mapped[int | None] = mapped_column(ForeignKey("connections.id", ondelete="SET NULL"))
