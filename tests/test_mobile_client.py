@@ -16,7 +16,6 @@ from tests.test_browser import CHROMIUM
 from tests.test_config import PRODUCTION
 from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, link_prefix, mobile_client_command
 
-
 LINKS = "https://links.example.com/terra"
 
 

@@ -156,19 +156,33 @@ def finish_widget(page, url: str, provider: str, account: str, decision: str) ->
 
 class AppLinkCatcher:
     """Stands in for the app around an in-app browser page: catches every navigation to a link the
-    app claims (`link_prefix`, its scheme or its universal links). The app's scheme is no web page:
-    the browser hands it to the OS. A universal link the app claims never reaches the network either:
-    route interception answers it with an empty 204, so the browser stays where it was."""
+    app claims (starting with one of `link_prefixes`: its scheme, its universal links, `intent:` on
+    Android), as ASWebAuthenticationSession or an Auth Tab does. Route interception sees each
+    response first: a redirect to such a link (app mode), or a universal link itself, is taken by the
+    "app" and answered with an empty 204, so the browser stays where it was. A page that navigates
+    itself to the app's scheme (the return page) shows up as a request to it."""
 
-    def __init__(self, page, link_prefix: str):
-        self.page, self.link_prefix, self.caught = page, link_prefix, []
+    def __init__(self, page, *link_prefixes: str):
+        self.page, self.link_prefixes, self.caught = page, link_prefixes, []
         page.on("request", self._seen)
-        if link_prefix.startswith("https://"):
-            page.route(lambda url: url.startswith(link_prefix), lambda route: route.fulfill(status=204))
+        page.route("**/*", self._intercept)
 
     def _seen(self, request) -> None:
-        if request.url.startswith(self.link_prefix):
+        if request.url.startswith(self.link_prefixes) and request.url not in self.caught:
             self.caught.append(request.url)
+
+    def _intercept(self, route) -> None:
+        if route.request.url.startswith(self.link_prefixes):
+            self._seen(route.request)
+            route.fulfill(status=204)
+            return
+        response = route.fetch(max_redirects=0)
+        location = response.headers.get("location", "")
+        if location.startswith(self.link_prefixes):
+            self.caught.append(location)
+            route.fulfill(status=204)
+        else:
+            route.fulfill(response=response)
 
     def wait_for_link(self, timeout_seconds: float = 15) -> str | None:
         """The first link caught. A return page tries a scheme link itself; an https link it only
