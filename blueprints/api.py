@@ -16,6 +16,7 @@ from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, User
+from models.connect_attempt import ATTEMPT_ID
 from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
@@ -27,7 +28,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 LANGUAGE = re.compile(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?")  # whole value (fullmatch): no trailing newline
-ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # what models.connect_attempt.new_attempt_id makes
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
 

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, current_app, g, render_template, r
 from extensions import csrf
 from mobile_redirects import association
 from mobile_redirects.deep_links import app_link, replaces_the_page, universal_link, universal_link_path
-from models.connect_attempt import AttemptHint, AttemptStatus
+from models.connect_attempt import ATTEMPT_ID, AttemptHint, AttemptStatus
 from services import attempts, return_visits
 
 bp = Blueprint("mobile", __name__)
@@ -56,7 +56,8 @@ def universal_link_page(outcome: str):
     """What a universal link shows when no app claims it (a desktop browser, an app not installed,
     an association file not fetched yet): the outcome, said as a hint, and the app's scheme link as
     the way back. It knows no attempt state and records nothing: the link carries no token."""
-    attempt_id = request.args.get("attempt_id")
+    attempt_id = request.args.get("attempt_id", "")
+    attempt_id = attempt_id if ATTEMPT_ID.fullmatch(attempt_id) else None  # passed on only if it is one
     fallback_query = urlencode({**({"attempt_id": attempt_id} if attempt_id else {}), "tried": "1"})
     link = app_link(
         current_app.config,

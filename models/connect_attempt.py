@@ -1,4 +1,5 @@
 import enum
+import re
 import secrets
 from datetime import datetime
 
@@ -59,6 +60,9 @@ def reason_text(reason: str | None) -> str:
 
 def new_attempt_id() -> str:
     return secrets.token_urlsafe(16)  # 128 bits
+
+
+ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # what new_attempt_id makes (match whole values: fullmatch)
 
 
 class ConnectAttempt(db.Model):

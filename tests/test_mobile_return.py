@@ -382,6 +382,7 @@ def test_the_universal_link_paths_have_a_page(tmp_path):
     fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", link).group(1))
     assert fallback == f"{LINKS}/connect/failure?attempt_id=abc&tried=1"
     assert "window.location.replace" not in visit("failure", ANDROID, attempt_id="abc", tried="1").get_data(True)
+    assert app_link(visit("success", IPHONE, attempt_id="x&y=<z>")) == "com.example.app://connect/success"
     assert visit("elsewhere", IPHONE).status_code == 404
     assert client.get("/connect/success").status_code == 404  # only under the base path
 
