@@ -249,6 +249,7 @@ def test_the_app_names_the_link_it_catches_and_the_attempt_keeps_it(start_live_s
     attempt = start(api, **{"return": return_mode, "callback": callback})
     assert attempt["callback"] == callback
     assert redirect in complete(attempt["url"])
+    assert final_state(api, attempt["attempt_id"])["status"] == "connected"  # the webhook, applied
     with server.app.app_context():
         stored = db.session.get(ConnectAttempt, attempt["attempt_id"])
         assert (stored.return_mode, stored.callback) == (return_mode, callback)
