@@ -91,7 +91,7 @@ def _describe(model: type[Settings], problem: Any) -> str:
     if kind == "value_error":  # raised by a validator below, or a rule across several settings
         message = str(context["error"])
     elif kind == "literal_error":
-        message = f"must be one of {', '.join(get_args(model.model_fields[name].annotation))}, not {value!r}"
+        message = f"must be one of {', '.join(_choices(model.model_fields[name].annotation))}, not {value!r}"
     elif kind in ("int_parsing", "int_from_float"):
         message = f"must be an integer, not {value!r}"
     elif kind == "float_parsing":
@@ -105,6 +105,15 @@ def _describe(model: type[Settings], problem: Any) -> str:
     else:
         message = problem["msg"]  # pydantic's wording never includes the input
     return f"{name} {message}" if name else message
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The values a Literal setting accepts, also when it is optional (`Literal[...] | None`)."""
+    return [
+        choice
+        for arg in get_args(annotation)
+        for choice in (_choices(arg) if get_args(arg) else [arg] if isinstance(arg, str) else [])
+    ]
 
 
 def is_plain_url(url: str, schemes: tuple[str, ...]) -> bool:
@@ -435,8 +444,15 @@ def load_config(environ: Mapping[str, str] | None = None, instance_path: str | N
     from mobile_redirects.settings import MobileSettings  # it builds on this module's Settings
 
     environ = process_environment() if environ is None else environ
-    return {
-        **read_settings(AppSettings, environ).flask_config(instance_path),
+    app_settings = read_settings(AppSettings, environ)
+    # The mobile settings compare the links host with the app's origin, derived or not.
+    mobile = read_settings(MobileSettings, {**environ, "PUBLIC_BASE_URL": app_settings.PUBLIC_BASE_URL})
+    config = {
+        **app_settings.flask_config(instance_path),
         **read_settings(TerraSettings, environ).flask_config(),
-        **read_settings(MobileSettings, environ).flask_config(),
+        **mobile.flask_config(),
     }
+    if config["TRUSTED_HOSTS"] is not None and mobile.links_host:
+        # The links host may be this same app under another name (docs/mobile.md, "Hosting the links").
+        config["TRUSTED_HOSTS"].append(mobile.links_host)
+    return config

@@ -14,8 +14,9 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter, terra
-from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
+from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, User
+from models.connect_attempt import ATTEMPT_ID
 from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
@@ -27,7 +28,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 LANGUAGE = re.compile(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?")  # whole value (fullmatch): no trailing newline
-ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # what models.connect_attempt.new_attempt_id makes
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
 
@@ -106,16 +106,21 @@ def create_attempt():
         return_mode = current_app.config["MOBILE_REDIRECT_MODE"]
     if return_mode not in ("page", "app"):
         raise ApiError(400, "invalid_return", 'return must be "page" or "app"')
-    if return_mode == "app":
-        _require_deep_link()
+    callback = data.get("callback")
+    if callback is None:
+        callback = current_app.config["MOBILE_CALLBACK"]
+    elif callback not in CALLBACKS:
+        raise ApiError(400, "invalid_callback", 'callback must be "scheme" or "https"')
+    callback = _callback(callback, return_mode)
     try:
         attempt = attempts.start_widget_attempt(
             caller(),
             channel="mobile",
-            return_urls=_mobile_return_urls(return_mode),
+            return_urls=_mobile_return_urls(return_mode, callback),
             providers=providers,
             language=language,
             return_mode=return_mode,
+            callback=callback,
         )
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
@@ -125,6 +130,7 @@ def create_attempt():
         status_url=url_for("api.get_attempt", attempt_id=attempt.id, _external=False),
         expires_at=attempt.to_dict()["expires_at"],
         poll_after_ms=current_app.config["STATUS_POLL_AFTER_MS"],
+        callback=callback,
     )
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_attempt", attempt_id=attempt.id)
@@ -146,24 +152,30 @@ def _providers(value) -> list[str] | None:
         raise ApiError(502, error.code, str(error)) from None
 
 
-def _require_deep_link() -> None:
+def _callback(callback, return_mode: str) -> str | None:
+    """The link the app's in-app browser catches, checked against what the server can build. None
+    only for a page-mode attempt on a server with no link at all (its return page says so)."""
+    if callback is None and return_mode == "page":
+        return None
     try:
-        direct_link(current_app.config, "probe", "success")
+        direct_link(current_app.config, callback, "success")
     except DeepLinkNotConfigured:
-        raise ApiError(
-            409,
-            "deep_link_not_configured",
-            "return=app needs MOBILE_APP_SCHEME or MOBILE_UNIVERSAL_LINK_BASE on the server",
-        ) from None
+        needed = {
+            None: "return=app needs MOBILE_APP_SCHEME or MOBILE_UNIVERSAL_LINK_BASE",
+            "scheme": "callback=scheme needs MOBILE_APP_SCHEME",
+            "https": "callback=https needs MOBILE_UNIVERSAL_LINK_BASE",
+        }[callback]
+        raise ApiError(409, "deep_link_not_configured", f"{needed} on the server") from None
+    return callback
 
 
-def _mobile_return_urls(return_mode: str):
+def _mobile_return_urls(return_mode: str, callback: str | None):
     def urls(attempt: ConnectAttempt) -> tuple[str, str]:
         if return_mode == "app":
-            # Terra redirects straight into the app; its query parameters are merged into the link.
+            # Terra redirects straight into the app and appends its query parameters to the link.
             return (
-                direct_link(current_app.config, attempt.id, "success"),
-                direct_link(current_app.config, attempt.id, "failure"),
+                direct_link(current_app.config, callback, "success"),
+                direct_link(current_app.config, callback, "failure"),
             )
         return attempts.return_page_urls(attempt, "mobile")
 

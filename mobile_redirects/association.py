@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+
+from mobile_redirects.deep_links import OUTCOMES, universal_link_path
 
 
 def render(document: object) -> bytes:
@@ -19,20 +20,22 @@ def apple_app_site_association(config: Mapping) -> dict | None:
     app_ids = config["IOS_APP_IDS"]
     if not app_ids:
         return None
-    # Only the deep-link paths open the app; everything else on the host stays in the browser.
-    base_path = urlsplit(config["MOBILE_UNIVERSAL_LINK_BASE"]).path.rstrip("/")
-    return {
-        "applinks": {
+    document: dict = {}
+    if config["MOBILE_UNIVERSAL_LINK_BASE"]:
+        # Exactly the two link paths open the app: every other page on the host, the return pages
+        # included when the host is shared, stays in the browser.
+        paths = [universal_link_path(config, outcome) for outcome in OUTCOMES]
+        document["applinks"] = {
             "details": [
                 {
                     "appIDs": list(app_ids),
-                    "components": [{"/": f"{base_path}/connect/*", "comment": "Terra connect results"}],
+                    "components": [{"/": path, "comment": "Terra connect result"} for path in paths],
                 }
             ]
-        },
-        # Lets ASWebAuthenticationSession use an https callback (iOS 17.4+).
-        "webcredentials": {"apps": list(app_ids)},
-    }
+        }
+    # Lets ASWebAuthenticationSession use an https callback on this host (iOS 17.4+).
+    document["webcredentials"] = {"apps": list(app_ids)}
+    return document
 
 
 def android_asset_links(config: Mapping) -> list | None:

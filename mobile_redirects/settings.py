@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, field_validator, model_validator
 
@@ -11,11 +12,32 @@ from config import CommaSeparated, Settings, is_plain_url
 
 # A demo scheme outside production, so the mobile walkthrough works without configuration.
 DEVELOPMENT_APP_SCHEME = "com.example.terraconnect"
-APP_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{1,63}$")
-FORBIDDEN_SCHEMES = {"http", "https", "javascript", "data", "file", "vbscript", "blob", "about", "intent"}
+# An app's own scheme is reverse-DNS (RFC 8252 §7.1): a domain its developer controls, so that no
+# other app, and no scheme the browser or the OS already handles, answers to it.
+APP_SCHEME = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)+$")
+# Schemes browsers or the OS handle themselves, named in the error message.
+SYSTEM_SCHEMES = {
+    "http",
+    "https",
+    "javascript",
+    "data",
+    "file",
+    "vbscript",
+    "blob",
+    "about",
+    "intent",
+    "tel",
+    "sms",
+    "mailto",
+    "market",
+    "itms-apps",
+    "maps",
+}
 IOS_APP_ID = re.compile(r"^[A-Z0-9]{10}\.[A-Za-z0-9.-]+$")
 ANDROID_PACKAGE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*(\.[a-zA-Z][a-zA-Z0-9_]*)+$")
 CERT_FINGERPRINT = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
+
+Callback = Literal["scheme", "https"]
 
 
 def _ios_app_ids(ids: list[str]) -> list[str]:
@@ -35,17 +57,26 @@ def _cert_fingerprints(fingerprints: list[str]) -> list[str]:
 class MobileSettings(Settings):
     MOBILE_APP_SCHEME: str | None = None
     MOBILE_UNIVERSAL_LINK_BASE: str = ""
+    # iOS does not open a universal link tapped on a page of its own host: a links host equal to the
+    # return pages' host is refused unless set on purpose (docs/mobile.md, "Hosting the links").
+    MOBILE_UNIVERSAL_LINK_SAME_HOST: bool = False
     MOBILE_REDIRECT_MODE: Literal["page", "app"] = "page"
+    # Which link an attempt that names no `callback` gets: the scheme when it is set, else the base.
+    MOBILE_CALLBACK: Callback | None = None
     IOS_APP_IDS: Annotated[CommaSeparated, AfterValidator(_ios_app_ids)] = []
     ANDROID_PACKAGE_NAME: str = ""
     ANDROID_CERT_SHA256: Annotated[CommaSeparated, AfterValidator(_cert_fingerprints)] = []
+    # The app's effective origin (config.AppSettings), handed in by config.load_config.
+    PUBLIC_BASE_URL: str | None = None
 
     @field_validator("MOBILE_APP_SCHEME")
     @classmethod
     def _own_scheme(cls, scheme: str) -> str:
         scheme = scheme.lower()
-        if not APP_SCHEME.match(scheme) or scheme in FORBIDDEN_SCHEMES:
-            raise ValueError(f"must be an app's own URL scheme such as com.example.app, not {scheme!r}")
+        if scheme in SYSTEM_SCHEMES:
+            raise ValueError(f"must be the app's own URL scheme, not {scheme!r}, which the browser or the OS handles")
+        if not APP_SCHEME.match(scheme) or len(scheme) > 64:
+            raise ValueError(f"must be the app's own reverse-DNS URL scheme such as com.example.app, not {scheme!r}")
         return scheme
 
     @field_validator("MOBILE_UNIVERSAL_LINK_BASE")
@@ -64,10 +95,43 @@ class MobileSettings(Settings):
         return package
 
     @model_validator(mode="after")
-    def _demo_scheme_outside_production(self) -> MobileSettings:
-        if self.MOBILE_APP_SCHEME is None and self.APP_ENV != "production":
+    def _links_that_can_work(self) -> MobileSettings:
+        base = self.MOBILE_UNIVERSAL_LINK_BASE
+        # Outside production a demo scheme, unless the links are configured (a base alone is a
+        # configuration a developer must be able to try).
+        if self.MOBILE_APP_SCHEME is None and not base and self.APP_ENV != "production":
             self.MOBILE_APP_SCHEME = DEVELOPMENT_APP_SCHEME
+        if base and self.PUBLIC_BASE_URL and not self.MOBILE_UNIVERSAL_LINK_SAME_HOST:
+            if urlsplit(base).hostname == urlsplit(self.PUBLIC_BASE_URL).hostname:
+                raise ValueError(
+                    "MOBILE_UNIVERSAL_LINK_BASE must be on another host than PUBLIC_BASE_URL: iOS opens no "
+                    "universal link tapped on a page of its own host. Set MOBILE_UNIVERSAL_LINK_SAME_HOST=1 "
+                    "only if your app catches the links itself (docs/mobile.md)"
+                )
+        configured = self.configured_callbacks
+        if self.MOBILE_CALLBACK is None:
+            self.MOBILE_CALLBACK = configured[0] if configured else None
+        elif self.MOBILE_CALLBACK not in configured:
+            needed = "MOBILE_APP_SCHEME" if self.MOBILE_CALLBACK == "scheme" else "MOBILE_UNIVERSAL_LINK_BASE"
+            raise ValueError(f"MOBILE_CALLBACK={self.MOBILE_CALLBACK} needs {needed}")
+        if self.MOBILE_REDIRECT_MODE == "app" and not configured:
+            raise ValueError(
+                "MOBILE_REDIRECT_MODE=app needs a link into the app: set MOBILE_APP_SCHEME or "
+                "MOBILE_UNIVERSAL_LINK_BASE"
+            )
         return self
 
+    @property
+    def configured_callbacks(self) -> tuple[Callback, ...]:
+        """The kinds of link the configuration can build, the default one first."""
+        return (("scheme",) if self.MOBILE_APP_SCHEME else ()) + (("https",) if self.MOBILE_UNIVERSAL_LINK_BASE else ())
+
+    @property
+    def links_host(self) -> str | None:
+        return urlsplit(self.MOBILE_UNIVERSAL_LINK_BASE).hostname if self.MOBILE_UNIVERSAL_LINK_BASE else None
+
     def flask_config(self) -> dict:
-        return {**self.model_dump(exclude={"APP_ENV"}), "MOBILE_APP_SCHEME": self.MOBILE_APP_SCHEME or ""}
+        return {
+            **self.model_dump(exclude={"APP_ENV", "PUBLIC_BASE_URL"}),
+            "MOBILE_APP_SCHEME": self.MOBILE_APP_SCHEME or "",
+        }

@@ -1,15 +1,17 @@
-"""Routes of the mobile return leg: `/mobile/return/<outcome>` and the `.well-known` files."""
+"""Routes of the mobile return leg: the return pages `/mobile/return/<outcome>/<token>`, the pages
+behind the universal links (`<link base path>/connect/<outcome>`) and the `.well-known` files."""
 
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, abort, current_app, g, render_template, request
 
 from extensions import csrf
 from mobile_redirects import association
-from mobile_redirects.deep_links import return_page_link
-from models.connect_attempt import AttemptHint, AttemptStatus
+from mobile_redirects.deep_links import app_link, replaces_the_page, universal_link, universal_link_path
+from models.connect_attempt import ATTEMPT_ID, AttemptHint, AttemptStatus
 from services import attempts, return_visits
 
 bp = Blueprint("mobile", __name__)
@@ -27,7 +29,8 @@ def return_failure(token: str):
 
 
 def _return_page(token: str, outcome: str, hint: AttemptHint):
-    """Record the hint, try the app once, and always offer a "Return to app" link.
+    """Record the hint, try the app once if that cannot lose this page, and always offer a "Return
+    to app" link of the kind the app said it catches.
 
     The automatic try can be dropped silently (Chrome needs a user gesture for app launches after a
     while; iOS ignores universal links to the page's own domain), so the link is the real way back:
@@ -36,26 +39,47 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
     asks the API, as its own user, what happened.
     """
     attempt = return_visits.record_visit(token, hint, request.args)
-
-    tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
-    fallback = attempts.return_page_url("mobile", outcome, token, tried="1")
-    app_link = return_page_link(
+    link = app_link(
         current_app.config,
-        attempt.id,
+        # Attempts made before the app named its callback follow the configured default.
+        attempt.callback or current_app.config["MOBILE_CALLBACK"],
         outcome,
+        attempt.id,
         request.user_agent.string,
-        fallback,
+        fallback_url=attempts.return_page_url("mobile", outcome, token, tried="1"),
         resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None,
     )
+    return _page(outcome, link, another_account=return_visits.signed_in_as_someone_else(attempt, g.user))
 
+
+def universal_link_page(outcome: str):
+    """What a universal link shows when no app claims it (a desktop browser, an app not installed,
+    an association file not fetched yet): the outcome, said as a hint, and the app's scheme link as
+    the way back. It knows no attempt state and records nothing: the link carries no token."""
+    attempt_id = request.args.get("attempt_id", "")
+    attempt_id = attempt_id if ATTEMPT_ID.fullmatch(attempt_id) else None  # passed on only if it is one
+    fallback_query = urlencode({**({"attempt_id": attempt_id} if attempt_id else {}), "tried": "1"})
+    link = app_link(
+        current_app.config,
+        "scheme",
+        outcome,
+        attempt_id,
+        request.user_agent.string,
+        fallback_url=f"{universal_link(current_app.config, outcome)}?{fallback_query}",
+    )
+    return _page(outcome, link, another_account=False)
+
+
+def _page(outcome: str, link: str | None, another_account: bool) -> Response:
+    tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
     nonce = secrets.token_urlsafe(16)
     html = render_template(
         "mobile/return.html",
         outcome=outcome,
-        app_link=app_link,
-        try_app=bool(app_link) and not tried_already,
+        app_link=link,
+        try_app=bool(link) and not replaces_the_page(link) and not tried_already,
         nonce=nonce,
-        another_account=return_visits.signed_in_as_someone_else(attempt, g.user),
+        another_account=another_account,
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
@@ -67,6 +91,22 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     return response
+
+
+@bp.record
+def _serve_the_universal_link_paths(state) -> None:
+    """The universal-link paths answer on every host this app serves, so the links host can be this
+    same app under another name (docs/mobile.md, "Hosting the links")."""
+    config = state.app.config
+    if not config["MOBILE_UNIVERSAL_LINK_BASE"]:
+        return
+    for outcome in ("success", "failure"):
+        state.add_url_rule(
+            universal_link_path(config, outcome),
+            f"universal_link_{outcome}",
+            lambda outcome=outcome: universal_link_page(outcome),
+            methods=["GET"],
+        )
 
 
 @bp.get("/.well-known/apple-app-site-association")

@@ -1,4 +1,5 @@
 import enum
+import re
 import secrets
 from datetime import datetime
 
@@ -64,6 +65,9 @@ def new_attempt_id() -> str:
     return secrets.token_urlsafe(16)  # 128 bits
 
 
+ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # what new_attempt_id makes (match whole values: fullmatch)
+
+
 class ConnectAttempt(db.Model):
     """One press of "connect": what the status page and the mobile status endpoint report."""
 
@@ -87,6 +91,8 @@ class ConnectAttempt(db.Model):
     hinted_at: Mapped[datetime | None]
     # Mobile: where Terra sends the browser back ("page": our HTTPS return page, "app": the deep link).
     return_mode: Mapped[str | None] = mapped_column(String(8))
+    # Mobile: the link the app's in-app browser catches ("scheme" or "https"), as the app said.
+    callback: Mapped[str | None] = mapped_column(String(8))
     # The app said its in-app browser closed; without a verified outcome soon after, it is cancelled.
     browser_closed_at: Mapped[datetime | None]
     connection_id: Mapped[int | None] = mapped_column(ForeignKey("connections.id", ondelete="SET NULL"))

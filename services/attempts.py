@@ -45,13 +45,20 @@ def start_widget_attempt(
     providers: list[str] | None = None,
     language: str | None = None,
     return_mode: str | None = None,
+    callback: str | None = None,
 ) -> ConnectAttempt:
     """Create an attempt and its Terra widget session. Raises TerraError (the attempt is then failed).
 
     `return_urls(attempt)` gives the (success, failure) redirect URLs; the web return pages by default.
+    Mobile attempts record where Terra sends the browser (`return_mode`) and which link the app's
+    in-app browser catches (`callback`).
     """
     attempt = _new_attempt(
-        user, channel, provider=providers[0] if providers and len(providers) == 1 else None, return_mode=return_mode
+        user,
+        channel,
+        provider=providers[0] if providers and len(providers) == 1 else None,
+        return_mode=return_mode,
+        callback=callback,
     )
     success_url, failure_url = (return_urls or return_page_urls)(attempt)
     try:
@@ -90,13 +97,16 @@ def start_provider_attempt(user: User, provider: str) -> ConnectAttempt:
     return attempt
 
 
-def _new_attempt(user: User, channel: str, provider: str | None, return_mode: str | None = None) -> ConnectAttempt:
+def _new_attempt(
+    user: User, channel: str, provider: str | None, return_mode: str | None = None, callback: str | None = None
+) -> ConnectAttempt:
     # Terra sessions last 900 s unless the answer says otherwise; corrected once we know.
     attempt = ConnectAttempt(
         user_id=user.id,
         channel=channel,
         requested_provider=provider,
         return_mode=return_mode,
+        callback=callback,
         expires_at=utcnow() + timedelta(seconds=900),
     )
     db.session.add(attempt)

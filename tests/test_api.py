@@ -174,14 +174,19 @@ def test_create_attempt_answers_201_with_everything_the_app_needs(api, live_serv
     response = api.post("/api/v1/connect-attempts", json={"providers": ["garmin"], "language": "en"})
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"attempt_id", "url", "status_url", "expires_at", "poll_after_ms"}
+    assert set(body) == {"attempt_id", "url", "status_url", "expires_at", "poll_after_ms", "callback"}
     assert len(body["attempt_id"]) >= 22  # 128 bits
     assert body["url"].startswith(live_server.url + "/sandbox/widget/")
     assert body["status_url"] == f"/api/v1/connect-attempts/{body['attempt_id']}"
     assert response.headers["Location"] == body["status_url"]
     with live_server.app.app_context():
         attempt = db.session.get(ConnectAttempt, body["attempt_id"])
-        assert (attempt.channel, attempt.return_mode, attempt.requested_provider) == ("mobile", "page", "GARMIN")
+        assert (attempt.channel, attempt.return_mode, attempt.callback, attempt.requested_provider) == (
+            "mobile",
+            "page",
+            "scheme",
+            "GARMIN",
+        )
 
 
 @pytest.mark.parametrize(
@@ -214,18 +219,58 @@ def test_page_mode_redirects_through_the_https_return_page(api, live_server):
 
 def test_app_mode_redirects_straight_to_the_deep_link(api):
     attempt = start(api, **{"return": "app"})
+    assert attempt["callback"] == "scheme"  # the server's default: the scheme it has
     redirect = finish_widget(attempt["url"], outcome="denied")
-    assert redirect.startswith(f"com.example.terraconnect://connect/failure?attempt_id={attempt['attempt_id']}&")
+    # Exactly the scheme, host and path the app's session matches, then only Terra's own parameters.
+    assert redirect.startswith("com.example.terraconnect://connect/failure?reference_id=")
+    assert "attempt_id" not in redirect
     body = final_state(api, attempt["attempt_id"])
     assert (body["status"], body["error"]["code"]) == ("failed", "access_denied")
 
 
-def test_app_mode_without_a_deep_link_configured_is_409(start_live_server):
-    server = start_live_server(APP_ENV="testing", MOBILE_APP_SCHEME="", MOBILE_UNIVERSAL_LINK_BASE="")
-    server.app.config["MOBILE_APP_SCHEME"] = ""
+LINKS = "https://links.example.com/terra"
+
+
+@pytest.mark.parametrize(
+    "return_mode, callback, redirect",
+    [
+        ("app", "https", f"{LINKS}/connect/success?"),
+        ("app", "scheme", "com.example.app://connect/success?"),
+        ("page", "https", "/mobile/return/success/"),
+    ],
+)
+def test_the_app_names_the_link_it_catches_and_the_attempt_keeps_it(start_live_server, return_mode, callback, redirect):
+    server = start_live_server(MOBILE_APP_SCHEME="com.example.app", MOBILE_UNIVERSAL_LINK_BASE=LINKS)
     api = sign_up(server)
+    attempt = start(api, **{"return": return_mode, "callback": callback})
+    assert attempt["callback"] == callback
+    assert redirect in finish_widget(attempt["url"])
+    assert final_state(api, attempt["attempt_id"])["status"] == "connected"  # the webhook, applied
+    with server.app.app_context():
+        stored = db.session.get(ConnectAttempt, attempt["attempt_id"])
+        assert (stored.return_mode, stored.callback) == (return_mode, callback)
+
+
+def test_a_callback_the_server_cannot_build_is_refused(start_live_server):
+    server = start_live_server(MOBILE_UNIVERSAL_LINK_BASE=LINKS)  # no scheme: base only
+    api = sign_up(server)
+    assert start(api)["callback"] == "https"
+    for body, status, code in (
+        ({"callback": "scheme"}, 409, "deep_link_not_configured"),
+        ({"callback": "universal"}, 400, "invalid_callback"),
+        ({"callback": None}, 400, "invalid_callback"),
+    ):
+        response = api.post("/api/v1/connect-attempts", json=body)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert "MOBILE_APP_SCHEME" in api.post("/api/v1/connect-attempts", json={"callback": "scheme"}).text
+
+
+def test_app_mode_without_a_deep_link_configured_is_409(live_server):
+    live_server.app.config.update(MOBILE_APP_SCHEME="", MOBILE_UNIVERSAL_LINK_BASE="", MOBILE_CALLBACK=None)
+    api = sign_up(live_server)
     response = api.post("/api/v1/connect-attempts", json={"return": "app"})
     assert (response.status_code, response.json()["error"]["code"]) == (409, "deep_link_not_configured")
+    assert start(api, **{"return": "page"})["callback"] is None  # the return page then says so
 
 
 def test_someone_elses_attempt_is_404_like_an_unknown_one(api, live_server):
@@ -402,13 +447,15 @@ def test_a_web_page_405_carries_allow_too(live_server):
 
 
 def test_null_optional_fields_take_their_defaults(api, live_server):
-    response = api.post("/api/v1/connect-attempts", json={"providers": None, "language": None, "return": None})
+    response = api.post("/api/v1/connect-attempts", json={"providers": None, "language": None, "return": None, "callback": None})
     assert response.status_code == 201, response.text
+    assert response.json()["callback"] == live_server.app.config["MOBILE_CALLBACK"]
     with live_server.app.app_context():
         attempt = db.session.get(ConnectAttempt, response.json()["attempt_id"])
-        assert (attempt.return_mode, attempt.requested_provider) == (
+        assert (attempt.return_mode, attempt.requested_provider, attempt.callback) == (
             live_server.app.config["MOBILE_REDIRECT_MODE"],
             None,
+            live_server.app.config["MOBILE_CALLBACK"],
         )
 
 

@@ -205,6 +205,8 @@ BAD_VALUES = {
     "MOBILE_APP_SCHEME": ("https", {}),
     "MOBILE_UNIVERSAL_LINK_BASE": ("http://links.example.com", {}),
     "MOBILE_REDIRECT_MODE": ("webview", {}),
+    "MOBILE_UNIVERSAL_LINK_SAME_HOST": ("sometimes", {}),
+    "MOBILE_CALLBACK": ("https", {}),  # no MOBILE_UNIVERSAL_LINK_BASE to build it from
     "IOS_APP_IDS": ("com.example.app", {}),
     "ANDROID_PACKAGE_NAME": ("not a package", {}),
     "ANDROID_CERT_SHA256": ("AB:CD", {}),

@@ -14,20 +14,32 @@ from app import create_app
 from tests.conftest import ROOT
 from tests.test_browser import CHROMIUM
 from tests.test_config import PRODUCTION
-from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, mobile_client_command
+from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, link_prefix, mobile_client_command
+
+LINKS = "https://links.example.com/terra"
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("return_mode, outcome, final", [("page", "success", "connected"), ("app", "denied", "failed")])
-def test_client_walks_the_whole_mobile_flow(live_server, return_mode, outcome, final):
+@pytest.mark.parametrize(
+    "return_mode, callback, outcome, final, caught",
+    [
+        ("page", "scheme", "success", "connected", "com.example.terraconnect://connect/success?attempt_id="),
+        ("app", "scheme", "denied", "failed", "com.example.terraconnect://connect/failure?"),
+        ("page", "https", "success", "connected", f"{LINKS}/connect/success?attempt_id="),  # tapped
+        ("app", "https", "success", "connected", f"{LINKS}/connect/success?"),
+    ],
+)
+def test_client_walks_the_whole_mobile_flow(start_live_server, return_mode, callback, outcome, final, caught):
+    server = start_live_server(MOBILE_APP_SCHEME="com.example.terraconnect", MOBILE_UNIVERSAL_LINK_BASE=LINKS)
     steps: list[str] = []
-    client = MobileClient(live_server.url, say=steps.append)
+    client = MobileClient(server.url, say=steps.append)
     client.register("mobile@example.com", "correct horse battery")
     client.sign_in("mobile@example.com", "correct horse battery")
-    attempt = client.start_attempt(return_mode, ["OURA"])
-    link = client.run_browser(attempt["url"], "com.example.terraconnect", "OURA", "phone-user", outcome, CHROMIUM)
-    assert link.startswith("com.example.terraconnect://connect/")
-    assert deep_link_attempt_id(link) == attempt["attempt_id"]
+    attempt = client.start_attempt(return_mode, ["OURA"], callback)
+    prefix = link_prefix(callback, "com.example.terraconnect", LINKS)
+    link = client.run_browser(attempt["url"], prefix, "OURA", "phone-user", outcome, CHROMIUM)
+    assert link.startswith(caught)
+    assert deep_link_attempt_id(link) == (attempt["attempt_id"] if return_mode == "page" else None)
     state = client.poll_until_final(attempt["attempt_id"], deadline_seconds=30)
     assert state["status"] == final
     assert [step.split(" ", 1)[0] for step in steps[:5]] == ["register", "1.", "2.", "3.", "4."]

@@ -10,26 +10,33 @@ from playwright.sync_api import sync_playwright
 
 from app import create_app
 from config import ConfigError, load_config
-from mobile_redirects.deep_links import direct_link, return_page_link
+from mobile_redirects.deep_links import app_link as build_app_link
+from mobile_redirects.deep_links import direct_link
 from services.attempts import attempt_token
 from tests.helpers import create_attempt, create_user
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_config import PRODUCTION
 
 ANDROID = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/131.0 Mobile Safari/537.36"
 IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Version/18.0 Mobile/15E148"
-IPAD = "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Version/17.5 Mobile/15E148"
-IPOD = "Mozilla/5.0 (iPod touch; CPU iPhone OS 15_8 like Mac OS X) AppleWebKit/605.1.15 Version/15.6 Mobile/15E148"
+# iPadOS Safari and the in-app browser sheets on iPad send the desktop Safari user agent.
+IPAD = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
 DESKTOP = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
 FINGERPRINT = ":".join(["14", "6D", "E9", "83"] * 8)
 
 
-@pytest.fixture
-def attempt(app):
+def mobile_attempt(app, callback: str | None = "scheme", email: str = "ada@example.com"):
+    """(id, token) of a page-mode mobile attempt whose app catches `callback` links."""
     with app.app_context():
-        user = create_user()
-        attempt = create_attempt(user, channel="mobile", return_mode="page")
+        user = create_user(email)
+        attempt = create_attempt(user, channel="mobile", return_mode="page", callback=callback)
         with app.test_request_context():
             return attempt.id, attempt_token(attempt)
+
+
+@pytest.fixture
+def attempt(app):
+    return mobile_attempt(app)
 
 
 def return_page(client, token, outcome="success", agent=DESKTOP, **params):
@@ -100,19 +107,29 @@ def test_after_the_fallback_the_page_does_not_try_again_but_keeps_the_link(clien
     assert app_link(response).startswith("intent://")
 
 
-@pytest.mark.parametrize("agent", [IPHONE, IPAD, IPOD], ids=["iPhone", "iPad", "iPod"])
-def test_ios_gets_the_custom_scheme_even_when_a_universal_link_exists(client, app, attempt, agent):
+@pytest.mark.parametrize("agent", [IPHONE, IPAD, DESKTOP], ids=["iPhone", "iPad", "desktop"])
+def test_the_link_is_the_kind_the_attempt_catches_whatever_the_user_agent(client, app, agent):
     app.config["MOBILE_UNIVERSAL_LINK_BASE"] = "https://links.example.com/terra"
-    attempt_id, token = attempt
-    assert app_link(return_page(client, token, agent=agent)).startswith("com.example.terraconnect://")
-    assert app_link(return_page(client, token, agent=DESKTOP)) == (
-        f"https://links.example.com/terra/connect/success?attempt_id={attempt_id}"
-    )
+    scheme_id, scheme_token = mobile_attempt(app, "scheme")
+    https_id, https_token = mobile_attempt(app, "https", email="grace@example.com")
+    response = return_page(client, scheme_token, agent=agent)
+    assert app_link(response) == f"com.example.terraconnect://connect/success?attempt_id={scheme_id}"
+    assert "window.location.replace" in response.get_data(as_text=True)
+    # An https link is offered, never tried: unclaimed, it would replace the only way back.
+    response = return_page(client, https_token, agent=agent)
+    assert app_link(response) == f"https://links.example.com/terra/connect/success?attempt_id={https_id}"
+    assert "<script" not in response.get_data(as_text=True)
 
 
-def test_without_any_deep_link_configured_the_page_still_explains(client, app, attempt):
-    app.config["MOBILE_APP_SCHEME"] = ""
-    response = return_page(client, attempt[1])
+def test_an_attempt_from_before_the_callback_was_recorded_follows_the_configured_default(client, app):
+    app.config["MOBILE_CALLBACK"] = "scheme"
+    attempt_id, token = mobile_attempt(app, callback=None)
+    assert app_link(return_page(client, token)) == f"com.example.terraconnect://connect/success?attempt_id={attempt_id}"
+
+
+def test_without_any_deep_link_configured_the_page_still_explains(client, app):
+    app.config["MOBILE_CALLBACK"] = None
+    response = return_page(client, mobile_attempt(app, callback=None)[1])
     assert response.status_code == 200
     assert b"return-to-app" not in response.data and b"close this window" in response.data
 
@@ -160,34 +177,101 @@ def test_another_signed_in_account_is_told_the_link_is_not_theirs(client, app, a
 
 
 def test_deep_links_carry_only_the_attempt_and_the_outcome():
-    config = {"MOBILE_APP_SCHEME": "com.example.app", "MOBILE_UNIVERSAL_LINK_BASE": "", "ANDROID_PACKAGE_NAME": ""}
-    assert direct_link(config, "abc&x=1", "failure") == "com.example.app://connect/failure?attempt_id=abc%26x%3D1"
-    # A claimed https link is preferred to the custom scheme.
-    universal = {**config, "MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com/terra"}
-    assert direct_link(universal, "abc", "success") == "https://links.example.com/terra/connect/success?attempt_id=abc"
+    config = {
+        "MOBILE_APP_SCHEME": "com.example.app",
+        "MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com/terra",
+        "ANDROID_PACKAGE_NAME": "",
+    }
+    link = build_app_link(config, "scheme", "failure", "abc&x=1", IPHONE, "https://x/")
+    assert link == "com.example.app://connect/failure?attempt_id=abc%26x%3D1"
+    # App mode: exactly the host and path a callback matches; Terra appends its own query.
+    assert direct_link(config, "scheme", "failure") == "com.example.app://connect/failure"
+    assert direct_link(config, "https", "success") == "https://links.example.com/terra/connect/success"
     with pytest.raises(ValueError, match="unknown outcome"):
-        direct_link(config, "abc", "javascript:alert(1)")
-    assert return_page_link({**config, "MOBILE_APP_SCHEME": ""}, "abc", "success", IPHONE, "https://x/") is None
+        direct_link(config, "scheme", "javascript:alert(1)")
+    assert build_app_link({**config, "MOBILE_APP_SCHEME": ""}, "scheme", "success", "abc", IPHONE, "https://x/") is None
+    assert build_app_link(config, None, "success", "abc", IPHONE, "https://x/") is None
+
+
+LINKS = "https://links.example.com/terra"
+PRODUCTION_MOBILE = {**PRODUCTION, "MOBILE_APP_SCHEME": "com.example.app"}
 
 
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"MOBILE_APP_SCHEME": "javascript"}, "MOBILE_APP_SCHEME"),
-        ({"MOBILE_APP_SCHEME": "https"}, "MOBILE_APP_SCHEME"),
-        ({"MOBILE_APP_SCHEME": "com.example.app://evil"}, "MOBILE_APP_SCHEME"),
+        *[
+            pytest.param({"MOBILE_APP_SCHEME": scheme}, "MOBILE_APP_SCHEME", id=f"scheme {scheme}")
+            for scheme in ("tel", "market", "http", "https", "javascript", "intent", "mailto", "sms")
+        ],
+        pytest.param({"MOBILE_APP_SCHEME": "myapp"}, "MOBILE_APP_SCHEME", id="scheme not reverse-DNS"),
+        pytest.param({"MOBILE_APP_SCHEME": "com.example.app://evil"}, "MOBILE_APP_SCHEME", id="scheme with a path"),
         ({"MOBILE_UNIVERSAL_LINK_BASE": "http://links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
         ({"MOBILE_UNIVERSAL_LINK_BASE": "https://user@links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
         ({"MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com/t?next=//evil"}, "MOBILE_UNIVERSAL_LINK_BASE"),
         ({"MOBILE_UNIVERSAL_LINK_BASE": "https://links.example.com\\@evil"}, "MOBILE_UNIVERSAL_LINK_BASE"),
+        pytest.param(
+            {**PRODUCTION, "MOBILE_UNIVERSAL_LINK_BASE": "https://connect.example.com/links"},
+            "MOBILE_UNIVERSAL_LINK_BASE must be on another host than PUBLIC_BASE_URL",
+            id="links on the return pages' host",
+        ),
+        pytest.param(
+            {"PUBLIC_BASE_URL": "https://links.example.com", "MOBILE_UNIVERSAL_LINK_BASE": LINKS},
+            "MOBILE_UNIVERSAL_LINK_SAME_HOST",
+            id="links on the return pages' host, development",
+        ),
+        ({"MOBILE_UNIVERSAL_LINK_SAME_HOST": "sometimes"}, "MOBILE_UNIVERSAL_LINK_SAME_HOST"),
+        pytest.param(
+            {**PRODUCTION, "MOBILE_REDIRECT_MODE": "app"}, "MOBILE_REDIRECT_MODE=app needs", id="app mode, no link"
+        ),
+        pytest.param({"MOBILE_CALLBACK": "https"}, "MOBILE_CALLBACK=https needs MOBILE_UNIVERSAL_LINK_BASE"),
+        pytest.param(
+            {**PRODUCTION, "MOBILE_UNIVERSAL_LINK_BASE": LINKS, "MOBILE_CALLBACK": "scheme"},
+            "MOBILE_CALLBACK=scheme needs MOBILE_APP_SCHEME",
+        ),
+        ({"MOBILE_CALLBACK": "universal"}, "MOBILE_CALLBACK"),
         ({"IOS_APP_IDS": "com.example.app"}, "IOS_APP_IDS"),
         ({"ANDROID_PACKAGE_NAME": "not a package"}, "ANDROID_PACKAGE_NAME"),
         ({"ANDROID_CERT_SHA256": "AB:CD"}, "ANDROID_CERT_SHA256"),
     ],
 )
 def test_deep_link_configuration_is_validated_at_start_up(tmp_path, env, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(env, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "env, scheme, callback",
+    [
+        pytest.param({}, "com.example.terraconnect", "scheme", id="development: the demo scheme"),
+        pytest.param({"MOBILE_UNIVERSAL_LINK_BASE": LINKS}, "", "https", id="development: the base alone"),
+        pytest.param({**PRODUCTION}, "", None, id="production: no link, page mode"),
+        pytest.param({**PRODUCTION, "MOBILE_UNIVERSAL_LINK_BASE": LINKS}, "", "https", id="production: base only"),
+        pytest.param(
+            {**PRODUCTION_MOBILE, "MOBILE_UNIVERSAL_LINK_BASE": LINKS, "MOBILE_REDIRECT_MODE": "app"},
+            "com.example.app",
+            "scheme",
+            id="production: both, app mode",
+        ),
+        pytest.param(
+            {**PRODUCTION_MOBILE, "MOBILE_UNIVERSAL_LINK_BASE": LINKS, "MOBILE_CALLBACK": "https"},
+            "com.example.app",
+            "https",
+            id="production: both, https by default",
+        ),
+    ],
+)
+def test_configurations_that_start(tmp_path, env, scheme, callback):
+    config = load_config(env, str(tmp_path))
+    assert (config["MOBILE_APP_SCHEME"], config["MOBILE_CALLBACK"]) == (scheme, callback)
+
+
+def test_links_on_the_same_host_only_when_asked_and_the_links_host_is_trusted(tmp_path):
+    same_host = {**PRODUCTION, "MOBILE_UNIVERSAL_LINK_BASE": "https://connect.example.com/links"}
+    config = load_config({**same_host, "MOBILE_UNIVERSAL_LINK_SAME_HOST": "1"}, str(tmp_path))
+    assert config["MOBILE_UNIVERSAL_LINK_BASE"] == "https://connect.example.com/links"
+    config = load_config({**PRODUCTION, "MOBILE_UNIVERSAL_LINK_BASE": LINKS}, str(tmp_path))
+    assert config["TRUSTED_HOSTS"] == ["connect.example.com", "links.example.com"]
 
 
 def configured_app(tmp_path, **env):
@@ -217,8 +301,12 @@ def test_apple_app_site_association_is_byte_exact(tmp_path):
         ],
         "components": [
           {
-            "/": "/terra/connect/*",
-            "comment": "Terra connect results"
+            "/": "/terra/connect/success",
+            "comment": "Terra connect result"
+          },
+          {
+            "/": "/terra/connect/failure",
+            "comment": "Terra connect result"
           }
         ]
       }
@@ -233,6 +321,77 @@ def test_apple_app_site_association_is_byte_exact(tmp_path):
 }
 """
     )
+
+
+def test_without_a_base_the_apple_file_has_no_applinks(tmp_path):
+    app = configured_app(tmp_path, IOS_APP_IDS="ABCDE12345.com.example.app")
+    document = app.test_client().get("/.well-known/apple-app-site-association").json
+    assert document == {"webcredentials": {"apps": ["ABCDE12345.com.example.app"]}}
+
+
+@pytest.mark.parametrize("base", ["https://connect.example.com", "https://connect.example.com/mobile/return"])
+def test_the_apple_file_never_opens_a_return_page_in_the_app(tmp_path, base):
+    """Even on the return pages' own host (allowed on purpose), only the exact link paths open the app."""
+    app = configured_app(
+        tmp_path,
+        **PRODUCTION,
+        MOBILE_UNIVERSAL_LINK_BASE=base,
+        MOBILE_UNIVERSAL_LINK_SAME_HOST="1",
+        IOS_APP_IDS="ABCDE12345.com.example.app",
+    )
+    client = app.test_client()
+    document = client.get("/.well-known/apple-app-site-association", base_url="https://connect.example.com").json
+    paths = [component["/"] for component in document["applinks"]["details"][0]["components"]]
+    prefix = base.removeprefix("https://connect.example.com")
+    assert paths == [f"{prefix}/connect/success", f"{prefix}/connect/failure"]
+    assert not any(wildcard in path for path in paths for wildcard in "*?")
+    for page in ("/mobile/return/success/token", "/connect/return/failure/token", "/connect/return/success/t"):
+        assert page not in paths
+
+
+def test_the_universal_link_paths_have_a_page(tmp_path):
+    app = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE=LINKS, MOBILE_APP_SCHEME="com.example.app")
+    client = app.test_client()
+
+    def visit(outcome, agent, **params):
+        return client.get(
+            f"/terra/connect/{outcome}",
+            query_string=params,
+            headers={"User-Agent": agent},
+            base_url="https://links.example.com",
+        )
+
+    # Terra's own parameters (app mode) are ignored; the way back is the scheme link, tried once.
+    response = visit("success", IPHONE, user_id="terra-user", reference_id="terra-reference")
+    assert response.status_code == 200 and b"Almost done" in response.data
+    assert app_link(response) == "com.example.app://connect/success"
+    assert "window.location.replace" in response.get_data(as_text=True)
+    assert b"terra-user" not in response.data and b"terra-reference" not in response.data
+    assert response.headers["Cache-Control"] == "no-store" and response.headers["Referrer-Policy"] == "no-referrer"
+    response = visit("failure", ANDROID, attempt_id="abc")
+    assert b"not completed" in response.data
+    link = app_link(response)
+    assert link.startswith("intent://connect/failure?attempt_id=abc#Intent;scheme=com.example.app;")
+    fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", link).group(1))
+    assert fallback == f"{LINKS}/connect/failure?attempt_id=abc&tried=1"
+    assert "window.location.replace" not in visit("failure", ANDROID, attempt_id="abc", tried="1").get_data(True)
+    assert app_link(visit("success", IPHONE, attempt_id="x&y=<z>")) == "com.example.app://connect/success"
+    assert visit("elsewhere", IPHONE).status_code == 404
+    assert client.get("/connect/success").status_code == 404  # only under the base path
+
+
+def test_the_universal_link_page_without_a_scheme_still_says_what_to_do(tmp_path):
+    app = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE="https://links.example.com")
+    response = app.test_client().get("/connect/success", headers={"User-Agent": IPHONE})
+    assert response.status_code == 200
+    assert b"return-to-app" not in response.data and b"close this window" in response.data
+
+
+def test_production_serves_the_links_host_too(tmp_path):
+    app = configured_app(tmp_path, **PRODUCTION_MOBILE, MOBILE_UNIVERSAL_LINK_BASE=LINKS)
+    client = app.test_client()
+    assert client.get("/terra/connect/success", base_url="https://links.example.com").status_code == 200
+    assert client.get("/terra/connect/success", base_url="https://evil.example.com").status_code == 400
 
 
 def test_asset_links_is_byte_exact(tmp_path):

@@ -7,7 +7,9 @@ It does what an iOS or Android app must do, in the same order, and prints each s
 2. start a connect attempt (POST /api/v1/connect-attempts);
 3. open the widget URL in a browser the app does not control (here headless Chromium, standing in for
    ASWebAuthenticationSession or Custom Tabs) and let the user finish (here: clicks on the sandbox pages);
-4. catch the deep link the browser is sent to, then close the browser;
+4. catch the deep link the browser is sent to (the app's scheme, or its universal links by route
+   interception), tapping "Return to app" where the return page offers a link it does not try itself;
+   then close the browser;
 5. ask the status endpoint for the truth, with If-None-Match and backoff with full jitter, until final.
 It talks to the server only over HTTP, like a real app.
 """
@@ -87,41 +89,34 @@ class MobileClient:
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
         self.say(f"1. token issued, valid {response.json()['expires_in']} s")
 
-    def start_attempt(self, return_mode: str, providers: list[str] | None) -> dict:
-        body: dict = {"return": return_mode}
+    def start_attempt(self, return_mode: str, providers: list[str] | None, callback: str | None = None) -> dict:
+        body: dict = {"return": return_mode} | ({"callback": callback} if callback else {})
         if providers:
             body["providers"] = providers
         response = self._call("POST", "/api/v1/connect-attempts", json=body)
         if response.status_code != 201:
             raise click.ClickException(f"attempt refused ({response.status_code}): {response.text}")
         attempt = response.json()
-        self.say(f"2. attempt {attempt['attempt_id']} started; widget {attempt['url']}")
+        self.say(
+            f"2. attempt {attempt['attempt_id']} started ({attempt['callback']} callback); widget {attempt['url']}"
+        )
         return attempt
 
     def run_browser(
-        self, url: str, scheme: str, provider: str, account: str, outcome: str, chromium: str
+        self, url: str, link_prefix: str, provider: str, account: str, outcome: str, chromium: str
     ) -> str | None:
-        """Finish the widget as a user would; return the deep link the browser was sent to."""
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        """Finish the widget as a user would; return the deep link the app caught (one starting with
+        `link_prefix`), or None when the browser came to rest without one."""
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.set_default_timeout(15_000)
+            catcher = AppLinkCatcher(page, link_prefix)
             self.say("3. in-app browser opened")
-            page.goto(url)
-            if page.locator(f'[data-provider="{provider}"]').count():
-                page.click(f'[data-provider="{provider}"]')
-            page.fill("input[name=account]", account)
-            page.click("button[type=submit]")
-            try:
-                # The app's scheme is not a web page: the browser hands it to the OS, which opens the app.
-                with page.expect_request(lambda request: request.url.startswith(f"{scheme}:")) as deep_link:
-                    page.click(f"button[name=decision][value={DECISIONS[outcome]}]")
-                link = deep_link.value.url
-            except PlaywrightTimeout:
-                link = None
+            finish_widget(page, url, provider, account, DECISIONS[outcome])
+            link = catcher.wait_for_link()
             browser.close()
         self.say(f"4. deep link caught: {link}; browser closed" if link else "4. no deep link; browser closed")
         return link
@@ -149,6 +144,69 @@ class MobileClient:
         raise click.ClickException("the attempt did not finish in time")
 
 
+def finish_widget(page, url: str, provider: str, account: str, decision: str) -> None:
+    """The user's part on the sandbox's widget pages: pick the provider, sign in, decide."""
+    page.goto(url)
+    if page.locator(f'[data-provider="{provider}"]').count():
+        page.click(f'[data-provider="{provider}"]')
+    page.fill("input[name=account]", account)
+    page.click("button[type=submit]")
+    page.click(f"button[name=decision][value={decision}]")
+
+
+class AppLinkCatcher:
+    """Stands in for the app around an in-app browser page: catches every navigation to a link the
+    app claims (starting with one of `link_prefixes`: its scheme, its universal links, `intent:` on
+    Android), as ASWebAuthenticationSession or an Auth Tab does. Route interception sees each
+    response first: a redirect to such a link (app mode), or a universal link itself, is taken by the
+    "app" and answered with an empty 204, so the browser stays where it was. A page that navigates
+    itself to the app's scheme (the return page) shows up as a request to it."""
+
+    def __init__(self, page, *link_prefixes: str):
+        self.page, self.link_prefixes, self.caught = page, link_prefixes, []
+        page.on("request", self._seen)
+        page.route("**/*", self._intercept)
+
+    def _seen(self, request) -> None:
+        if request.url.startswith(self.link_prefixes) and request.url not in self.caught:
+            self.caught.append(request.url)
+
+    def _intercept(self, route) -> None:
+        if route.request.url.startswith(self.link_prefixes):
+            self._seen(route.request)
+            route.fulfill(status=204)
+            return
+        response = route.fetch(max_redirects=0)
+        location = response.headers.get("location", "")
+        if location.startswith(self.link_prefixes):
+            self.caught.append(location)
+            route.fulfill(status=204)
+        else:
+            route.fulfill(response=response)
+
+    def wait_for_link(self, timeout_seconds: float = 15) -> str | None:
+        """The first link caught. A return page tries a scheme link itself; an https link it only
+        offers (unclaimed, it would replace the page), so the user taps "Return to app"."""
+        deadline = time.monotonic() + timeout_seconds
+        tapped = False
+        while not self.caught and time.monotonic() < deadline:
+            if not tapped and "/mobile/return/" in self.page.url:
+                offered = self.page.locator("#return-to-app")
+                if offered.count() and offered.get_attribute("href").startswith("https://"):
+                    offered.click()
+                    tapped = True
+            self.page.wait_for_timeout(50)
+        return self.caught[0] if self.caught else None
+
+
+def link_prefix(callback: str, scheme: str, link_base: str) -> str:
+    """What the app's in-app browser watches for: `<scheme>:` or `<link base>/connect/`."""
+    value, name = (scheme, "--scheme") if callback == "scheme" else (link_base, "--link-base")
+    if not value:
+        raise click.ClickException(f"the attempt's callback is {callback}: give {name}")
+    return f"{value}:" if callback == "scheme" else f"{value}/connect/"
+
+
 def deep_link_attempt_id(link: str) -> str | None:
     return parse_qs(urlsplit(link).query).get("attempt_id", [None])[0]
 
@@ -163,22 +221,36 @@ def deep_link_attempt_id(link: str) -> str | None:
 @click.option("--account", default="demo-account", show_default=True, help="The fake provider account.")
 @click.option("--outcome", type=click.Choice(sorted(DECISIONS)), default="success", show_default=True)
 @click.option("--return", "return_mode", type=click.Choice(["page", "app"]), default="page", show_default=True)
+@click.option(
+    "--callback",
+    type=click.Choice(["scheme", "https"]),
+    default=None,
+    help="The link the in-app browser catches; defaults to the server's MOBILE_CALLBACK.",
+)
+@click.option("--scheme", default=None, help="The app's scheme; defaults to MOBILE_APP_SCHEME.")
+@click.option("--link-base", default=None, help="The app's universal links; defaults to MOBILE_UNIVERSAL_LINK_BASE.")
 @click.option("--chromium", default="/usr/bin/chromium", show_default=True)
-def mobile_client_command(base_url, email, password, register, provider, account, outcome, return_mode, chromium):
+def mobile_client_command(
+    base_url, email, password, register, provider, account, outcome, return_mode, callback, scheme, link_base, chromium
+):
     """Play the mobile app against a running server, end to end."""
     from flask import current_app
 
-    client = MobileClient(base_url or current_app.config["PUBLIC_BASE_URL"], say=click.echo)
+    config = current_app.config
+    client = MobileClient(base_url or config["PUBLIC_BASE_URL"], say=click.echo)
     if register:
         client.register(email, password)
     client.sign_in(email, password)
-    attempt = client.start_attempt(return_mode, [provider])
-    link = client.run_browser(
-        attempt["url"], current_app.config["MOBILE_APP_SCHEME"], provider, account, outcome, chromium
+    attempt = client.start_attempt(return_mode, [provider], callback)
+    prefix = link_prefix(
+        attempt["callback"] or "scheme",
+        scheme or config["MOBILE_APP_SCHEME"],
+        link_base or config["MOBILE_UNIVERSAL_LINK_BASE"],
     )
+    link = client.run_browser(attempt["url"], prefix, provider, account, outcome, chromium)
     if link is None:
         client.browser_closed(attempt["attempt_id"])
-    elif deep_link_attempt_id(link) != attempt["attempt_id"]:
+    elif deep_link_attempt_id(link) not in (None, attempt["attempt_id"]):  # app mode's link names none
         raise click.ClickException("the deep link names another attempt")
     final = client.poll_until_final(attempt["attempt_id"])
     click.echo(f"done: {final['status']}" + (f" ({final['error']['code']})" if final["error"] else ""))
