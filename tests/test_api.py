@@ -447,7 +447,9 @@ def test_a_web_page_405_carries_allow_too(live_server):
 
 
 def test_null_optional_fields_take_their_defaults(api, live_server):
-    response = api.post("/api/v1/connect-attempts", json={"providers": None, "language": None, "return": None, "callback": None})
+    response = api.post(
+        "/api/v1/connect-attempts", json={"providers": None, "language": None, "return": None, "callback": None}
+    )
     assert response.status_code == 201, response.text
     assert response.json()["callback"] == live_server.app.config["MOBILE_CALLBACK"]
     with live_server.app.app_context():
