@@ -83,10 +83,12 @@ def deliver(
     trace_id: str | None = "auto",
     header: str = "X-Terra-Signature",
     timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
 ):
-    """POST a webhook exactly as Terra signs it (real HMAC over the raw bytes)."""
+    """POST a webhook exactly as Terra signs it (real HMAC over the raw bytes); `headers` adds
+    others Terra sends (X-Terra-Ordering-Timestamp, terra-reference)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    headers = {header: sign(body, secret, timestamp), "Content-Type": "application/json"}
+    headers = {**(headers or {}), header: sign(body, secret, timestamp), "Content-Type": "application/json"}
     if trace_id == "auto":
         trace_id = str(uuid.uuid4())
     if trace_id:
