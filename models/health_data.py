@@ -35,21 +35,23 @@ class DailyData(_DataColumns, db.Model):
     calories: Mapped[float | None]
 
 
-class Activity(_DataColumns, db.Model):
+class _SessionColumns(_DataColumns):
+    """A workout or a night: one per summary_id."""
+
+    summary_id: Mapped[str] = mapped_column(String(SUMMARY_ID_LENGTH))
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+
+
+class Activity(_SessionColumns, db.Model):
     __tablename__ = "activities"
     __table_args__ = (UniqueConstraint("connection_id", "summary_id"),)
 
-    summary_id: Mapped[str] = mapped_column(String(SUMMARY_ID_LENGTH))
-    start_time: Mapped[datetime | None]
-    end_time: Mapped[datetime | None]
     activity_type: Mapped[int | None]  # Terra's ActivityType; 0 is a value
 
 
-class SleepSession(_DataColumns, db.Model):
+class SleepSession(_SessionColumns, db.Model):
     __tablename__ = "sleep_sessions"
     __table_args__ = (UniqueConstraint("connection_id", "summary_id"),)
 
-    summary_id: Mapped[str] = mapped_column(String(SUMMARY_ID_LENGTH))
-    start_time: Mapped[datetime | None]
-    end_time: Mapped[datetime | None]
     asleep_seconds: Mapped[int | None]

@@ -57,6 +57,12 @@ def store(connection: Connection, event: TerraEvent) -> Outcome:
     return EventOutcome.APPLIED, "; ".join(notes)
 
 
+def carries_items(event: TerraEvent) -> bool:
+    """Whether `event` has items to store (or that cannot be read, which is worth keeping too)."""
+    read = read_items(event)
+    return bool(read.items or read.problems)
+
+
 def _upsert(connection_id: int, item: Item, ordering_timestamp: int | None) -> bool:
     """Insert or overwrite the row for `item`'s key; False when the stored row is newer (kept)."""
     model, key = TABLES[type(item)]

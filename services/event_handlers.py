@@ -45,6 +45,8 @@ class ConnectionEvents:
         if event.type in INFORMATIONAL_TYPES or event.terra_user_id is None:
             return EventOutcome.RECORDED, None
         if connection is None:
+            if not data_events.carries_items(event):
+                return EventOutcome.RECORDED, None  # nothing to keep for it (an empty chunk, a profile)
             if owner_of(event.reference_id) is None:
                 return EventOutcome.IGNORED, "reference_id is not one of ours"
             # Its `auth` has not arrived (or applied) yet: kept as failed, `flask webhooks replay --failed`

@@ -18,7 +18,7 @@ import requests
 from sqlalchemy import func, select
 
 from extensions import db
-from models import ConnectAttempt, Connection, WebhookEvent
+from models import ConnectAttempt, Connection, DailyData, WebhookEvent
 from services import attempts
 from terra_integration.signature import sign
 from tests.helpers import auth_event, create_attempt, create_user, terra_user
@@ -27,7 +27,12 @@ DELIVERIES = 16
 
 
 def post_event(
-    base_url: str, secret: str, payload: dict, trace_id: str | None = None, signed_at: int | None = None
+    base_url: str,
+    secret: str,
+    payload: dict,
+    trace_id: str | None = None,
+    signed_at: int | None = None,
+    ordering_timestamp: int | None = None,
 ) -> int:
     body = json.dumps(payload).encode()
     headers = {
@@ -35,6 +40,8 @@ def post_event(
         "Content-Type": "application/json",
         "X-Terra-Trace-Id": trace_id or str(uuid.uuid4()),
     }
+    if ordering_timestamp is not None:
+        headers["X-Terra-Ordering-Timestamp"] = str(ordering_timestamp)
     return requests.post(base_url + "/webhooks/terra", data=body, headers=headers, timeout=30).status_code
 
 
@@ -103,6 +110,29 @@ def test_one_signed_delivery_replayed_under_fresh_trace_ids_at_once_is_recorded_
     assert statuses == [200] * DELIVERIES
     assert [row.outcome for row in rows(app, WebhookEvent)] == ["applied"]
     assert [row.terra_user_id for row in rows(app, Connection)] == ["tu-replayed"]
+
+
+def test_copies_of_one_day_delivered_at_once_leave_the_newest_by_ordering_timestamp(live_server):
+    app, secret = live_server.app, live_server.app.config["TERRA_SIGNING_SECRET"]
+    user = make_user(app, "ada@example.com")
+    terra = terra_user(user, "tu-daily")
+    assert post_event(live_server.url, secret, auth_event(user, terra)) == 200
+    emitted = 1_700_000_000_000
+
+    def daily_copy(copy: int) -> dict:
+        item = {"metadata": {"start_time": "2026-07-01T00:00:00+01:00"}, "distance_data": {"steps": 1000 + copy}}
+        return {"type": "daily", "user": terra, "data": [item]}
+
+    statuses = at_once(
+        [
+            lambda copy=copy: post_event(live_server.url, secret, daily_copy(copy), ordering_timestamp=emitted + copy)
+            for copy in range(DELIVERIES)
+        ]
+    )
+    assert statuses == [200] * DELIVERIES
+    [day] = rows(app, DailyData)
+    assert (day.steps, day.ordering_timestamp) == (1000 + DELIVERIES - 1, emitted + DELIVERIES - 1)
+    assert {row.outcome for row in rows(app, WebhookEvent)} == {"applied"}
 
 
 @pytest.mark.parametrize("round_number", range(6))

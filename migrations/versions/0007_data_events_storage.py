@@ -39,26 +39,19 @@ def upgrade():
         "daily_data",
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("steps", sa.Integer(), nullable=True),
-        sa.Column("distance_meters", sa.Float(), nullable=True),
-        sa.Column("calories", sa.Float(), nullable=True),
+        sa.Column("distance_meters", sa.Double(), nullable=True),
+        sa.Column("calories", sa.Double(), nullable=True),
         key="day",
     )
-    _data_table(
-        "activities",
-        sa.Column("summary_id", sa.String(length=128), nullable=False),
-        sa.Column("start_time", sa.DateTime(), nullable=True),
-        sa.Column("end_time", sa.DateTime(), nullable=True),
-        sa.Column("activity_type", sa.Integer(), nullable=True),
-        key="summary_id",
-    )
-    _data_table(
-        "sleep_sessions",
-        sa.Column("summary_id", sa.String(length=128), nullable=False),
-        sa.Column("start_time", sa.DateTime(), nullable=True),
-        sa.Column("end_time", sa.DateTime(), nullable=True),
-        sa.Column("asleep_seconds", sa.Integer(), nullable=True),
-        key="summary_id",
-    )
+    for name, measure in (("activities", "activity_type"), ("sleep_sessions", "asleep_seconds")):
+        _data_table(
+            name,
+            sa.Column("summary_id", sa.String(length=128), nullable=False),
+            sa.Column("start_time", sa.DateTime(), nullable=True),
+            sa.Column("end_time", sa.DateTime(), nullable=True),
+            sa.Column(measure, sa.Integer(), nullable=True),
+            key="summary_id",
+        )
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
         batch_op.add_column(sa.Column("ordering_timestamp", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("connections", schema=None) as batch_op:
