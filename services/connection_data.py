@@ -26,9 +26,12 @@ class DaySteps:
     steps: int | None  # None: no daily data for that day
 
 
-def recent_steps(connection: Connection, today: date | None = None) -> list[DaySteps]:
-    """The last CHART_DAYS days up to `today` (UTC by default), oldest first, each with its steps."""
-    last = today or utcnow().date()
+def recent_steps(connection: Connection) -> list[DaySteps]:
+    """The last CHART_DAYS days, oldest first, each with its steps. They end today: in UTC, or a day
+    later when the user's own data is already dated tomorrow (days are the user's calendar days, and
+    east of UTC the day starts early)."""
+    today = utcnow().date()
+    last = max(today, data_events.latest_day(connection.id, up_to=today + timedelta(days=1)) or today)
     first = last - timedelta(days=CHART_DAYS - 1)
     steps = data_events.daily_steps(connection.id, first, last)
     return [DaySteps(day, steps.get(day)) for day in (first + timedelta(days=n) for n in range(CHART_DAYS))]

@@ -14,6 +14,8 @@ background worker, or in a replay), and never commits.
 
 from __future__ import annotations
 
+from datetime import date
+
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
@@ -101,7 +103,14 @@ def move_data(source_id: int, target_id: int) -> None:
         db.session.execute(update(model).where(model.connection_id == source_id).values(connection_id=target_id))
 
 
-def daily_steps(connection_id: int, first_day, last_day) -> dict:
+def latest_day(connection_id: int, up_to: date) -> date | None:
+    """The newest day with daily data, no later than `up_to`."""
+    return db.session.scalar(
+        select(func.max(DailyData.day)).where(DailyData.connection_id == connection_id, DailyData.day <= up_to)
+    )
+
+
+def daily_steps(connection_id: int, first_day: date, last_day: date) -> dict[date, int | None]:
     """{day: steps} of the stored days from `first_day` to `last_day` (steps may be None)."""
     rows = db.session.execute(
         select(DailyData.day, DailyData.steps).where(

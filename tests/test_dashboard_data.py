@@ -173,3 +173,14 @@ def test_an_operator_cannot_replay_an_event_of_another_connection_through_their_
         bobs_event = db.session.scalars(select(WebhookEvent.id).where(WebhookEvent.terra_user_id == "tu-bob")).one()
         adas_connection = db.session.scalars(select(Connection.id).where(Connection.terra_user_id == TERRA_ID)).one()
     assert client.post(f"/connections/{adas_connection}/events/{bobs_event}/replay").status_code == 404
+
+
+def test_the_chart_ends_on_the_users_today_when_their_data_is_already_dated_tomorrow(client, owner, secret):
+    """East of UTC the user's day starts before UTC's: their newest day is still charted. A day further
+    ahead than any time zone is not taken for today."""
+    deliver(client, daily_event(owner, [(-2, 9999), (-1, 321), (0, 500), (14, 70)]), secret=secret)
+    bars = chart(client.get("/connections").get_data(as_text=True)).findall("g")
+    tomorrow = utcnow().date() + timedelta(days=1)
+    assert len(bars) == 14
+    assert bars[-1].findtext("title") == f"{tomorrow.day} {tomorrow:%b}: 321 steps"
+    assert bars[0].findtext("title").endswith("no data")  # 14 days ago left the window
