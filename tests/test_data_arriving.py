@@ -139,3 +139,30 @@ def test_backfill_refuses_bad_lengths_and_inactive_users(live_server):
     requests.post(f"{live_server.url}/sandbox/users/{terra_id}/events", json={"type": "deauth"}, timeout=10)
     assert requests.post(url, json={}, timeout=10).status_code == 409
     assert requests.post(f"{live_server.url}/sandbox/users/nobody/backfill", json={}, timeout=10).status_code == 404
+
+
+def test_the_console_has_a_backfill_button_that_sends_history(live_server):
+    mobile = register_and_sign_in(live_server)
+    terra_id = connect_a_device(live_server, mobile)["connection"]["terra_user_id"]
+    console = requests.get(f"{live_server.url}/sandbox/", timeout=10).text
+    action = f"/sandbox/users/{terra_id}/backfill"
+    assert f'action="{action}"' in console and "Backfill 30 days" in console
+    # The form as the button posts it (a shorter history here), then back to the console.
+    pressed = requests.post(live_server.url + action, data={"days": "2"}, allow_redirects=False, timeout=10)
+    assert pressed.status_code == 303 and "/sandbox/" in pressed.headers["Location"]
+
+    def all_applied() -> bool:
+        with live_server.app.app_context():
+            announced = db.session.scalars(
+                select(WebhookEvent).where(WebhookEvent.event_type == "large_request_sending")
+            ).first()
+            if announced is None:
+                return False
+            rows = db.session.scalars(
+                select(WebhookEvent).where(WebhookEvent.terra_reference == announced.terra_reference)
+            ).all()
+            expected = 2 + json.loads(announced.body)["expected_payloads"]
+            return len(rows) == expected and all(row.outcome != "received" for row in rows)
+
+    wait_for(all_applied)
+    assert (count(live_server, DailyData), count(live_server, SleepSession)) == (2, 2)

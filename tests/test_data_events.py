@@ -249,3 +249,26 @@ def test_after_a_reauth_merge_the_data_of_both_ids_is_on_one_connection_the_newe
         days = db.session.execute(select(DailyData.connection_id, DailyData.day, DailyData.steps)).all()
         assert sorted(days) == [(connection.id, date(2026, 7, 1), 100), (connection.id, date(2026, 7, 2), 250)]
         assert db.session.get(User, owner.id) is not None
+
+
+@pytest.mark.parametrize(
+    "kind, data, reason",
+    [
+        pytest.param("daily", {"metadata": {}}, "daily event: data is not an array", id="data is an object"),
+        pytest.param(
+            "activity",
+            [{"metadata": {"summary_id": "s" * 129, "type": 0}}],
+            "activity item 1: metadata.summary_id is longer than 128 characters",
+            id="summary_id longer than its column",
+        ),
+        pytest.param(
+            "sleep", [{"metadata": {"summary_id": None}}], "sleep item 1: no metadata.summary_id", id="no key"
+        ),
+    ],
+)
+def test_data_that_cannot_be_keyed_is_kept_as_failed_with_the_reason(app, client, secret, owner, kind, data, reason):
+    event = {"type": kind, "user": terra_user(owner, TERRA_ID), "data": data}
+    assert send(client, secret, event).json["status"] == "failed"
+    with app.app_context():
+        assert db.session.scalars(select(WebhookEvent.detail).where(WebhookEvent.event_type == kind)).one() == reason
+    assert stored(app, Activity) == [] and stored(app, SleepSession) == [] and stored(app, DailyData) == []
