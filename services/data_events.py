@@ -43,9 +43,10 @@ def store(connection: Connection, event: TerraEvent) -> Outcome:
     a type the app does not keep, the `athlete` profile), failed when an item could not be read (the
     readable ones are stored; a replay after a fix stores the rest).
     """
-    received = event.received_at or utcnow()
-    if connection.last_data_at is None or connection.last_data_at < received:
-        connection.last_data_at = received
+    if event.data != []:  # an empty chunk brings no data, and writes nothing
+        received = event.received_at or utcnow()
+        if connection.last_data_at is None or connection.last_data_at < received:
+            connection.last_data_at = received
     read = read_items(event)
     written = sum(_upsert(connection.id, item, event.ordering_timestamp) for item in read.items)
     kept_older = len(read.items) - written

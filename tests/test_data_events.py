@@ -187,6 +187,7 @@ def test_the_athlete_event_carries_an_object_and_only_marks_data_received(app, c
 def test_an_empty_data_array_completes_without_writes(app, client, secret, owner):
     assert send(client, secret, data_event(owner, "daily", [])).json["status"] == "recorded"
     assert stored(app, DailyData) == []
+    assert [connection.last_data_at for connection in stored(app, Connection)] == [None]
 
 
 def test_unreadable_items_fail_the_event_with_the_reason_and_the_rest_is_stored(app, client, secret, owner):
