@@ -230,6 +230,16 @@ class AppSettings(ServerSettings):
     # Opening the connections (web or mobile) reconciles them with Terra at most this often per user.
     RECONCILE_INTERVAL_SECONDS: NonNegativeInt = 60
     STATUS_POLL_AFTER_MS: PositiveInt = 2000
+    # Operators: signed-in users who may replay a failed webhook event from their dashboard's timeline.
+    OPERATOR_EMAILS: CommaSeparated = []
+
+    @field_validator("OPERATOR_EMAILS")
+    @classmethod
+    def _operator_emails(cls, emails: list[str]) -> list[str]:
+        for email in emails:
+            if "@" not in email:
+                raise ValueError(f"must be comma-separated email addresses, not {email!r}")
+        return [email.lower() for email in emails]
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -349,6 +359,7 @@ class AppSettings(ServerSettings):
             "BROWSER_CLOSED_GRACE_SECONDS": self.BROWSER_CLOSED_GRACE_SECONDS,
             "RECONCILE_INTERVAL_SECONDS": self.RECONCILE_INTERVAL_SECONDS,
             "STATUS_POLL_AFTER_MS": self.STATUS_POLL_AFTER_MS,
+            "OPERATOR_EMAILS": self.OPERATOR_EMAILS,
         }
 
 

@@ -17,7 +17,7 @@ from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, User
 from models.connect_attempt import ATTEMPT_ID
-from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
+from services import accounts, api_tokens, attempts, connection_data, connections, long_poll, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
@@ -312,6 +312,18 @@ def delete_connection(connection_id: int):
     except TerraError as error:
         raise ApiError(502, error.code, f"could not disconnect: {error}") from None
     return jsonify(connection.to_dict())
+
+
+@bp.get("/connections/<int:connection_id>/summary")
+@require_token()
+def connection_summary(connection_id: int):
+    """What the dashboard shows of the connection's data: when it last arrived, 14 days of steps,
+    the latest workout and sleep."""
+    try:
+        connection = connections.owned_connection(caller_id(), connection_id)
+    except connections.ConnectionNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    return jsonify(connection_data.summary(connection))
 
 
 # -- the API's own description --------------------------------------------------------------

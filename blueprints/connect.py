@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from blueprints.auth import login_required
 from extensions import db, limiter, terra
-from models import ConnectAttempt, User
+from models import ConnectAttempt, User, WebhookEvent
 from models.connect_attempt import AttemptHint, reason_text
-from services import attempts, connections, reconciliation, return_visits
+from services import attempts, connection_data, connections, reconciliation, return_visits
 from services.providers import is_provider_code, provider_label, provider_name
+from services.steps_chart import StepsChart, steps_chart
+from terra_integration import inbox
 from terra_integration.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
@@ -61,7 +64,46 @@ def dashboard():
         # Expiry only: a dashboard must not wait on Terra (userInfo) once per listed attempt.
         if attempts.expire_if_due(attempt):
             db.session.commit()
-    return render_template("connect/dashboard.html", connections=user_connections, attempts=recent_attempts)
+    details = {
+        connection.id: ConnectionDetails(
+            chart=steps_chart(connection_data.recent_steps(connection)), timeline=connection_data.timeline(connection)
+        )
+        for connection in user_connections
+    }
+    return render_template(
+        "connect/dashboard.html",
+        connections=user_connections,
+        attempts=recent_attempts,
+        details=details,
+        is_operator=connection_data.is_operator(g.user),
+    )
+
+
+@dataclass(frozen=True)
+class ConnectionDetails:
+    """What the dashboard shows under a connection: its steps chart and its webhook timeline."""
+
+    chart: StepsChart
+    timeline: list[WebhookEvent]
+
+
+@bp.post("/connections/<int:connection_id>/events/<int:event_id>/replay")
+@login_required
+def replay_event(connection_id: int, event_id: int):
+    """An operator (OPERATOR_EMAILS) applies a failed webhook event of their connection again, as
+    `flask webhooks replay` does. Others: 403; an event or connection that is not theirs: 404."""
+    if not connection_data.is_operator(g.user):
+        abort(403, description="Only operators (OPERATOR_EMAILS) can replay webhook events.")
+    try:
+        connection = connections.owned_connection(g.user.id, connection_id)
+    except connections.ConnectionNotFound:
+        abort(404, description="No such connection.")
+    event = connection_data.timeline_event(connection, event_id)
+    if event is None:
+        abort(404, description="No such webhook event.")
+    outcome = inbox.replay(event)
+    flash(f"Replayed the {event.event_type} event: {outcome}." + (f" {event.detail}" if event.detail else ""))
+    return redirect(url_for("connect.dashboard", _anchor=f"connection-{connection.id}-data"), code=303)
 
 
 @bp.post("/connections/connect")

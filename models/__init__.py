@@ -3,16 +3,20 @@
 from models.api_token import ApiToken
 from models.connect_attempt import AttemptStatus, ConnectAttempt
 from models.connection import Connection, ConnectionStatus, ReplacedTerraUser
+from models.health_data import Activity, DailyData, SleepSession
 from models.user import User
 from models.webhook_event import WebhookEvent
 
 __all__ = [
+    "Activity",
     "ApiToken",
     "AttemptStatus",
     "ConnectAttempt",
     "Connection",
     "ConnectionStatus",
+    "DailyData",
     "ReplacedTerraUser",
+    "SleepSession",
     "User",
     "WebhookEvent",
 ]

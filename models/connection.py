@@ -30,6 +30,8 @@ class Connection(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_event_at: Mapped[datetime | None]
+    # When the newest data event (daily, activity, sleep, body, athlete...) for it was received.
+    last_data_at: Mapped[datetime | None]
 
     @property
     def scope_list(self) -> list[str]:

@@ -180,19 +180,28 @@ class _ReorderWindows:
 _reorder_windows = _ReorderWindows()
 
 
-def deliver(events: list[dict], config: Mapping[str, Any], faults: Iterable[str] | None = None) -> DeliveryThread:
-    """Start sending `events` (one flow's worth, in order) to the configured webhook URL.
+def deliver(
+    events: list[dict],
+    config: Mapping[str, Any],
+    faults: Iterable[str] | None = None,
+    *,
+    terra_reference: str | None = None,
+    trace_ids: list[str] | None = None,
+) -> DeliveryThread:
+    """Start sending `events` (one flow's worth, in order) to the configured webhook URL, all under one
+    terra-reference (a new one unless given), each with its trace id (new ones unless given).
 
     `faults` are webhook fault names; by default those switched on for the run and the current request.
     """
     settings = WebhookSettings.from_config(config)
-    terra_reference = str(uuid.uuid4())
+    terra_reference = terra_reference or str(uuid.uuid4())
+    trace_ids = trace_ids or [str(uuid.uuid4()) for _ in events]
     emitted_ms = int(time.time() * 1000)
     envelopes = [
         Envelope(
             event_type=str(event.get("type")),
             body=json.dumps(event, separators=(",", ":")).encode(),
-            trace_id=str(uuid.uuid4()),
+            trace_id=trace_ids[index],
             # One millisecond apart so that receivers ordering by this header keep the emission order.
             ordering_timestamp_ms=emitted_ms + index,
             terra_reference=terra_reference,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sandbox.models import FlowKind, SandboxSession, SandboxUser
-from sandbox.sample_data import sample_items
+from sandbox.sample_data import athlete_profile, sample_items
 
 API_VERSION = "2022-03-16"
 
@@ -100,5 +100,37 @@ def permission_change(user: SandboxUser, *, added: list[str], removed: list[str]
     }
 
 
-def data_event(kind: str, user: SandboxUser) -> dict:
-    return {"type": kind, "user": user.to_terra(), "data": sample_items(kind), "version": API_VERSION}
+def data_event(kind: str, user: SandboxUser, items: list[dict] | None = None) -> dict:
+    """A data event of `kind` carrying `items` (by default one sample item for today)."""
+    items = sample_items(kind) if items is None else items
+    return {"type": kind, "user": user.to_terra(), "data": items, "version": API_VERSION}
+
+
+def athlete(user: SandboxUser) -> dict:
+    # The one data event with an object instead of a `data` array.
+    return {
+        "type": "athlete",
+        "user": user.to_terra(),
+        "athlete": athlete_profile(user.account),
+        "version": API_VERSION,
+    }
+
+
+def large_request_processing(user: SandboxUser, reference: str) -> dict:
+    return {
+        "type": "large_request_processing",
+        "status": "processing",
+        "reference": reference,
+        "message": "Large request is being processed; payloads will be delivered when ready",
+        "user": user.to_terra(),
+    }
+
+
+def large_request_sending(user: SandboxUser, reference: str, expected_payloads: int) -> dict:
+    return {
+        "type": "large_request_sending",
+        "reference": reference,
+        "message": "Large request payloads are being sent",
+        "expected_payloads": expected_payloads,
+        "user": user.to_terra(),
+    }

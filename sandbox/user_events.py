@@ -1,8 +1,10 @@
-"""Things that happen to an existing Terra user after it connected: new data, a degraded or revoked
-connection, changed permissions, a deauthentication. Each updates the user, commits, then sends."""
+"""Things that happen to an existing Terra user after it connected: new data (one item, or a month's
+backfill in chunks), a degraded or revoked connection, changed permissions, a deauthentication. Each
+updates the user, commits, then sends."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,18 +16,21 @@ from sandbox.delivery import DeliveryThread, deliver
 from sandbox.faults import webhook_faults
 from sandbox.models import SandboxUser
 from sandbox.payloads import ping_event
-from sandbox.sample_data import DATA_KINDS
+from sandbox.sample_data import DATA_KINDS, history
 
-USER_EVENT_TYPES = (*DATA_KINDS, "connection_error", "permission_change", "access_revoked", "deauth")
+DATA_EVENT_TYPES = (*DATA_KINDS, "athlete")
+CONNECTION_EVENT_TYPES = ("connection_error", "permission_change", "access_revoked", "deauth")
+USER_EVENT_TYPES = (*DATA_EVENT_TYPES, *CONNECTION_EVENT_TYPES)
+CHUNK_ITEMS = 10  # Terra sends a large request's data in chunks of at most 10 items (or 10 MB)
+BACKFILL_DAYS = 30
+MAX_BACKFILL_DAYS = 90
 
 
 def send_user_event(user: SandboxUser, kind: str, config: Mapping[str, Any]) -> DeliveryThread:
     """Apply event `kind` (one of USER_EVENT_TYPES) to an active `user` and send its webhook."""
-    if kind in DATA_KINDS:
+    if kind in DATA_EVENT_TYPES:
         user.last_webhook_update = utcnow()
-        event = events.data_event(kind, user)
-        if "s3_payload" in webhook_faults(config):  # a ping-mode destination: a download URL instead
-            event = ping_event(event)
+        event = _as_delivered(events.athlete(user) if kind == "athlete" else events.data_event(kind, user), config)
     elif kind == "connection_error":
         event = events.connection_error(user)
     elif kind == "permission_change":
@@ -39,6 +44,34 @@ def send_user_event(user: SandboxUser, kind: str, config: Mapping[str, Any]) -> 
         raise ValueError(f"unknown user event type {kind!r}")
     db.session.commit()
     return deliver([event], config)
+
+
+def send_backfill(user: SandboxUser, days: int, config: Mapping[str, Any]) -> DeliveryThread:
+    """`days` of history for an active `user`, sent as Terra sends a large request: a
+    `large_request_processing` event, a `large_request_sending` event announcing how many payloads
+    follow, then the data in chunks of at most CHUNK_ITEMS items. Every delivery carries the same
+    terra-reference; each chunk has its own trace id, `<id>:chunk:<n>`."""
+    reference = str(uuid.uuid4())
+    chunks = [
+        _as_delivered(events.data_event(kind, user, items[start : start + CHUNK_ITEMS]), config)
+        for kind, items in history(days).items()
+        for start in range(0, len(items), CHUNK_ITEMS)
+    ]
+    chunk_trace = str(uuid.uuid4())
+    trace_ids = [str(uuid.uuid4()), str(uuid.uuid4())] + [f"{chunk_trace}:chunk:{n}" for n in range(1, len(chunks) + 1)]
+    announcements = [
+        events.large_request_processing(user, reference),
+        events.large_request_sending(user, reference, expected_payloads=len(chunks)),
+    ]
+    user.last_webhook_update = utcnow()
+    db.session.commit()
+    return deliver([*announcements, *chunks], config, terra_reference=reference, trace_ids=trace_ids)
+
+
+def _as_delivered(event: dict, config: Mapping[str, Any]) -> dict:
+    """A data event as the destination receives it: itself, or for a ping-mode destination (the
+    `s3_payload` fault) a download URL in its place."""
+    return ping_event(event) if "s3_payload" in webhook_faults(config) else event
 
 
 def _toggle_scopes(user: SandboxUser) -> tuple[list[str], list[str]]:

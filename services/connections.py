@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from extensions import db
 from models import ConnectAttempt, Connection, ConnectionStatus, ReplacedTerraUser, User
 from models.time import utcnow
+from services import data_events
 from terra_integration.client import TerraClient, TerraNotFound, TerraUser
 
 # Why a connection ended, for its owner to read (models.connect_attempt.REASON_TEXT).
@@ -46,6 +47,12 @@ def owned_connection(user_id: int, connection_id: int) -> Connection:
 
 def by_terra_user_id(terra_user_id: str) -> Connection | None:
     return db.session.scalars(select(Connection).where(Connection.terra_user_id == terra_user_id)).first()
+
+
+def for_terra_user(terra_user_id: str) -> Connection | None:
+    """The connection that holds `terra_user_id` now: its own row, or the row a re-authentication
+    moved it to (data sent under the old id before Terra switched still belongs there)."""
+    return by_terra_user_id(terra_user_id) or _replacement_of(terra_user_id)
 
 
 def was_replaced(terra_user_id: str) -> bool:
@@ -159,6 +166,8 @@ def replace_terra_user(
         status, reason, newest_id = new.status, new.status_reason, new.terra_user_id
         for model in (ConnectAttempt, ReplacedTerraUser):
             db.session.execute(update(model).where(model.connection_id == new.id).values(connection_id=old.id))
+        data_events.move_data(new.id, old.id)
+        old.last_data_at = max(filter(None, (old.last_data_at, new.last_data_at)), default=None)
         # A plain DELETE: a concurrent delivery of the same swap may already have removed the row,
         # which is fine (the retry in the inbox converges), so no "expected one row" check.
         db.session.execute(delete(Connection).where(Connection.id == new.id))

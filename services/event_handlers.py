@@ -14,8 +14,8 @@ from sqlalchemy import select
 from extensions import db
 from models import ConnectionStatus, User, WebhookEvent
 from models.time import utcnow
-from services import attempts, connections
-from terra_integration.events import AUTH_FAILURE, AUTH_SUCCESS, TerraEvent
+from services import attempts, connections, data_events
+from terra_integration.events import AUTH_FAILURE, AUTH_SUCCESS, INFORMATIONAL_TYPES, TerraEvent
 from terra_integration.host import Outcome
 from terra_integration.models import EventOutcome
 from terra_integration.reference_ids import owner_of
@@ -37,12 +37,22 @@ class ConnectionEvents:
         return HANDLERS[event.kind](owner, event)
 
     def apply_data_event(self, event: TerraEvent) -> Outcome:
-        """Data and informational events are recorded; they only note when we last heard of the user."""
-        if event.terra_user_id:
-            connection = connections.by_terra_user_id(event.terra_user_id)
-            if connection is not None:
-                connection.last_event_at = utcnow()
-        return EventOutcome.RECORDED, None
+        """A data event is stored for its connection (services.data_events); an informational one
+        (large_request_processing...) is recorded."""
+        connection = connections.for_terra_user(event.terra_user_id) if event.terra_user_id else None
+        if connection is not None:
+            connection.last_event_at = utcnow()
+        if event.type in INFORMATIONAL_TYPES or event.terra_user_id is None:
+            return EventOutcome.RECORDED, None
+        if connection is None:
+            if not data_events.carries_items(event):
+                return EventOutcome.RECORDED, None  # nothing to keep for it (an empty chunk, a profile)
+            if owner_of(event.reference_id) is None:
+                return EventOutcome.IGNORED, "reference_id is not one of ours"
+            # Its `auth` has not arrived (or applied) yet: kept as failed, `flask webhooks replay --failed`
+            # stores it once the connection exists.
+            return EventOutcome.FAILED, f"no connection for Terra user {event.terra_user_id} yet"
+        return data_events.store(connection, event)
 
 
 def _auth_success(owner: User, event: TerraEvent) -> Outcome:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from terra_integration.client import TerraUser
@@ -64,6 +65,13 @@ class TerraEvent:
     scopes_added: list[str] = field(default_factory=list)
     scopes_removed: list[str] = field(default_factory=list)
     download_url: str | None = None  # s3_payload: where the data event itself is to be fetched
+    # A data event's `data` array as sent (`terra_integration.data` reads it); `athlete` carries one
+    # object instead.
+    data: Any = None
+    athlete: dict | None = None
+    # From the delivery, not the body: set when the inbox applies its row (`inbox.apply`).
+    ordering_timestamp: int | None = None  # X-Terra-Ordering-Timestamp, unix milliseconds
+    received_at: datetime | None = None
 
     @property
     def terra_user_id(self) -> str | None:
@@ -130,6 +138,8 @@ def parse_event(body: bytes) -> TerraEvent:
         scopes_added=_scope_list(data.get("scopes_added")),
         scopes_removed=_scope_list(data.get("scopes_removed")),
         download_url=data["url"] if event_type == PING_TYPE and isinstance(data.get("url"), str) else None,
+        data=data.get("data"),
+        athlete=data["athlete"] if isinstance(data.get("athlete"), dict) else None,
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import current_app
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -55,7 +55,7 @@ UNREADABLE = "unreadable"  # the event_type of a verified body that is not an ev
 @dataclass(frozen=True)
 class Delivery:
     """A verified delivery, read (`webhooks.read_delivery`): its inbox keys (`signed_at` is the
-    signature's `t`), and its event or why the body is not one."""
+    signature's `t`), its ordering timestamp, and its event or why the body is not one."""
 
     body: bytes
     signed_at: int
@@ -63,6 +63,7 @@ class Delivery:
     terra_reference: str | None
     event: TerraEvent | None
     problem: str | None = None
+    ordering_timestamp: int | None = None
 
 
 def receive(delivery: Delivery) -> str:
@@ -80,6 +81,7 @@ def receive(delivery: Delivery) -> str:
         # Cut to the column: an over-long reference_id is never one of ours, but it is kept for the record.
         reference_id=event.reference_id and event.reference_id[:TEXT_LENGTH],
         terra_reference=delivery.terra_reference,
+        ordering_timestamp=delivery.ordering_timestamp,
         body=delivery.body.decode("utf-8"),
     )
     if not _inserted(row):
@@ -119,6 +121,7 @@ def _keep_unreadable(delivery: Delivery) -> str:
         signed_payload_sha256=_signed_payload_sha256(delivery),
         event_type=UNREADABLE,
         terra_reference=delivery.terra_reference,
+        ordering_timestamp=delivery.ordering_timestamp,
         # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
         body=delivery.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
         outcome=EventOutcome.FAILED,
@@ -148,6 +151,8 @@ def apply(row: WebhookEventColumns, event: TerraEvent) -> str:
     try:
         if event.type == PING_TYPE:
             event = _downloaded(event)
+        # What the delivery said beside its body, for the host to order data by.
+        event = replace(event, ordering_timestamp=row.ordering_timestamp, received_at=row.received_at)
         outcome, detail = _apply_with_retries(event)
     except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
         outcome, detail = _failure(row, error)

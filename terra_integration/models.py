@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import String, Text
+from sqlalchemy import BigInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 # The longest values the integration stores or hands on; longer ones are refused (user ids) or cut. A
@@ -21,6 +21,7 @@ PROVIDER_LENGTH = 64  # provider codes, short upper-case words
 TEXT_LENGTH = 255  # reference ids, reasons, session ids, outcome details
 TRACE_ID_LENGTH = 128  # the X-Terra-Trace-Id and terra-reference headers
 SHA256_HEX_LENGTH = 64
+SUMMARY_ID_LENGTH = 128  # an activity's or sleep's metadata.summary_id (Terra's are UUIDs)
 EVENT_TYPE_LENGTH = 64
 
 
@@ -50,7 +51,11 @@ class WebhookEventColumns:
     event_type: Mapped[str] = mapped_column(String(EVENT_TYPE_LENGTH), index=True)
     terra_user_id: Mapped[str | None] = mapped_column(String(USER_ID_LENGTH), index=True)
     reference_id: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
+    # Shared by every chunk of one large request: never a de-duplication key.
     terra_reference: Mapped[str | None] = mapped_column(String(TRACE_ID_LENGTH))
+    # X-Terra-Ordering-Timestamp (unix milliseconds, the same on every retry): applying a data event
+    # overwrites stored data only when this is newer or equal. Null when Terra sent none.
+    ordering_timestamp: Mapped[int | None] = mapped_column(BigInteger)
     body: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16), default=EventOutcome.RECEIVED)
     detail: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))

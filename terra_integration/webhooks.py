@@ -27,6 +27,8 @@ from terra_integration.text_checks import storable_text
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
+MAX_ORDERING_DIGITS = 18  # fits a BIGINT; unix milliseconds have 13 digits until the year 2286
+
 
 def _error(status: int, code: str, message: str):
     return jsonify(error={"code": code, "message": message}), status
@@ -79,7 +81,19 @@ def read_delivery(body: bytes, signed_at: int) -> inbox.Delivery:
     trace_id = request.headers.get("X-Terra-Trace-Id", "").strip()[:TRACE_ID_LENGTH]
     trace_id = trace_id or "sha256:" + hashlib.sha256(body).hexdigest()
     terra_reference = request.headers.get("terra-reference", "")[:TRACE_ID_LENGTH] or None
+    keys = {"trace_id": trace_id, "terra_reference": terra_reference, "ordering_timestamp": _ordering_timestamp()}
     try:
-        return inbox.Delivery(body, signed_at, trace_id, terra_reference, parse_event(body))
+        return inbox.Delivery(body, signed_at, event=parse_event(body), **keys)
     except EventParseError as error:
-        return inbox.Delivery(body, signed_at, trace_id, terra_reference, None, str(error))
+        return inbox.Delivery(body, signed_at, event=None, problem=str(error), **keys)
+
+
+def _ordering_timestamp() -> int | None:
+    """X-Terra-Ordering-Timestamp: unix milliseconds, or None when Terra sent none (payloads with
+    no recency anchor)."""
+    value = request.headers.get("X-Terra-Ordering-Timestamp", "").strip()
+    if not value:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > MAX_ORDERING_DIGITS:
+        raise MalformedDelivery("the X-Terra-Ordering-Timestamp header must be unix milliseconds")
+    return int(value)

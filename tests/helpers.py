@@ -100,10 +100,12 @@ def signed(
     trace_id: str | None = "auto",
     header: str = "X-Terra-Signature",
     timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """A webhook's body and headers exactly as Terra signs it (real HMAC over the raw bytes)."""
+    """A webhook's body and headers exactly as Terra signs it (real HMAC over the raw bytes); `headers`
+    adds others Terra sends (X-Terra-Ordering-Timestamp, terra-reference)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    headers = {header: sign(body, secret, timestamp), "Content-Type": "application/json"}
+    headers = {**(headers or {}), header: sign(body, secret, timestamp), "Content-Type": "application/json"}
     if trace_id == "auto":
         trace_id = str(uuid.uuid4())
     if trace_id:
@@ -117,9 +119,17 @@ def deliver(client, payload: dict | bytes, *, secret: str, **signing):
     return client.post("/webhooks/terra", data=body, headers=headers)
 
 
-def post_event(base_url: str, secret: str, payload: dict, trace_id: str = "auto", signed_at: int | None = None) -> int:
+def post_event(
+    base_url: str,
+    secret: str,
+    payload: dict,
+    trace_id: str = "auto",
+    signed_at: int | None = None,
+    ordering_timestamp: int | None = None,
+) -> int:
     """POST a signed webhook to a server over HTTP; its status code."""
-    body, headers = signed(payload, secret=secret, trace_id=trace_id, timestamp=signed_at)
+    extra = {} if ordering_timestamp is None else {"X-Terra-Ordering-Timestamp": str(ordering_timestamp)}
+    body, headers = signed(payload, secret=secret, trace_id=trace_id, timestamp=signed_at, headers=extra)
     return requests.post(base_url + "/webhooks/terra", data=body, headers=headers, timeout=30).status_code
 
 

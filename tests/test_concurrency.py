@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from extensions import db
-from models import ConnectAttempt, Connection, WebhookEvent
+from models import ConnectAttempt, Connection, DailyData, WebhookEvent
 from services import attempts
 from tests.helpers import auth_event, create_attempt, create_user, post_event, terra_user
 
@@ -88,6 +88,29 @@ def test_one_signed_delivery_replayed_under_fresh_trace_ids_at_once_is_recorded_
     assert statuses == [200] * DELIVERIES
     assert [row.outcome for row in rows(app, WebhookEvent)] == ["applied"]
     assert [row.terra_user_id for row in rows(app, Connection)] == ["tu-replayed"]
+
+
+def test_copies_of_one_day_delivered_at_once_leave_the_newest_by_ordering_timestamp(live_server):
+    app, secret = live_server.app, live_server.app.config["TERRA_SIGNING_SECRET"]
+    user = make_user(app, "ada@example.com")
+    terra = terra_user(user, "tu-daily")
+    assert post_event(live_server.url, secret, auth_event(user, terra)) == 200
+    emitted = 1_700_000_000_000
+
+    def daily_copy(copy: int) -> dict:
+        item = {"metadata": {"start_time": "2026-07-01T00:00:00+01:00"}, "distance_data": {"steps": 1000 + copy}}
+        return {"type": "daily", "user": terra, "data": [item]}
+
+    statuses = at_once(
+        [
+            lambda copy=copy: post_event(live_server.url, secret, daily_copy(copy), ordering_timestamp=emitted + copy)
+            for copy in range(DELIVERIES)
+        ]
+    )
+    assert statuses == [200] * DELIVERIES
+    [day] = rows(app, DailyData)
+    assert (day.steps, day.ordering_timestamp) == (1000 + DELIVERIES - 1, emitted + DELIVERIES - 1)
+    assert {row.outcome for row in rows(app, WebhookEvent)} == {"applied"}
 
 
 @pytest.mark.parametrize("round_number", range(6))

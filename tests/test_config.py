@@ -174,6 +174,7 @@ BAD_VALUES = {
     "WEB_CONCURRENCY": ("0", {}),
     "GUNICORN_THREADS": ("many", {}),
     "EXTRA_TRUSTED_HOSTS": ("https://lb.example.com", PRODUCTION),
+    "OPERATOR_EMAILS": ("ops-team", {}),
     "MAX_CONTENT_LENGTH": ("1MB", {}),
     "ATTEMPT_TOKEN_MAX_AGE": ("2 days", {}),
     "USERINFO_CHECK_AFTER_SECONDS": ("-1", {}),

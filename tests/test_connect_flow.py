@@ -391,7 +391,7 @@ def s3_rows(server) -> list[WebhookEvent]:
 @pytest.mark.parametrize(
     "max_bytes, outcome, detail",
     [
-        ("10485760", "recorded", None),
+        ("10485760", "applied", None),
         ("100", "failed", "larger than 100 bytes"),
     ],
 )

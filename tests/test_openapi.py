@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -111,6 +111,13 @@ def is_date_time(value: object) -> bool:
         return False
     datetime.fromisoformat(value)  # ValueError for an impossible date such as 2026-02-30
     return True
+
+
+@FORMATS.checks("date", raises=ValueError)
+def is_date(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    return re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) is not None and bool(date.fromisoformat(value))
 
 
 @FORMATS.checks("uri")
@@ -532,7 +539,7 @@ def test_every_api_route_is_documented_with_its_methods_and_nothing_else(app):
             served[(method.lower(), template)] = types
     documented = {(method, template) for method, template, _ in operations()}
     assert set(served) == documented
-    assert len(served) == 8
+    assert len(served) == 9
 
     for (method, template), types in served.items():
         item = DOCUMENT["paths"][template]
@@ -849,7 +856,7 @@ def unauthorised_calls(server) -> list[tuple[str, requests.Response]]:
 
 
 def test_protected_operations_refuse_callers_without_a_valid_token(live_server):
-    assert len(PROTECTED_OPERATIONS) == 6
+    assert len(PROTECTED_OPERATIONS) == 7
     codes = set()
     for name, response in unauthorised_calls(live_server):
         assert response.status_code == 401, f"{name}: {response.status_code} {response.text[:200]}"

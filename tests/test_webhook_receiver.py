@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from extensions import db
-from models import ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
+from models import Activity, ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
 from services import event_handlers
 from terra_integration import inbox
 from terra_integration.events import EventParseError, parse_event
@@ -167,7 +167,7 @@ def test_a_signed_delivery_replayed_under_a_fresh_trace_id_is_a_duplicate(client
         ]
 
 
-def test_data_events_are_recorded_one_row_per_trace_id(client, app, secret, user):
+def test_data_events_are_kept_one_row_per_trace_id(client, app, secret, user):
     deliver(client, auth_event(user, terra_user(user, "tu-data")), secret=secret)
     user_json = terra_user(user, "tu-data")
     for trace in ("big:chunk:1", "big:chunk:2", "big:chunk:2"):
@@ -178,7 +178,8 @@ def test_data_events_are_recorded_one_row_per_trace_id(client, app, secret, user
     with app.app_context():
         rows = db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "activity")).all()
         assert sorted(row.trace_id for row in rows) == ["big:chunk:1", "big:chunk:2"]
-        assert {row.outcome for row in rows} == {"recorded"}
+        assert {row.outcome for row in rows} == {"applied"}
+        assert sorted(db.session.scalars(select(Activity.summary_id))) == ["big:chunk:1", "big:chunk:2"]
 
 
 @pytest.mark.parametrize("event_type", ["large_request_processing", "large_request_sending", "brand_new_event"])

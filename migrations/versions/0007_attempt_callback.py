@@ -1,6 +1,6 @@
 """connect attempts: the callback the app's in-app browser catches (`scheme` or `https`)
 
-Revision ID: 0007_attempt_callback
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-07 10:00:00
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = "0007_attempt_callback"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
