@@ -107,7 +107,9 @@ def _empty_tables(app) -> None:
 
 @pytest.fixture
 def app(database_uri, tmp_path):
-    app = create_app({"WTF_CSRF_ENABLED": False}, environ=_environ(database_uri))
+    # No applier thread: tests apply recorded webhook events in their own thread, when they choose
+    # (tests.helpers.deliver, apply_inbox). The live servers below run the thread, as gunicorn does.
+    app = create_app({"WTF_CSRF_ENABLED": False, "WEBHOOK_APPLY_IN_PROCESS": False}, environ=_environ(database_uri))
     app.instance_path = str(tmp_path)
     yield app
     _empty_tables(app)

@@ -8,11 +8,14 @@ import uuid
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
 from extensions import db
-from models import ConnectAttempt, User
+from models import ConnectAttempt, User, WebhookEvent
 from models.time import utcnow
+from terra_integration.applier import drain
+from terra_integration.models import EventOutcome
 from terra_integration.reference_ids import new_reference_id
 from terra_integration.signature import sign
 
@@ -83,12 +86,35 @@ def deliver(
     trace_id: str | None = "auto",
     header: str = "X-Terra-Signature",
     timestamp: int | None = None,
+    apply: bool = True,
 ):
-    """POST a webhook exactly as Terra signs it (real HMAC over the raw bytes)."""
+    """POST a webhook exactly as Terra signs it (real HMAC over the raw bytes); then, for a Flask test
+    client and unless `apply` is False, apply what the inbox recorded, as the applier thread would."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {header: sign(body, secret, timestamp), "Content-Type": "application/json"}
     if trace_id == "auto":
         trace_id = str(uuid.uuid4())
     if trace_id:
         headers["X-Terra-Trace-Id"] = trace_id
-    return client.post("/webhooks/terra", data=body, headers=headers)
+    response = client.post("/webhooks/terra", data=body, headers=headers)
+    if apply and hasattr(client, "application"):
+        apply_inbox(client.application)
+    return response
+
+
+def apply_inbox(app) -> int:
+    """Apply every recorded webhook event the inbox holds, now, in this thread; returns how many."""
+    with app.app_context():
+        return drain()
+
+
+def pending_events(app) -> int:
+    with app.app_context():
+        return db.session.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.outcome == EventOutcome.RECEIVED)
+        )
+
+
+def outcome_of(app, trace_id: str) -> str:
+    with app.app_context():
+        return db.session.scalars(select(WebhookEvent.outcome).where(WebhookEvent.trace_id == trace_id)).one()
