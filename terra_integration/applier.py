@@ -14,8 +14,10 @@ moves `received` → applied, recorded, ignored or failed (`EventOutcome`), once
   failed, so one event that kills its taker cannot stop the queue.
 - **Failures** stay on the row (`failed`, with the error in `detail`); `flask webhooks replay` applies
   them again.
-- **Order.** A row is claimed only when no older row of the same Terra user is still pending: one
-  user's events are applied one at a time, in the order they were received (the inbox id).
+- **Order.** A row is claimed only when no older row with the same `reference_id` is still pending:
+  the events of one user of the host (all of its Terra users, the old and the new one of a
+  re-authentication included) are applied one at a time, in the order they were recorded (the inbox
+  id). Rows without a reference_id (an `s3_payload` before its download) are not ordered.
 - **Wake-up.** `InboxWorker` is a thread in each web worker process: the receiver wakes it as soon as
   its row is committed, and it also looks every WEBHOOK_SWEEP_SECONDS for rows no wake-up announced
   (recorded by another process, or left by a taker that died).
@@ -40,7 +42,7 @@ MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it i
 
 
 def claim(limit: int = BATCH_SIZE) -> list[int]:
-    """Claim up to `limit` pending rows, oldest first, at most one per Terra user (the oldest one),
+    """Claim up to `limit` pending rows, oldest first, at most one per reference_id (its oldest),
     for one lease; commit, and return their ids. Rows whose takers gave up MAX_ATTEMPTS times are
     marked failed on the way."""
     integration = bound()
@@ -69,7 +71,7 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
             or_(job.claimed_until.is_(None), job.claimed_until < now),
             ~exists().where(
                 older.outcome == EventOutcome.RECEIVED,
-                older.terra_user_id == job.terra_user_id,
+                older.reference_id == job.reference_id,
                 older.id < job.id,
             ),
         )

@@ -47,12 +47,12 @@ class WebhookEventColumns:
     @declared_attr.directive
     def __table_args__(cls) -> tuple:
         # Partial indexes over the pending rows only, however long the inbox grows: the applier's
-        # oldest-first scan, and its check for an older pending event of the same Terra user.
+        # oldest-first scan, and its check for an older pending event of the same user (reference_id).
         return (
             Index(f"ix_{cls.__tablename__}_pending", "id", sqlite_where=PENDING, postgresql_where=PENDING),
             Index(
                 f"ix_{cls.__tablename__}_pending_user",
-                "terra_user_id",
+                "reference_id",
                 "id",
                 sqlite_where=PENDING,
                 postgresql_where=PENDING,

@@ -108,6 +108,13 @@ def apply_inbox(app) -> int:
         return drain()
 
 
+def settle_inbox(app, timeout: float = 20) -> None:
+    """Wait until the applier threads of the servers under test have applied every recorded event."""
+    from tests.conftest import wait_for
+
+    wait_for(lambda: pending_events(app) == 0, timeout=timeout)
+
+
 def pending_events(app) -> int:
     with app.app_context():
         return db.session.scalar(

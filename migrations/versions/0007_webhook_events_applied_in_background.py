@@ -29,7 +29,7 @@ def upgrade():
     op.create_index(
         "ix_webhook_events_pending_user",
         "webhook_events",
-        ["terra_user_id", "id"],
+        ["reference_id", "id"],
         sqlite_where=PENDING,
         postgresql_where=PENDING,
     )
