@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -149,12 +150,23 @@ def apply(row: WebhookEventColumns, event: TerraEvent) -> str:
     a later replay; the row itself is committed either way.
     """
     try:
+        _hold(row)
         if event.type == PING_TYPE:
             event = _downloaded(event)
+            _hold(row)
         outcome, detail = _apply_with_retries(event)
     except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
         outcome, detail = _failure(row, error)
     return _finish(row, outcome, detail)
+
+
+def _hold(row: WebhookEventColumns) -> None:
+    """Renew the row's claim (`applier`) as the first statement of the transaction that applies it.
+    The lease then runs from now, and on SQLite that transaction holds the write lock from its start:
+    one that read first could not take it once another connection had committed since ("database is
+    locked" at once, without waiting)."""
+    row.claimed_until = utcnow() + timedelta(seconds=current_app.config["WEBHOOK_CLAIM_LEASE_SECONDS"])
+    bound().db.session.flush()
 
 
 def _downloaded(ping: TerraEvent) -> TerraEvent:
