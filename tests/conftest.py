@@ -35,6 +35,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from config import database_url
 from extensions import db
+from terra_integration.applier import stop_in
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 SANDBOX_INSTALLED = importlib.util.find_spec("sandbox") is not None
@@ -167,6 +168,7 @@ class LiveServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._thread.join(timeout=5)
+        stop_in(self.app)  # its applier thread, which would otherwise go on in the next tests' database
 
 
 @pytest.fixture
