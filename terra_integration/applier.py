@@ -49,20 +49,7 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
     session, model = integration.db.session, integration.host.webhook_event_model
     config = current_app.config
     now = utcnow()
-    session.rollback()  # a fresh transaction: on SQLite the UPDATE below then takes the write lock first
-    pending = model.outcome == EventOutcome.RECEIVED
-    lease_over = or_(model.claimed_until.is_(None), model.claimed_until < now)
-    session.execute(
-        update(model)
-        .where(pending, lease_over, model.attempts >= MAX_ATTEMPTS)
-        .values(
-            outcome=EventOutcome.FAILED,
-            detail=f"abandoned: applying it stopped mid-way {MAX_ATTEMPTS} times (the process died?)"[:TEXT_LENGTH],
-            applied_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    # Aliases: the subqueries name the table the UPDATE changes, and must not be correlated with it.
+    # Aliases: the subqueries name the table the UPDATEs change, and must not be correlated with it.
     job, older = aliased(model), aliased(model)
     candidates = (
         select(job.id)
@@ -76,8 +63,25 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
             ),
         )
         .order_by(job.id)
-        .limit(limit)
     )
+    session.rollback()  # a fresh transaction, for the look and for the claim
+    # A look first, which takes no lock: most wake-ups and sweeps find nothing, and on SQLite an
+    # UPDATE takes the database's one write lock even when it changes no row.
+    if session.scalars(candidates.limit(1)).first() is None:
+        session.rollback()
+        return []
+    lease_over = or_(model.claimed_until.is_(None), model.claimed_until < now)
+    session.execute(
+        update(model)
+        .where(model.outcome == EventOutcome.RECEIVED, lease_over, model.attempts >= MAX_ATTEMPTS)
+        .values(
+            outcome=EventOutcome.FAILED,
+            detail=f"abandoned: applying it stopped mid-way {MAX_ATTEMPTS} times (the process died?)"[:TEXT_LENGTH],
+            applied_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    candidates = candidates.limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True, of=job)
     claimed = session.scalars(
