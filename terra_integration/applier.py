@@ -30,13 +30,16 @@ import threading
 from datetime import timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, literal_column, or_, select, update
 from sqlalchemy.orm import aliased
 
 from terra_integration import inbox
 from terra_integration.host import bound
 from terra_integration.models import TEXT_LENGTH, EventOutcome, utcnow
 
+# Written into the SQL, not bound: only then can the databases use the partial indexes over the
+# pending rows (`models.PENDING`), whose condition must be seen to hold when the statement is planned.
+RECEIVED = literal_column(f"'{EventOutcome.RECEIVED}'")
 BATCH_SIZE = 20  # rows per claim: one short transaction claims them, each is applied in its own
 MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it is kept as failed
 
@@ -54,10 +57,10 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
     candidates = (
         select(job.id)
         .where(
-            job.outcome == EventOutcome.RECEIVED,
+            job.outcome == RECEIVED,
             or_(job.claimed_until.is_(None), job.claimed_until < now),
             ~exists().where(
-                older.outcome == EventOutcome.RECEIVED,
+                older.outcome == RECEIVED,
                 older.reference_id == job.reference_id,
                 older.id < job.id,
             ),
@@ -73,7 +76,7 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
     lease_over = or_(model.claimed_until.is_(None), model.claimed_until < now)
     session.execute(
         update(model)
-        .where(model.outcome == EventOutcome.RECEIVED, lease_over, model.attempts >= MAX_ATTEMPTS)
+        .where(model.outcome == RECEIVED, lease_over, model.attempts >= MAX_ATTEMPTS)
         .values(
             outcome=EventOutcome.FAILED,
             detail=f"abandoned: applying it stopped mid-way {MAX_ATTEMPTS} times (the process died?)"[:TEXT_LENGTH],
