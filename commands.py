@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 from flask import Flask
 from flask.cli import with_appcontext
@@ -47,6 +49,31 @@ def reconcile_connections() -> None:
         raise SystemExit(1)
 
 
+@terra_commands.command("work")
+@with_appcontext
+@click.option("--until-empty", is_flag=True, help="Stop once no event is left to apply, instead of waiting for more.")
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="How often to look for newly recorded events (this process is not woken by the web workers).",
+)
+def work(until_empty: bool, poll_seconds: float) -> None:
+    """Apply recorded webhook events from the inbox, as a process of its own: alongside the web
+    workers' applier threads, or instead of them (WEBHOOK_APPLY_IN_PROCESS=false). Any number may run
+    at once on PostgreSQL; each claims its own rows."""
+    from terra_integration.applier import drain
+
+    while True:
+        applied = drain()
+        if applied:
+            click.echo(f"applied {applied} event(s)")
+        if until_empty:
+            return
+        time.sleep(poll_seconds)
+
+
 @click.group("webhooks", help="Inspect and replay the webhook inbox.")
 def webhook_events() -> None:
     pass
@@ -73,7 +100,7 @@ def list_events(failed: bool, limit: int) -> None:
 @click.option("--failed", is_flag=True, help="Replay every event whose application failed.")
 def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
     """Apply recorded events again; safe because applying is idempotent."""
-    from terra_integration.inbox import replay
+    from terra_integration.inbox import apply_recorded
 
     query = select(WebhookEvent).order_by(WebhookEvent.id)
     if failed:
@@ -83,5 +110,5 @@ def replay_events(trace_ids: tuple[str, ...], failed: bool) -> None:
     else:
         raise click.UsageError("name trace ids or pass --failed")
     for event in db.session.scalars(query).all():
-        outcome = replay(event)
+        outcome = apply_recorded(event)
         click.echo(f"{event.trace_id}: {outcome} {event.detail or ''}")

@@ -404,6 +404,10 @@ class TerraSettings(Settings):
     TERRA_PAYLOAD_MAX_BYTES: PositiveInt = 10 * 1024 * 1024
     WEBHOOK_MAX_BYTES: PositiveInt = 512 * 1024
     WEBHOOK_TOLERANCE_SECONDS: PositiveInt = 300
+    # Recorded webhook events are applied by a thread in each web worker; false: by `flask terra work`.
+    WEBHOOK_APPLY_IN_PROCESS: bool = True
+    WEBHOOK_CLAIM_LEASE_SECONDS: Seconds = 60
+    WEBHOOK_SWEEP_SECONDS: Seconds = 5
 
     @model_validator(mode="after")
     def _all_credentials_or_none(self) -> TerraSettings:
@@ -431,6 +435,9 @@ class TerraSettings(Settings):
             "TERRA_PAYLOAD_MAX_BYTES": self.TERRA_PAYLOAD_MAX_BYTES,
             "WEBHOOK_MAX_BYTES": self.WEBHOOK_MAX_BYTES,
             "WEBHOOK_TOLERANCE_SECONDS": self.WEBHOOK_TOLERANCE_SECONDS,
+            "WEBHOOK_APPLY_IN_PROCESS": self.WEBHOOK_APPLY_IN_PROCESS,
+            "WEBHOOK_CLAIM_LEASE_SECONDS": self.WEBHOOK_CLAIM_LEASE_SECONDS,
+            "WEBHOOK_SWEEP_SECONDS": self.WEBHOOK_SWEEP_SECONDS,
         }
         if config["TERRA_MODE"] == "live":
             config.update(

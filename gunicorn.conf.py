@@ -43,3 +43,18 @@ class TokenRedactingLogger(Logger):
 
 
 logger_class = TokenRedactingLogger
+
+
+def post_worker_init(worker):
+    # Each worker process applies recorded webhook events in a thread of its own
+    # (terra_integration/applier.py), so `make run` needs no other process. Off with
+    # WEBHOOK_APPLY_IN_PROCESS=false (then run `flask terra work`).
+    from terra_integration.applier import start_in
+
+    start_in(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    from terra_integration.applier import stop_in
+
+    stop_in(worker.wsgi)

@@ -101,7 +101,7 @@ def replay_event(connection_id: int, event_id: int):
     event = connection_data.timeline_event(connection, event_id)
     if event is None:
         abort(404, description="No such webhook event.")
-    outcome = inbox.replay(event)
+    outcome = inbox.apply_recorded(event)
     flash(f"Replayed the {event.event_type} event: {outcome}." + (f" {event.detail}" if event.detail else ""))
     return redirect(url_for("connect.dashboard", _anchor=f"connection-{connection.id}-data"), code=303)
 

@@ -1,8 +1,9 @@
 """The Flask extension: `terra = TerraIntegration()`, then `terra.init_app(app, host=...)`.
 
 `init_app` reads the integration's settings from `app.config` (checked there, each problem naming its
-key), builds the Terra client and registers the webhook blueprint (`POST /webhooks/terra`). The app's
-code reaches the client as `terra.client`.
+key), builds the Terra client and the inbox's applier, and registers the webhook blueprint
+(`POST /webhooks/terra`). The app's code reaches the client as `terra.client`; the server starts the
+applier's thread in each worker process (`applier.start_in`, gunicorn.conf.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
+from terra_integration.applier import InboxWorker
 from terra_integration.client import TerraClient
 from terra_integration.host import BoundIntegration, TerraHost, bound
 from terra_integration.webhooks import bp as webhooks_bp
@@ -47,6 +49,11 @@ def _positive(kind: type) -> Callable[[Any], None]:
     return check
 
 
+def _flag(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")  # noqa: TRY004 (a setting's problem, as the others)
+
+
 def _one_of(*choices: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if value not in choices:
@@ -69,6 +76,14 @@ SETTINGS: dict[str, tuple[Callable[[Any], None], Any]] = {
     "TERRA_PAYLOAD_MAX_BYTES": (_positive(int), 10 * 1024 * 1024),
     "WEBHOOK_MAX_BYTES": (_positive(int), 512 * 1024),
     "WEBHOOK_TOLERANCE_SECONDS": (_positive(int), 300),
+    # Apply recorded events in a thread of each web worker process (applier.InboxWorker); False:
+    # only `flask terra work` (or a call to applier.drain) applies them.
+    "WEBHOOK_APPLY_IN_PROCESS": (_flag, True),
+    # How long a claim on an inbox row lasts: longer than applying one event can take (an
+    # s3_payload download included), since a row whose lease ran out is taken again.
+    "WEBHOOK_CLAIM_LEASE_SECONDS": (_positive(float), 60.0),
+    # How often the applier looks for rows no wake-up announced (other processes', abandoned claims).
+    "WEBHOOK_SWEEP_SECONDS": (_positive(float), 5.0),
 }
 
 
@@ -93,7 +108,10 @@ class TerraIntegration:
         if "sqlalchemy" not in app.extensions:
             raise RuntimeError("initialise Flask-SQLAlchemy (db.init_app) before TerraIntegration")
         app.extensions["terra_integration"] = BoundIntegration(
-            client=TerraClient.from_config(app.config), host=host, db=app.extensions["sqlalchemy"]
+            client=TerraClient.from_config(app.config),
+            host=host,
+            db=app.extensions["sqlalchemy"],
+            worker=InboxWorker(app),
         )
         app.register_blueprint(webhooks_bp)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
@@ -11,6 +11,9 @@ from flask_sqlalchemy import SQLAlchemy
 from terra_integration.client import TerraClient
 from terra_integration.events import TerraEvent
 from terra_integration.models import WebhookEventColumns
+
+if TYPE_CHECKING:
+    from terra_integration.applier import InboxWorker
 
 # (outcome, detail): an `EventOutcome` and a short note for the inbox row, or None.
 Outcome = tuple[str, str | None]
@@ -42,6 +45,7 @@ class BoundIntegration:
     client: TerraClient
     host: TerraHost
     db: SQLAlchemy
+    worker: InboxWorker  # this process's applier thread (started by gunicorn or the first wake-up)
 
 
 def bound() -> BoundIntegration:

@@ -1,13 +1,14 @@
-"""The webhook inbox: record each verified delivery exactly once, then apply it.
+"""The webhook inbox: record each verified delivery exactly once; apply it later, from its row.
 
 De-duplication is the unique `trace_id` (Terra's `X-Terra-Trace-Id`, stable across retries; a hash
 of the body when absent), and the unique hash of the signed payload (`t` and body): the same signed
 delivery sent again within the signature's tolerance under a fresh trace id is a replay, not a new
 event. The insert either wins or raises IntegrityError: no check-then-insert.
 
-A delivery is one transaction: `receive` inserts the row (flushed, not committed), `apply` has the
-host change its state inside a SAVEPOINT, notes the outcome on the row and commits once. A failure
-rolls back to the savepoint only, so the event is still committed, with its failure, for a replay.
+Recording is the receiver's whole job: `receive` commits the row as `received` and wakes this
+process's applier, and Terra gets its 200. Applying is the applier's (`applier`): `apply_recorded`
+has the host change its state inside a SAVEPOINT, notes the outcome on the row and commits once. A
+failure rolls back to the savepoint only, so the row keeps the failure, for a replay.
 
 What an event does is the host's (`host.TerraHost`); what is generic is decided here: an account
 event is applied to the owner of its signed reference_id, a data event as it is, an unknown type is
@@ -20,6 +21,7 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -67,9 +69,10 @@ class Delivery:
 
 
 def receive(delivery: Delivery) -> str:
-    """Record the delivery, once per trace id and signed payload, and apply it; returns the outcome,
-    or DUPLICATE when this trace id, or this body signed at this time, was already recorded (a
-    duplicate delivery, or a replay of one: nothing is applied again)."""
+    """Record the delivery, once per trace id and signed payload, and commit it; returns its outcome
+    so far (`received`: recorded, to be applied by the applier; `failed`: a body that is not an
+    event), or DUPLICATE when this trace id, or this body signed at this time, was already recorded
+    (a duplicate delivery, or a replay of one: nothing is recorded or applied again)."""
     if delivery.event is None:
         return _keep_unreadable(delivery)
     event = delivery.event
@@ -86,13 +89,14 @@ def receive(delivery: Delivery) -> str:
     )
     if not _inserted(row):
         return DUPLICATE
-    return apply(row, event)
+    bound().db.session.commit()
+    bound().worker.wake()
+    return EventOutcome.RECEIVED
 
 
 def _inserted(row: WebhookEventColumns) -> bool:
-    """Flush the new row (uncommitted: `apply` commits it with its outcome); False when its trace id
-    or signed payload is already recorded (a duplicate delivery). The insert decides: no
-    check-then-insert."""
+    """Flush the new row (uncommitted); False when its trace id or signed payload is already
+    recorded (a duplicate delivery). The insert decides: no check-then-insert."""
     session = bound().db.session
     session.add(row)
     try:
@@ -149,14 +153,25 @@ def apply(row: WebhookEventColumns, event: TerraEvent) -> str:
     a later replay; the row itself is committed either way.
     """
     try:
+        _hold(row)
         if event.type == PING_TYPE:
             event = _downloaded(event)
+            _hold(row)
         # What the delivery said beside its body, for the host to order data by.
         event = replace(event, ordering_timestamp=row.ordering_timestamp, received_at=row.received_at)
         outcome, detail = _apply_with_retries(event)
     except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
         outcome, detail = _failure(row, error)
     return _finish(row, outcome, detail)
+
+
+def _hold(row: WebhookEventColumns) -> None:
+    """Renew the row's claim (`applier`) as the first statement of the transaction that applies it.
+    The lease then runs from now, and on SQLite that transaction holds the write lock from its start:
+    one that read first could not take it once another connection had committed since ("database is
+    locked" at once, without waiting)."""
+    row.claimed_until = utcnow() + timedelta(seconds=current_app.config["WEBHOOK_CLAIM_LEASE_SECONDS"])
+    bound().db.session.flush()
 
 
 def _downloaded(ping: TerraEvent) -> TerraEvent:
@@ -217,8 +232,9 @@ def _without_user(event: TerraEvent) -> Outcome:
     return EventOutcome.FAILED, f"{event.type} event without a user"
 
 
-def replay(row: WebhookEventColumns) -> str:
-    """Apply a stored event again (`flask webhooks replay`); safe because applying is idempotent."""
+def apply_recorded(row: WebhookEventColumns) -> str:
+    """Apply a recorded event from its row: the applier's job, and `flask webhooks replay`'s (again,
+    which is safe because applying is idempotent)."""
     try:
         event = parse_event(row.body.encode("utf-8"))
     except EventParseError as error:  # a failure like any other: one bad row must not stop a replay

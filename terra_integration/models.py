@@ -11,8 +11,8 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, Index, String, Text, text
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 # The longest values the integration stores or hands on; longer ones are refused (user ids) or cut. A
 # host's own columns for them (a connection's Terra user id and provider, say) must be at least this long.
@@ -31,16 +31,34 @@ def utcnow() -> datetime:
 
 
 class EventOutcome(enum.StrEnum):
-    RECEIVED = "received"  # stored, not yet applied
+    RECEIVED = "received"  # stored, not yet applied: a job for the applier (terra_integration.applier)
     APPLIED = "applied"  # changed (or confirmed) the host's state
     RECORDED = "recorded"  # kept for the record only: data and informational events
     IGNORED = "ignored"  # nothing of the host's to change (unknown reference_id, stale Terra user)
     FAILED = "failed"  # applying raised; `detail` says why and the event can be replayed
 
 
+PENDING = text(f"outcome = '{EventOutcome.RECEIVED}'")
+
+
 class WebhookEventColumns:
     """The inbox: every verified delivery, once per trace id and once per signed payload, with what
-    applying it did."""
+    applying it did. A row that is still `received` is a job of the applier (`applier`)."""
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        # Partial indexes over the pending rows only, however long the inbox grows: the applier's
+        # oldest-first scan, and its check for an older pending event of the same user (reference_id).
+        return (
+            Index(f"ix_{cls.__tablename__}_pending", "id", sqlite_where=PENDING, postgresql_where=PENDING),
+            Index(
+                f"ix_{cls.__tablename__}_pending_user",
+                "reference_id",
+                "id",
+                sqlite_where=PENDING,
+                postgresql_where=PENDING,
+            ),
+        )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Unique: the atomic de-duplication of Terra's at-least-once delivery.
@@ -61,3 +79,7 @@ class WebhookEventColumns:
     detail: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     applied_at: Mapped[datetime | None]
+    # The applier's claim: how many times it was taken, and until when the last taker holds it. A
+    # taker that died (a crash, kill -9) leaves a lease that runs out, and the row is taken again.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    claimed_until: Mapped[datetime | None]

@@ -3,12 +3,12 @@
 The order of operations is the contract, and each step guards the next:
 1. raw body: read the bytes exactly as sent, before anything parses them (the signature covers them);
 2. verify: the signature, fail closed (401 when missing or wrong, 500 when we have no secret);
-3. record: insert the event into the inbox, once per trace id and once per signed payload (a duplicate,
-   or a replay of a captured delivery under a fresh trace id, is acknowledged, not re-applied);
-4. apply, following from the inbox: the host changes its state idempotently, committed with the event,
-   one transaction per delivery; a failure undoes only what applying changed, and the event is committed
-   with the failure noted, for replay;
-5. acknowledge: 200 quickly, so Terra does not retry what we already have.
+3. record: insert the event into the inbox and commit it, once per trace id and once per signed payload
+   (a duplicate, or a replay of a captured delivery under a fresh trace id, is acknowledged, not
+   recorded again);
+4. acknowledge: 200 as soon as the event is durably recorded, so Terra does not retry what we already
+   have. The 200 means recorded, not applied: the applier (`applier`) applies the row in the background,
+   woken by the commit, and keeps the outcome on it (applied, or failed for a replay).
 
 Errors are built here, not by the host app, so the integration needs nothing of it. Hosts with CSRF
 protection exempt this blueprint: Terra's signature authenticates it instead.
@@ -56,14 +56,14 @@ def receive_terra_event():
         current_app.logger.warning("webhook rejected: %s", error)
         return _error(401, "invalid_signature", str(error))
 
-    # 3. Record, and 4. apply: the inbox applies what it records, and commits both.
+    # 3. Record: committed, and this process's applier woken.
     try:
         delivery = read_delivery(body, signed_at)
     except MalformedDelivery as error:
         return _error(400, "malformed_event", str(error))
     outcome = inbox.receive(delivery)
 
-    # 5. Acknowledge: recorded is what matters to Terra, even if applying must be replayed.
+    # 4. Acknowledge: recorded is what matters to Terra; applying follows in the background.
     return jsonify(status=outcome, trace_id=delivery.trace_id)
 
 

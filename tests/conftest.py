@@ -39,6 +39,7 @@ from app import create_app
 from config import database_url
 from extensions import db
 from models.time import clock as app_clock
+from terra_integration.applier import stop_in
 from tests.helpers import terra_settings
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
@@ -111,7 +112,9 @@ def _empty_tables(app) -> None:
 
 @pytest.fixture
 def app(database_uri, tmp_path):
-    app = create_app({"WTF_CSRF_ENABLED": False}, environ=_environ(database_uri))
+    # No applier thread: tests apply recorded webhook events in their own thread, when they choose
+    # (tests.helpers.deliver, apply_inbox). The live servers below run the thread, as gunicorn does.
+    app = create_app({"WTF_CSRF_ENABLED": False, "WEBHOOK_APPLY_IN_PROCESS": False}, environ=_environ(database_uri))
     app.instance_path = str(tmp_path)
     yield app
     _empty_tables(app)
@@ -200,6 +203,15 @@ class LiveServer:
         return self.app(environ, start_response)
 
 
+def serve_live_server(servers: ExitStack, database_uri: str, **environ: str) -> LiveServer:
+    """Start the app on a real port until `servers` closes."""
+    server = LiveServer(database_uri, **environ)
+    # Its applier thread stops after the server: else it goes on in the next tests' database.
+    servers.callback(stop_in, server.app)
+    servers.enter_context(serving(server.http))
+    return server
+
+
 @pytest.fixture
 def start_live_server(database_uri):
     """Start the app on a real port with extra environment, e.g. TERRA_WIDGET_API=legacy."""
@@ -207,8 +219,7 @@ def start_live_server(database_uri):
     with ExitStack() as servers:
 
         def start(**environ: str) -> LiveServer:
-            started.append(LiveServer(database_uri, **environ))
-            servers.enter_context(serving(started[-1].http))
+            started.append(serve_live_server(servers, database_uri, **environ))
             return started[-1]
 
         yield start

@@ -9,11 +9,14 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import requests
+from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
 from extensions import db
-from models import ConnectAttempt, User
+from models import ConnectAttempt, User, WebhookEvent
 from models.time import utcnow
+from terra_integration.applier import drain
+from terra_integration.models import EventOutcome
 from terra_integration.reference_ids import new_reference_id
 from terra_integration.signature import sign
 
@@ -113,10 +116,14 @@ def signed(
     return body, headers
 
 
-def deliver(client, payload: dict | bytes, *, secret: str, **signing):
-    """POST a signed webhook through a Flask test client."""
+def deliver(client, payload: dict | bytes, *, secret: str, apply: bool = True, **signing):
+    """POST a signed webhook through a Flask test client; then, unless `apply` is False, apply what the
+    inbox recorded, as the applier thread would."""
     body, headers = signed(payload, secret=secret, **signing)
-    return client.post("/webhooks/terra", data=body, headers=headers)
+    response = client.post("/webhooks/terra", data=body, headers=headers)
+    if apply:
+        apply_inbox(client.application)
+    return response
 
 
 def post_event(
@@ -144,3 +151,28 @@ def terra_settings(terra_url: str) -> dict[str, str]:
         "TERRA_WIDGET_SESSION_URL": terra_url + "/api/widget/session",
         "TERRA_LEGACY_WIDGET_URL": terra_url + "/v2/auth/generateWidgetSession",
     }
+
+
+def apply_inbox(app) -> int:
+    """Apply every recorded webhook event the inbox holds, now, in this thread; returns how many."""
+    with app.app_context():
+        return drain()
+
+
+def settle_inbox(app, timeout: float = 20) -> None:
+    """Wait until the applier threads of the servers under test have applied every recorded event."""
+    from tests.conftest import wait_for
+
+    wait_for(lambda: pending_events(app) == 0, timeout=timeout)
+
+
+def pending_events(app) -> int:
+    with app.app_context():
+        return db.session.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.outcome == EventOutcome.RECEIVED)
+        )
+
+
+def outcome_of(app, trace_id: str) -> str:
+    with app.app_context():
+        return db.session.scalars(select(WebhookEvent.outcome).where(WebhookEvent.trace_id == trace_id)).one()

@@ -258,10 +258,11 @@ def test_a_callback_the_server_cannot_build_is_refused(start_live_server):
     for body, status, code in (
         ({"callback": "scheme"}, 409, "deep_link_not_configured"),
         ({"callback": "universal"}, 400, "invalid_callback"),
-        ({"callback": None}, 400, "invalid_callback"),
+        ({"callback": 1}, 400, "invalid_callback"),
     ):
         response = api.post("/api/v1/connect-attempts", json=body)
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert start(api, callback=None)["callback"] == "https"  # null is the default, as if left out
     assert "MOBILE_APP_SCHEME" in api.post("/api/v1/connect-attempts", json={"callback": "scheme"}).text
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from extensions import db
 from models import ConnectAttempt, Connection, DailyData, WebhookEvent
 from services import attempts
-from tests.helpers import auth_event, create_attempt, create_user, post_event, terra_user
+from tests.helpers import auth_event, create_attempt, create_user, post_event, settle_inbox, terra_user
 
 DELIVERIES = 16
 
@@ -57,6 +57,7 @@ def test_the_same_event_delivered_many_times_at_once_is_applied_once(live_server
     event = auth_event(user, terra_user(user, "tu-same"))
     statuses = at_once([lambda: post_event(live_server.url, secret, event, "trace-same")] * DELIVERIES)
     assert statuses == [200] * DELIVERIES
+    settle_inbox(app)
     assert len(rows(app, WebhookEvent)) == 1
     assert [row.terra_user_id for row in rows(app, Connection)] == ["tu-same"]
 
@@ -75,6 +76,7 @@ def test_one_event_under_different_trace_ids_still_gives_one_connection(live_ser
         ]
     )
     assert statuses == [200] * DELIVERIES
+    settle_inbox(app)
     assert len(rows(app, WebhookEvent)) == DELIVERIES
     assert {row.outcome for row in rows(app, WebhookEvent)} == {"applied"}
     assert len(rows(app, Connection)) == 1
@@ -86,6 +88,7 @@ def test_one_signed_delivery_replayed_under_fresh_trace_ids_at_once_is_recorded_
     event, now = auth_event(user, terra_user(user, "tu-replayed")), int(time.time())
     statuses = at_once([lambda: post_event(live_server.url, secret, event, signed_at=now)] * DELIVERIES)
     assert statuses == [200] * DELIVERIES
+    settle_inbox(app)
     assert [row.outcome for row in rows(app, WebhookEvent)] == ["applied"]
     assert [row.terra_user_id for row in rows(app, Connection)] == ["tu-replayed"]
 
@@ -141,6 +144,7 @@ def test_reauth_racing_auth_never_leaves_two_connections(live_server, round_numb
         ]
     )
     assert set(statuses) == {200}
+    settle_inbox(app)
     connections = rows(app, Connection, Connection.user_id == user.id)
     assert [(row.terra_user_id, row.status) for row in connections] == [(f"new-{round_number}", "active")]
     assert {row.outcome for row in rows(app, WebhookEvent)} <= {"applied", "recorded", "ignored"}
@@ -185,6 +189,7 @@ def test_several_worker_processes_on_one_database(gunicorn_server, app):
     ]
     statuses = at_once(calls * 6)
     assert set(statuses) == {200}
+    settle_inbox(app)  # the workers' applier threads, each claiming its own rows
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == 3
         assert db.session.scalars(select(Connection.terra_user_id)).all() == ["new-proc"]

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from extensions import db
 from models import Activity, Connection, DailyData, SleepSession, User, WebhookEvent
-from terra_integration.inbox import replay
+from terra_integration.inbox import apply_recorded
 from tests.helpers import auth_event, create_user, deliver, terra_user
 
 TERRA_ID = "tu-data"
@@ -209,7 +209,7 @@ def test_data_before_its_auth_is_kept_as_failed_and_a_replay_stores_it(app, clie
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "daily")).one()
         assert "no connection for Terra user tu-later yet" in row.detail
-        assert replay(row) == "applied"
+        assert apply_recorded(row) == "applied"
     assert [row.steps for row in stored(app, DailyData)] == [321]
 
 

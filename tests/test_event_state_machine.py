@@ -12,8 +12,8 @@ from models import Connection, WebhookEvent
 from models.connect_attempt import AttemptHint
 from models.time import utcnow
 from services import attempts
-from terra_integration.inbox import replay
-from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
+from terra_integration.inbox import apply_recorded
+from tests.helpers import auth_event, create_attempt, create_user, deliver, outcome_of, terra_user
 
 
 @pytest.fixture
@@ -27,10 +27,11 @@ def send(client, ctx):
     secret = ctx.config["TERRA_SIGNING_SECRET"]
 
     def send(payload, trace_id="auto"):
+        """Deliver and apply the event; returns the outcome kept on its inbox row."""
         response = deliver(client, payload, secret=secret, trace_id=trace_id)
         assert response.status_code == 200, response.get_data(as_text=True)
         db.session.expire_all()
-        return response.json
+        return outcome_of(ctx, response.json["trace_id"])
 
     return send
 
@@ -86,7 +87,7 @@ def test_auth_cancelled_with_an_unknown_flow_id_ends_no_attempt(send, user):
             "reference_id": user.reference_id,
         }
     )
-    assert result["status"] == "applied"
+    assert result == "applied"
     db.session.refresh(attempt)
     assert (attempt.status, attempt.version) == ("pending", 1)
 
@@ -274,7 +275,7 @@ def test_events_for_foreign_reference_ids_change_nothing(send, user, reference_i
     attempt = create_attempt(user)
     foreign = {**terra_user(user, "tu-x"), "reference_id": reference_id}
     result = send({"type": "auth", "status": "success", "reference_id": reference_id, "user": foreign})
-    assert result["status"] == "ignored"
+    assert result == "ignored"
     assert connections() == []
     db.session.refresh(attempt)
     assert attempt.status == "pending"
@@ -293,7 +294,7 @@ def test_reference_id_of_another_app_with_valid_format_is_ignored(send, user, ct
             "user": {**terra_user(user, "tu-y"), "reference_id": other},
         }
     )
-    assert result["status"] == "ignored"
+    assert result == "ignored"
     assert connections() == []
 
 
@@ -312,7 +313,7 @@ def test_replaying_events_converges_to_the_same_state(send, user):
         ("connection_error", "applied"),
     ]
     # Again, in the same order: what is already so is ignored, and nothing changes.
-    assert [(row.event_type, replay(row)) for row in events] == [
+    assert [(row.event_type, apply_recorded(row)) for row in events] == [
         ("auth", "ignored"),  # the old Terra user, replaced since
         ("user_reauth", "ignored"),
         ("auth", "applied"),

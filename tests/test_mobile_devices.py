@@ -7,12 +7,13 @@ One browser for the module, one context per case; one server per configuration.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import LiveServer, _empty_tables
+from tests.conftest import _empty_tables, serve_live_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tools.mobile_client import AppLinkCatcher, MobileClient, finish_widget
 
@@ -50,21 +51,17 @@ def chromium():
 def clients(database_uri):
     """A signed-in stand-in app against one server per configuration."""
     started, clients = [], {}
-    for name, environ in CONFIGURATIONS.items():
-        server = LiveServer(
-            database_uri,
-            ANDROID_PACKAGE_NAME=SCHEME,
-            CONNECT_RATE_LIMIT="100 per minute",
-            **environ,
-        ).start()
-        started.append(server)
-        client = MobileClient(server.url, say=lambda _: None)
-        client.register(f"{name.replace(' ', '-')}@example.com", PASSWORD)
-        client.sign_in(f"{name.replace(' ', '-')}@example.com", PASSWORD)
-        clients[name] = client
-    yield clients
-    for server in started:
-        server.stop()
+    with ExitStack() as servers:
+        for name, environ in CONFIGURATIONS.items():
+            server = serve_live_server(
+                servers, database_uri, ANDROID_PACKAGE_NAME=SCHEME, CONNECT_RATE_LIMIT="100 per minute", **environ
+            )
+            started.append(server)
+            client = MobileClient(server.url, say=lambda _: None)
+            client.register(f"{name.replace(' ', '-')}@example.com", PASSWORD)
+            client.sign_in(f"{name.replace(' ', '-')}@example.com", PASSWORD)
+            clients[name] = client
+        yield clients
     _empty_tables(started[0].app)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
 from tests.conftest import Browser, gunicorn
-from tests.helpers import auth_event, post_event, redis_test_url, terra_user
+from tests.helpers import auth_event, post_event, redis_test_url, settle_inbox, terra_user
 from tests.test_concurrency import at_once
 
 PASSWORD = "correct horse battery"
@@ -93,6 +93,7 @@ def test_duplicate_deliveries_split_across_instances_leave_one_connection(two_in
         for event, trace in ((swap, "trace-swap"), (second_auth, "trace-new"))
     ]
     assert set(at_once(calls * 4)) == {200}
+    settle_inbox(app)  # four workers' applier threads on two instances, claiming from one inbox
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == 3
         assert [(row.terra_user_id, row.status) for row in db.session.scalars(select(Connection))] == [

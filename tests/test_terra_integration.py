@@ -37,6 +37,9 @@ BAD_SETTINGS = [
     ("TERRA_PAYLOAD_MAX_BYTES", 1.5, "must be a positive whole number"),
     ("WEBHOOK_MAX_BYTES", True, "must be a positive whole number"),
     ("WEBHOOK_TOLERANCE_SECONDS", -1, "must be a positive whole number"),
+    ("WEBHOOK_APPLY_IN_PROCESS", "yes", "must be true or false"),
+    ("WEBHOOK_CLAIM_LEASE_SECONDS", 0, "must be a positive number"),
+    ("WEBHOOK_SWEEP_SECONDS", None, "must be a positive number"),
 ]
 
 
@@ -172,6 +175,6 @@ def test_the_listed_files_run_in_another_app_against_the_sandbox(start_live_serv
 
         assert post(sign(deauth, "not-the-secret")).status_code == 401
         assert linked_user() == terra_user_id
-        assert post(sign(deauth, secret)).json() == {"status": "applied", "trace_id": trace_id}
-        assert linked_user() is None
+        assert post(sign(deauth, secret)).json() == {"status": "received", "trace_id": trace_id}
+        assert wait_for(lambda: linked_user() is None)  # applied by the tiny app's applier thread
         assert post(sign(deauth, secret)).json() == {"status": "duplicate", "trace_id": trace_id}

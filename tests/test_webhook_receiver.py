@@ -1,4 +1,4 @@
-"""POST /webhooks/terra: raw body, verify, record, apply, acknowledge."""
+"""POST /webhooks/terra: raw body, verify, record, acknowledge; then the applier applies what was recorded."""
 
 import json
 import logging
@@ -18,10 +18,10 @@ from models import Activity, ConnectAttempt, Connection, ReplacedTerraUser, User
 from services import event_handlers
 from terra_integration import inbox
 from terra_integration.events import EventParseError, parse_event
-from terra_integration.inbox import replay
+from terra_integration.inbox import apply_recorded
 from terra_integration.models import USER_ID_LENGTH
 from terra_integration.signature import sign
-from tests.helpers import auth_event, create_attempt, create_user, deliver, terra_user
+from tests.helpers import apply_inbox, auth_event, create_attempt, create_user, deliver, outcome_of, terra_user
 
 
 @pytest.fixture
@@ -41,10 +41,12 @@ def count(app, model) -> int:
         return db.session.scalar(select(func.count()).select_from(model))
 
 
-def test_signed_auth_event_creates_connection(client, app, secret, user):
-    response = deliver(client, auth_event(user, terra_user(user, "tu-1")), secret=secret)
-    assert response.status_code == 200
-    assert response.json["status"] == "applied"
+def test_signed_auth_event_is_recorded_and_then_applied(client, app, secret, user):
+    response = deliver(client, auth_event(user, terra_user(user, "tu-1")), secret=secret, trace_id="t-1", apply=False)
+    assert (response.status_code, response.json) == (200, {"status": "received", "trace_id": "t-1"})
+    assert (outcome_of(app, "t-1"), count(app, Connection)) == ("received", 0)  # recorded, not yet applied
+    assert apply_inbox(app) == 1
+    assert outcome_of(app, "t-1") == "applied"
     with app.app_context():
         connection = db.session.scalars(select(Connection)).one()
         assert (connection.terra_user_id, connection.status, connection.user_id) == ("tu-1", "active", user.id)
@@ -112,7 +114,7 @@ def test_malformed_verified_bodies_are_acknowledged_and_kept_as_failed_for_repla
     with app.app_context():
         [row] = db.session.scalars(select(WebhookEvent)).all()
         assert (row.trace_id, row.outcome) == ("trace-malformed", "failed") and message in row.detail
-        assert replay(row) == "failed"
+        assert apply_recorded(row) == "failed"
 
 
 def test_oversized_body_is_413(client, app, secret):
@@ -147,7 +149,8 @@ def test_an_auth_naming_no_known_session_ends_no_attempt(client, app, secret, us
         older, newest = create_attempt(owner).id, create_attempt(owner).id
         create_attempt(owner, status="failed")  # newer still, but settled
     event = auth_event(user, terra_user(user, "tu-fallback"), session_id="a-session-we-never-stored")
-    assert deliver(client, event, secret=secret).json["status"] == "applied"
+    assert deliver(client, event, secret=secret, trace_id="trace-fallback").json["status"] == "received"
+    assert outcome_of(app, "trace-fallback") == "applied"
     with app.app_context():
         statuses = dict(db.session.execute(select(ConnectAttempt.id, ConnectAttempt.status)).all())
     assert (statuses[newest], statuses[older]) == ("pending", "pending")  # the connection is made all the same
@@ -157,9 +160,9 @@ def test_a_signed_delivery_replayed_under_a_fresh_trace_id_is_a_duplicate(client
     event, now = auth_event(user, terra_user(user, "tu-replay")), int(time.time())
     first = deliver(client, event, secret=secret, timestamp=now, trace_id="trace-first")
     replayed = deliver(client, event, secret=secret, timestamp=now, trace_id="trace-fresh")
-    assert (first.json["status"], replayed.json["status"]) == ("applied", "duplicate")
+    assert (first.json["status"], replayed.json["status"]) == ("received", "duplicate")
     # Signed at another time, the same body is another delivery (Terra signs each one it sends).
-    assert deliver(client, event, secret=secret, timestamp=now - 1, trace_id="trace-later").json["status"] == "applied"
+    assert deliver(client, event, secret=secret, timestamp=now - 1, trace_id="trace-later").json["status"] == "received"
     with app.app_context():
         assert db.session.scalars(select(WebhookEvent.trace_id).order_by(WebhookEvent.id)).all() == [
             "trace-first",
@@ -193,7 +196,7 @@ def test_informational_and_unknown_types_are_recorded_and_acknowledged(client, a
         "user": terra_user(user, "tu-1"),
     }
     response = deliver(client, body, secret=secret)
-    assert (response.status_code, response.json["status"]) == (200, "recorded")
+    assert (response.status_code, response.json["status"]) == (200, "received")
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent)).one()
         assert (row.event_type, row.outcome) == (event_type, "recorded")
@@ -231,21 +234,26 @@ class DatabaseWork:
 
 
 @pytest.mark.parametrize("kind", ["activity", "auth"])
-def test_a_delivery_is_one_transaction(client, app, secret, user, kind):
-    """Recorded and applied in one transaction, on one connection: one commit per delivery."""
+def test_the_receiver_commits_the_row_alone_and_the_applier_applies_it_in_one_more(client, app, secret, user, kind):
+    """The receiver's whole work is one commit, of the inbox row; applying is the applier's: one
+    commit to claim, one to apply and note the outcome (the look that finds nothing left commits nothing)."""
     deliver(client, auth_event(user, terra_user(user, "tu-once")), secret=secret)
     events = {
         "activity": {"type": "activity", "user": terra_user(user, "tu-once"), "data": []},
         "auth": auth_event(user, terra_user(user, "tu-other")),
     }
     with DatabaseWork(app) as work:
-        response = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}")
-    assert response.json["status"] == ("recorded" if kind == "activity" else "applied")
+        response = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}", apply=False)
+    assert response.json == {"status": "received", "trace_id": f"trace-{kind}"}
     assert (work.commits, work.checkouts) == (1, 1)
     with DatabaseWork(app) as work:
-        duplicate = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}")
+        duplicate = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}", apply=False)
     assert duplicate.json == {"status": "duplicate", "trace_id": f"trace-{kind}"}
     assert work.commits == 0
+    with DatabaseWork(app) as work:
+        assert apply_inbox(app) == 1
+    assert work.commits == 2
+    assert outcome_of(app, f"trace-{kind}") == ("recorded" if kind == "activity" else "applied")
 
 
 def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(
@@ -256,12 +264,13 @@ def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(
         raise RuntimeError("the attempt lookup broke")
 
     monkeypatch.setattr(event_handlers.attempts, "find_attempt_for_event", broken)
+    response = deliver(
+        client, auth_event(user, terra_user(user, "tu-failed")), secret=secret, trace_id="trace-failed", apply=False
+    )
+    assert (response.status_code, response.json["status"]) == (200, "received")
     with DatabaseWork(app) as work, caplog.at_level(logging.ERROR):
-        response = deliver(
-            client, auth_event(user, terra_user(user, "tu-failed")), secret=secret, trace_id="trace-failed"
-        )
-    assert (response.status_code, response.json["status"]) == (200, "failed")
-    assert work.commits == 1
+        apply_inbox(app)
+    assert work.commits == 2  # the claim, and the failure noted on the row
     assert "applying webhook event" in caplog.text and "the attempt lookup broke" in caplog.text
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent)).one()
@@ -281,7 +290,7 @@ def test_a_failing_apply_keeps_the_event_for_replay_and_undoes_only_the_apply(
     )
     monkeypatch.undo()
     with app.app_context():
-        assert inbox.replay(db.session.scalars(select(WebhookEvent)).one()) == "applied"
+        assert inbox.apply_recorded(db.session.scalars(select(WebhookEvent)).one()) == "applied"
     assert count(app, Connection) == 1
 
 
@@ -297,9 +306,10 @@ def test_a_lost_race_is_tried_again_in_a_new_savepoint(client, app, secret, user
         return outcome
 
     monkeypatch.setattr(inbox, "apply_event", loses_once)
+    deliver(client, auth_event(user, terra_user(user, "tu-race")), secret=secret, apply=False)
     with DatabaseWork(app) as work:
-        response = deliver(client, auth_event(user, terra_user(user, "tu-race")), secret=secret)
-    assert (response.json["status"], tries, work.commits) == ("applied", ["auth", "auth"], 1)
+        apply_inbox(app)
+    assert (tries, work.commits) == (["auth", "auth"], 2)  # the claim, then one commit for both tries
     with app.app_context():
         assert db.session.scalars(select(Connection.terra_user_id)).all() == ["tu-race"]
         assert db.session.scalars(select(WebhookEvent.outcome)).one() == "applied"
@@ -317,11 +327,16 @@ def test_a_race_lost_on_every_try_is_stored_as_failed(client, app, secret, user,
         return "applied", None
 
     monkeypatch.setattr(inbox, "apply_event", always_conflicts)
+    deliver(
+        client,
+        {"type": "activity", "user": terra_user(user, "tu-taken")},
+        secret=secret,
+        trace_id="trace-lost",
+        apply=False,
+    )
     with DatabaseWork(app) as work:
-        response = deliver(
-            client, {"type": "activity", "user": terra_user(user, "tu-taken")}, secret=secret, trace_id="trace-lost"
-        )
-    assert (response.json["status"], len(tries), work.commits) == ("failed", inbox.APPLY_TRIES, 1)
+        apply_inbox(app)
+    assert (outcome_of(app, "trace-lost"), len(tries), work.commits) == ("failed", inbox.APPLY_TRIES, 2)
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.trace_id == "trace-lost")).one()
         assert row.outcome == "failed" and row.detail.startswith("IntegrityError")
@@ -361,7 +376,7 @@ def test_the_terra_user_id_limit_is_the_columns_length():
 )
 def test_verified_events_without_a_user_are_kept_as_failed_and_acknowledged(client, app, secret, body):
     response = deliver(client, body, secret=secret)
-    assert (response.status_code, response.json["status"]) == (200, "failed")
+    assert (response.status_code, response.json["status"]) == (200, "received")
     with app.app_context():
         [row] = db.session.scalars(select(WebhookEvent)).all()
         assert row.outcome == "failed" and "without a user" in row.detail
@@ -392,7 +407,7 @@ def test_an_s3_payload_download_that_takes_too_long_is_kept_as_failed_without_ou
     response = deliver(
         client, {"type": "s3_payload", "status": "success", "url": url, "expires_in": 300}, secret=secret
     )
-    assert (response.status_code, response.json["status"]) == (200, "failed")
+    assert (response.status_code, response.json["status"]) == (200, "received")
     with app.app_context():
         [row] = db.session.scalars(select(WebhookEvent)).all()
         assert "did not finish within 0.3 s" in row.detail
@@ -426,7 +441,8 @@ def test_signed_fields_longer_than_their_columns_are_cut_not_a_500(client, app, 
     with app.app_context():
         create_attempt(db.session.get(User, user.id))
     response = deliver(client, make_event(user), secret=secret)
-    assert (response.status_code, response.json["status"]) == (200, outcome)
+    assert response.status_code == 200
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent)).one()
+    assert row.outcome == outcome
     assert len(row.detail) <= 255 and len(row.reference_id or "") <= 255

@@ -142,7 +142,9 @@ class Run(ExitStack):
     def environ(self, port: int, **extra: str) -> dict[str, str]:
         return app_environ(self.database.url, port, **extra)
 
-    def start_server(self, spec: str = APP_SPEC, *, label: str = "app", **extra_env: str) -> Server:
+    def start_server(self, spec: str = APP_SPEC, *, label: str = "app", cwd: Path = ROOT, **extra_env: str) -> Server:
+        """Serve `spec` under gunicorn with the gunicorn.conf.py of `cwd` (another checkout's, to
+        measure its code in the same run)."""
         port = free_port()
         if spec == APP_SPEC:
             extra_env = {**app_env_overrides(self.args), **extra_env}
@@ -151,7 +153,7 @@ class Run(ExitStack):
         log = self.enter_context(open(log_path, "w"))  # noqa: SIM115 (closed by the run's exit stack)
         process = subprocess.Popen(
             [PYTHON, "-m", "gunicorn", "--config", "gunicorn.conf.py", spec],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,193 @@
+"""The inbox's applier: recorded events applied in the background, the inbox row being the job.
+
+The receiver only records (`inbox.receive` commits a `received` row) and answers; this applies. A row
+moves `received` → applied, recorded, ignored or failed (`EventOutcome`), once, at least once:
+
+- **Claim.** A taker marks a batch of the oldest pending rows as its own until `claimed_until` (a
+  lease) and counts the try in `attempts`, in one short transaction, then applies each row in its own
+  (`inbox.apply_recorded`). On PostgreSQL several takers (threads, processes, instances) claim at
+  once without waiting for each other (`FOR UPDATE SKIP LOCKED`); on SQLite the claim is one
+  conditional UPDATE, which holds the database's single write lock, so one taker claims at a time.
+- **Crash.** A taker that dies mid-apply (a crash, kill -9, a lost database) leaves its rows pending
+  with a lease that runs out; any taker then claims them again. Applying is idempotent, so an event
+  applied but not yet marked is only applied twice. After MAX_ATTEMPTS such claims a row is marked
+  failed, so one event that kills its taker cannot stop the queue.
+- **Failures** stay on the row (`failed`, with the error in `detail`); `flask webhooks replay` applies
+  them again.
+- **Order.** A row is claimed only when no older row with the same `reference_id` is still pending:
+  the events of one user of the host (all of its Terra users, the old and the new one of a
+  re-authentication included) are applied one at a time, in the order they were recorded (the inbox
+  id). Rows without a reference_id (an `s3_payload` before its download) are not ordered.
+- **Wake-up.** `InboxWorker` is a thread in each web worker process: the receiver wakes it as soon as
+  its row is committed, and it also looks every WEBHOOK_SWEEP_SECONDS for rows no wake-up announced
+  (recorded by another process, or left by a taker that died).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import timedelta
+
+from flask import Flask, current_app
+from sqlalchemy import exists, literal_column, or_, select, update
+from sqlalchemy.orm import aliased
+
+from terra_integration import inbox
+from terra_integration.host import bound
+from terra_integration.models import TEXT_LENGTH, EventOutcome, utcnow
+
+# Written into the SQL, not bound: only then can the databases use the partial indexes over the
+# pending rows (`models.PENDING`), whose condition must be seen to hold when the statement is planned.
+RECEIVED = literal_column(f"'{EventOutcome.RECEIVED}'")
+BATCH_SIZE = 20  # rows per claim: one short transaction claims them, each is applied in its own
+MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it is kept as failed
+
+
+def claim(limit: int = BATCH_SIZE) -> list[int]:
+    """Claim up to `limit` pending rows, oldest first, at most one per reference_id (its oldest),
+    for one lease; commit, and return their ids. Rows whose takers gave up MAX_ATTEMPTS times are
+    marked failed on the way."""
+    integration = bound()
+    session, model = integration.db.session, integration.host.webhook_event_model
+    config = current_app.config
+    now = utcnow()
+    # Aliases: the subqueries name the table the UPDATEs change, and must not be correlated with it.
+    job, older = aliased(model), aliased(model)
+    candidates = (
+        select(job.id)
+        .where(
+            job.outcome == RECEIVED,
+            or_(job.claimed_until.is_(None), job.claimed_until < now),
+            ~exists().where(
+                older.outcome == RECEIVED,
+                older.reference_id == job.reference_id,
+                older.id < job.id,
+            ),
+        )
+        .order_by(job.id)
+    )
+    session.rollback()  # a fresh transaction, for the look and for the claim
+    # A look first, which takes no lock: most wake-ups and sweeps find nothing, and on SQLite an
+    # UPDATE takes the database's one write lock even when it changes no row.
+    if session.scalars(candidates.limit(1)).first() is None:
+        session.rollback()
+        return []
+    lease_over = or_(model.claimed_until.is_(None), model.claimed_until < now)
+    session.execute(
+        update(model)
+        .where(model.outcome == RECEIVED, lease_over, model.attempts >= MAX_ATTEMPTS)
+        .values(
+            outcome=EventOutcome.FAILED,
+            detail=f"abandoned: applying it stopped mid-way {MAX_ATTEMPTS} times (the process died?)"[:TEXT_LENGTH],
+            applied_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    candidates = candidates.limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True, of=job)
+    claimed = session.scalars(
+        update(model)
+        .where(model.id.in_(candidates))
+        .values(
+            claimed_until=now + timedelta(seconds=config["WEBHOOK_CLAIM_LEASE_SECONDS"]),
+            attempts=model.attempts + 1,
+        )
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return sorted(claimed)
+
+
+def apply_claimed(ids: list[int]) -> None:
+    """Apply each claimed row in its own transaction (one bad event fails alone)."""
+    integration = bound()
+    session, model = integration.db.session, integration.host.webhook_event_model
+    for row_id in ids:
+        row = session.get(model, row_id)
+        # Another taker may have finished it since (its lease ran out, or a replay applied it).
+        if row is not None and row.outcome == EventOutcome.RECEIVED:
+            inbox.apply_recorded(row)
+
+
+def drain() -> int:
+    """Claim and apply until no row is left to claim; returns how many rows were claimed. Tests call
+    it to apply synchronously; `flask terra work` and `InboxWorker` call it when woken."""
+    total = 0
+    while ids := claim():
+        apply_claimed(ids)
+        total += len(ids)
+    return total
+
+
+class InboxWorker:
+    """The applier as a thread of this process: woken at once by the receiver's commits, and looking
+    for other rows every `sweep_seconds`. Started by `start()` (gunicorn's post_worker_init) or by
+    the first wake-up, never at import, nor in the `flask` command's processes unless asked."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.app.config["WEBHOOK_APPLY_IN_PROCESS"])
+
+    def start(self) -> None:
+        """Run the thread in this process, if the setting allows and it is not running yet."""
+        if not self.enabled:
+            return
+        with self._lock:
+            # A thread object inherited across fork() is not running in the child: start anew.
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="terra-inbox-applier", daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+    def wake(self) -> None:
+        """A row was committed: apply it now (starting the thread on first use)."""
+        if self.enabled:
+            self.start()
+            self._wake.set()
+
+    def stop(self, timeout: float = 5) -> None:
+        """Let the thread finish the row it is applying and end (gunicorn's worker_exit)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        sweep = self.app.config["WEBHOOK_SWEEP_SECONDS"]
+        while not self._stop.is_set():
+            self._wake.clear()  # before draining: a commit during the drain wakes the next round
+            try:
+                with self.app.app_context():
+                    drain()
+            except Exception:  # the database may be away: log, wait, and try again
+                self.app.logger.exception("the webhook applier failed; trying again in %s s", sweep)
+                self._stop.wait(sweep)
+            self._wake.wait(sweep)
+
+
+def start_in(app: object) -> None:
+    """Start the applier's thread in this process if `app` carries the integration (gunicorn's
+    post_worker_init hands it every app it serves)."""
+    integration = getattr(app, "extensions", {}).get("terra_integration")
+    if integration is not None:
+        integration.worker.start()
+
+
+def stop_in(app: object) -> None:
+    """Let the applier's thread finish its row and end (gunicorn's worker_exit)."""
+    integration = getattr(app, "extensions", {}).get("terra_integration")
+    if integration is not None:
+        integration.worker.stop()

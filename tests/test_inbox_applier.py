@@ -1,0 +1,216 @@
+"""The inbox's applier (terra_integration/applier.py): claims with a lease, one user's events in order,
+abandoned claims taken again, `flask terra work`, the thread in each server process, and a gunicorn
+killed with SIGKILL in the middle of applying."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+import requests
+from sqlalchemy import select, update
+
+from app import create_app
+from extensions import db
+from models import Connection, WebhookEvent
+from models.time import utcnow
+from terra_integration import applier
+from terra_integration.signature import sign
+from tests.conftest import _environ, wait_for
+from tests.helpers import auth_event, create_user, deliver, outcome_of, terra_user
+
+
+@pytest.fixture
+def secret(app):
+    return app.config["TERRA_SIGNING_SECRET"]
+
+
+def make_user(app, email="ada@example.com"):
+    with app.app_context():
+        user = create_user(email)
+        return SimpleNamespace(id=user.id, reference_id=user.reference_id)
+
+
+def deauth(user, terra_user_id):
+    return {
+        "type": "deauth",
+        "status": "success",
+        "reference_id": user.reference_id,
+        "user": terra_user(user, terra_user_id),
+    }
+
+
+def row(app, trace_id) -> WebhookEvent:
+    with app.app_context():
+        return db.session.scalars(select(WebhookEvent).where(WebhookEvent.trace_id == trace_id)).one()
+
+
+def claim(app) -> list[str]:
+    """Claim as a taker would; returns the trace ids claimed."""
+    with app.app_context():
+        ids = applier.claim()
+        return db.session.scalars(select(WebhookEvent.trace_id).where(WebhookEvent.id.in_(ids))).all()
+
+
+def lapse_leases(app) -> None:
+    """As if the takers holding claims had died long ago."""
+    with app.app_context():
+        db.session.execute(update(WebhookEvent).values(claimed_until=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+
+
+def test_one_users_events_are_claimed_one_at_a_time_in_the_order_received(app, client, secret):
+    ada, bob = make_user(app), make_user(app, "bob@example.com")
+    for trace_id, event in [
+        ("ada-auth", auth_event(ada, terra_user(ada, "tu-ada"))),
+        ("ada-deauth", deauth(ada, "tu-ada")),
+        ("bob-auth", auth_event(bob, terra_user(bob, "tu-bob"))),
+    ]:
+        assert deliver(client, event, secret=secret, trace_id=trace_id, apply=False).json["status"] == "received"
+
+    assert sorted(claim(app)) == ["ada-auth", "bob-auth"]  # Ada's deauth waits for her auth
+    assert claim(app) == []  # claimed rows are not taken twice while their lease runs
+    with app.app_context():
+        applier.apply_claimed(db.session.scalars(select(WebhookEvent.id).where(WebhookEvent.attempts == 1)).all())
+    assert claim(app) == ["ada-deauth"]
+    with app.app_context():
+        applier.drain()  # the claimed deauth stays claimed: draining finds nothing else to take
+        assert db.session.scalars(select(Connection.status).where(Connection.user_id == ada.id)).one() == "active"
+    lapse_leases(app)
+    with app.app_context():
+        assert applier.drain() == 1
+        assert db.session.scalars(select(Connection.status).where(Connection.user_id == ada.id)).one() == "revoked"
+
+
+def test_a_claim_whose_taker_died_is_taken_again_and_given_up_after_max_attempts(app, client, secret):
+    user = make_user(app)
+    deliver(client, auth_event(user, terra_user(user, "tu-1")), secret=secret, trace_id="t-dies", apply=False)
+    for attempt in range(1, applier.MAX_ATTEMPTS + 1):
+        assert claim(app) == ["t-dies"]
+        assert (row(app, "t-dies").attempts, row(app, "t-dies").outcome) == (attempt, "received")
+        lapse_leases(app)  # the taker was killed mid-apply
+    assert claim(app) == []
+    abandoned = row(app, "t-dies")
+    assert abandoned.outcome == "failed" and "stopped mid-way 5 times" in abandoned.detail
+
+    runner = app.test_cli_runner()
+    assert "t-dies" in runner.invoke(args=["webhooks", "list", "--failed"]).output
+    assert "t-dies: applied" in runner.invoke(args=["webhooks", "replay", "--failed"]).output
+
+
+def test_flask_terra_work_applies_what_is_recorded(app, client, secret):
+    user = make_user(app)
+    deliver(client, auth_event(user, terra_user(user, "tu-work")), secret=secret, trace_id="t-work", apply=False)
+    result = app.test_cli_runner().invoke(args=["terra", "work", "--until-empty"])
+    assert result.exit_code == 0 and "applied 1 event(s)" in result.output
+    assert outcome_of(app, "t-work") == "applied"
+
+
+def test_no_applier_thread_starts_at_import_or_in_flask_commands(database_uri):
+    app = create_app(environ=_environ(database_uri))  # WEBHOOK_APPLY_IN_PROCESS is on by default
+    assert app.config["WEBHOOK_APPLY_IN_PROCESS"] is True
+    assert app.test_cli_runner().invoke(args=["webhooks", "list"]).exit_code == 0
+    assert "terra-inbox-applier" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_the_servers_thread_applies_at_once_and_sweeps_up_rows_no_wake_up_announced(start_live_server):
+    server = start_live_server(WEBHOOK_SWEEP_SECONDS="0.2")
+    app, secret = server.app, server.app.config["TERRA_SIGNING_SECRET"]
+    user = make_user(app)
+    body = json.dumps(auth_event(user, terra_user(user, "tu-woken"))).encode()
+    headers = {"X-Terra-Signature": sign(body, secret), "X-Terra-Trace-Id": "t-woken"}
+    assert requests.post(server.url + "/webhooks/terra", data=body, headers=headers, timeout=10).status_code == 200
+    wait_for(lambda: outcome_of(app, "t-woken") == "applied")  # the receiver woke the server's thread
+
+    with app.app_context():  # recorded by another process (or left by one that died): no wake-up here
+        db.session.add(
+            WebhookEvent(
+                trace_id="t-swept",
+                event_type="deauth",
+                reference_id=user.reference_id,
+                body=json.dumps(deauth(user, "tu-woken")),
+            )
+        )
+        db.session.commit()
+    wait_for(lambda: outcome_of(app, "t-swept") == "applied")
+    with app.app_context():
+        assert db.session.scalars(select(Connection.status)).one() == "revoked"
+
+
+class HangingStorage(BaseHTTPRequestHandler):
+    """An s3_payload's storage host that holds the first download open (the applier is then in the
+    middle of applying), and answers every later one at once."""
+
+    asked: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
+    payload: ClassVar[bytes] = b""
+
+    def do_GET(self):
+        if not HangingStorage.asked.is_set():
+            HangingStorage.asked.set()
+            HangingStorage.release.wait(30)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(HangingStorage.payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def kill_hard(process_id: int) -> None:
+    """SIGKILL gunicorn's workers (its children, by pid) and then gunicorn itself."""
+    with open(f"/proc/{process_id}/task/{process_id}/children") as children:
+        workers = [int(pid) for pid in children.read().split()]
+    for pid in [*workers, process_id]:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_an_event_being_applied_when_gunicorn_is_killed_is_applied_after_a_restart(start_gunicorn, app, tmp_path):
+    user = make_user(app)
+    with app.app_context():
+        db.session.add(Connection(user_id=user.id, terra_user_id="tu-killed", provider="GARMIN", scopes=""))
+        db.session.commit()
+    HangingStorage.payload = json.dumps(
+        {"type": "activity", "user": terra_user(user, "tu-killed"), "data": []}
+    ).encode()
+    storage = ThreadingHTTPServer(("127.0.0.1", 0), HangingStorage)
+    threading.Thread(target=storage.serve_forever, daemon=True).start()
+    settings = {"WEBHOOK_CLAIM_LEASE_SECONDS": "2", "WEBHOOK_SWEEP_SECONDS": "0.5"}
+    pid_file = tmp_path / "gunicorn.pid"
+    try:
+        url = start_gunicorn(**settings, GUNICORN_CMD_ARGS=f"--pid {pid_file}")
+        ping = {
+            "type": "s3_payload",
+            "status": "success",
+            "url": f"http://127.0.0.1:{storage.server_port}/payload",
+            "expires_in": 300,
+        }
+        body = json.dumps(ping).encode()
+        headers = {"X-Terra-Signature": sign(body, app.config["TERRA_SIGNING_SECRET"]), "X-Terra-Trace-Id": "t-killed"}
+        assert (
+            requests.post(url + "/webhooks/terra", data=body, headers=headers, timeout=10).json()["status"]
+            == "received"
+        )
+        assert HangingStorage.asked.wait(20)  # a worker's applier claimed the row and is applying it
+        kill_hard(int(pid_file.read_text()))
+        HangingStorage.release.set()
+        assert (row(app, "t-killed").outcome, row(app, "t-killed").attempts) == ("received", 1)
+
+        # A new server, which nothing wakes: its workers' appliers (started by post_worker_init) find
+        # the row in their sweep and take it again once the lease ran out.
+        start_gunicorn(**settings)
+        wait_for(lambda: outcome_of(app, "t-killed") != "received", timeout=30)
+        done = row(app, "t-killed")
+        assert (done.outcome, done.attempts) == ("recorded", 2)
+        with app.app_context():
+            assert db.session.scalars(select(Connection.last_event_at)).one() is not None
+    finally:
+        HangingStorage.release.set()
+        storage.shutdown()
