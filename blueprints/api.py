@@ -7,15 +7,18 @@ Authentication is the bearer token only: no session cookie is read and no CSRF t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.datastructures import ETags
 
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import DeepLinkNotConfigured, direct_link
-from models import AttemptStatus, ConnectAttempt, User
+from models import AttemptStatus, ConnectAttempt, Connection, User
+from models.connect_attempt import attempt_dict
 from services import accounts, api_tokens, attempts, connections, long_poll, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
@@ -191,7 +194,7 @@ def get_attempt(attempt_id: str):
         # Most conditional polls find nothing new: decide that from a few columns, and build the
         # attempt only when there is news.
         state = _owned(attempts.owned_poll_state, attempt_id)
-        if _etag(state) in request.if_none_match and not attempts.change_due(state):
+        if etag_matches(request.if_none_match, state) and not attempts.change_due(state):
             held = wait and state.status == AttemptStatus.PENDING
             if not (held and long_poll.wait_for_change(attempt_id, state.version, wait)):
                 return _not_modified(state)
@@ -215,6 +218,18 @@ def _etag(attempt) -> str:
     return str(attempt.version)
 
 
+def etag_matches(if_none_match: ETags, attempt) -> bool:
+    """Whether If-None-Match names the attempt's current version: then nothing is new (304)."""
+    return _etag(attempt) in if_none_match
+
+
+def status_body(attempt, connection: Connection | None, config: Mapping) -> dict:
+    """The status answer's JSON: the attempt, and when to poll again while it is pending."""
+    body = attempt_dict(attempt, connection)
+    body["poll_after_ms"] = None if body["terminal"] else config["STATUS_POLL_AFTER_MS"]
+    return body
+
+
 def _not_modified(attempt) -> Response:
     response = Response(status=304)
     response.set_etag(_etag(attempt))
@@ -222,11 +237,9 @@ def _not_modified(attempt) -> Response:
 
 
 def _attempt_response(attempt: ConnectAttempt) -> Response:
-    if _etag(attempt) in request.if_none_match:
+    if etag_matches(request.if_none_match, attempt):
         return _not_modified(attempt)
-    body = attempt.to_dict()
-    body["poll_after_ms"] = None if attempt.terminal else current_app.config["STATUS_POLL_AFTER_MS"]
-    response = jsonify(body)
+    response = jsonify(status_body(attempt, attempt.connection, current_app.config))
     response.set_etag(_etag(attempt))
     return response
 
