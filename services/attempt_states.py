@@ -12,6 +12,9 @@ How changes reach a worker, from any writer in any process:
   those its long-polls wait on (one query) and wakes the ones that changed. A poll may so be answered
   from a state up to SQLITE_CHECK_SECONDS old: the same answer a poll sent that much earlier got.
 
+A worker's own writes reach its copy at once, at commit (`noted_change` and the session events
+below), so an app reading its own write through the same worker never sees the state before it.
+
 While the feed is not running (not yet started, reconnecting after a lost connection, an in-memory
 database) nothing is served from here: every poll reads the database, and a long-poll re-reads every
 FALLBACK_CHECK_SECONDS. On reconnecting, everything is dropped, since notifications may have been
@@ -29,9 +32,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from cachetools import LRUCache
-from flask import Flask, current_app
-from sqlalchemy import bindparam, select
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.engine import Engine, Row
+from sqlalchemy.orm import Session
 
 from extensions import db
 from models import ConnectAttempt
@@ -153,6 +157,40 @@ class AttemptStates:
                 for woken in events:
                     woken.set()
 
+
+# -- this worker's own writes ------------------------------------------------------------------------
+
+_CHANGED_IN_TRANSACTION = "connect_attempts_changed"
+
+
+def noted_change(session: Session, attempt_id: str) -> None:
+    """A statement outside the unit of work (a Core UPDATE) changed this attempt: forget its state at
+    commit. ORM changes to ConnectAttempt objects are noted by themselves."""
+    session.info.setdefault(_CHANGED_IN_TRANSACTION, set()).add(attempt_id)
+
+
+@event.listens_for(Session, "before_flush")
+def _note_flushed_changes(session: Session, _context, _instances) -> None:
+    for instance in (*session.dirty, *session.deleted):
+        if isinstance(instance, ConnectAttempt):
+            noted_change(session, instance.id)
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_committed_changes(session: Session) -> None:
+    changed = session.info.pop(_CHANGED_IN_TRANSACTION, None)
+    if changed and has_app_context():
+        states = current_app.extensions.get("attempt_states")
+        if states is not None:
+            states.changed(changed)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_rolled_back_changes(session: Session) -> None:
+    session.info.pop(_CHANGED_IN_TRANSACTION, None)
+
+
+# -- one per process and database, and its feed -------------------------------------------------------
 
 _per_database: dict[tuple[int, str], AttemptStates] = {}
 _per_database_lock = threading.Lock()

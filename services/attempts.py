@@ -239,6 +239,7 @@ def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields
         .values(**fields, version=ConnectAttempt.version + 1, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    attempt_states.noted_change(db.session(), attempt.id)
     db.session.expire(attempt)
     return result.rowcount == 1
 
