@@ -8,9 +8,11 @@ How changes reach a worker, from any writer in any process:
   drops that attempt's state and wakes its long-polls. The lag is the notification's (milliseconds).
 - SQLite (the development default; gunicorn still runs two worker processes): there is no channel
   between processes, so one thread per worker reads `PRAGMA data_version`, which changes whenever
-  another connection commits, every SQLITE_CHECK_SECONDS. On a change it drops every state, re-reads
-  those its long-polls wait on (one query) and wakes the ones that changed. A poll may so be answered
-  from a state up to SQLITE_CHECK_SECONDS old: the same answer a poll sent that much earlier got.
+  another connection commits, every SQLITE_CHECK_SECONDS. On a change it re-reads every state it
+  keeps (one query per READ_CHUNK) and wakes the long-polls whose attempt changed. A poll may so be
+  answered from a state up to SQLITE_CHECK_SECONDS old: the answer a poll sent that much earlier got.
+  The re-read follows every commit to the database (webhooks too), which suits the development
+  default; PostgreSQL is told which attempt changed.
 
 A worker's own writes reach its copy at once, at commit (`noted_change` and the session events
 below), so an app reading its own write through the same worker never sees the state before it.
@@ -128,20 +130,24 @@ class AttemptStates:
         with self._lock:
             return list(self._waiting)
 
+    def known(self) -> list[str]:
+        """The attempts whose state this worker keeps or whose long-polls it holds."""
+        with self._lock:
+            return list({*self._rows.keys(), *self._waiting})
+
     def replace(self, fresh: dict[str, Row], generation: int) -> None:
-        """Something changed, but what is not known (SQLite): keep only `fresh` (the states of the
-        attempts long-polls wait on, read after the change was seen, with `generation` taken before
-        that read), and wake the long-polls whose attempt now has another version or is gone."""
+        """Something changed, but what is not known (SQLite): keep `fresh` instead (the states of
+        `known()` attempts, read after the change was seen, with `generation` taken before that
+        read), and wake the long-polls whose attempt now has another version or is gone."""
         with self._lock:
             if generation != self._generation:
                 return  # the feed went down meanwhile
             self._generation += 1
             old = self._rows
             self._rows = LRUCache(MAX_STATES)
+            self._rows.update(fresh)
             for attempt_id, events in self._waiting.items():
                 before, after = old.get(attempt_id), fresh.get(attempt_id)
-                if after is not None:
-                    self._rows[attempt_id] = after
                 if before is None or after is None or before.version != after.version:
                     for woken in events:
                         woken.set()
@@ -263,10 +269,10 @@ def _watch_data_version(states: AttemptStates, engine: Engine) -> None:
                 continue
             seen = version
             generation = states.generation()
-            waited = states.waited_on()
+            known = states.known()
             fresh: dict[str, Row] = {}
-            for start in range(0, len(waited), READ_CHUNK):
-                rows = connection.execute(POLL_STATES, {"attempt_ids": waited[start : start + READ_CHUNK]})
+            for start in range(0, len(known), READ_CHUNK):
+                rows = connection.execute(POLL_STATES, {"attempt_ids": known[start : start + READ_CHUNK]})
                 fresh.update((row.id, row) for row in rows)
             connection.rollback()
             states.replace(fresh, generation)

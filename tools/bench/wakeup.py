@@ -89,9 +89,11 @@ def poster(base_url: str, pipe) -> None:
             pipe.send((started, time.monotonic(), None, f"{type(error).__name__}: {error}"))
 
 
-def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: float, ready) -> None:
+def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: float, ready, outcomes) -> None:
     """Hold one long-poll open on each of `attempt_ids` (pending attempts nobody changes), re-issuing
-    each as it times out, for `seconds`: phones waiting on their own connect flows."""
+    each as it times out, for `seconds`: phones waiting on their own connect flows. Counts in
+    `outcomes` the long-polls the server held ([0]) and those it answered at once ([1], no waiter
+    slot free) or that failed ([2])."""
     import threading
 
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
@@ -108,9 +110,14 @@ def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: flo
                 )
                 asked = time.monotonic()
                 connection.getresponse().read()
-                if time.monotonic() - asked < 1:  # no waiter slot free: back off as an app does
+                at_once = time.monotonic() - asked < 1
+                with outcomes.get_lock():
+                    outcomes[1 if at_once else 0] += 1
+                if at_once:  # no waiter slot free: back off as an app does
                     time.sleep(POLL_AFTER_S)
             except (OSError, http.client.HTTPException):
+                with outcomes.get_lock():
+                    outcomes[2] += 1
                 time.sleep(0.5)
             finally:
                 connection.close()
@@ -131,12 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         "--idle-waiters",
         type=int,
         default=0,
-        help="other clients holding long-polls open on their own pending attempts (default 0); "
-        "with gthread each one occupies a worker thread for up to 25 s",
+        help="other clients holding long-polls open on their own pending attempts (default 0, at most "
+        "2000); each one sleeps in a worker thread for up to 25 s",
     )
     args = p.parse_args(argv)
-    if not 0 <= args.idle_waiters <= 200:
-        raise SystemExit("--idle-waiters must be between 0 and 200")
+    if not 0 <= args.idle_waiters <= 2000:
+        raise SystemExit("--idle-waiters must be between 0 and 2000")
 
     with common.Run(args, "wakeup") as run:
         app = run.migrate()
@@ -149,13 +156,14 @@ def main(argv: list[str] | None = None) -> None:
 
         context = multiprocessing.get_context("spawn")
         waiters = None
+        idle_outcomes = context.Array("i", 3)
         if args.idle_waiters:
             others = common.seed_user(app, attempts=args.idle_waiters)
             ready = context.Event()
             waiters = context.Process(
                 target=idle_waiters,
                 daemon=True,
-                args=(server.url, others.token, others.attempt_ids, args.duration, ready),
+                args=(server.url, others.token, others.attempt_ids, args.duration, ready, idle_outcomes),
             )
             waiters.start()
             ready.wait(30)
@@ -245,6 +253,13 @@ def main(argv: list[str] | None = None) -> None:
             f"p50 {p50:.1f} ms: {common.verdict(p50 < TARGET_P50_MS)}; p99 {p99:.1f} ms: "
             f"{common.verdict(p99 < TARGET_P99_MS)}; failed rounds: {len(failed)}"
         )
+        if args.idle_waiters:
+            held, at_once, failed_polls = idle_outcomes[:]
+            print(
+                f"the {args.idle_waiters} other clients' long-polls, as they ended: {held} held until their wait "
+                f"ended, {at_once} answered at once (no waiter slot free), {failed_polls} failed (connection errors)"
+            )
+            run.results["idle_waiters"] = {"held": held, "at_once": at_once, "failed": failed_polls}
         run.results["rounds"] = rounds
         run.results["summary"] = {"p50_ms": p50, "p99_ms": p99, "failed": len(failed)}
 
