@@ -92,8 +92,8 @@ def poster(base_url: str, pipe) -> None:
 def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: float, ready, outcomes) -> None:
     """Hold one long-poll open on each of `attempt_ids` (pending attempts nobody changes), re-issuing
     each as it times out, for `seconds`: phones waiting on their own connect flows. Counts in
-    `outcomes` the long-polls the server held ([0]) and those it answered at once ([1], no waiter
-    slot free) or that failed ([2])."""
+    `outcomes` the long-polls answered after a second or more ([0]: held until their wait ended, or
+    queued that long for a thread), at once ([1]: no waiter slot free), or failed ([2])."""
     import threading
 
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.idle_waiters:
             held, at_once, failed_polls = idle_outcomes[:]
             print(
-                f"the {args.idle_waiters} other clients' long-polls, as they ended: {held} held until their wait "
-                f"ended, {at_once} answered at once (no waiter slot free), {failed_polls} failed (connection errors)"
+                f"the {args.idle_waiters} other clients' long-polls, as they ended: {held} answered after 1 s or "
+                f"more (held to the end of their wait, or queued), {at_once} at once (no waiter slot free), "
+                f"{failed_polls} failed (connection errors)"
             )
             run.results["idle_waiters"] = {"held": held, "at_once": at_once, "failed": failed_polls}
         run.results["rounds"] = rounds
