@@ -7,12 +7,13 @@ Authlib's request wrapper, the session teardown) cost twice the work of the answ
 (docs/performance.md). So this WSGI middleware answers the two common polls itself, by the same
 rules and with the same bytes and headers as `blueprints.api.get_attempt`:
 - 304: a bearer token this worker has already checked (the token cache of services/api_tokens.py),
-  an If-None-Match naming the version of the attempt's state as this worker knows it
-  (services/attempt_states.py), nothing due to change it in time: no query at all;
-- 200 for a pending attempt without If-None-Match: the same checks, and one read.
+  an If-None-Match naming the version of the attempt's state as this worker keeps it
+  (services/attempt_states.py), nothing due to change it in time;
+- 200 for a pending attempt without a connection, without If-None-Match: the same checks.
+Both without a query when the worker keeps the attempt's state, else with one read (then kept).
 Anything else goes to Flask, which answers it as before: a long-poll (`?wait=`), a token not yet
-checked or invalid, a state this worker does not have, a settled or due attempt, another caller's
-attempt, a poll over the limit, an untrusted Host.
+checked or no longer good, a settled or due attempt, another caller's attempt, a poll over the
+limit, an untrusted Host.
 """
 
 from __future__ import annotations
@@ -26,22 +27,11 @@ from werkzeug.http import parse_etags
 from werkzeug.wsgi import get_host
 
 from extensions import db
-from models import AttemptStatus, ConnectAttempt
+from models import AttemptStatus
 from models.api_token import hash_token
 from services import attempt_states, attempts, long_poll
 
 STATUS_PATH = re.compile(r"/api/v1/connect-attempts/([A-Za-z0-9_-]{1,32})")  # blueprints.api.ATTEMPT_ID
-
-_columns = ConnectAttempt.__table__.c
-# What a pending attempt's answer shows, and its poll state: one read.
-STATUS_ROW = attempt_states.POLL_STATE.add_columns(
-    _columns.resource,
-    _columns.requested_provider,
-    _columns.error,
-    _columns.created_at,
-    _columns.updated_at,
-    _columns.connection_id,
-)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -72,38 +62,40 @@ class StatusFastPath:
         if user_id is None:
             return None
         config = self.app.config
-        states = attempt_states.states(self.app)
-        state = states.get(attempt_id)
-        if state is not None and (state.user_id != user_id or attempts.change_due(state, config)):
-            return None  # Flask: a 404, or the attempt brought up to date
+        state = self._state(attempt_id)
+        if state is None or state.user_id != user_id or attempts.change_due(state, config):
+            return None  # Flask: a 404, or the attempt brought up to date first
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_none_match:
-            if state is None or not etag_matches(parse_etags(if_none_match), state):
+            if not etag_matches(parse_etags(if_none_match), state):
                 return None
-            if long_poll.count_poll(user_id, attempt_id, self.app) is not None:
-                return None  # Flask answers the 429
-            return "304 NOT MODIFIED", [("ETag", f'"{state.version}"'), *self.headers], b""
-        if state is not None and state.status != AttemptStatus.PENDING:
-            return None
-        generation = states.generation()
-        with self.engine.connect() as connection:
-            row = connection.execute(STATUS_ROW, {"attempt_id": attempt_id}).first()
-        if row is None or row.user_id != user_id:
-            return None
-        states.put(row, generation)
-        if row.status != AttemptStatus.PENDING or row.connection_id is not None or attempts.change_due(row, config):
-            return None
+        elif state.status != AttemptStatus.PENDING or state.connection_id is not None:
+            return None  # its connection is shown too: Flask
         if long_poll.count_poll(user_id, attempt_id, self.app) is not None:
-            return None
-        json = self.app.json.response(status_body(row, None, config))  # what jsonify gives the view
+            return None  # Flask answers the 429
+        if if_none_match:
+            return "304 NOT MODIFIED", [("ETag", f'"{state.version}"'), *self.headers], b""
+        json = self.app.json.response(status_body(state, None, config))  # what jsonify gives the view
         body = json.get_data()
         headers = [
             ("Content-Type", json.content_type),
             ("Content-Length", str(len(body))),
-            ("ETag", f'"{row.version}"'),
+            ("ETag", f'"{state.version}"'),
             *self.headers,
         ]
         return "200 OK", headers, body
+
+    def _state(self, attempt_id: str):
+        """The attempt's state, as this worker keeps it, else from one read (then kept)."""
+        states = attempt_states.states(self.app)
+        state = states.get(attempt_id)
+        if state is None:
+            generation = states.generation()
+            with self.engine.connect() as connection:
+                state = connection.execute(attempt_states.POLL_STATE, {"attempt_id": attempt_id}).first()
+            if state is not None:
+                states.put(state, generation)
+        return state
 
     def _caller(self, environ: dict) -> int | None:
         """The user of a bearer token this worker has checked and that is still good, if the request

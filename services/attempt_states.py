@@ -52,7 +52,8 @@ READ_CHUNK = 500  # ids per re-read query
 log = logging.getLogger(__name__)
 
 # What a poll must know to answer "not modified": the version, the owner, and whatever lets time
-# alone change a pending attempt (`attempts.change_due`). Plain Core on the table, built once.
+# alone change a pending attempt (`attempts.change_due`); and what a pending attempt's answer shows,
+# so that it can be answered from here too. Plain Core on the table, built once.
 _columns = ConnectAttempt.__table__.c
 POLL_COLUMNS = (
     _columns.id,
@@ -64,6 +65,12 @@ POLL_COLUMNS = (
     _columns.hint,
     _columns.hinted_at,
     _columns.redirect_terra_user_id,
+    _columns.resource,
+    _columns.requested_provider,
+    _columns.error,
+    _columns.connection_id,
+    _columns.created_at,
+    _columns.updated_at,
 )
 POLL_STATE = select(*POLL_COLUMNS).where(_columns.id == bindparam("attempt_id"))
 POLL_STATES = select(*POLL_COLUMNS).where(_columns.id.in_(bindparam("attempt_ids", expanding=True)))
@@ -249,8 +256,9 @@ def _listen(states: AttemptStates, engine: Engine) -> None:
         connection.exec_driver_sql(f"LISTEN {CHANNEL}")
         listener = connection.connection.dbapi_connection
         states.set_live(True)
-        while True:
-            states.changed([note.payload for note in listener.notifies(timeout=1.0)])
+        while True:  # each notification as it arrives
+            for note in listener.notifies(timeout=1.0):
+                states.changed((note.payload,))
     finally:
         connection.close()
 

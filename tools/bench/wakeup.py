@@ -28,6 +28,7 @@ from tools.bench import common
 TARGET_P50_MS = 100
 TARGET_P99_MS = 500
 POLL_AFTER_S = 2.0  # the app's default poll_after_ms (STATUS_POLL_AFTER_MS)
+IDLE_STAGGER_S = 10.0  # the idle waiters' first long-polls are spread over this long
 
 
 def poller(base_url: str, token: str, pipe) -> None:
@@ -100,6 +101,8 @@ def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: flo
     deadline = time.monotonic() + seconds
 
     def hold(attempt_id: str) -> None:
+        # Phones start waiting at different moments, and so re-issue at different moments.
+        time.sleep(random.uniform(0, IDLE_STAGGER_S))
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(host, port, timeout=60)
             try:
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             waiters.start()
             ready.wait(30)
-            time.sleep(2)  # let their requests reach the server
+            time.sleep(IDLE_STAGGER_S + 2)  # let their requests reach the server
             print(f"{args.idle_waiters} other clients hold long-polls open")
         poll_end, poll_child = context.Pipe()
         post_end, post_child = context.Pipe()
