@@ -339,3 +339,14 @@ def test_pool_pre_ping_is_off_unless_asked_for():
 def test_a_rate_that_cannot_be_read_stops_start_up(name):
     with pytest.raises(ConfigError, match=name):
         load_config({"APP_ENV": "testing", name: "plenty"})
+
+
+def test_the_fast_path_answers_only_for_a_trusted_host(app, client, ada):
+    live_states(app)
+    etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    conditional = {**ada["headers"], "If-None-Match": etag}
+    assert client.get(ada["path"], headers=conditional).status_code == 304  # token and state now kept
+    app.config["TRUSTED_HOSTS"] = ["connect.example.com"]  # as production sets it from PUBLIC_BASE_URL
+    assert client.get(ada["path"], headers=conditional).status_code == 400  # Flask's answer to a stranger
+    trusted = client.get(ada["path"], headers=conditional, base_url="https://connect.example.com")
+    assert trusted.status_code == 304
