@@ -191,8 +191,9 @@ def get_attempt(attempt_id: str):
     _count_poll(attempt_id)
     wait = _wait_seconds()
     if request.if_none_match:
-        # Most conditional polls find nothing new: decide that from a few columns, and build the
-        # attempt only when there is news.
+        # Most conditional polls find nothing new: decide that from the attempt's poll state (as
+        # this worker keeps it, services/attempt_states.py), and build the attempt only when there is
+        # news. Most of those polls never get here: blueprints/status_fast_path.py answers them.
         state = _owned(attempts.owned_poll_state, attempt_id)
         if etag_matches(request.if_none_match, state) and not attempts.change_due(state):
             held = wait and state.status == AttemptStatus.PENDING

@@ -26,12 +26,13 @@ from werkzeug.exceptions import SecurityError
 from werkzeug.http import parse_etags
 from werkzeug.wsgi import get_host
 
+from blueprints import api  # the view's own rules
 from extensions import db
 from models import AttemptStatus
 from models.api_token import hash_token
 from services import attempt_states, attempts, long_poll
 
-STATUS_PATH = re.compile(r"/api/v1/connect-attempts/([A-Za-z0-9_-]{1,32})")  # blueprints.api.ATTEMPT_ID
+STATUS_PATH = re.compile(f"{api.bp.url_prefix}/connect-attempts/({api.ATTEMPT_ID.pattern})")
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -56,8 +57,6 @@ class StatusFastPath:
         return self.wsgi_app(environ, start_response)
 
     def _answer(self, environ: dict, attempt_id: str) -> tuple[str, list, bytes] | None:
-        from blueprints.api import etag_matches, status_body  # the view's own rules
-
         user_id = self._caller(environ)
         if user_id is None:
             return None
@@ -67,7 +66,7 @@ class StatusFastPath:
             return None  # Flask: a 404, or the attempt brought up to date first
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_none_match:
-            if not etag_matches(parse_etags(if_none_match), state):
+            if not api.etag_matches(parse_etags(if_none_match), state):
                 return None
         elif state.status != AttemptStatus.PENDING or state.connection_id is not None:
             return None  # its connection is shown too: Flask
@@ -75,7 +74,7 @@ class StatusFastPath:
             return None  # Flask answers the 429
         if if_none_match:
             return "304 NOT MODIFIED", [("ETag", f'"{state.version}"'), *self.headers], b""
-        json = self.app.json.response(status_body(state, None, config))  # what jsonify gives the view
+        json = self.app.json.response(api.status_body(state, None, config))  # what jsonify gives the view
         body = json.get_data()
         headers = [
             ("Content-Type", json.content_type),
