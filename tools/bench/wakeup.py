@@ -7,7 +7,7 @@ The app runs under the shipped gunicorn configuration with 2 worker processes. T
 webhook poster are two separate processes (so the wake-up has to cross processes through the
 database, as it does in production); both time with CLOCK_MONOTONIC, which all processes share.
 Each round: the poller sends its long-poll, the poster waits a random 200-400 ms (so the webhook
-lands at a random phase of the server's 50 ms re-read loop), posts the signed `auth` event, and
+lands at a random phase of whatever periodic check the server makes), posts the signed `auth` event, and
 notes when its 200 arrived; the poller notes when its answer arrived. Targets: p50 < 100 ms,
 p99 < 500 ms. The poller and the `--idle-waiters` behave as docs/mobile.md asks of an app: a 304
 that comes back within a second (the server had no waiter slot free) is re-sent after 2 s.
