@@ -11,6 +11,7 @@ from sqlalchemy import event
 from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from blueprints.status_fast_path import StatusFastPath
 from config import load_config, process_environment
 from extensions import csrf, db, limiter, migrate, terra
 from sandbox import init_sandbox  # the embedded Terra emulator: delete this, its call below and sandbox/ to drop it
@@ -26,14 +27,16 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
         app.config.update(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    if app.config["TRUSTED_PROXY_COUNT"]:
-        hops = app.config["TRUSTED_PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_security_headers(app)
     register_commands(app)
+    # In front of Flask, behind the proxy headers: polls with nothing new, answered without Flask.
+    app.wsgi_app = StatusFastPath(app, app.wsgi_app, security_headers(app))
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        hops = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     return app
 
 
@@ -110,33 +113,42 @@ def register_errorhandlers(app: Flask) -> None:
         return render_template("errors/error.html", error=None, message=message), 500
 
 
-def register_security_headers(app: Flask) -> None:
+def security_headers(app: Flask) -> dict[str, str]:
+    """The headers every answer carries (unless a view set its own), also those of the status fast path."""
     # Chrome applies form-action to the redirect after a form post too: "Connect" redirects to Terra's
     # widget (https), the sandbox's pages to http:// loopback addresses (never in production), and the
     # widget's consent form may redirect into the app's own scheme, so that scheme is allowed as a target.
     form_targets = "'self' https:" if app.config["APP_ENV"] == "production" else "'self' http: https:"
     if app.config["MOBILE_APP_SCHEME"]:
         form_targets += f" {app.config['MOBILE_APP_SCHEME']}:"
-    default_policy = (
-        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-        f"frame-ancestors 'none'; form-action {form_targets}"
-    )
+    headers = {
+        "Content-Security-Policy": (
+            "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+            f"frame-ancestors 'none'; form-action {form_targets}"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        # Our own forms need the Referer: over HTTPS, Flask-WTF's CSRF check requires a same-origin one.
+        # Other sites never see our URLs (return pages carry signed attempt tokens in theirs).
+        "Referrer-Policy": "same-origin",
+        "X-Frame-Options": "DENY",
+    }
+    if app.config["SESSION_COOKIE_SECURE"]:  # production: HTTPS only, remembered by the browser
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return headers
+
+
+def register_security_headers(app: Flask) -> None:
+    headers = security_headers(app)
 
     @app.after_request
     def set_security_headers(response):
-        response.headers.setdefault("Content-Security-Policy", default_policy)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        # Our own forms need the Referer: over HTTPS, Flask-WTF's CSRF check requires a same-origin one.
-        # Other sites never see our URLs (return pages carry signed attempt tokens in theirs).
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("X-Frame-Options", "DENY")
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
         if request.path.startswith("/api/"):  # every API answer, routing errors included
             response.headers["Cache-Control"] = "no-store"
         elif response.mimetype == "text/html":
             # Every page shows a user's data or holds a CSRF token of their session: never cached.
             response.headers.setdefault("Cache-Control", "no-store")
-        if app.config["SESSION_COOKIE_SECURE"]:  # production: HTTPS only, remembered by the browser
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         return response
 
 

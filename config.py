@@ -164,6 +164,16 @@ class ServerSettings(Settings):
     BIND: str | None = None
     WEB_CONCURRENCY: PositiveInt = 2
     GUNICORN_THREADS: PositiveInt = 32
+    # Long-polls held at once per worker, each asleep in a thread of its own on top of
+    # GUNICORN_THREADS, so webhooks and other calls always find one of those free. A sleeping
+    # long-poll costs ~20 KiB and no database connection (services/long_poll.py); beyond the limit
+    # `?wait=` answers at once and the app backs off (docs/mobile.md).
+    STATUS_MAX_WAITERS: NonNegativeInt = 1000
+
+    @property
+    def worker_threads(self) -> int:
+        """gunicorn's threads per worker: the request threads and the long-polls' own."""
+        return self.GUNICORN_THREADS + self.STATUS_MAX_WAITERS
 
     @property
     def bind_address(self) -> str:
@@ -223,9 +233,6 @@ class AppSettings(ServerSettings):
     # A checked token is trusted by the worker that checked it for this long without asking the
     # database again; revoking evicts it there at once, other workers within this bound. 0: off.
     API_TOKEN_CACHE_SECONDS: NonNegativeInt = 5
-    # Long-polls held at once per worker; beyond it `?wait=` answers at once, so the threads
-    # webhooks need are never all asleep. Unset: half of the worker's threads (gunicorn.conf.py).
-    STATUS_MAX_WAITERS: NonNegativeInt | None = None
     BROWSER_CLOSED_GRACE_SECONDS: NonNegativeInt = 10
     # Opening the connections (web or mobile) reconciles them with Terra at most this often per user.
     RECONCILE_INTERVAL_SECONDS: NonNegativeInt = 60
@@ -353,9 +360,7 @@ class AppSettings(ServerSettings):
             "TRUSTED_PROXY_COUNT": self.TRUSTED_PROXY_COUNT,
             "API_TOKEN_LIFETIME_SECONDS": self.API_TOKEN_LIFETIME_SECONDS,
             "API_TOKEN_CACHE_SECONDS": self.API_TOKEN_CACHE_SECONDS,
-            "STATUS_MAX_WAITERS": max(1, self.GUNICORN_THREADS // 2)
-            if self.STATUS_MAX_WAITERS is None
-            else self.STATUS_MAX_WAITERS,
+            "STATUS_MAX_WAITERS": self.STATUS_MAX_WAITERS,
             "BROWSER_CLOSED_GRACE_SECONDS": self.BROWSER_CLOSED_GRACE_SECONDS,
             "RECONCILE_INTERVAL_SECONDS": self.RECONCILE_INTERVAL_SECONDS,
             "STATUS_POLL_AFTER_MS": self.STATUS_POLL_AFTER_MS,

@@ -16,11 +16,14 @@ bind = server_settings.bind_address
 worker_class = "gthread"
 # One worker process per core: Python runs one thread at a time per process (the GIL).
 workers = server_settings.WEB_CONCURRENCY
-# Many threads per worker: a status long-poll holds its thread for up to 25 s while it mostly sleeps,
-# so threads, not CPU, run out first. With 8 a worker, 16 open long-polls left no thread for the
-# webhook that would wake them (docs/performance.md). At most STATUS_MAX_WAITERS (16) of them wait
-# at once, so at least half the threads are always free for webhooks and other calls.
-threads = server_settings.GUNICORN_THREADS
+# Threads, not CPU, run out first: a status long-poll holds its thread for up to 25 s while it
+# sleeps (without a database connection, until its attempt changes). At most STATUS_MAX_WAITERS
+# (1000) threads sleep in long-polls, so GUNICORN_THREADS (32) are always left for webhooks and
+# other calls, however many apps wait (docs/performance.md).
+threads = server_settings.worker_threads
+# Connections a worker keeps open at once (sleeping long-polls, kept-alive clients) before it stops
+# accepting more: room for every thread and as many idle keep-alive connections.
+worker_connections = 2 * threads
 # Above the longest request we serve: the status long-poll (25 s) and a Terra call's timeout (10 s).
 timeout = 60
 graceful_timeout = 30

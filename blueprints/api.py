@@ -7,16 +7,18 @@ Authentication is the bearer token only: no session cookie is read and no CSRF t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.datastructures import ETags
 
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
-from models import AttemptStatus, ConnectAttempt, User
-from models.connect_attempt import ATTEMPT_ID
+from models import AttemptStatus, ConnectAttempt, Connection, User
+from models.connect_attempt import ATTEMPT_ID, attempt_dict
 from services import accounts, api_tokens, attempts, connection_data, connections, long_poll, reconciliation
 from services.api_tokens import require_token
 from services.json_errors import json_error
@@ -204,12 +206,15 @@ def get_attempt(attempt_id: str):
     _count_poll(attempt_id)
     wait = _wait_seconds()
     if request.if_none_match or wait:
-        # Most conditional polls find nothing new: decide that from a few columns, and build the
-        # attempt only when there is news.
+        # Most conditional polls find nothing new: decide that from the attempt's poll state (as
+        # this worker keeps it, services/attempt_states.py), and build the attempt only when there is
+        # news. Most of those polls never get here: blueprints/status_fast_path.py answers them.
         state = _owned(attempts.owned_poll_state, attempt_id)
         # Without If-None-Match, a long-poll waits for news after the version it finds; with one
         # that names an older version, the caller is behind and gets the state at once.
-        unchanged = not attempts.change_due(state) and (not request.if_none_match or _etag_matches(state))
+        unchanged = not attempts.change_due(state) and (
+            not request.if_none_match or etag_matches(request.if_none_match, state)
+        )
         if unchanged:
             held = wait and state.status == AttemptStatus.PENDING
             changed = held and long_poll.wait_for_change(attempt_id, state.version, wait)
@@ -218,7 +223,7 @@ def get_attempt(attempt_id: str):
             # No If-None-Match: a wait that saw no change answers 200 with the same state, so a
             # client (a generated one, say) can long-poll without handling 304.
     attempt = attempts.refresh(_owned_attempt(attempt_id))
-    if _etag_matches(attempt):
+    if etag_matches(request.if_none_match, attempt):
         return _not_modified(attempt)
     return _attempt_response(attempt)
 
@@ -240,11 +245,18 @@ def _etag(attempt) -> str:
     return str(attempt.version)
 
 
-def _etag_matches(attempt) -> bool:
-    """Whether `If-None-Match` names the attempt's current version (or is `*`). Weak comparison, as
-    RFC 9110 prescribes for If-None-Match: a compressing proxy (nginx's gzip) turns our "3" into
-    W/"3", and that must still match, or long-polling silently stops."""
-    return request.if_none_match.contains_weak(_etag(attempt))
+def etag_matches(if_none_match: ETags, attempt) -> bool:
+    """Whether If-None-Match names the attempt's current version (or is `*`): then nothing is new
+    (304). Weak comparison, as RFC 9110 prescribes for If-None-Match: a compressing proxy (nginx's
+    gzip) turns our "3" into W/"3", and that must still match, or long-polling silently stops."""
+    return if_none_match.contains_weak(_etag(attempt))
+
+
+def status_body(attempt, connection: Connection | None, config: Mapping) -> dict:
+    """The status answer's JSON: the attempt, and when to poll again while it is pending."""
+    body = attempt_dict(attempt, connection)
+    body["poll_after_ms"] = None if body["terminal"] else config["STATUS_POLL_AFTER_MS"]
+    return body
 
 
 def _not_modified(attempt) -> Response:
@@ -254,9 +266,7 @@ def _not_modified(attempt) -> Response:
 
 
 def _attempt_response(attempt: ConnectAttempt, status: int = 200) -> Response:
-    body = attempt.to_dict()
-    body["poll_after_ms"] = None if attempt.terminal else current_app.config["STATUS_POLL_AFTER_MS"]
-    response = jsonify(body)
+    response = jsonify(status_body(attempt, attempt.connection, current_app.config))
     response.status_code = status
     response.set_etag(_etag(attempt))
     return response

@@ -108,18 +108,22 @@ class ConnectAttempt(db.Model):
         return self.status != AttemptStatus.PENDING
 
     def to_dict(self) -> dict:
-        connection = self.connection
-        return {
-            "attempt_id": self.id,
-            "status": self.status,
-            "terminal": self.terminal,
-            "hint": self.hint,
-            "provider": connection.provider if connection else (self.resource or self.requested_provider),
-            "resource": self.resource,
-            "connection": connection.to_dict() if connection else None,
-            "error": {"code": self.error, "message": reason_text(self.error)} if self.error else None,
-            "version": self.version,
-            "created_at": isoformat(self.created_at),
-            "updated_at": isoformat(self.updated_at),
-            "expires_at": isoformat(self.expires_at),
-        }
+        return attempt_dict(self, self.connection)
+
+
+def attempt_dict(attempt, connection: Connection | None) -> dict:
+    """The JSON of an attempt: of the model, or of a row with the same columns (the status fast path)."""
+    return {
+        "attempt_id": attempt.id,
+        "status": attempt.status,
+        "terminal": attempt.status != AttemptStatus.PENDING,
+        "hint": attempt.hint,
+        "provider": connection.provider if connection else (attempt.resource or attempt.requested_provider),
+        "resource": attempt.resource,
+        "connection": connection.to_dict() if connection else None,
+        "error": {"code": attempt.error, "message": reason_text(attempt.error)} if attempt.error else None,
+        "version": attempt.version,
+        "created_at": isoformat(attempt.created_at),
+        "updated_at": isoformat(attempt.updated_at),
+        "expires_at": isoformat(attempt.expires_at),
+    }

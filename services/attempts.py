@@ -8,18 +8,21 @@ except that a late verified success may still turn `cancelled` into `connected`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 from flask import current_app, url_for
 from itsdangerous import BadSignature
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import case, select, update
+from sqlalchemy.orm import joinedload
 
 from extensions import db, terra
 from models import AttemptStatus, ConnectAttempt, Connection, User
 from models.columns import fit
 from models.connect_attempt import AttemptHint
 from models.time import utcnow
+from services import attempt_states
+from services.attempt_states import POLL_STATE
 from services.connections import upsert_connection
 from terra_integration.client import TerraError, TerraUser, WidgetSession
 from terra_integration.signing import timed_serializer
@@ -173,32 +176,24 @@ def record_return(
 
 
 def owned_attempt(user_id: int, attempt_id: str) -> ConnectAttempt:
-    attempt = db.session.get(ConnectAttempt, attempt_id)
+    # Its connection in the same query: a status answer is one read.
+    attempt = db.session.get(ConnectAttempt, attempt_id, options=[joinedload(ConnectAttempt.connection)])
     if attempt is None or attempt.user_id != user_id:
         raise AttemptNotFound("unknown attempt")  # never reveal someone else's attempt exists
     return attempt
 
 
-# What a poll must know to answer "not modified": the version, and whatever lets time alone change
-# a pending attempt (see `change_due`). Plain Core on the table, built once: most polls are this
-# one statement, and no ORM object or statement construction is paid for it.
-_columns = ConnectAttempt.__table__.c
-POLL_STATE = select(
-    _columns.id,
-    _columns.user_id,
-    _columns.version,
-    _columns.status,
-    _columns.expires_at,
-    _columns.browser_closed_at,
-    _columns.hint,
-    _columns.hinted_at,
-    _columns.redirect_terra_user_id,
-).where(_columns.id == bindparam("attempt_id"))
-
-
 def poll_state(attempt_id: str):
-    """The attempt's POLL_STATE columns as a row, or None."""
-    return db.session.connection().execute(POLL_STATE, {"attempt_id": attempt_id}).first()
+    """The attempt's POLL_STATE columns as a row, or None: from this worker's copy when it has one
+    (services/attempt_states.py), else from one read, which it then keeps."""
+    states = attempt_states.states()
+    state = states.get(attempt_id)
+    if state is None:
+        generation = states.generation()
+        state = db.session.connection().execute(POLL_STATE, {"attempt_id": attempt_id}).first()
+        if state is not None:
+            states.put(state, generation)
+    return state
 
 
 def owned_poll_state(user_id: int, attempt_id: str):
@@ -209,12 +204,24 @@ def owned_poll_state(user_id: int, attempt_id: str):
     return state
 
 
-def change_due(attempt) -> bool:
+def change_due(attempt, config: Mapping | None = None) -> bool:
     """Whether time alone has changed a pending attempt (it expired, its browser was abandoned, or its
     userInfo check is due), so `refresh` has work to do. Takes the model or a POLL_STATE row."""
-    return attempt.status == AttemptStatus.PENDING and (
-        _expired(attempt) or _abandoned(attempt) or _userinfo_check_due(attempt)
-    )
+    return _passed(change_due_at(attempt, config))
+
+
+def change_due_at(attempt, config: Mapping | None = None) -> datetime | None:
+    """When time alone will change a pending attempt (see `change_due`); None once it is settled.
+    `config`: the app's settings (default: the current app's)."""
+    if attempt.status != AttemptStatus.PENDING:
+        return None
+    config = config or current_app.config
+    moments = (attempt.expires_at, _abandoned_at(attempt, config), _userinfo_check_at(attempt, config))
+    return min(moment for moment in moments if moment is not None)
+
+
+def _passed(moment: datetime | None) -> bool:
+    return moment is not None and moment <= utcnow()
 
 
 # -- state changes ------------------------------------------------------------------------
@@ -251,6 +258,7 @@ def _transition(attempt: ConnectAttempt, allowed_from: tuple[str, ...], **fields
         .values(**fields, version=ConnectAttempt.version + 1, updated_at=_updated_now())
         .execution_options(synchronize_session=False)
     )
+    attempt_states.noted_change(db.session(), attempt.id)
     db.session.expire(attempt)
     return result.rowcount == 1
 
@@ -307,17 +315,20 @@ def mark_failed(attempt: ConnectAttempt, reason: str | None) -> bool:
 
 
 def _abandoned(attempt) -> bool:
+    return _passed(_abandoned_at(attempt, current_app.config))
+
+
+def _abandoned_at(attempt, config: Mapping) -> datetime | None:
     given_up_at = attempt.browser_closed_at
     if given_up_at is None and attempt.hint == AttemptHint.RETURNED_FAILURE:
         given_up_at = attempt.hinted_at
     if given_up_at is None:
-        return False
-    grace = timedelta(seconds=current_app.config["BROWSER_CLOSED_GRACE_SECONDS"])
-    return utcnow() - given_up_at >= grace
+        return None
+    return given_up_at + timedelta(seconds=config["BROWSER_CLOSED_GRACE_SECONDS"])
 
 
 def _expired(attempt) -> bool:
-    return attempt.expires_at <= utcnow()
+    return _passed(attempt.expires_at)
 
 
 def expire_if_due(attempt: ConnectAttempt) -> bool:
@@ -353,10 +364,13 @@ def refresh(attempt: ConnectAttempt) -> ConnectAttempt:
 
 
 def _userinfo_check_due(attempt) -> bool:
+    return _passed(_userinfo_check_at(attempt, current_app.config))
+
+
+def _userinfo_check_at(attempt, config: Mapping) -> datetime | None:
     if not attempt.redirect_terra_user_id or attempt.hinted_at is None:
-        return False
-    wait = timedelta(seconds=current_app.config["USERINFO_CHECK_AFTER_SECONDS"])
-    return utcnow() - attempt.hinted_at >= wait
+        return None
+    return attempt.hinted_at + timedelta(seconds=config["USERINFO_CHECK_AFTER_SECONDS"])
 
 
 def confirm_redirect_user(attempt: ConnectAttempt) -> bool:

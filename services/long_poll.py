@@ -12,11 +12,11 @@ import time
 from flask import Flask, current_app
 
 from extensions import db
-from services import attempts
+from models.time import utcnow
+from services import attempt_states, attempts
 from services.request_windows import RequestWindows
 
 MAX_WAIT_SECONDS = 25
-WAIT_CHECK_INTERVAL = 0.05  # how often a long-poll looks for a new version (cheap primary-key read)
 
 
 def init_app(app: Flask) -> None:
@@ -24,11 +24,11 @@ def init_app(app: Flask) -> None:
     app.extensions["status_windows"] = RequestWindows()
 
 
-def count_poll(user_id: int, attempt_id: str) -> int | None:
+def count_poll(user_id: int, attempt_id: str, app: Flask | None = None) -> int | None:
     """Count one status poll: None while within STATUS_RATE_LIMIT, else whole seconds to wait.
     Per caller and attempt, not per address: many phones share one carrier NAT address."""
-    key = f"{user_id}:{attempt_id}"
-    return current_app.extensions["status_windows"].hit(key, current_app.config["STATUS_RATE_LIMIT"])
+    app = app or current_app
+    return app.extensions["status_windows"].hit(f"{user_id}:{attempt_id}", app.config["STATUS_RATE_LIMIT"])
 
 
 def wait_for_change(attempt_id: str, seen_version: int, wait: float) -> bool:
@@ -45,16 +45,27 @@ def wait_for_change(attempt_id: str, seen_version: int, wait: float) -> bool:
 
 
 def _watch(attempt_id: str, seen_version: int, wait: float) -> bool:
-    """Whether the attempt changed (in any process: this reads the database) or time alone changed
-    it, within `wait` seconds."""
+    """Whether the attempt changed (in any process) or time alone changed it, within `wait` seconds.
+    Asleep until the worker's change feed says the attempt may have changed, or the moment time
+    would change it (services/attempt_states.py); without a feed, it re-reads every
+    FALLBACK_CHECK_SECONDS."""
     deadline = time.monotonic() + wait
-    while True:
-        # End the transaction before sleeping: the connection goes back to the pool (a sleeping
-        # long-poll must not hold one), and the next read sees other processes' commits.
-        db.session.rollback()
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(WAIT_CHECK_INTERVAL)
-        state = attempts.poll_state(attempt_id)
-        if state is None or state.version != seen_version or attempts.change_due(state):
-            return True
+    states = attempt_states.states()
+    with states.watching(attempt_id) as woken:
+        while True:
+            # End the transaction before sleeping: the connection goes back to the pool (a sleeping
+            # long-poll must not hold one), and the next read sees other processes' commits.
+            db.session.rollback()
+            state = attempts.poll_state(attempt_id)
+            if state is None or state.version != seen_version or attempts.change_due(state):
+                return True
+            sleep = deadline - time.monotonic()
+            if sleep <= 0:
+                return False
+            due = attempts.change_due_at(state)
+            if due is not None:
+                sleep = min(sleep, (due - utcnow()).total_seconds())
+            if not states.live:
+                sleep = min(sleep, attempt_states.FALLBACK_CHECK_SECONDS)
+            woken.wait(max(sleep, 0))
+            woken.clear()

@@ -1,6 +1,7 @@
 """What keeps a status poll cheap (docs/performance.md), each held to its behaviour: the worker's
-token cache, the column-only conditional read, the per-worker poll limit, the cap on sleeping
-long-polls, and the database settings."""
+token cache, its copy of the attempts' poll state and the change feed that keeps it current, the fast
+path in front of Flask, the per-worker poll limit, the long-polls that sleep until a change, and the
+database settings."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, text, update
+from sqlalchemy import create_engine, event, text, update
 
 from app import create_app
-from config import ConfigError, load_config
+from config import ConfigError, ServerSettings, load_config, read_settings
 from extensions import db
-from models import ApiToken
+from models import ApiToken, ConnectAttempt
 from models.time import utcnow
-from services import api_tokens
+from services import api_tokens, attempt_states, attempts
 from services.request_windows import RequestWindows
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, wait_for
 from tests.helpers import create_attempt, create_user
 
 
@@ -54,6 +55,26 @@ def statements(app):
         event.remove(engine, "before_cursor_execute", record)
 
 
+def live_states(app) -> attempt_states.AttemptStates:
+    """The worker's copy of attempt states, once its change feed runs."""
+    states = attempt_states.states(app)
+    wait_for(lambda: states.live)
+    return states
+
+
+def bump_version_elsewhere(app, attempt_id: str) -> None:
+    """Change the attempt on a connection of its own, outside the app's session: as another process would."""
+    with app.app_context():
+        engine = create_engine(db.engine.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(ConnectAttempt).where(ConnectAttempt.id == attempt_id).values(version=ConnectAttempt.version + 1)
+            )
+    finally:
+        engine.dispose()
+
+
 def expire_token_in_database(app, token: str, **values) -> None:
     with app.app_context():
         db.session.execute(update(ApiToken).where(ApiToken.token_hash == api_tokens.hash_token(token)).values(**values))
@@ -71,12 +92,113 @@ def test_a_pollers_token_is_looked_up_once_per_cache_period(app, client, ada):
     assert len(token_reads) == 1
 
 
-def test_a_conditional_poll_with_nothing_new_is_one_read_of_a_few_columns(app, client, ada):
+def test_a_conditional_poll_with_nothing_new_is_one_read_of_a_few_columns_then_none(app, client, ada):
+    states = live_states(app)
     etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    states.changed([ada["attempt_id"]])  # as if it had changed since: this worker has no state for it
+    conditional = {**ada["headers"], "If-None-Match": etag}
     with statements(app) as sent:
-        response = client.get(ada["path"], headers={**ada["headers"], "If-None-Match": etag})
+        response = client.get(ada["path"], headers=conditional)
     assert response.status_code == 304 and response.headers["ETag"] == etag
     assert len(sent) == 1 and "connect_attempts.version" in sent[0] and "widget_url" not in sent[0]
+    with statements(app) as sent:
+        for _ in range(3):
+            assert client.get(ada["path"], headers=conditional).status_code == 304
+    assert sent == []
+
+
+def test_without_its_change_feed_a_worker_reads_every_poll(app, client, ada):
+    states = live_states(app)
+    etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    states.set_live(False)  # the feed's connection was lost; it reconnects by itself
+    try:
+        with statements(app) as sent:
+            for _ in range(2):
+                assert client.get(ada["path"], headers={**ada["headers"], "If-None-Match": etag}).status_code == 304
+        assert len(sent) == 2
+    finally:
+        states.set_live(True)
+
+
+def test_a_change_made_by_another_process_reaches_the_worker(app, client, ada):
+    """Written on a connection of its own, as another worker or instance would: the worker hears of
+    it through PostgreSQL's NOTIFY, or SQLite's data_version, and stops answering 304."""
+    live_states(app)
+    conditional = {**ada["headers"], "If-None-Match": client.get(ada["path"], headers=ada["headers"]).headers["ETag"]}
+    assert client.get(ada["path"], headers=conditional).status_code == 304
+    assert client.get(ada["path"], headers=conditional).status_code == 304  # from the worker's copy
+    bump_version_elsewhere(app, ada["attempt_id"])
+    changed = wait_for(lambda: (answer := client.get(ada["path"], headers=conditional)).status_code == 200 and answer)
+    assert changed.json["version"] == 2 and changed.headers["ETag"] == '"2"'
+
+
+def test_time_still_changes_an_attempt_whose_state_the_worker_keeps(app, client, ada):
+    live_states(app)
+    with app.app_context():
+        attempts.record_browser_closed(db.session.get(ConnectAttempt, ada["attempt_id"]))
+        db.session.commit()
+    conditional = {**ada["headers"], "If-None-Match": client.get(ada["path"], headers=ada["headers"]).headers["ETag"]}
+    assert client.get(ada["path"], headers=conditional).status_code == 304
+    assert client.get(ada["path"], headers=conditional).status_code == 304  # the state is kept now
+    app.config["BROWSER_CLOSED_GRACE_SECONDS"] = 0  # the grace period is over
+    cancelled = client.get(ada["path"], headers=conditional)
+    assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"
+
+
+def test_the_fast_path_answers_with_the_views_bytes_and_headers(app, client, ada):
+    states = live_states(app)
+
+    def by_flask(**headers):
+        app.extensions["api_token_cache"].evict(api_tokens.hash_token(ada["token"]))  # not checked yet: Flask
+        return client.get(ada["path"], headers={**ada["headers"], **headers})
+
+    flask_200 = by_flask()
+    flask_304 = by_flask(**{"If-None-Match": flask_200.headers["ETag"]})
+    states.changed([ada["attempt_id"]])  # this worker keeps no state for it: the fast path reads it once
+    with statements(app) as sent:
+        fast_200 = client.get(ada["path"], headers=ada["headers"])
+        fast_304 = client.get(ada["path"], headers={**ada["headers"], "If-None-Match": fast_200.headers["ETag"]})
+        again_200 = client.get(ada["path"], headers=ada["headers"])
+    assert len(sent) == 1 and "FROM connect_attempts" in sent[0]
+    assert fast_200.status_code == again_200.status_code == 200 and fast_200.data == again_200.data == flask_200.data
+    assert (fast_304.status_code, fast_304.data) == (304, b"")
+    for answer, flask_answer in ((fast_200, flask_200), (fast_304, flask_304)):
+        # Flask adds `Vary: Cookie` when a hook looked at the session; the fast path reads no cookie.
+        assert set(answer.headers.items()) == set(flask_answer.headers.items()) - {("Vary", "Cookie")}
+
+
+def test_the_fast_path_never_answers_for_someone_elses_attempt(app, client, ada):
+    live_states(app)
+    with app.app_context():
+        eve_token, _ = api_tokens.issue_token(create_user("eve@example.com"))
+    etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    assert client.get(ada["path"], headers={**ada["headers"], "If-None-Match": etag}).status_code == 304
+    eve = {"Authorization": f"Bearer {eve_token}"}
+    for headers in (eve, eve, {**eve, "If-None-Match": etag}):  # her token is cached after the first
+        refused = client.get(ada["path"], headers=headers)
+        assert refused.status_code == 404 and "ETag" not in refused.headers
+
+
+def test_a_long_poll_sleeps_without_reading_and_wakes_when_another_process_changes_it(app, ada):
+    live_states(app)
+    client = app.test_client()
+    etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    answered: dict = {}
+
+    def long_poll():
+        answered["response"] = app.test_client().get(
+            ada["path"] + "?wait=20", headers={**ada["headers"], "If-None-Match": etag}
+        )
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    wait_for(lambda: ada["attempt_id"] in live_states(app).waited_on())
+    with statements(app) as sent:
+        time.sleep(0.3)  # asleep: the long-poll reads nothing meanwhile
+    assert [statement for statement in sent if "connect_attempts.id = " in statement] == []
+    bump_version_elsewhere(app, ada["attempt_id"])
+    poller.join(timeout=15)
+    assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
 
 
 def test_revoking_through_the_api_takes_effect_at_once_in_the_same_worker(client, ada):
@@ -199,11 +321,12 @@ def test_sqlite_runs_with_a_write_ahead_log(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "environ, waiters",
-    [({}, 16), ({"GUNICORN_THREADS": "8"}, 4), ({"GUNICORN_THREADS": "1"}, 1), ({"STATUS_MAX_WAITERS": "3"}, 3)],
+    "environ, waiters, threads",
+    [({}, 1000, 1032), ({"GUNICORN_THREADS": "8"}, 1000, 1008), ({"STATUS_MAX_WAITERS": "3"}, 3, 35)],
 )
-def test_long_polls_may_hold_half_the_workers_threads_by_default(environ, waiters):
+def test_long_polls_sleep_in_threads_of_their_own(environ, waiters, threads):
     assert load_config({"APP_ENV": "testing", **environ})["STATUS_MAX_WAITERS"] == waiters
+    assert read_settings(ServerSettings, environ).worker_threads == threads
 
 
 def test_pool_pre_ping_is_off_unless_asked_for():
@@ -216,3 +339,14 @@ def test_pool_pre_ping_is_off_unless_asked_for():
 def test_a_rate_that_cannot_be_read_stops_start_up(name):
     with pytest.raises(ConfigError, match=name):
         load_config({"APP_ENV": "testing", name: "plenty"})
+
+
+def test_the_fast_path_answers_only_for_a_trusted_host(app, client, ada):
+    live_states(app)
+    etag = client.get(ada["path"], headers=ada["headers"]).headers["ETag"]
+    conditional = {**ada["headers"], "If-None-Match": etag}
+    assert client.get(ada["path"], headers=conditional).status_code == 304  # token and state now kept
+    app.config["TRUSTED_HOSTS"] = ["connect.example.com"]  # as production sets it from PUBLIC_BASE_URL
+    assert client.get(ada["path"], headers=conditional).status_code == 400  # Flask's answer to a stranger
+    trusted = client.get(ada["path"], headers=conditional, base_url="https://connect.example.com")
+    assert trusted.status_code == 304

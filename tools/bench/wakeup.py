@@ -7,7 +7,7 @@ The app runs under the shipped gunicorn configuration with 2 worker processes. T
 webhook poster are two separate processes (so the wake-up has to cross processes through the
 database, as it does in production); both time with CLOCK_MONOTONIC, which all processes share.
 Each round: the poller sends its long-poll, the poster waits a random 200-400 ms (so the webhook
-lands at a random phase of the server's 50 ms re-read loop), posts the signed `auth` event, and
+lands at a random phase of whatever periodic check the server makes), posts the signed `auth` event, and
 notes when its 200 arrived; the poller notes when its answer arrived. Targets: p50 < 100 ms,
 p99 < 500 ms. The poller and the `--idle-waiters` behave as docs/mobile.md asks of an app: a 304
 that comes back within a second (the server had no waiter slot free) is re-sent after 2 s.
@@ -28,6 +28,7 @@ from tools.bench import common
 TARGET_P50_MS = 100
 TARGET_P99_MS = 500
 POLL_AFTER_S = 2.0  # the app's default poll_after_ms (STATUS_POLL_AFTER_MS)
+IDLE_STAGGER_S = 10.0  # the idle waiters' first long-polls are spread over this long
 
 
 def poller(base_url: str, token: str, pipe) -> None:
@@ -89,15 +90,19 @@ def poster(base_url: str, pipe) -> None:
             pipe.send((started, time.monotonic(), None, f"{type(error).__name__}: {error}"))
 
 
-def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: float, ready) -> None:
+def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: float, ready, outcomes) -> None:
     """Hold one long-poll open on each of `attempt_ids` (pending attempts nobody changes), re-issuing
-    each as it times out, for `seconds`: phones waiting on their own connect flows."""
+    each as it times out, for `seconds`: phones waiting on their own connect flows. Counts in
+    `outcomes` the long-polls answered after a second or more ([0]: held until their wait ended, or
+    queued that long for a thread), at once ([1]: no waiter slot free), or failed ([2])."""
     import threading
 
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
     deadline = time.monotonic() + seconds
 
     def hold(attempt_id: str) -> None:
+        # Phones start waiting at different moments, and so re-issue at different moments.
+        time.sleep(random.uniform(0, IDLE_STAGGER_S))
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(host, port, timeout=60)
             try:
@@ -108,9 +113,14 @@ def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: flo
                 )
                 asked = time.monotonic()
                 connection.getresponse().read()
-                if time.monotonic() - asked < 1:  # no waiter slot free: back off as an app does
+                at_once = time.monotonic() - asked < 1
+                with outcomes.get_lock():
+                    outcomes[1 if at_once else 0] += 1
+                if at_once:  # no waiter slot free: back off as an app does
                     time.sleep(POLL_AFTER_S)
             except (OSError, http.client.HTTPException):
+                with outcomes.get_lock():
+                    outcomes[2] += 1
                 time.sleep(0.5)
             finally:
                 connection.close()
@@ -131,12 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         "--idle-waiters",
         type=int,
         default=0,
-        help="other clients holding long-polls open on their own pending attempts (default 0); "
-        "with gthread each one occupies a worker thread for up to 25 s",
+        help="other clients holding long-polls open on their own pending attempts (default 0, at most "
+        "2000); each one sleeps in a worker thread for up to 25 s",
     )
     args = p.parse_args(argv)
-    if not 0 <= args.idle_waiters <= 200:
-        raise SystemExit("--idle-waiters must be between 0 and 200")
+    if not 0 <= args.idle_waiters <= 2000:
+        raise SystemExit("--idle-waiters must be between 0 and 2000")
 
     with common.Run(args, "wakeup") as run:
         app = run.migrate()
@@ -149,17 +159,18 @@ def main(argv: list[str] | None = None) -> None:
 
         context = multiprocessing.get_context("spawn")
         waiters = None
+        idle_outcomes = context.Array("i", 3)
         if args.idle_waiters:
             others = common.seed_user(app, attempts=args.idle_waiters)
             ready = context.Event()
             waiters = context.Process(
                 target=idle_waiters,
                 daemon=True,
-                args=(server.url, others.token, others.attempt_ids, args.duration, ready),
+                args=(server.url, others.token, others.attempt_ids, args.duration, ready, idle_outcomes),
             )
             waiters.start()
             ready.wait(30)
-            time.sleep(2)  # let their requests reach the server
+            time.sleep(IDLE_STAGGER_S + 2)  # let their requests reach the server
             print(f"{args.idle_waiters} other clients hold long-polls open")
         poll_end, poll_child = context.Pipe()
         post_end, post_child = context.Pipe()
@@ -245,6 +256,14 @@ def main(argv: list[str] | None = None) -> None:
             f"p50 {p50:.1f} ms: {common.verdict(p50 < TARGET_P50_MS)}; p99 {p99:.1f} ms: "
             f"{common.verdict(p99 < TARGET_P99_MS)}; failed rounds: {len(failed)}"
         )
+        if args.idle_waiters:
+            held, at_once, failed_polls = idle_outcomes[:]
+            print(
+                f"the {args.idle_waiters} other clients' long-polls, as they ended: {held} answered after 1 s or "
+                f"more (held to the end of their wait, or queued), {at_once} at once (no waiter slot free), "
+                f"{failed_polls} failed (connection errors)"
+            )
+            run.results["idle_waiters"] = {"held": held, "at_once": at_once, "failed": failed_polls}
         run.results["rounds"] = rounds
         run.results["summary"] = {"p50_ms": p50, "p99_ms": p99, "failed": len(failed)}
 
