@@ -153,6 +153,18 @@ def terra_settings(terra_url: str) -> dict[str, str]:
     }
 
 
+def delivered_outcome(client, payload: dict | bytes, *, secret: str, **signing) -> str:
+    """Deliver a signed webhook through a Flask test client, apply it, and return the outcome its inbox
+    row ended with (the receiver's 200 only says it was recorded), or "duplicate" for a delivery the
+    inbox already had."""
+    trace_id = signing.pop("trace_id", None) or str(uuid.uuid4())
+    response = deliver(client, payload, secret=secret, trace_id=trace_id, **signing)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    if response.json["status"] == "duplicate":
+        return "duplicate"
+    return outcome_of(client.application, trace_id)
+
+
 def apply_inbox(app) -> int:
     """Apply every recorded webhook event the inbox holds, now, in this thread; returns how many."""
     with app.app_context():

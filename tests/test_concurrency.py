@@ -111,6 +111,7 @@ def test_copies_of_one_day_delivered_at_once_leave_the_newest_by_ordering_timest
         ]
     )
     assert statuses == [200] * DELIVERIES
+    settle_inbox(app)
     [day] = rows(app, DailyData)
     assert (day.steps, day.ordering_timestamp) == (1000 + DELIVERIES - 1, emitted + DELIVERIES - 1)
     assert {row.outcome for row in rows(app, WebhookEvent)} == {"applied"}

@@ -15,7 +15,7 @@ from extensions import db
 from models import Connection, DailyData, User, WebhookEvent
 from models.time import utcnow
 from services import data_events
-from tests.helpers import auth_event, create_user, deliver, terra_user
+from tests.helpers import auth_event, create_user, deliver, delivered_outcome, terra_user
 
 TERRA_ID = "tu-dashboard"
 
@@ -31,7 +31,7 @@ def owner(app, client, auth, secret):
     auth.register()
     with app.app_context():
         user = db.session.scalars(select(User)).one()
-    assert deliver(client, auth_event(user, terra_user(user, TERRA_ID)), secret=secret).json["status"] == "applied"
+    assert delivered_outcome(client, auth_event(user, terra_user(user, TERRA_ID)), secret=secret) == "applied"
     return user
 
 
@@ -55,7 +55,7 @@ def chart(page: str) -> ElementTree.Element:
 def test_the_chart_shows_the_last_14_days_of_steps_with_a_text_alternative(client, owner, secret):
     # Twenty days of history, minus two days inside the window; the chart shows the last fourteen.
     history = [(ago, 1000 + ago) for ago in range(20) if ago not in (3, 4)]
-    assert deliver(client, daily_event(owner, history), secret=secret).json["status"] == "applied"
+    assert delivered_outcome(client, daily_event(owner, history), secret=secret) == "applied"
     response = client.get("/connections")
     page = response.get_data(as_text=True)
     svg = chart(page)
@@ -110,7 +110,7 @@ def failed_event_id(app) -> int:
 
 def test_the_timeline_lists_each_webhook_with_its_outcome_and_a_failure_reason(app, client, owner, secret, monkeypatch):
     fail_storage_once(monkeypatch)
-    assert deliver(client, daily_event(owner, [(0, 700)]), secret=secret).json["status"] == "failed"
+    assert delivered_outcome(client, daily_event(owner, [(0, 700)]), secret=secret) == "failed"
     page = client.get("/connections").get_data(as_text=True)
     rows = timeline_rows(page)
     # Newest first: the failed daily event, then the auth that made the connection.

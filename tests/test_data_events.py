@@ -12,7 +12,7 @@ from sqlalchemy import select
 from extensions import db
 from models import Activity, Connection, DailyData, SleepSession, User, WebhookEvent
 from terra_integration.inbox import apply_recorded
-from tests.helpers import auth_event, create_user, deliver, terra_user
+from tests.helpers import auth_event, create_user, deliver, delivered_outcome, terra_user
 
 TERRA_ID = "tu-data"
 
@@ -28,7 +28,7 @@ def owner(app, client, secret):
     with app.app_context():
         user = create_user()
         owner = SimpleNamespace(id=user.id, reference_id=user.reference_id)
-    assert deliver(client, auth_event(owner, terra_user(owner, TERRA_ID)), secret=secret).json["status"] == "applied"
+    assert delivered_outcome(client, auth_event(owner, terra_user(owner, TERRA_ID)), secret=secret) == "applied"
     return owner
 
 
@@ -62,10 +62,11 @@ def activity(summary_id: str, activity_type: int = 8) -> dict:
     }
 
 
-def send(client, secret, event: dict, ordering: int | None = None, **headers):
+def send(client, secret, event: dict, ordering: int | None = None, **headers) -> str:
+    """Deliver `event` and apply it; the outcome its inbox row ended with."""
     if ordering is not None:
         headers["X-Terra-Ordering-Timestamp"] = str(ordering)
-    return deliver(client, event, secret=secret, headers=headers)
+    return delivered_outcome(client, event, secret=secret, headers=headers)
 
 
 def stored(app, model) -> list:
@@ -76,8 +77,8 @@ def stored(app, model) -> list:
 
 
 def test_daily_data_is_one_row_per_connection_and_day_taken_before_time_zone_conversion(app, client, secret, owner):
-    response = send(client, secret, data_event(owner, "daily", [daily("2026-07-01", 11894), daily("2026-07-02", 40)]))
-    assert (response.status_code, response.json["status"]) == (200, "applied")
+    outcome = send(client, secret, data_event(owner, "daily", [daily("2026-07-01", 11894), daily("2026-07-02", 40)]))
+    assert outcome == "applied"
     [first, second] = stored(app, DailyData)
     # 00:00 at +01:00 is the evening before in UTC; the user's day is the one they lived.
     assert (first.day, first.steps, first.distance_meters, first.calories) == (
@@ -107,7 +108,7 @@ def test_a_day_is_overwritten_only_by_a_newer_or_equal_ordering_timestamp(
     later = send(
         client, secret, data_event(owner, "daily", [daily("2026-07-01", 9_000)]), ordering=1_700_000_000_000 + second
     )
-    assert later.json["status"] == outcome
+    assert later == outcome
     [row] = stored(app, DailyData)
     assert (row.steps, row.ordering_timestamp) == (kept_steps, 1_700_000_000_000 + max(first, second))
     with app.app_context():
@@ -154,14 +155,14 @@ def test_two_chunks_sharing_one_terra_reference_are_both_kept(app, client, secre
         data_event(owner, "daily", [daily(f"2026-06-{day:02d}", 1000 * day) for day in range(11, 16)]),
     ]
     for number, chunk in enumerate(chunks, 1):
-        response = deliver(
+        outcome = delivered_outcome(
             client,
             chunk,
             secret=secret,
             trace_id=f"{reference}:chunk:{number}",
             headers={"terra-reference": reference, "X-Terra-Ordering-Timestamp": "1700000000000"},
         )
-        assert response.json["status"] == "applied"
+        assert outcome == "applied"
     with app.app_context():
         rows = db.session.scalars(select(WebhookEvent).where(WebhookEvent.terra_reference == reference)).all()
     assert len(rows) == 2
@@ -175,8 +176,7 @@ def test_the_athlete_event_carries_an_object_and_only_marks_data_received(app, c
         "athlete": {"first_name": "John", "last_name": "Smith", "sex": "male", "date_of_birth": "1991-04-12"},
         "version": "2022-03-16",
     }
-    response = send(client, secret, athlete)
-    assert (response.status_code, response.json["status"]) == (200, "recorded")
+    assert send(client, secret, athlete) == "recorded"
     with app.app_context():
         connection = db.session.scalars(select(Connection)).one()
         assert connection.last_data_at is not None
@@ -185,14 +185,14 @@ def test_the_athlete_event_carries_an_object_and_only_marks_data_received(app, c
 
 
 def test_an_empty_data_array_completes_without_writes(app, client, secret, owner):
-    assert send(client, secret, data_event(owner, "daily", [])).json["status"] == "recorded"
+    assert send(client, secret, data_event(owner, "daily", [])) == "recorded"
     assert stored(app, DailyData) == []
     assert [connection.last_data_at for connection in stored(app, Connection)] == [None]
 
 
 def test_unreadable_items_fail_the_event_with_the_reason_and_the_rest_is_stored(app, client, secret, owner):
     items = [daily("2026-07-01", 100), {"metadata": {"start_time": "yesterday"}}, "not an object"]
-    assert send(client, secret, data_event(owner, "daily", items)).json["status"] == "failed"
+    assert send(client, secret, data_event(owner, "daily", items)) == "failed"
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "daily")).one()
         assert row.detail == (
@@ -204,8 +204,8 @@ def test_unreadable_items_fail_the_event_with_the_reason_and_the_rest_is_stored(
 
 def test_data_before_its_auth_is_kept_as_failed_and_a_replay_stores_it(app, client, secret, owner):
     early = send(client, secret, data_event(owner, "daily", [daily("2026-07-01", 321)], terra_id="tu-later"))
-    assert early.json["status"] == "failed"
-    assert deliver(client, auth_event(owner, terra_user(owner, "tu-later")), secret=secret).json["status"] == "applied"
+    assert early == "failed"
+    assert delivered_outcome(client, auth_event(owner, terra_user(owner, "tu-later")), secret=secret) == "applied"
     with app.app_context():
         row = db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "daily")).one()
         assert "no connection for Terra user tu-later yet" in row.detail
@@ -215,17 +215,16 @@ def test_data_before_its_auth_is_kept_as_failed_and_a_replay_stores_it(app, clie
 
 def test_data_for_someone_elses_reference_id_is_ignored(app, client, secret):
     stranger = SimpleNamespace(reference_id="not-signed-by-us")
-    response = send(client, secret, data_event(stranger, "daily", [daily("2026-07-01", 1)], terra_id="tu-stranger"))
-    assert response.json["status"] == "ignored"
+    outcome = send(client, secret, data_event(stranger, "daily", [daily("2026-07-01", 1)], terra_id="tu-stranger"))
+    assert outcome == "ignored"
 
 
 def test_a_malformed_ordering_timestamp_is_400_and_nothing_is_stored(app, client, secret, owner):
-    response = send(
+    response = deliver(
         client,
-        secret,
         data_event(owner, "daily", [daily("2026-07-01", 1)]),
-        ordering=None,
-        **{"X-Terra-Ordering-Timestamp": "soon"},
+        secret=secret,
+        headers={"X-Terra-Ordering-Timestamp": "soon"},
     )
     assert (response.status_code, response.json["error"]["code"]) == (400, "malformed_event")
     assert stored(app, DailyData) == []
@@ -243,7 +242,7 @@ def test_after_a_reauth_merge_the_data_of_both_ids_is_on_one_connection_the_newe
         "new_user": terra_user(owner, "tu-new"),
         "old_user": terra_user(owner, TERRA_ID),
     }
-    assert deliver(client, reauth, secret=secret).json["status"] == "applied"
+    assert delivered_outcome(client, reauth, secret=secret) == "applied"
     with app.app_context():
         [connection] = db.session.scalars(select(Connection)).all()
         assert connection.terra_user_id == "tu-new"
@@ -269,7 +268,7 @@ def test_after_a_reauth_merge_the_data_of_both_ids_is_on_one_connection_the_newe
 )
 def test_data_that_cannot_be_keyed_is_kept_as_failed_with_the_reason(app, client, secret, owner, kind, data, reason):
     event = {"type": kind, "user": terra_user(owner, TERRA_ID), "data": data}
-    assert send(client, secret, event).json["status"] == "failed"
+    assert send(client, secret, event) == "failed"
     with app.app_context():
         assert db.session.scalars(select(WebhookEvent.detail).where(WebhookEvent.event_type == kind)).one() == reason
     assert stored(app, Activity) == [] and stored(app, SleepSession) == [] and stored(app, DailyData) == []
