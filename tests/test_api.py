@@ -15,7 +15,7 @@ from models import ApiToken, ConnectAttempt, Connection, User
 from models.time import utcnow
 from sandbox.traffic import traffic_of
 from tests.conftest import Browser, wait_for
-from tests.helpers import auth_event, deliver, finish_widget, terra_user
+from tests.helpers import auth_event, finish_widget, post_event, terra_user
 
 PASSWORD = "correct horse battery"
 
@@ -331,26 +331,21 @@ def test_long_poll_is_woken_by_a_webhook_from_another_thread(api, live_server):
         event = auth_event(owner, terra_user(owner, "tu-long-poll"), session_id=row.terra_session_id)
     secret = live_server.app.config["TERRA_SIGNING_SECRET"]
 
+    delivered: list[int] = []
+
     def deliver_later():
         time.sleep(1.0)
-        deliver(requests_client(live_server), event, secret=secret)
+        delivered.append(post_event(live_server.url, secret, event))
 
-    threading.Thread(target=deliver_later).start()
+    later = threading.Thread(target=deliver_later)
+    later.start()
     started = time.monotonic()
     response = state(api, attempt["attempt_id"], params={"wait": 20}, headers={"If-None-Match": etag})
     elapsed = time.monotonic() - started
+    later.join()
+    assert delivered == [200]
     assert response.status_code == 200 and response.json()["status"] == "connected"
     assert 0.9 <= elapsed < 10
-
-
-def requests_client(live_server):
-    """Adapter so tests.helpers.deliver can post over real HTTP."""
-
-    class Client:
-        def post(self, path, data, headers):
-            return requests.post(live_server.url + path, data=data, headers=headers, timeout=10)
-
-    return Client()
 
 
 def test_long_poll_returns_on_time_when_nothing_happens(api):
