@@ -655,6 +655,12 @@ class CpuMeter:
         }
 
 
+def rate_and_cpu(result) -> list:
+    """A measured cell's rate, then its CPU figures in the order the CPU tables list them (app,
+    postgres, load generator, cores busy, other cores: the order the CPU sampler reports them)."""
+    return [result.rps, *result.cpu.values()]
+
+
 # -- profiles ----------------------------------------------------------------------------------------
 
 

@@ -131,12 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 clients,
                 name,
-                r.rps,
-                r.cpu["app_ms"],
-                r.cpu["postgres_ms"],
-                r.cpu["loadgen_ms"],
-                r.cpu["cores_busy"],
-                r.cpu["other_cores"],
+                *common.rate_and_cpu(r),
             ]
             for clients, by_case in measured.items()
             for name, r in by_case.items()
