@@ -48,6 +48,7 @@ FALLBACK_CHECK_SECONDS = 0.05
 RECONNECT_SECONDS = 1.0
 MAX_STATES = 10_000  # per worker, far above its active pollers; the least recently used goes first
 READ_CHUNK = 500  # ids per re-read query
+FEED_THREAD = "attempt-states"
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def _start_feed(states: AttemptStates, engine: Engine) -> None:
         target = _watch_data_version
     else:
         return  # no feed: every poll reads the database
-    threading.Thread(target=_run_feed, args=(target, states, engine), name="attempt-states", daemon=True).start()
+    threading.Thread(target=_run_feed, args=(target, states, engine), name=FEED_THREAD, daemon=True).start()
 
 
 def _run_feed(feed, states: AttemptStates, engine: Engine) -> None:

@@ -40,11 +40,13 @@ def ada(app):
 
 @contextmanager
 def statements(app):
-    """The SQL statements the app sends while the block runs."""
+    """The SQL statements the app sends while the block runs, but for the change feed's own reads:
+    those are not a poll's."""
     sent: list[str] = []
 
     def record(_conn, _cursor, statement, *_args):
-        sent.append(statement)
+        if threading.current_thread().name != attempt_states.FEED_THREAD:
+            sent.append(statement)
 
     with app.app_context():
         engine = db.engine
@@ -101,10 +103,16 @@ def test_a_conditional_poll_with_nothing_new_is_one_read_of_a_few_columns_then_n
         response = client.get(ada["path"], headers=conditional)
     assert response.status_code == 304 and response.headers["ETag"] == etag
     assert len(sent) == 1 and "connect_attempts.version" in sent[0] and "widget_url" not in sent[0]
-    with statements(app) as sent:
-        for _ in range(3):
-            assert client.get(ada["path"], headers=conditional).status_code == 304
-    assert sent == []
+
+    def three_polls_read_nothing():
+        # On SQLite the feed may notice a fixture's commit late and re-read, which drops a state read
+        # meanwhile: then the next poll reads once more. A worker that keeps no state never passes.
+        with statements(app) as sent:
+            for _ in range(3):
+                assert client.get(ada["path"], headers=conditional).status_code == 304
+        return sent == []
+
+    wait_for(three_polls_read_nothing, timeout=5)
 
 
 def test_without_its_change_feed_a_worker_reads_every_poll(app, client, ada):
@@ -154,12 +162,18 @@ def test_the_fast_path_answers_with_the_views_bytes_and_headers(app, client, ada
 
     flask_200 = by_flask()
     flask_304 = by_flask(**{"If-None-Match": flask_200.headers["ETag"]})
-    states.changed([ada["attempt_id"]])  # this worker keeps no state for it: the fast path reads it once
-    with statements(app) as sent:
-        fast_200 = client.get(ada["path"], headers=ada["headers"])
-        fast_304 = client.get(ada["path"], headers={**ada["headers"], "If-None-Match": fast_200.headers["ETag"]})
-        again_200 = client.get(ada["path"], headers=ada["headers"])
-    assert len(sent) == 1 and "FROM connect_attempts" in sent[0]
+
+    def read_once_then_kept():
+        states.changed([ada["attempt_id"]])  # this worker keeps no state for it: the fast path reads it once
+        with statements(app) as sent:
+            answers = [client.get(ada["path"], headers=ada["headers"])]
+            etag = answers[0].headers["ETag"]
+            answers.append(client.get(ada["path"], headers={**ada["headers"], "If-None-Match": etag}))
+            answers.append(client.get(ada["path"], headers=ada["headers"]))
+        # As above: a late re-read by SQLite's feed can drop the state once; try again then.
+        return len(sent) == 1 and "FROM connect_attempts" in sent[0] and answers
+
+    fast_200, fast_304, again_200 = wait_for(read_once_then_kept, timeout=5)
     assert fast_200.status_code == again_200.status_code == 200 and fast_200.data == again_200.data == flask_200.data
     assert (fast_304.status_code, fast_304.data) == (304, b"")
     for answer, flask_answer in ((fast_200, flask_200), (fast_304, flask_304)):
