@@ -4,10 +4,11 @@ The receiver only records (`inbox.receive` commits a `received` row) and answers
 moves `received` → applied, recorded, ignored or failed (`EventOutcome`), once, at least once:
 
 - **Claim.** A taker marks a batch of the oldest pending rows as its own until `claimed_until` (a
-  lease) and counts the try in `attempts`, in one short transaction, then applies each row in its own
-  (`inbox.apply_recorded`). On PostgreSQL several takers (threads, processes, instances) claim at
+  lease) and counts the try in `attempts`, in one short transaction, then applies them a few to a
+  transaction, each in a savepoint of its own (`inbox.apply_together`). On PostgreSQL several takers (threads, processes, instances) claim at
   once without waiting for each other (`FOR UPDATE SKIP LOCKED`); on SQLite the claim is one
-  conditional UPDATE, which holds the database's single write lock, so one taker claims at a time.
+  conditional UPDATE, which holds the database's single write lock, so one taker claims at a time
+  (in turn with the other writers of the inbox, `write_turns`).
 - **Crash.** A taker that dies mid-apply (a crash, kill -9, a lost database) leaves its rows pending
   with a lease that runs out; any taker then claims them again. Applying is idempotent, so an event
   applied but not yet marked is only applied twice. After MAX_ATTEMPTS such claims a row is marked
@@ -36,11 +37,15 @@ from sqlalchemy.orm import aliased
 from terra_integration import inbox
 from terra_integration.host import bound
 from terra_integration.models import TEXT_LENGTH, EventOutcome, utcnow
+from terra_integration.write_turns import write_turn
 
 # Written into the SQL, not bound: only then can the databases use the partial indexes over the
 # pending rows (`models.PENDING`), whose condition must be seen to hold when the statement is planned.
 RECEIVED = literal_column(f"'{EventOutcome.RECEIVED}'")
-BATCH_SIZE = 20  # rows per claim: one short transaction claims them, each is applied in its own
+BATCH_SIZE = 20  # rows per claim: one short transaction claims them
+# Rows applied in one transaction (one commit, and on SQLite one write turn, `write_turns`): fewer
+# commits, while the receivers, who wait for the turn, wait for a few events' work at most.
+APPLY_TOGETHER = 5
 MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it is kept as failed
 
 
@@ -74,42 +79,44 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
         session.rollback()
         return []
     lease_over = or_(model.claimed_until.is_(None), model.claimed_until < now)
-    session.execute(
-        update(model)
-        .where(model.outcome == RECEIVED, lease_over, model.attempts >= MAX_ATTEMPTS)
-        .values(
-            outcome=EventOutcome.FAILED,
-            detail=f"abandoned: applying it stopped mid-way {MAX_ATTEMPTS} times (the process died?)"[:TEXT_LENGTH],
-            applied_at=now,
+    with write_turn():
+        session.execute(
+            update(model)
+            .where(model.outcome == RECEIVED, lease_over, model.attempts >= MAX_ATTEMPTS)
+            .values(
+                outcome=EventOutcome.FAILED,
+                detail=f"abandoned: applying it stopped mid-way {MAX_ATTEMPTS} times (the process died?)"[:TEXT_LENGTH],
+                applied_at=now,
+            )
+            .execution_options(synchronize_session=False)
         )
-        .execution_options(synchronize_session=False)
-    )
-    candidates = candidates.limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True, of=job)
-    claimed = session.scalars(
-        update(model)
-        .where(model.id.in_(candidates))
-        .values(
-            claimed_until=now + timedelta(seconds=config["WEBHOOK_CLAIM_LEASE_SECONDS"]),
-            attempts=model.attempts + 1,
-        )
-        .returning(model.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    session.commit()
+        candidates = candidates.limit(limit)
+        if session.get_bind().dialect.name == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True, of=job)
+        claimed = session.scalars(
+            update(model)
+            .where(model.id.in_(candidates))
+            .values(
+                claimed_until=now + timedelta(seconds=config["WEBHOOK_CLAIM_LEASE_SECONDS"]),
+                attempts=model.attempts + 1,
+            )
+            .returning(model.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        session.commit()
     return sorted(claimed)
 
 
 def apply_claimed(ids: list[int]) -> None:
-    """Apply each claimed row in its own transaction (one bad event fails alone)."""
+    """Apply the claimed rows, APPLY_TOGETHER at a time in one transaction, each in a savepoint of its
+    own (one bad event fails alone)."""
     integration = bound()
     session, model = integration.db.session, integration.host.webhook_event_model
-    for row_id in ids:
-        row = session.get(model, row_id)
-        # Another taker may have finished it since (its lease ran out, or a replay applied it).
-        if row is not None and row.outcome == EventOutcome.RECEIVED:
-            inbox.apply_recorded(row)
+    rows = [session.get(model, row_id) for row_id in ids]
+    # Another taker may have finished one since (its lease ran out, or a replay applied it).
+    pending = [row for row in rows if row is not None and row.outcome == EventOutcome.RECEIVED]
+    for start in range(0, len(pending), APPLY_TOGETHER):
+        inbox.apply_together(pending[start : start + APPLY_TOGETHER])
 
 
 def drain() -> int:

@@ -17,6 +17,7 @@ from flask import Flask
 from terra_integration.applier import InboxWorker
 from terra_integration.client import TerraClient
 from terra_integration.host import BoundIntegration, TerraHost, bound
+from terra_integration.recorder import InboxRecorder
 from terra_integration.webhooks import bp as webhooks_bp
 
 # Terra's published endpoints, the defaults of the URL settings.
@@ -112,6 +113,7 @@ class TerraIntegration:
             host=host,
             db=app.extensions["sqlalchemy"],
             worker=InboxWorker(app),
+            recorder=InboxRecorder(app),
         )
         app.register_blueprint(webhooks_bp)
 

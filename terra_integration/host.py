@@ -14,6 +14,7 @@ from terra_integration.models import WebhookEventColumns
 
 if TYPE_CHECKING:
     from terra_integration.applier import InboxWorker
+    from terra_integration.recorder import InboxRecorder
 
 # (outcome, detail): an `EventOutcome` and a short note for the inbox row, or None.
 Outcome = tuple[str, str | None]
@@ -46,6 +47,7 @@ class BoundIntegration:
     host: TerraHost
     db: SQLAlchemy
     worker: InboxWorker  # this process's applier thread (started by gunicorn or the first wake-up)
+    recorder: InboxRecorder  # this process's inbox writer thread (started by the first delivery)
 
 
 def bound() -> BoundIntegration:

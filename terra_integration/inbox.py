@@ -3,10 +3,11 @@
 De-duplication is the unique `trace_id` (Terra's `X-Terra-Trace-Id`, stable across retries; a hash
 of the body when absent), and the unique hash of the signed payload (`t` and body): the same signed
 delivery sent again within the signature's tolerance under a fresh trace id is a replay, not a new
-event. The insert either wins or raises IntegrityError: no check-then-insert.
+event. The insert decides (ON CONFLICT DO NOTHING): no check-then-insert.
 
-Recording is the receiver's whole job: `receive` commits the row as `received` and wakes this
-process's applier, and Terra gets its 200. Applying is the applier's (`applier`): `apply_recorded`
+Recording is the receiver's whole job: `receive` has the row committed as `received` (by `recorder`,
+together with other deliveries arriving at the same time), this process's applier is woken, and
+Terra gets its 200. Applying is the applier's (`applier`): `apply_recorded`
 has the host change its state inside a SAVEPOINT, notes the outcome on the row and commits once. A
 failure rolls back to the savepoint only, so the row keeps the failure, for a replay.
 
@@ -49,6 +50,7 @@ from terra_integration.models import (
     utcnow,
 )
 from terra_integration.reference_ids import owner_of
+from terra_integration.write_turns import write_turn
 
 DUPLICATE = "duplicate"  # what `receive` answers for a trace id or signed payload already recorded
 UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
@@ -72,70 +74,66 @@ def receive(delivery: Delivery) -> str:
     """Record the delivery, once per trace id and signed payload, and commit it; returns its outcome
     so far (`received`: recorded, to be applied by the applier; `failed`: a body that is not an
     event), or DUPLICATE when this trace id, or this body signed at this time, was already recorded
-    (a duplicate delivery, or a replay of one: nothing is recorded or applied again)."""
+    (a duplicate delivery, or a replay of one: nothing is recorded or applied again). The row is
+    committed together with the rows of other deliveries arriving at the same time (`recorder`),
+    which then wakes the applier."""
     if delivery.event is None:
-        return _keep_unreadable(delivery)
-    event = delivery.event
-    row = bound().host.webhook_event_model(
-        trace_id=delivery.trace_id,
-        signed_payload_sha256=_signed_payload_sha256(delivery),
-        event_type=event.type[:EVENT_TYPE_LENGTH],
-        terra_user_id=event.terra_user_id,
-        # Cut to the column: an over-long reference_id is never one of ours, but it is kept for the record.
-        reference_id=event.reference_id and event.reference_id[:TEXT_LENGTH],
-        terra_reference=delivery.terra_reference,
-        ordering_timestamp=delivery.ordering_timestamp,
-        body=delivery.body.decode("utf-8"),
-    )
-    if not _inserted(row):
+        values = _unreadable_row(delivery)
+    else:
+        event = delivery.event
+        values = _row(
+            delivery,
+            event_type=event.type[:EVENT_TYPE_LENGTH],
+            terra_user_id=event.terra_user_id,
+            # Cut to the column: an over-long reference_id is never one of ours, but it is kept for the record.
+            reference_id=event.reference_id and event.reference_id[:TEXT_LENGTH],
+            body=delivery.body.decode("utf-8"),
+        )
+    if not bound().recorder.record(values):
         return DUPLICATE
-    bound().db.session.commit()
-    bound().worker.wake()
-    return EventOutcome.RECEIVED
+    return values["outcome"]
 
 
-def _inserted(row: WebhookEventColumns) -> bool:
-    """Flush the new row (uncommitted); False when its trace id or signed payload is already
-    recorded (a duplicate delivery). The insert decides: no check-then-insert."""
-    session = bound().db.session
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        return False
-    return True
+def _row(delivery: Delivery, **columns) -> dict:
+    """Every column of a new inbox row (one batch's rows must name the same columns)."""
+    return {
+        "trace_id": delivery.trace_id,
+        "signed_payload_sha256": _signed_payload_sha256(delivery),
+        "terra_reference": delivery.terra_reference,
+        "ordering_timestamp": delivery.ordering_timestamp,
+        "terra_user_id": None,
+        "reference_id": None,
+        "outcome": EventOutcome.RECEIVED,
+        "detail": None,
+        "received_at": utcnow(),
+        "applied_at": None,
+        "attempts": 0,
+        "claimed_until": None,
+        **columns,
+    }
 
 
 def _signed_payload_sha256(delivery: Delivery) -> str:
     return hashlib.sha256(signature.signed_payload(delivery.body, delivery.signed_at)).hexdigest()
 
 
-def _keep_unreadable(delivery: Delivery) -> str:
-    """Keep a verified body that is not a readable event (no user, bad JSON, nesting...) as a failed
-    row, committed, and return its outcome (DUPLICATE when this trace id or signed payload is already
-    kept).
+def _unreadable_row(delivery: Delivery) -> dict:
+    """A verified body that is not a readable event (no user, bad JSON, nesting...), kept as a failed
+    row.
 
     Terra's guidance is to log and acknowledge such deliveries: an error answer would only make
     Terra retry them for hours. The row is there to look at, and to replay once the code reads it.
     """
     current_app.logger.warning("webhook %s kept as failed: %s", delivery.trace_id, delivery.problem)
-    row = bound().host.webhook_event_model(
-        trace_id=delivery.trace_id,
-        signed_payload_sha256=_signed_payload_sha256(delivery),
+    return _row(
+        delivery,
         event_type=UNREADABLE,
-        terra_reference=delivery.terra_reference,
-        ordering_timestamp=delivery.ordering_timestamp,
         # Kept as close to the bytes as text allows: invalid UTF-8 and NUL as backslash escapes.
         body=delivery.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
         outcome=EventOutcome.FAILED,
         detail=delivery.problem[:TEXT_LENGTH],
         applied_at=utcnow(),
     )
-    if not _inserted(row):
-        return DUPLICATE
-    bound().db.session.commit()
-    return EventOutcome.FAILED
 
 
 # Losing a race to a concurrent delivery shows up as one of these (a unique constraint, a deadlock or
@@ -144,25 +142,61 @@ RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
 APPLY_TRIES = 4
 
 
-def apply(row: WebhookEventColumns, event: TerraEvent) -> str:
-    """Apply a recorded event (`row`, parsed as `event`), note the outcome on its row, commit, and
-    return the outcome.
+def apply_recorded(row: WebhookEventColumns) -> str:
+    """Apply a recorded event from its row, note the outcome on it, commit, and return the outcome:
+    the applier's job, and `flask webhooks replay`'s (again, which is safe because applying is
+    idempotent).
 
-    Applying is idempotent, so a try that lost a race (a unique constraint, a deadlock) is simply
-    run again, each try in its own savepoint. Any other failure is kept on the row, and logged, for
-    a later replay; the row itself is committed either way.
+    A try that lost a race (a unique constraint, a deadlock) is simply run again, each try in its
+    own savepoint. Any other failure is kept on the row, and logged, for a later replay; the row
+    itself is committed either way.
     """
+    event, problem = _event_of(row)
+    with write_turn():
+        outcome = _apply_and_note(row, event, problem)
+        bound().db.session.commit()
+    return outcome
+
+
+def apply_together(rows: list[WebhookEventColumns]) -> None:
+    """`apply_recorded` for several rows (of different users) in one transaction, each in its own
+    savepoint: one commit for them all. An s3_payload is applied alone, after them: its download
+    must not hold the transaction open."""
+    downloads = [row for row in rows if row.event_type == PING_TYPE]
+    with write_turn():
+        for row in rows:
+            if row.event_type != PING_TYPE:
+                _apply_and_note(row, *_event_of(row))
+        bound().db.session.commit()
+    for row in downloads:
+        apply_recorded(row)
+
+
+def _event_of(row: WebhookEventColumns) -> tuple[TerraEvent | None, Exception | None]:
+    """The row's event, an s3_payload's downloaded, and what the delivery said beside its body, for
+    the host to order data by; or why there is none (a failure like any other, kept on the row)."""
+    try:
+        event = parse_event(row.body.encode("utf-8"))
+        if event.type == PING_TYPE:
+            event = _downloaded(row, event)
+        return replace(event, ordering_timestamp=row.ordering_timestamp, received_at=row.received_at), None
+    except Exception as error:  # noqa: BLE001 (kept on the row by _apply_and_note)
+        return None, error
+
+
+def _apply_and_note(row: WebhookEventColumns, event: TerraEvent | None, problem: Exception | None) -> str:
+    """Apply the event inside the current transaction and note the outcome on its row (flushed)."""
     try:
         _hold(row)
-        if event.type == PING_TYPE:
-            event = _downloaded(event)
-            _hold(row)
-        # What the delivery said beside its body, for the host to order data by.
-        event = replace(event, ordering_timestamp=row.ordering_timestamp, received_at=row.received_at)
+        if problem is not None:
+            raise problem
         outcome, detail = _apply_with_retries(event)
-    except Exception as error:  # noqa: BLE001 (kept on the row; see the docstring)
+    except Exception as error:  # noqa: BLE001 (kept on the row; see apply_recorded)
         outcome, detail = _failure(row, error)
-    return _finish(row, outcome, detail)
+    # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
+    row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], utcnow()
+    bound().db.session.flush()
+    return outcome
 
 
 def _hold(row: WebhookEventColumns) -> None:
@@ -174,10 +208,13 @@ def _hold(row: WebhookEventColumns) -> None:
     bound().db.session.flush()
 
 
-def _downloaded(ping: TerraEvent) -> TerraEvent:
+def _downloaded(row: WebhookEventColumns, ping: TerraEvent) -> TerraEvent:
     """The data event an `s3_payload` points at, fetched (timeout, size limit) and parsed as if it
-    had arrived inline. The row is committed first: no transaction stays open across the download."""
-    bound().db.session.commit()
+    had arrived inline. The row's claim is renewed and committed first: no transaction stays open, and
+    no write turn is held, across the download."""
+    with write_turn():
+        _hold(row)
+        bound().db.session.commit()
     if not ping.download_url:
         raise EventParseError("s3_payload without a url")
     config = current_app.config
@@ -230,23 +267,6 @@ def apply_event(event: TerraEvent) -> Outcome:
 def _without_user(event: TerraEvent) -> Outcome:
     """A verified event that should name a Terra user and does not: kept as failed, for a replay."""
     return EventOutcome.FAILED, f"{event.type} event without a user"
-
-
-def apply_recorded(row: WebhookEventColumns) -> str:
-    """Apply a recorded event from its row: the applier's job, and `flask webhooks replay`'s (again,
-    which is safe because applying is idempotent)."""
-    try:
-        event = parse_event(row.body.encode("utf-8"))
-    except EventParseError as error:  # a failure like any other: one bad row must not stop a replay
-        return _finish(row, *_failure(row, error))
-    return apply(row, event)
-
-
-def _finish(row: WebhookEventColumns, outcome: str, detail: str | None) -> str:
-    # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
-    row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], utcnow()
-    bound().db.session.commit()
-    return outcome
 
 
 def _failure(row: WebhookEventColumns, error: Exception) -> Outcome:

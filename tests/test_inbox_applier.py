@@ -15,16 +15,18 @@ from typing import ClassVar
 
 import pytest
 import requests
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select, update
 
 from app import create_app
 from extensions import db
 from models import Connection, WebhookEvent
 from models.time import utcnow
+from services import event_handlers
 from terra_integration import applier
 from terra_integration.signature import sign
 from tests.conftest import _environ, wait_for
-from tests.helpers import auth_event, create_user, deliver, outcome_of, terra_user
+from tests.helpers import apply_inbox, auth_event, create_user, deliver, outcome_of, terra_user
 
 
 @pytest.fixture
@@ -87,6 +89,43 @@ def test_one_users_events_are_claimed_one_at_a_time_in_the_order_received(app, c
     with app.app_context():
         assert applier.drain() == 1
         assert db.session.scalars(select(Connection.status).where(Connection.user_id == ada.id)).one() == "revoked"
+
+
+def test_events_applied_together_commit_once_and_one_that_fails_fails_alone(app, client, secret, monkeypatch):
+    users = [make_user(app, f"user{number}@example.com") for number in range(3)]
+    for number, user in enumerate(users):
+        deliver(
+            client,
+            auth_event(user, terra_user(user, f"tu-{number}")),
+            secret=secret,
+            trace_id=f"t{number}",
+            apply=False,
+        )
+    real = event_handlers.attempts.find_attempt_for_event
+
+    def breaks_for_the_second_user(owner, session_ids):
+        if owner.id == users[1].id:
+            raise RuntimeError("the attempt lookup broke")
+        return real(owner, session_ids)
+
+    monkeypatch.setattr(event_handlers.attempts, "find_attempt_for_event", breaks_for_the_second_user)
+    commits = []
+
+    def count_commit(_connection):
+        commits.append(1)
+
+    with app.app_context():
+        engine = db.engine
+    sqlalchemy_event.listen(engine, "commit", count_commit)
+    try:
+        assert applier.APPLY_TOGETHER >= 3 and apply_inbox(app) == 3
+    finally:
+        sqlalchemy_event.remove(engine, "commit", count_commit)
+    assert len(commits) == 2  # the claim, then the three applied in one transaction
+    assert [outcome_of(app, f"t{number}") for number in range(3)] == ["applied", "failed", "applied"]
+    with app.app_context():
+        owners = db.session.scalars(select(Connection.user_id).order_by(Connection.user_id)).all()
+    assert owners == [users[0].id, users[2].id]  # the failed one's connection was rolled back alone
 
 
 def test_a_claim_whose_taker_died_is_taken_again_and_given_up_after_max_attempts(app, client, secret):

@@ -2,8 +2,10 @@
 
 import json
 import logging
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 from typing import ClassVar
@@ -11,16 +13,17 @@ from typing import ClassVar
 import pytest
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from extensions import db
 from models import Activity, ConnectAttempt, Connection, ReplacedTerraUser, User, WebhookEvent
 from services import event_handlers
-from terra_integration import inbox
+from terra_integration import inbox, recorder, write_turns
 from terra_integration.events import EventParseError, parse_event
 from terra_integration.inbox import apply_recorded
 from terra_integration.models import USER_ID_LENGTH
 from terra_integration.signature import sign
+from tests.conftest import wait_for
 from tests.helpers import apply_inbox, auth_event, create_attempt, create_user, deliver, outcome_of, terra_user
 
 
@@ -235,8 +238,9 @@ class DatabaseWork:
 
 @pytest.mark.parametrize("kind", ["activity", "auth"])
 def test_the_receiver_commits_the_row_alone_and_the_applier_applies_it_in_one_more(client, app, secret, user, kind):
-    """The receiver's whole work is one commit, of the inbox row; applying is the applier's: one
-    commit to claim, one to apply and note the outcome (the look that finds nothing left commits nothing)."""
+    """The receiver's whole work is one commit, of the inbox row (a duplicate's inserts nothing);
+    applying is the applier's: one commit to claim, one to apply and note the outcome (the look that
+    finds nothing left commits nothing)."""
     deliver(client, auth_event(user, terra_user(user, "tu-once")), secret=secret)
     events = {
         "activity": {"type": "activity", "user": terra_user(user, "tu-once"), "data": []},
@@ -249,7 +253,9 @@ def test_the_receiver_commits_the_row_alone_and_the_applier_applies_it_in_one_mo
     with DatabaseWork(app) as work:
         duplicate = deliver(client, events[kind], secret=secret, trace_id=f"trace-{kind}", apply=False)
     assert duplicate.json == {"status": "duplicate", "trace_id": f"trace-{kind}"}
-    assert work.commits == 0
+    assert (work.commits, work.checkouts) == (1, 1)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
     with DatabaseWork(app) as work:
         assert apply_inbox(app) == 1
     assert work.commits == 2
@@ -446,3 +452,91 @@ def test_signed_fields_longer_than_their_columns_are_cut_not_a_500(client, app, 
         row = db.session.scalars(select(WebhookEvent)).one()
     assert row.outcome == outcome
     assert len(row.detail) <= 255 and len(row.reference_id or "") <= 255
+
+
+# -- the recorder: deliveries that arrive together are committed together ------------------------------
+
+
+def _inbox_row(trace_id: str, **columns) -> dict:
+    """A row as the receiver records it; each trace id with a body (and signed payload) of its own."""
+    body = json.dumps({"type": "activity", "for": trace_id})
+    delivery = inbox.Delivery(body.encode(), 1, trace_id=trace_id, terra_reference=None, event=None)
+    return inbox._row(delivery, **{"event_type": "activity", "body": body, **columns})
+
+
+def _record_while_the_first_write_waits(app, monkeypatch, rows: dict[str, dict]) -> dict:
+    """Record `rows` from a thread each while the recorder's first write waits (as a write turn held
+    by another process would make it): the first row is written alone, every other row queues
+    meanwhile and is written in the next batch. Returns each row's result (True, False or the error)."""
+    gate, waited = threading.Event(), []
+    real_turn = recorder.write_turn
+
+    @contextmanager
+    def held_turn():
+        if not waited:
+            waited.append(True)
+            gate.wait(10)
+        with real_turn():
+            yield
+
+    monkeypatch.setattr(recorder, "write_turn", held_turn)
+    with app.app_context():
+        integration = inbox.bound()
+    results: dict = {}
+
+    def record(name: str) -> None:
+        try:
+            results[name] = integration.recorder.record(rows[name])
+        except Exception as error:  # noqa: BLE001 (the test looks at it)
+            results[name] = error
+
+    first, *others = rows
+    threads = [threading.Thread(target=record, args=(first,))]
+    threads[0].start()
+    wait_for(lambda: waited)
+    threads += [threading.Thread(target=record, args=(name,)) for name in others]
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: integration.recorder._queue.qsize() == len(others))
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_deliveries_arriving_together_are_committed_in_one_transaction(app, monkeypatch):
+    rows = {name: _inbox_row(f"trace-{name}") for name in ("first", "a", "b", "c")}
+    rows["a-again"] = _inbox_row("trace-a")  # a redelivery, in the same batch
+    with DatabaseWork(app) as work:
+        results = _record_while_the_first_write_waits(app, monkeypatch, rows)
+    assert results == {"first": True, "a": True, "b": True, "c": True, "a-again": False}
+    assert work.commits == 2  # the first row alone, then the other four together
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == 4
+
+
+def test_a_row_the_database_refuses_fails_alone_and_its_batch_is_still_recorded(app, monkeypatch):
+    rows = {name: _inbox_row(f"trace-{name}") for name in ("first", "a", "b")}
+    rows["refused"] = _inbox_row("trace-refused", body=None)  # NOT NULL: no ON CONFLICT covers it
+    results = _record_while_the_first_write_waits(app, monkeypatch, rows)
+    assert isinstance(results.pop("refused"), IntegrityError)
+    assert results == {"first": True, "a": True, "b": True}
+    with app.app_context():
+        stored = db.session.scalars(select(WebhookEvent.trace_id).order_by(WebhookEvent.trace_id)).all()
+    assert stored == ["trace-a", "trace-b", "trace-first"]
+
+
+def test_on_sqlite_the_inbox_writers_take_turns_on_a_file_lock(app):
+    """A writer of the inbox waits, without polling SQLite, while another holds the turn (in any
+    process); PostgreSQL locks rows, so there nobody waits."""
+    results: list = []
+    with app.app_context():
+        integration = inbox.bound()
+        on_sqlite = db.engine.dialect.name == "sqlite"
+        with write_turns.write_turn():
+            writer = threading.Thread(target=lambda: results.append(integration.recorder.record(_inbox_row("t"))))
+            writer.start()
+            writer.join(0.2)
+            assert writer.is_alive() is on_sqlite
+        writer.join(10)
+    assert results == [True]
