@@ -82,6 +82,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(mobile_bp)
     csrf.exempt(webhooks_bp)  # authenticated by Terra's signature instead
+    limiter.exempt(webhooks_bp)  # no limit applies to Terra's deliveries: skip the limiter's per-request look
 
 
 def register_errorhandlers(app: Flask) -> None:
