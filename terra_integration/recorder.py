@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +53,18 @@ class InboxRecorder:
         self._queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid: int | None = None
+        self._last_arrival = float("-inf")
+
+    def last_arrival(self) -> float:
+        """When (time.monotonic) this process last received a delivery to record."""
+        return self._last_arrival
 
     def record(self, values: dict[str, Any]) -> bool:
         """Insert one inbox row (every column given) and commit it, together with whatever other
         rows are waiting; True when it is new, False when its trace id or signed payload is
         already recorded. Raises what writing it raised."""
         self._start()
+        self._last_arrival = time.monotonic()
         waiting = _Waiting(values)
         self._queue.put(waiting)
         if not waiting.done.wait(WAIT_SECONDS):

@@ -253,3 +253,43 @@ def test_an_event_being_applied_when_gunicorn_is_killed_is_applied_after_a_resta
     finally:
         HangingStorage.release.set()
         storage.shutdown()
+
+
+class FakeClock:
+    """time.monotonic for the applier, moved on by its waits instead of by the machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(round(seconds, 6))
+        self.now += seconds
+        return False
+
+
+@pytest.mark.parametrize(
+    "last_arrival, keeps_arriving, waits",
+    [
+        (None, False, []),  # nothing received lately: apply at once
+        (-0.005, False, [applier.QUIET_SECONDS - 0.005]),  # the rest of the quiet period after the last
+        (0.0, True, [applier.QUIET_SECONDS] * 12 + [0.01]),  # a steady stream: no longer than the longest wait
+    ],
+    ids=["quiet", "pause after the last delivery", "steady stream"],
+)
+def test_the_applier_lets_a_burst_of_deliveries_pass_before_it_claims(
+    app, monkeypatch, last_arrival, keeps_arriving, waits
+):
+    clock = FakeClock()
+    monkeypatch.setattr(applier.time, "monotonic", clock.monotonic)
+    worker = applier.InboxWorker(app)
+    monkeypatch.setattr(worker._stop, "wait", clock.wait)
+    recorder = app.extensions["terra_integration"].recorder
+    arrived = float("-inf") if last_arrival is None else clock.now + last_arrival
+    monkeypatch.setattr(recorder, "last_arrival", lambda: clock.now if keeps_arriving else arrived)
+    worker._let_deliveries_pass()
+    assert clock.waits == waits
+    assert sum(waits) <= applier.LONGEST_WAIT_SECONDS + 1e-9

@@ -1,9 +1,11 @@
 """Webhook ingestion, `POST /webhooks/terra`, against a bare Flask endpoint that only verifies the
-signature (`terra_integration.signature.verify`), and against the code of an earlier commit that
-applied each event inside the request (`--before-ref`, default f7672f1, checked out into a temporary
-git worktree), all under the same gunicorn configuration, in the same run, on the same database.
+signature (`terra_integration.signature.verify`), and against the code of an earlier commit
+(`--before-ref`, default 731c9e5: the applier thread before deliveries were committed together; f7672f1
+applied each event inside the request), checked out into a temporary git worktree, all under the same
+gunicorn configuration, in the same run, on the same database. `--record-only` adds the app with no
+applier running during the load: what the receiver alone can do.
 
-    .venv/bin/python -m tools.bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--profile DIR]
+    .venv/bin/python -m tools.bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--record-only] [--profile DIR]
 
 Every request is signed the way Terra signs (HMAC-SHA256 over `t.body`) and carries its own
 X-Terra-Trace-Id, so the app records each one (none is a duplicate) and its applier threads apply it:
@@ -32,7 +34,7 @@ from tools.bench import common
 TARGET = 0.40
 TARGET_P99_MS = 50  # at the highest concurrency
 KINDS = ("auth", "activity")
-BEFORE_REF = "f7672f1"  # main before the applier: recorded and applied inside the request
+BEFORE_REF = "731c9e5"  # main before the recorder (one transaction per delivery) and the write turns
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         default=12000,
         help="distinct signed bodies per load (default %(default)s); beyond them wrk repeats bodies, "
         "which the app answers as duplicates",
+    )
+    p.add_argument(
+        "--record-only",
+        action="store_true",
+        help="also measure the app with no applier running during the load (WEBHOOK_APPLY_IN_PROCESS=false; "
+        "the benchmark applies its rows after each cell): the receiver's own ceiling",
     )
     p.add_argument(
         "--before-ref",
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         receivers = [("verify", bare)]
         if args.before_ref != "none":
             receivers.append(("before", run.start_server(label="before", cwd=checkout(run, args.before_ref))))
+        if args.record_only:
+            receivers.append(("record", run.start_server(label="record", WEBHOOK_APPLY_IN_PROCESS="false")))
         receivers.append(("app", server))
         for _, target in receivers:
             body = bodies["activity"][0]
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                     if args.warmup:
                         fresh_data(kind)
                         load(target.url, kind, clients, args.warmup)
-                        wait_until_applied(app)
+                        apply_left_over(app)
                     fresh_data(kind)
                     recorded_before = inbox_size(app)
                     result = cell[name] = common.measure(
@@ -123,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"{result.errors or ''}  CPU {result.cpu}",
                         flush=True,
                     )
+                    if name == "record":
+                        apply_left_over(app)
                     if name == "app":
                         backlog = waiting(app)
                         drain_s = wait_until_applied(app)
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         top = max(args.concurrency)
         for (kind, clients), cell in measured.items():
             v, a = cell["verify"], cell["app"]
-            before = cell.get("before")
+            before, record = cell.get("before"), cell.get("record")
             recorded, backlog, drain_s = drains[(kind, clients)]
             ratio = a.rps / v.rps
             bad = sum(n for status, n in a.statuses.items() if status != "200")
@@ -149,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
                     before.rps if before else "-",
                     before.p99_ms if before else "-",
                     common.pct(before.rps / v.rps) if before else "-",
+                    record.rps if record else "-",
+                    record.p99_ms if record else "-",
+                    common.pct(record.rps / v.rps) if record else "-",
                     a.rps,
                     a.p50_ms,
                     a.p99_ms,
@@ -170,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                 "before ev/s",
                 "before p99",
                 "before/verify",
+                "record ev/s",
+                "record p99",
+                "record/verify",
                 "app ev/s",
                 "p50 ms",
                 "p99 ms",
@@ -265,6 +283,16 @@ def waiting(app) -> int:
     from terra_integration.models import EventOutcome
 
     return _count(app, WebhookEvent.outcome == EventOutcome.RECEIVED)
+
+
+def apply_left_over(app) -> None:
+    """Apply what the loads left recorded, here (the `record` receiver runs no applier), and wait
+    for the servers' appliers to finish theirs."""
+    from terra_integration.applier import drain
+
+    with app.app_context():
+        drain()
+    wait_until_applied(app)
 
 
 def wait_until_applied(app, timeout: float = 300) -> float:
