@@ -59,6 +59,59 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "sandbox: needs the embedded Terra sandbox (sandbox/)")
 
 
+# Seconds a module's tests take in all on 2 cores (junit, SQLite), for the modules that take more than a
+# few: `make test` (--dist loadfile) hands them out first, so that the run does not end on one process
+# still busy with a long module the other could have shared the time of. Only the order of the run
+# depends on it: a module missing here, or a figure gone stale, costs time, never a result.
+MODULE_SECONDS = {
+    "tests/test_faults.py": 44,
+    "tests/test_hostile_input.py": 35,
+    "tests/test_mobile_devices.py": 26,
+    "tests/test_browser.py": 25,
+    "tests/test_api.py": 22,
+    "tests/test_sandbox.py": 18,
+    "tests/test_schemathesis.py": 12,
+    "tests/test_production.py": 11,
+    "tests/test_mobile_client.py": 10,
+    "tests/test_openapi.py": 10,
+    "tests/test_connect_flow.py": 9,
+    "tests/test_generated_clients.py": 7,
+    "tests/test_config.py": 5,
+    "tests/test_reconciliation.py": 5,
+    "tests/test_gunicorn.py": 5,
+    "tests/test_inbox_applier.py": 4,
+    "tests/test_auth.py": 4,
+    "tests/test_poll_cost.py": 4,
+    "tests/test_scale_out.py": 4,
+    "tests/test_security.py": 4,
+    "tests/test_concurrency.py": 4,
+    "tests/test_data_arriving.py": 3,
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, the longest modules first (MODULE_SECONDS; else 0.05 s a test). pytest-xdist's
+    own order is by number of tests, which put modules of a few long browser and server tests last."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestModulesFirst(LoadFileScheduling):
+        ordered = False
+
+        def _assign_work_unit(self, node):
+            if not self.ordered:  # the first call: the work queue is complete, nothing handed out yet
+                self.ordered = True
+                units = sorted(
+                    self.workqueue.items(), key=lambda unit: -MODULE_SECONDS.get(unit[0], 0.05 * len(unit[1]))
+                )
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return LongestModulesFirst(config, log)
+
+
 @pytest.fixture(scope="session")
 def database_uri(tmp_path_factory, worker_id) -> str:
     """The run's database, migrated. Under pytest-xdist (`make test`) each process has its own: the

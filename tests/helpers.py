@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -29,10 +30,15 @@ def redis_test_url(offset: int) -> str:
     return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '13')) + offset}"
 
 
+@functools.cache
+def password_hash() -> str:
+    """The hash of every created user's password, "correct horse battery": made once, since scrypt is
+    slow on purpose (a tenth of a second), and some tests create users by the hundred."""
+    return generate_password_hash("correct horse battery")
+
+
 def create_user(email: str = "ada@example.com") -> User:
-    user = User(
-        email=email, password_hash=generate_password_hash("correct horse battery"), reference_id=new_reference_id()
-    )
+    user = User(email=email, password_hash=password_hash(), reference_id=new_reference_id())
     db.session.add(user)
     db.session.commit()
     return user

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from extensions import db
 from models import Connection, User
+from tests.conftest import _empty_tables, serve_live_server
 from tools.mobile_client import CHROMIUM_ARGS
 from tools.walkthrough import FLOWS, walk_through
 
@@ -118,16 +120,28 @@ class Tour:
                     yield viewer, address, width
 
 
-@pytest.fixture
-def tour(chromium, live_server):
-    """Register, connect Garmin through the sandbox, add connections in the other states."""
+@pytest.fixture(scope="module")
+def tour_server(database_uri):
+    """The tour's server, for the module: its tests only look at pages."""
+    with ExitStack() as servers:
+        server = serve_live_server(servers, database_uri)
+        yield server
+    _empty_tables(server.app)
+
+
+@pytest.fixture(scope="module")
+def shared_tour(chromium, tour_server):
+    """Register, connect Garmin through the sandbox, add connections in the other states: once for the
+    tests that only look (each starts at Playwright's default viewport, `tour`)."""
+    live_server = tour_server
     contexts = [chromium.new_context(), chromium.new_context()]
     tour = Tour(live_server, *(context.new_page() for context in contexts))
     for context in contexts:
         context.set_default_timeout(15_000)
         context.on("response", tour.record)
     page = tour.signed_in
-    register_and_connect(page, live_server.url, "ada@example.com", "GARMIN", "allow")
+    # Not the walkthrough's address (ada@): its test, later in this module, registers while this user exists.
+    register_and_connect(page, live_server.url, "tour@example.com", "GARMIN", "allow")
     page.wait_for_url("**/connect/return/success/**")
     expect(page.locator("#attempt h1")).to_have_text("Connected to Garmin")
     return_page = page.url
@@ -160,6 +174,13 @@ def tour(chromium, live_server):
     yield tour
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def tour(shared_tour):
+    for viewer in (shared_tour.signed_in, shared_tour.anonymous):
+        viewer.set_viewport_size({"width": 1280, "height": 720})
+    return shared_tour
 
 
 @pytest.mark.browser

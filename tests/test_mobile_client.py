@@ -14,6 +14,7 @@ from app import create_app
 from tests.conftest import ROOT
 from tests.test_browser import CHROMIUM
 from tests.test_config import PRODUCTION
+from tests.test_mobile_devices import POLL_AFTER_MS
 from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, link_prefix, mobile_client_command
 
 LINKS = "https://links.example.com/terra"
@@ -30,7 +31,11 @@ LINKS = "https://links.example.com/terra"
     ],
 )
 def test_client_walks_the_whole_mobile_flow(start_live_server, return_mode, callback, outcome, final, caught):
-    server = start_live_server(MOBILE_APP_SCHEME="com.example.terraconnect", MOBILE_UNIVERSAL_LINK_BASE=LINKS)
+    server = start_live_server(
+        MOBILE_APP_SCHEME="com.example.terraconnect",
+        MOBILE_UNIVERSAL_LINK_BASE=LINKS,
+        STATUS_POLL_AFTER_MS=POLL_AFTER_MS,
+    )
     steps: list[str] = []
     client = MobileClient(server.url, say=steps.append)
     client.register("mobile@example.com", "correct horse battery")
@@ -48,6 +53,7 @@ def test_client_walks_the_whole_mobile_flow(start_live_server, return_mode, call
 
 @pytest.mark.browser
 def test_command_prints_each_step(live_server):
+    live_server.app.config["STATUS_POLL_AFTER_MS"] = int(POLL_AFTER_MS)
     runner = live_server.app.test_cli_runner()
     result = runner.invoke(
         mobile_client_command,

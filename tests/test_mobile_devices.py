@@ -37,6 +37,9 @@ CONFIGURATIONS = {
 # Each configuration with the callback its default gives, and "both" with the other one asked for.
 CALLBACKS = [("scheme only", None), ("base only", None), ("both", None), ("both", "https")]
 PASSWORD = "correct horse battery"
+# What the status endpoint asks the app to wait between polls (2 s by default): each case's last step
+# polls until the attempt ends, a moment after the browser is done.
+POLL_AFTER_MS = "200"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,12 @@ def clients(database_uri):
     with ExitStack() as servers:
         for name, environ in CONFIGURATIONS.items():
             server = serve_live_server(
-                servers, database_uri, ANDROID_PACKAGE_NAME=SCHEME, CONNECT_RATE_LIMIT="100 per minute", **environ
+                servers,
+                database_uri,
+                ANDROID_PACKAGE_NAME=SCHEME,
+                CONNECT_RATE_LIMIT="100 per minute",
+                STATUS_POLL_AFTER_MS=POLL_AFTER_MS,
+                **environ,
             )
             started.append(server)
             client = MobileClient(server.url, say=lambda _: None)

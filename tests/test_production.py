@@ -26,6 +26,7 @@ from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
 
 from app import create_app
+from config import ConfigError
 from extensions import db
 from models import WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
@@ -261,6 +262,26 @@ REFUSALS = [
 ]
 
 
+def refused_env(tmp_path: Path, changes: dict[str, str | None]) -> dict[str, str]:
+    return Deployment(tmp_path).production_env(f"sqlite:///{tmp_path / 'refused.sqlite'}", **changes)
+
+
+def assert_no_secret_in(output: str, env: dict[str, str]) -> None:
+    for secret in (env.get("SECRET_KEY"), env.get("TERRA_API_KEY"), env.get("TERRA_SIGNING_SECRET")):
+        assert not secret or secret not in output
+
+
+@pytest.mark.parametrize("changes, message", REFUSALS)
+def test_production_refuses_to_start(tmp_path, changes, message):
+    """Each refusal, from create_app: the code gunicorn's workers and the `flask` command run first (the
+    next test starts both for real)."""
+    env = refused_env(tmp_path, changes)
+    with pytest.raises(ConfigError) as refused:
+        create_app(environ=env)
+    assert message in str(refused.value)
+    assert_no_secret_in(str(refused.value), env)
+
+
 @pytest.mark.parametrize(
     "entry_point",
     [
@@ -268,15 +289,14 @@ REFUSALS = [
         pytest.param(MIGRATE, id="flask db upgrade"),
     ],
 )
-@pytest.mark.parametrize("changes, message", REFUSALS)
-def test_production_refuses_to_start(tmp_path, changes, message, entry_point):
-    env = Deployment(tmp_path).production_env(f"sqlite:///{tmp_path / 'refused.sqlite'}", **changes)
+def test_each_entry_point_refuses_to_start_and_says_why(tmp_path, entry_point):
+    changes, message = REFUSALS[-1].values  # a secret in the environment that must not be printed
+    env = refused_env(tmp_path, changes)
     done = subprocess.run(entry_point, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert message in output
-    for secret in (env.get("SECRET_KEY"), env.get("TERRA_API_KEY"), env.get("TERRA_SIGNING_SECRET")):
-        assert not secret or secret not in output
+    assert_no_secret_in(output, env)
 
 
 def test_behind_a_tls_proxy(database_uri, tmp_path, app):  # `app` empties the tables afterwards

@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +28,7 @@ from app import create_app
 from config import database_url
 from extensions import db
 from models.time import utcnow
-from sandbox.delivery import deliver
+from sandbox.delivery import DeliveryThread, deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra_integration.signature import verify
 from tests.conftest import (
@@ -91,11 +92,25 @@ def no_stray_webhooks(app):
     app.config["SANDBOX_WEBHOOK_RETRY_CAP_SECONDS"] = 0.05
 
 
+@contextmanager
+def deliveries_finished(timeout: float = 10) -> Iterator[None]:
+    """At the end of the block, wait for the sandbox's webhook deliveries begun in it, while their
+    receiver still listens: else a test that ends just after Terra's side acted (a deauth, a re-auth)
+    leaves a thread retrying against a closed port, logging into the next tests' output."""
+    before = set(threading.enumerate())
+    yield
+    begun = [thread for thread in threading.enumerate() if isinstance(thread, DeliveryThread) and thread not in before]
+    for thread in begun:
+        thread.join(timeout)
+    assert not [thread.name for thread in begun if thread.is_alive()]
+
+
 @pytest.fixture
 def webhooks(app, stub_server):
     receiver = WebhookReceiver(stub_server)
     app.config["SANDBOX_WEBHOOK_URL"] = receiver.url
-    return receiver
+    with deliveries_finished():
+        yield receiver
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.test_sandbox import WebhookReceiver, complete, connect, new_session, query_of
+from tests.test_sandbox import WebhookReceiver, complete, connect, deliveries_finished, new_session, query_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = Path(
@@ -72,7 +72,8 @@ def assert_response(response, uri: str, path: str, method: str, status: int) -> 
 def webhooks(app, stub_server):
     receiver = WebhookReceiver(stub_server)
     app.config.update(SANDBOX_WEBHOOK_URL=receiver.url, SANDBOX_WEBHOOK_RETRY_BASE_SECONDS=0.01)
-    return receiver
+    with deliveries_finished():
+        yield receiver
 
 
 @pytest.fixture
@@ -157,6 +158,7 @@ def test_rest_answers_match_the_v2_spec(client, headers, webhooks, prefix):
     )
     deleted = client.delete(prefix + "/auth/deauthenticateUser", query_string={"user_id": user_id}, headers=headers)
     assert_response(deleted, V2, "/auth/deauthenticateUser", "delete", 200)
+    assert [event["type"] for event in webhooks.events(2)] == ["auth", "deauth"]
 
 
 def test_errors_on_the_access_host_are_problem_json_per_the_spec(client, headers):
