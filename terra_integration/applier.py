@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import exists, literal_column, or_, select, update
+from sqlalchemy import exists, func, literal_column, or_, select, update
 from sqlalchemy.orm import aliased
 
 from terra_integration import inbox
@@ -49,9 +49,11 @@ BATCH_SIZE = 20  # rows per claim: one short transaction claims them
 # commits, while the receivers, who wait for the turn, wait for a few events' work at most.
 APPLY_TOGETHER = 5
 # The applier waits for a pause of QUIET_SECONDS in this process's deliveries before each claim, at
-# most LONGEST_WAIT_SECONDS (InboxWorker._let_deliveries_pass).
+# most LONGEST_WAIT_SECONDS, and not at all once BACKLOG_LIMIT rows are waiting
+# (InboxWorker._let_deliveries_pass).
 QUIET_SECONDS = 0.02
 LONGEST_WAIT_SECONDS = 0.25
+BACKLOG_LIMIT = 2000
 MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it is kept as failed
 
 
@@ -111,6 +113,16 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
         ).all()
         session.commit()
     return sorted(claimed)
+
+
+def waiting_at_least(count: int) -> bool:
+    """Whether `count` rows or more wait to be applied (counted no further than that)."""
+    integration = bound()
+    session, model = integration.db.session, integration.host.webhook_event_model
+    waiting = select(model.id).where(model.outcome == RECEIVED).limit(count).subquery()
+    found = session.scalar(select(func.count()).select_from(waiting))
+    session.rollback()
+    return found >= count
 
 
 def apply_claimed(ids: list[int]) -> None:
@@ -196,8 +208,12 @@ class InboxWorker:
     def _let_deliveries_pass(self) -> None:
         """Acknowledging comes first: while deliveries keep arriving in this process, wait for a pause
         in them (QUIET_SECONDS), but no longer than LONGEST_WAIT_SECONDS, so that during a burst
-        applying takes neither the interpreter nor the write turn from the receivers as often."""
+        applying takes neither the interpreter nor the write turn from the receivers as often. Not
+        once BACKLOG_LIMIT rows are waiting: under a flow that never pauses the applier must keep up,
+        so a burst is absorbed up to that many rows, and beyond them applying runs at full speed."""
         last_arrival = self.app.extensions["terra_integration"].recorder.last_arrival
+        if last_arrival() + QUIET_SECONDS <= time.monotonic() or waiting_at_least(BACKLOG_LIMIT):
+            return
         deadline = time.monotonic() + LONGEST_WAIT_SECONDS
         while (quiet_in := last_arrival() + QUIET_SECONDS - time.monotonic()) > 0:
             left = deadline - time.monotonic()

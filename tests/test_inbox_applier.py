@@ -272,19 +272,21 @@ class FakeClock:
 
 
 @pytest.mark.parametrize(
-    "last_arrival, keeps_arriving, waits",
+    "last_arrival, keeps_arriving, backlog, waits",
     [
-        (None, False, []),  # nothing received lately: apply at once
-        (-0.005, False, [applier.QUIET_SECONDS - 0.005]),  # the rest of the quiet period after the last
-        (0.0, True, [applier.QUIET_SECONDS] * 12 + [0.01]),  # a steady stream: no longer than the longest wait
+        (None, False, False, []),  # nothing received lately: apply at once
+        (-0.005, False, False, [applier.QUIET_SECONDS - 0.005]),  # the rest of the quiet period after the last
+        (0.0, True, False, [applier.QUIET_SECONDS] * 12 + [0.01]),  # a steady stream: no longer than the longest wait
+        (0.0, True, True, []),  # BACKLOG_LIMIT rows waiting already: keep up instead
     ],
-    ids=["quiet", "pause after the last delivery", "steady stream"],
+    ids=["quiet", "pause after the last delivery", "steady stream", "backlog"],
 )
 def test_the_applier_lets_a_burst_of_deliveries_pass_before_it_claims(
-    app, monkeypatch, last_arrival, keeps_arriving, waits
+    app, monkeypatch, last_arrival, keeps_arriving, backlog, waits
 ):
     clock = FakeClock()
     monkeypatch.setattr(applier.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(applier, "waiting_at_least", lambda count: count == applier.BACKLOG_LIMIT and backlog)
     worker = applier.InboxWorker(app)
     monkeypatch.setattr(worker._stop, "wait", clock.wait)
     recorder = app.extensions["terra_integration"].recorder
@@ -293,3 +295,13 @@ def test_the_applier_lets_a_burst_of_deliveries_pass_before_it_claims(
     worker._let_deliveries_pass()
     assert clock.waits == waits
     assert sum(waits) <= applier.LONGEST_WAIT_SECONDS + 1e-9
+
+
+def test_the_backlog_is_counted_up_to_the_limit_asked(app, client, secret):
+    user = make_user(app)
+    for number in range(3):
+        deliver(client, deauth(user, f"tu-{number}"), secret=secret, trace_id=f"t{number}", apply=False)
+    with app.app_context():
+        assert (applier.waiting_at_least(3), applier.waiting_at_least(4)) == (True, False)
+        apply_inbox(app)
+        assert applier.waiting_at_least(1) is False
