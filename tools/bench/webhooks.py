@@ -90,9 +90,13 @@ def main(argv: list[str] | None = None) -> None:
         bare = run.start_server(common.BARE_SPEC, label="bare")
         receivers = [("verify", bare)]
         if args.before_ref != "none":
-            receivers.append(("before", run.start_server(label="before", cwd=checkout(run, args.before_ref), **ONLY_ITS_OWN)))
+            receivers.append(
+                ("before", run.start_server(label="before", cwd=checkout(run, args.before_ref), **ONLY_ITS_OWN))
+            )
         if args.record_only:
-            receivers.append(("record", run.start_server(label="record", WEBHOOK_APPLY_IN_PROCESS="false", **ONLY_ITS_OWN)))
+            receivers.append(
+                ("record", run.start_server(label="record", WEBHOOK_APPLY_IN_PROCESS="false", **ONLY_ITS_OWN))
+            )
         receivers.append(("app", server))
         for _, target in receivers:
             body = bodies["activity"][0]
