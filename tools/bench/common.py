@@ -170,10 +170,17 @@ class Run(ExitStack):
             self.processes.remove(server.process)
 
     def spawn(self, argv: Sequence[str], *, label: str) -> subprocess.Popen:
+        """Run `argv` (an app command, say) in the app's environment on the run's database."""
         log = self.enter_context(open(self.tmp / f"{label}.log", "w"))  # noqa: SIM115 (closed by the run's exit stack)
-        process = subprocess.Popen(list(argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            list(argv), cwd=ROOT, env=self.environ(0), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append(process)
         return process
+
+    def stop_spawned(self, process: subprocess.Popen) -> None:
+        stop_process(process)
+        self.processes.remove(process)
 
     # the app in this process (migrations, seeding, query plans)
 

@@ -34,6 +34,21 @@ from tools.bench import common
 # The servers share one database: each applies only the rows it received itself (its receivers wake
 # its appliers), never another's through the periodic sweep, which would run during another's cell.
 ONLY_ITS_OWN = {"WEBHOOK_SWEEP_SECONDS": "3600"}
+SEPARATE_APPLIER = [
+    "nice",
+    "-n",
+    "10",
+    common.PYTHON,
+    "-m",
+    "flask",
+    "--app",
+    "app",
+    "terra",
+    "work",
+    "--poll-seconds",
+    "0.05",
+]
+COMPARED = ("before", "record", "apart")  # the receivers shown beside the app, when measured
 TARGET = 0.40
 TARGET_P99_MS = 50  # at the highest concurrency
 KINDS = ("auth", "activity")
@@ -56,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also measure the app with no applier running during the load (WEBHOOK_APPLY_IN_PROCESS=false; "
         "the benchmark applies its rows after each cell): the receiver's own ceiling",
+    )
+    p.add_argument(
+        "--separate-applier",
+        action="store_true",
+        help="also measure the app whose applier is a process of its own at a lower CPU priority "
+        "(WEBHOOK_APPLY_IN_PROCESS=false and `nice flask terra work`), as a deployment can run it",
     )
     p.add_argument(
         "--before-ref",
@@ -97,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
             receivers.append(
                 ("record", run.start_server(label="record", WEBHOOK_APPLY_IN_PROCESS="false", **ONLY_ITS_OWN))
             )
+        if args.separate_applier:
+            apart = run.start_server(label="apart", WEBHOOK_APPLY_IN_PROCESS="false", **ONLY_ITS_OWN)
+            receivers.append(("apart", apart))
         receivers.append(("app", server))
         for _, target in receivers:
             body = bodies["activity"][0]
@@ -125,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             for clients in args.concurrency:
                 cell = measured[(kind, clients)] = {}
                 for name, target in receivers:
+                    # The separate applier runs during its receiver's cell only (it would apply any row).
+                    worker = run.spawn(SEPARATE_APPLIER, label=f"applier-{kind}-{clients}") if name == "apart" else None
                     if args.warmup:
                         fresh_data(kind)
                         load(target.url, kind, clients, args.warmup)
@@ -140,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"{result.errors or ''}  CPU {result.cpu}",
                         flush=True,
                     )
+                    if worker is not None:
+                        wait_until_applied(app)
+                        run.stop_spawned(worker)
                     if name == "record":
                         apply_left_over(app)
                     if name == "app":
@@ -155,22 +184,20 @@ def main(argv: list[str] | None = None) -> None:
         top = max(args.concurrency)
         for (kind, clients), cell in measured.items():
             v, a = cell["verify"], cell["app"]
-            before, record = cell.get("before"), cell.get("record")
             recorded, backlog, drain_s = drains[(kind, clients)]
             ratio = a.rps / v.rps
             bad = sum(n for status, n in a.statuses.items() if status != "200")
             met = ratio >= TARGET and (clients != top or a.p99_ms < TARGET_P99_MS)
+            others = []
+            for name in COMPARED:
+                other = cell.get(name)
+                others += [other.rps, other.p99_ms, common.pct(other.rps / v.rps)] if other else ["-"] * 3
             rows.append(
                 [
                     kind,
                     clients,
                     v.rps,
-                    before.rps if before else "-",
-                    before.p99_ms if before else "-",
-                    common.pct(before.rps / v.rps) if before else "-",
-                    record.rps if record else "-",
-                    record.p99_ms if record else "-",
-                    common.pct(record.rps / v.rps) if record else "-",
+                    *others,
                     a.rps,
                     a.p50_ms,
                     a.p99_ms,
@@ -189,12 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 "event",
                 "clients",
                 "verify ev/s",
-                "before ev/s",
-                "before p99",
-                "before/verify",
-                "record ev/s",
-                "record p99",
-                "record/verify",
+                *(f"{name} {column}" for name in COMPARED for column in ("ev/s", "p99", "/verify")),
                 "app ev/s",
                 "p50 ms",
                 "p99 ms",
