@@ -12,11 +12,15 @@ taken at once.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from terra_integration.host import bound
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; writers meet SQLite's busy handler there, as the app's others do
+    fcntl = None
 
 
 @contextmanager
@@ -24,7 +28,8 @@ def write_turn() -> Iterator[None]:
     """Hold the write turn for the block: start the transaction, write and commit inside it."""
     url = bound().db.engine.url
     database = url.database or ""
-    if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+    no_plain_path = database in ("", ":memory:") or database.startswith("file:")  # in memory, or a URI
+    if fcntl is None or url.get_backend_name() != "sqlite" or no_plain_path:
         yield
         return
     with open(database + "-writers.lock", "a") as lock_file:
