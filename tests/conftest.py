@@ -153,9 +153,15 @@ def _environ(uri: str, **extra: str) -> dict[str, str]:
     return {"APP_ENV": "testing", "SECRET_KEY": TEST_SECRET_KEY, "DATABASE_URL": uri, **terra, **extra}
 
 
+_tables_in: dict[str, frozenset[str]] = {}  # database URL -> its tables, looked up once per run
+
+
 def _empty_tables(app) -> None:
     with app.app_context():
-        names = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
+        url = db.engine.url.render_as_string(hide_password=False)
+        if url not in _tables_in:
+            _tables_in[url] = frozenset(inspect(db.engine).get_table_names()) - {"alembic_version"}
+        names = _tables_in[url]
         with db.engine.begin() as connection:
             for table in reversed(db.metadata.sorted_tables):
                 if table.name in names:
