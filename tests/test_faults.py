@@ -483,8 +483,9 @@ def test_return_page_waits_when_the_userinfo_check_fails_and_settles_once_terra_
     assert page.status_code == 200
     assert_readable(page, "Finishing your connection")
     assert attempt_status(browser, return_url)["status"] == "pending"
-    checks = requests_to(server, "user_info") - before
-    assert checks >= 3 and checks % 3 == 0  # each check is a read, tried three times
+    # At least one check, a read tried three times (not a multiple of three: a check begun before
+    # `before` was counted, the sign-up's, may still have been retrying then).
+    assert requests_to(server, "user_info") - before >= 3
 
     server.app.config["SANDBOX_FAULTS"] = []
     state = attempt_status(browser, return_url)
