@@ -130,9 +130,11 @@ def apply_claimed(ids: list[int]) -> None:
     own (one bad event fails alone)."""
     integration = bound()
     session, model = integration.db.session, integration.host.webhook_event_model
-    rows = [session.get(model, row_id) for row_id in ids]
-    # Another taker may have finished one since (its lease ran out, or a replay applied it).
-    pending = [row for row in rows if row is not None and row.outcome == EventOutcome.RECEIVED]
+    # One read for them all; another taker may have finished one since (its lease ran out, or a
+    # replay applied it).
+    pending = session.scalars(
+        select(model).where(model.id.in_(ids), model.outcome == RECEIVED).order_by(model.id)
+    ).all()
     for start in range(0, len(pending), APPLY_TOGETHER):
         inbox.apply_together(pending[start : start + APPLY_TOGETHER])
 
