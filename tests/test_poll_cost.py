@@ -307,7 +307,7 @@ def test_a_long_poll_beyond_the_workers_cap_answers_at_once(database_uri, ada):
     second = capped.test_client().get(ada["path"] + "?wait=2", headers=headers)
     answered_in = time.monotonic() - started
     holder.join()
-    assert second.status_code == 304 and answered_in < 1
+    assert second.status_code == 304 and answered_in < 1.5  # not held for its 2 s
     assert held["status"] == 304 and held["seconds"] >= 1.9
     third = capped.test_client().get(ada["path"] + "?wait=1", headers=headers)  # the slot is free again
     assert third.status_code == 304
