@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import expect
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
@@ -57,6 +58,9 @@ os.environ["FLASK_SKIP_DOTENV"] = "1"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sandbox: needs the embedded Terra sandbox (sandbox/)")
+    # Playwright's expect() gives up after 5 s; with a Chromium in each of the suite's processes on a
+    # busy machine a page can take longer, so it waits as long as the pages' own 15 s timeout.
+    expect.set_options(timeout=15_000)
 
 
 # Seconds a module's tests take in all on 2 cores (junit, SQLite), for the modules that take more than a

@@ -272,3 +272,5 @@ def test_the_walkthrough_quotes_each_step_and_shows_its_picture():
         assert step.shows in text, f"docs/walkthrough.md does not quote {step.shows!r}"
         assert f"(images/{step.image}.png)" in text, f"docs/walkthrough.md does not show {step.image}.png"
         assert (WALKTHROUGH.parent / "images" / f"{step.image}.png").is_file(), "run `make screenshots`"
+    pictures = {path.stem for path in (WALKTHROUGH.parent / "images").glob("*.png")}
+    assert pictures == {step.image for steps in FLOWS for step in steps}, "a picture no step takes any more"

@@ -15,6 +15,7 @@ from extensions import db
 from models import Connection, DailyData, User, WebhookEvent
 from models.time import utcnow
 from services import data_events
+from terra_integration.models import EventOutcome
 from tests.helpers import auth_event, create_user, deliver, delivered_outcome, terra_user
 
 TERRA_ID = "tu-dashboard"
@@ -117,7 +118,15 @@ def test_the_timeline_lists_each_webhook_with_its_outcome_and_a_failure_reason(a
     assert ["<code>daily</code>" in rows[0], "<code>auth</code>" in rows[1]] == [True, True]
     assert 'data-outcome="failed"' in rows[0] and "RuntimeError: the database went away" in rows[0]
     assert 'data-outcome="applied"' in rows[1]
+    # In words: the failed one first, then the applied one.
+    assert [re.search(r'class="outcome outcome-\w+">([^<]+)<', row).group(1) for row in rows] == ["Failed", "Applied"]
     assert "Replay" not in page  # Ada is not an operator
+
+
+def test_every_outcome_has_its_words_in_the_timeline(app):
+    with app.app_context():
+        words = app.jinja_env.get_template("macros.html").module.EVENT_OUTCOMES
+    assert set(words) == set(EventOutcome)
 
 
 def test_an_operator_replays_a_failed_event_from_the_timeline(app, client, owner, secret, monkeypatch):

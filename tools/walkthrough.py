@@ -76,6 +76,27 @@ def _start_mobile_attempt(page: Page, walk: Walk) -> None:
     page.goto(attempt.json()["url"])
 
 
+def _data_arrived(page: Page, walk: Walk) -> None:
+    """The dashboard once the history has arrived: the sandbox delivers its chunks one after another
+    and the app applies each in the background, so reload until the steps chart is drawn and the
+    webhook timeline has stopped growing with nothing left to apply; then open the timeline."""
+    deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
+    rows_before = -1
+    while True:
+        page.goto(walk.base_url + "/connections")
+        rows = page.locator("table.events tbody tr").count()
+        settled = (
+            page.locator("svg.steps-chart").count() > 0
+            and rows == rows_before
+            and page.locator('table.events tr[data-outcome="received"]').count() == 0
+        )
+        if settled or time.monotonic() > deadline:
+            break
+        rows_before = rows
+        time.sleep(1)
+    page.click("summary:has-text('Webhooks received')")
+
+
 def _disconnect(page: Page, walk: Walk) -> None:
     page.goto(walk.base_url + "/connections")
     page.click("#connections button.danger")
@@ -115,9 +136,13 @@ WEB_STEPS = (
     ),
     Step("web-09-sandbox-console", DESKTOP, _open("/sandbox/"), "Sandbox console"),
     Step(
-        "web-10-event-sent", DESKTOP, _click("#sandbox-users button[value=daily]"), "Sent the daily event to the app."
+        "web-10-history-sent",
+        DESKTOP,
+        _click("#sandbox-users button[name=days]"),
+        "Sent 30 days of history to the app, in chunks.",
     ),
-    Step("web-11-disconnected", DESKTOP, _disconnect, "Garmin is disconnected."),
+    Step("web-11-data-arrived", DESKTOP, _data_arrived, "Last data received"),
+    Step("web-12-disconnected", DESKTOP, _disconnect, "Garmin is disconnected."),
 )
 
 MOBILE_STEPS = (
