@@ -30,11 +30,14 @@ def redis_test_url(offset: int) -> str:
     return f"redis://127.0.0.1:6379/{int(os.environ.get('TEST_REDIS_DB', '13')) + offset}"
 
 
+PASSWORD = "correct horse battery"  # every created user's
+
+
 @functools.cache
 def password_hash() -> str:
-    """The hash of every created user's password, "correct horse battery": made once, since scrypt is
-    slow on purpose (a tenth of a second), and some tests create users by the hundred."""
-    return generate_password_hash("correct horse battery")
+    """The hash of PASSWORD: made once, since scrypt is slow on purpose (a tenth of a second), and
+    some tests create users by the hundred."""
+    return generate_password_hash(PASSWORD)
 
 
 def create_user(email: str = "ada@example.com") -> User:

@@ -17,7 +17,6 @@ the JSON API, the .well-known files, the health probes, and the login `next` red
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import logging
@@ -38,7 +37,6 @@ from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 from sqlalchemy import select, update
 from werkzeug.datastructures import ImmutableMultiDict
-from werkzeug.security import generate_password_hash
 
 from extensions import db
 from models import ApiToken, Connection, User, WebhookEvent
@@ -48,13 +46,12 @@ from sandbox.traffic import traffic_of
 from services.api_tokens import issue_token
 from services.attempts import TOKEN_SALT, attempt_token
 from terra_integration.reference_ids import SALT as REFERENCE_ID_SALT
-from terra_integration.reference_ids import is_authentic, new_reference_id
+from terra_integration.reference_ids import is_authentic
 from terra_integration.signature import compute, sign
 from terra_integration.signing import signing_keys
 from tests.conftest import Browser
-from tests.helpers import apply_inbox, auth_event, create_attempt, redis_test_url, terra_user
+from tests.helpers import PASSWORD, apply_inbox, auth_event, create_attempt, create_user, redis_test_url, terra_user
 
-PASSWORD = "correct horse battery"  # Ada's and Eve's
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
 MARKUP = (SCRIPT, IMG)
@@ -156,21 +153,9 @@ def world(app) -> World:
     return build_world(app)
 
 
-@functools.cache
-def password_hash() -> str:
-    return generate_password_hash(PASSWORD)  # deliberately slow (scrypt): once per run, not per case
-
-
-def add_user(email: str) -> User:
-    user = User(email=email, password_hash=password_hash(), reference_id=new_reference_id())
-    db.session.add(user)
-    db.session.commit()
-    return user
-
-
 def build_world(app) -> World:
     with app.test_request_context():
-        ada, eve = add_user("ada@example.com"), add_user("eve@example.com")
+        ada, eve = create_user("ada@example.com"), create_user("eve@example.com")
         ada_token, _ = issue_token(ada)
         eve_token, _ = issue_token(eve)
         db.session.execute(update(ApiToken).values(last_used_at=utcnow()))
