@@ -40,6 +40,12 @@ def password_hash() -> str:
     return generate_password_hash(PASSWORD)
 
 
+def lose_webhooks(config) -> None:
+    """From now on Terra's webhooks never reach the app: the sandbox sends none (an empty
+    SANDBOX_WEBHOOK_URL turns its delivery off), so no delivery thread retries after the test either."""
+    config["SANDBOX_WEBHOOK_URL"] = ""
+
+
 def create_user(email: str = "ada@example.com") -> User:
     user = User(email=email, password_hash=password_hash(), reference_id=new_reference_id())
     db.session.add(user)

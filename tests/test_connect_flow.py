@@ -19,7 +19,7 @@ from sandbox.traffic import traffic_of
 from services.attempts import attempt_token
 from services.providers import provider_label
 from tests.conftest import Browser, wait_for
-from tests.helpers import finish_widget, token_of
+from tests.helpers import finish_widget, lose_webhooks, token_of
 
 
 def start_connect(browser: Browser) -> str:
@@ -163,8 +163,7 @@ def success_path(live_server, widget_url: str) -> str:
 
 
 def test_return_page_never_trusts_the_query_string(signed_in, live_server):
-    live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"  # no webhook will come
-    live_server.app.config["SANDBOX_WEBHOOK_RETRIES"] = 0  # nor will a thread go on retrying after the test
+    lose_webhooks(live_server.app.config)
     # Not finished in the widget: a hand-made "success" redirect with an invented Terra user id.
     finish_url = success_path(live_server, start_connect(signed_in)) + "?user_id=invented&resource=GARMIN"
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
@@ -178,9 +177,8 @@ def test_return_page_never_trusts_the_query_string(signed_in, live_server):
 
 
 def test_late_webhook_is_settled_by_a_server_side_userinfo_check(signed_in, live_server):
-    live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"
+    lose_webhooks(live_server.app.config)
     live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
-    live_server.app.config["SANDBOX_WEBHOOK_RETRIES"] = 0
     return_url = finish_widget(start_connect(signed_in))
     signed_in.get(return_url)  # records the redirect's user id as a hint
     state = wait_for_terminal(signed_in, return_url)
@@ -191,9 +189,8 @@ def test_late_webhook_is_settled_by_a_server_side_userinfo_check(signed_in, live
 def test_a_return_url_naming_someone_elses_terra_user_connects_nothing(signed_in, live_server):
     """The userInfo check believes a redirect's Terra user id only when Terra says that user carries
     the caller's reference_id: Eve's real, active Terra user named in Ada's return URL is not Ada's."""
-    live_server.app.config.update(
-        SANDBOX_WEBHOOK_URL="http://127.0.0.1:9/unreachable", SANDBOX_WEBHOOK_RETRIES=0, USERINFO_CHECK_AFTER_SECONDS=0
-    )
+    lose_webhooks(live_server.app.config)
+    live_server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
     eve = Browser(live_server.url)
     eve.register(email="eve@example.com")
     eves_terra_user = parse_qs(urlsplit(finish_widget(start_connect(eve), account="eve-garmin")).query)["user_id"][0]

@@ -32,7 +32,7 @@ from sandbox.settings import SandboxSettings
 from sandbox.traffic import traffic_of
 from terra_integration.client import TerraClient, TerraUnavailable
 from tests.conftest import LIVE_TERRA, Browser, wait_for
-from tests.helpers import finish_widget, token_of
+from tests.helpers import finish_widget, lose_webhooks, token_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -486,9 +486,8 @@ def test_disconnect_keeps_the_connection_and_says_why(start_live_server, case):
 @pytest.mark.parametrize("case", REST_CASES, ids=str)
 def test_return_page_waits_when_the_userinfo_check_fails_and_settles_once_terra_recovers(start_live_server, case):
     server = start_faulty(start_live_server, case, now=False)
-    server.app.config.update(
-        USERINFO_CHECK_AFTER_SECONDS=0, SANDBOX_WEBHOOK_URL="http://127.0.0.1:9/unreachable", SANDBOX_WEBHOOK_RETRIES=0
-    )
+    server.app.config["USERINFO_CHECK_AFTER_SECONDS"] = 0
+    lose_webhooks(server.app.config)
     browser = signed_in_browser(server)
     return_url = finish_widget(press_connect(browser))  # no webhook will come: only userInfo can tell
     switch_on(server, case)

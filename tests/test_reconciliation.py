@@ -17,7 +17,7 @@ from sandbox.traffic import traffic_of
 from services.reconciliation import reconcile
 from terra_integration.client import TerraClient, TerraUnavailable, TerraUser
 from tests.conftest import Browser
-from tests.helpers import auth_event, create_user, deliver, finish_widget, terra_user
+from tests.helpers import auth_event, create_user, deliver, finish_widget, lose_webhooks, terra_user
 from tests.test_connect_flow import start_connect, wait_for_terminal
 
 
@@ -35,8 +35,7 @@ def statuses(server) -> list[tuple[str, str]]:
 def connect_with_lost_webhooks_later(server, browser: Browser) -> str:
     """Connect a device, then stop webhooks from arriving: what Terra does next is only in userInfo."""
     state = wait_for_terminal(browser, finish_widget(start_connect(browser)))
-    server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"
-    server.app.config["SANDBOX_WEBHOOK_RETRIES"] = 0
+    lose_webhooks(server.app.config)
     return state["connection"]["terra_user_id"]
 
 
@@ -77,8 +76,7 @@ def test_the_mobile_connection_list_reconciles_too(live_server, browser):
 def test_the_return_page_finds_the_connection_when_the_webhook_is_lost(live_server, browser):
     browser.register()
     live_server.app.config["RECONCILE_INTERVAL_SECONDS"] = 0  # the dashboard visit at sign-up does not count
-    live_server.app.config["SANDBOX_WEBHOOK_URL"] = "http://127.0.0.1:9/unreachable"
-    live_server.app.config["SANDBOX_WEBHOOK_RETRIES"] = 0
+    lose_webhooks(live_server.app.config)
     return_url = finish_widget(start_connect(browser))
     assert browser.get(return_url).status_code == 200
     assert [status for _, status in statuses(live_server)] == ["active"]
