@@ -425,9 +425,10 @@ class TerraSettings(Settings):
             )
         if present and len(present) < len(TERRA_CREDENTIALS):
             missing = [name for name in TERRA_CREDENTIALS if name not in present]
+            # Production never offers the sandbox as the way out.
+            alternative = "" if self.APP_ENV == "production" else " Unset all three to use the embedded sandbox."
             raise ValueError(
-                f"Live Terra mode needs all of {', '.join(TERRA_CREDENTIALS)}; missing "
-                f"{', '.join(missing)}. Unset all three to use the embedded sandbox."
+                f"Live Terra mode needs all of {', '.join(TERRA_CREDENTIALS)}; missing {', '.join(missing)}.{alternative}"
             )
         return self
 

@@ -5,8 +5,9 @@ mode, to the sandbox it serves itself): a sync worker would block on its own req
 """
 
 import os
+import sys
 
-from config import ServerSettings, load_env_file, read_settings
+from config import ConfigError, ServerSettings, load_config, load_env_file, read_settings
 
 # The same .env as the app and the `flask` command, read before the settings below (PORT, BIND, ...).
 load_env_file()
@@ -48,6 +49,19 @@ class TokenRedactingLogger(Logger):
 logger_class = TokenRedactingLogger
 
 
+INSTANCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance")  # the app's (Flask's default)
+
+
+def on_starting(server):
+    # The settings are checked once, here, before any worker starts: a refusal to start is one message
+    # and a quick exit 1, not a traceback from every worker that gunicorn keeps starting.
+    try:
+        load_config(os.environ, INSTANCE_PATH)
+    except ConfigError as refusal:
+        server.log.error("Refusing to start: %s", refusal)
+        sys.exit(1)
+
+
 def post_worker_init(worker):
     # Each worker process applies recorded webhook events in a thread of its own
     # (terra_integration/applier.py), so `make run` needs no other process. Off with
@@ -60,4 +74,6 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     from terra_integration.applier import stop_in
 
-    stop_in(worker.wsgi)
+    # A worker whose app did not load has no applier to stop.
+    if hasattr(worker, "wsgi"):
+        stop_in(worker.wsgi)

@@ -112,8 +112,14 @@ def test_a_unix_socket_bind_needs_public_base_url(tmp_path):
 @pytest.mark.parametrize("missing", sorted(LIVE))
 def test_partial_live_credentials_fail_fast_naming_the_missing_one(tmp_path, missing):
     env = {name: value for name, value in LIVE.items() if name != missing}
-    with pytest.raises(ConfigError, match=missing):
+    with pytest.raises(ConfigError, match=missing) as refused:
         load_config(env, str(tmp_path))
+    assert "Unset all three to use the embedded sandbox" in str(refused.value)
+    # Production refuses the sandbox, so its message does not offer it.
+    production = {name: value for name, value in PRODUCTION.items() if name != missing}
+    with pytest.raises(ConfigError, match=missing) as refused:
+        load_config(production, str(tmp_path))
+    assert "sandbox" not in str(refused.value)
 
 
 def test_all_three_credentials_select_live_terra(tmp_path):
