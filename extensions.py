@@ -1,5 +1,8 @@
 """One home for the Flask extension objects; `app.create_app` binds them to an app."""
 
+import copy
+
+import click
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -24,8 +27,31 @@ class Base(DeclarativeBase):
     )
 
 
+class MigrateEveryHead(Migrate):
+    """Flask-Migrate, whose plain `flask db upgrade` applies every head of the history: the app's and the
+    embedded sandbox's own branch (sandbox/migrations). Alembic's default target, `head`, refuses two;
+    `heads` is the same with one, so nothing changes once the sandbox is removed."""
+
+    def init_app(self, app, *args, **kwargs):
+        super().init_app(app, *args, **kwargs)
+        # Copies: Flask-Migrate's command group is one object shared by every app in the process.
+        commands = copy.copy(app.cli.commands[self.command])
+        upgrade = copy.copy(commands.commands["upgrade"])
+        upgrade.params = [
+            _defaulting_to(param, "heads") if param.name == "revision" else param for param in upgrade.params
+        ]
+        commands.commands = {**commands.commands, "upgrade": upgrade}
+        app.cli.add_command(commands, name=self.command)
+
+
+def _defaulting_to(param: click.Parameter, default: str) -> click.Parameter:
+    changed = copy.copy(param)
+    changed.default = default
+    return changed
+
+
 db = SQLAlchemy(model_class=Base)
-migrate = Migrate()
+migrate = MigrateEveryHead()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 terra = TerraIntegration()

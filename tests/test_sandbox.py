@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import create_engine, inspect, select, text, update
 from sqlalchemy.engine import make_url
 
 import sandbox.models  # noqa: F401  (registers the sandbox tables before the schema is created)
@@ -778,6 +778,57 @@ def copy_without_sandbox(target: Path) -> None:
     registration = [line for line in app_py if "init_sandbox" in line]
     assert [line.split()[0] for line in registration] == ["from", "init_sandbox(app,"]  # its import, its call
     (target / "app.py").write_text("".join(line for line in app_py if line not in registration))
+
+
+def flask_db(copy: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
+    """`flask --app app db <args>` as an operator types it, in `copy` (ROOT: this checkout) on `uri`."""
+    env = {name: value for name, value in os.environ.items() if name != "TEST_DATABASE_URL"}
+    # Without the sandbox the app runs live only: made-up credentials, never called by a migration.
+    terra = {} if (copy / "sandbox").is_dir() else LIVE_TERRA
+    env.update(FLASK_SKIP_DOTENV="1", PYTHONPATH=str(copy), **_environ(uri, **terra))
+    return subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "app", "db", *args],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def applied_revisions(uri: str) -> set[str]:
+    engine = create_engine(uri)
+    with engine.connect() as connection:
+        revisions = set(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    engine.dispose()
+    return revisions
+
+
+@pytest.mark.parametrize("target", [[], ["heads"]], ids=["flask db upgrade", "flask db upgrade heads"])
+@pytest.mark.parametrize("with_sandbox", [True, False], ids=["with the sandbox", "without it"])
+def test_plain_upgrade_and_upgrade_heads_both_migrate_a_new_database(tmp_path, empty_database, with_sandbox, target):
+    """The command every Flask-Migrate user types works, with the sandbox's branch as a second head or
+    without it; `heads` keeps working for release scripts that name it."""
+    copy = ROOT
+    if not with_sandbox:
+        copy = tmp_path / "app"
+        copy_without_sandbox(copy)
+    uri = empty_database(f"cli_{'sandbox' if with_sandbox else 'alone'}_{len(target)}")
+    migrated = flask_db(copy, uri, "upgrade", *target)
+    assert migrated.returncode == 0, migrated.stderr
+    assert applied_revisions(uri) == ({"sandbox_0001", APP_HEAD} if with_sandbox else {APP_HEAD})
+
+
+def test_plain_upgrade_on_a_database_migrated_with_heads_changes_nothing_and_moves_an_old_one(empty_database):
+    """Databases made before `flask db upgrade` applied every head: one at both heads is left as it is,
+    one from before the sandbox had its own branch (0005) reaches both."""
+    current, old = empty_database("cli_current"), empty_database("cli_old")
+    migrate(current, upgrade, "heads")
+    migrate(old, upgrade, "0005")
+    for uri in (current, old):
+        migrated = flask_db(ROOT, uri, "upgrade")
+        assert migrated.returncode == 0, migrated.stderr
+        assert applied_revisions(uri) == {"sandbox_0001", APP_HEAD}
 
 
 def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests(tmp_path, empty_database):
