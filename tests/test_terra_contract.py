@@ -2,14 +2,14 @@
 must validate against the schema Terra publishes for it. Where the sandbox knowingly follows a newer
 spec, the test says so.
 
-The files are Terra's (tryterra/openapi `dist/core/v2-bundled.yaml` and `widget-bundled.yaml`) and are
-not copied into this project: TERRA_OPENAPI_DIR names the folder holding them, by default the first
-`shared/reference/terra-openapi` above the checkout.
+The files are Terra's (tryterra/openapi `dist/core/v2-bundled.yaml` and `widget-bundled.yaml`), copied
+unchanged into tests/terra_openapi/ (its README: their source commit, versions and licences).
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import re
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,18 +22,7 @@ from referencing.jsonschema import DRAFT202012
 
 from tests.test_sandbox import WebhookReceiver, complete, connect, deliveries_finished, new_session, query_of
 
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = Path(
-    os.environ.get("TERRA_OPENAPI_DIR")
-    or next(
-        (
-            folder / "shared/reference/terra-openapi"
-            for folder in ROOT.parents
-            if (folder / "shared/reference/terra-openapi").is_dir()
-        ),
-        ROOT / "terra-openapi",
-    )
-)
+SPECS = Path(__file__).resolve().parent / "terra_openapi"
 V2, WIDGET = "urn:terra:v2", "urn:terra:widget"
 
 
@@ -82,6 +71,19 @@ def headers(app):
 
 
 # -- REST answers -----------------------------------------------------------------------------------
+
+
+def test_the_copied_spec_files_are_the_ones_their_readme_names():
+    """The project carries the files it tests against; its README's table names each file's version and hash."""
+    readme = (SPECS / "README.md").read_text()
+    for name in ("v2-bundled.yaml", "widget-bundled.yaml"):
+        row = re.search(
+            rf"^\| `{re.escape(name)}` \|.*\| `([0-9.]+)` \|.*\| `([0-9a-f]{{64}})` \|$", readme, re.MULTILINE
+        )
+        assert row, f"tests/terra_openapi/README.md has no row for {name}"
+        content = (SPECS / name).read_bytes()
+        assert yaml.safe_load(content)["info"]["version"] == row.group(1)
+        assert hashlib.sha256(content).hexdigest() == row.group(2)
 
 
 def test_widget_session_answers_match_the_widget_spec(client, headers):
