@@ -2,8 +2,9 @@
 
 `init_app` reads the integration's settings from `app.config` (checked there, each problem naming its
 key), builds the Terra client and the inbox's applier, and registers the webhook blueprint
-(`POST /webhooks/terra`). The app's code reaches the client as `terra.client`; the server starts the
-applier's thread in each worker process (`applier.start_in`, gunicorn.conf.py).
+(`POST /webhooks/terra`, or under a name and prefix the host chooses). The app's code reaches the client
+as `terra.client`; the server starts the applier's thread in each worker process (`applier.start_in`,
+gunicorn.conf.py).
 """
 
 from __future__ import annotations
@@ -104,7 +105,16 @@ class TerraIntegration:
         if app is not None:
             self.init_app(app, host=host)
 
-    def init_app(self, app: Flask, *, host: TerraHost) -> None:
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        host: TerraHost,
+        webhook_blueprint_name: str = "webhooks",
+        webhook_url_prefix: str = "/webhooks",
+    ) -> None:
+        """`webhook_blueprint_name` and `webhook_url_prefix`: for a host with a `webhooks` blueprint of its
+        own; Terra's webhook URL is then `<webhook_url_prefix>/terra`."""
         check_settings(app.config)
         if "sqlalchemy" not in app.extensions:
             raise RuntimeError("initialise Flask-SQLAlchemy (db.init_app) before TerraIntegration")
@@ -115,7 +125,7 @@ class TerraIntegration:
             worker=InboxWorker(app),
             recorder=InboxRecorder(app),
         )
-        app.register_blueprint(webhooks_bp)
+        app.register_blueprint(webhooks_bp, name=webhook_blueprint_name, url_prefix=webhook_url_prefix)
 
     @property
     def client(self) -> TerraClient:

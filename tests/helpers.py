@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
@@ -203,3 +205,28 @@ def pending_events(app) -> int:
 def outcome_of(app, trace_id: str) -> str:
     with app.app_context():
         return db.session.scalars(select(WebhookEvent.outcome).where(WebhookEvent.trace_id == trace_id)).one()
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def doc_blocks(page: str, heading: str, language: str) -> list[str]:
+    """The fenced `language` blocks of the section of docs/<page> whose heading starts with `heading`
+    (up to the next heading of its level or above), exactly as a reader copies them."""
+    lines = (DOCS / page).read_text().splitlines(keepends=True)
+    level = len(heading) - len(heading.lstrip("#"))
+    start = next((number for number, line in enumerate(lines) if line.startswith(heading)), None)
+    assert start is not None, f"docs/{page} has no section {heading!r}"
+    blocks, block, fence = [], [], None
+    for line in lines[start + 1 :]:
+        if fence is None and re.match(rf"#{{1,{level}}} ", line):
+            break
+        if fence is None and line.startswith("```"):
+            fence, block = line[3:].strip(), []
+        elif fence is not None and line.startswith("```"):
+            if fence == language:
+                blocks.append("".join(block))
+            fence = None
+        elif fence is not None:
+            block.append(line)
+    return blocks

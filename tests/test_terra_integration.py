@@ -13,13 +13,20 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from flask import Blueprint, Flask
+from flask_wtf.csrf import CSRFProtect
 
-from services.event_handlers import HANDLERS
+from extensions import db
+from services.event_handlers import HANDLERS, ConnectionEvents
 from terra_integration.client import TerraClient
 from terra_integration.events import ACCOUNT_EVENT_KINDS
-from terra_integration.extension import SETTINGS, TerraSettingsError, check_settings
+from terra_integration.extension import SETTINGS, TerraIntegration, TerraSettingsError, check_settings
 from terra_integration.signature import sign
-from tests.conftest import ROOT, free_port, server_process, wait_for
+from terra_integration.webhooks import bp as webhooks_bp
+from tests.conftest import DEAD_TERRA, ROOT, free_port, server_process, wait_for
+from tests.helpers import doc_blocks, signed, terra_settings
+
+GUIDE = "copy-into-your-app.md"
 
 GOOD_SETTINGS = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
 
@@ -178,3 +185,32 @@ def test_the_listed_files_run_in_another_app_against_the_sandbox(start_live_serv
         assert post(sign(deauth, secret)).json() == {"status": "received", "trace_id": trace_id}
         assert wait_for(lambda: linked_user() is None)  # applied by the tiny app's applier thread
         assert post(sign(deauth, secret)).json() == {"status": "duplicate", "trace_id": trace_id}
+
+
+def test_a_host_with_its_own_webhooks_blueprint_renames_the_integrations_as_the_guide_shows(app, database_uri):
+    """The guide's step 5 snippet, as written, in a host that has a `webhooks` blueprint (and Flask-WTF's
+    CSRF protection): Terra's webhook is received under the new prefix, the host's own keeps its CSRF check.
+    `app` empties the tables afterwards."""
+    [snippet] = [block for block in doc_blocks(GUIDE, "## 5.", "python") if "webhook_blueprint_name" in block]
+    host_app = Flask("host_with_webhooks")
+    host_app.config.update(
+        SECRET_KEY="host-secret-key-0123456789abcdef",
+        SQLALCHEMY_DATABASE_URI=database_uri,
+        WEBHOOK_APPLY_IN_PROCESS=False,
+        **terra_settings(DEAD_TERRA),
+    )
+    stripe = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+    stripe.add_url_rule("/stripe", "stripe_event", lambda: {"status": "ok"}, methods=["POST"])
+    host_app.register_blueprint(stripe)
+    csrf = CSRFProtect(host_app)
+    db.init_app(host_app)
+    names = {"app": host_app, "terra": TerraIntegration(), "MyTerraHost": ConnectionEvents, "csrf": csrf}
+    exec(snippet, {**names, "terra_webhooks": webhooks_bp})  # noqa: S102 (the page's own code)
+
+    client = host_app.test_client()
+    body, headers = signed({"type": "activity", "user": {"user_id": "u-1"}, "data": []}, secret="test-secret")
+    received = client.post("/terra/terra", data=body, headers=headers)
+    assert received.status_code == 200 and received.json["status"] == "received", received.text
+    assert client.post("/webhooks/stripe").status_code == 400  # the CSRF token is missing
+    with host_app.app_context():
+        db.engine.dispose()
