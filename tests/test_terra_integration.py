@@ -4,26 +4,35 @@ another app (docs/copy-into-your-app.md), and living next to Terra's official SD
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from flask import Blueprint, Flask
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from config import database_url
 from extensions import db
 from services.event_handlers import HANDLERS, ConnectionEvents
 from terra_integration.client import TerraClient
 from terra_integration.events import ACCOUNT_EVENT_KINDS
 from terra_integration.extension import SETTINGS, TerraIntegration, TerraSettingsError, check_settings
+from terra_integration.reference_ids import is_authentic
 from terra_integration.signature import sign
 from terra_integration.webhooks import bp as webhooks_bp
-from tests.conftest import DEAD_TERRA, ROOT, free_port, server_process, wait_for
+from tests.conftest import DEAD_TERRA, ROOT, _recreate_postgres_database, free_port, server_process, wait_for
 from tests.helpers import doc_blocks, signed, terra_settings
 
 GUIDE = "copy-into-your-app.md"
@@ -214,3 +223,70 @@ def test_a_host_with_its_own_webhooks_blueprint_renames_the_integrations_as_the_
     assert client.post("/webhooks/stripe").status_code == 400  # the CSRF token is missing
     with host_app.app_context():
         db.engine.dispose()
+
+
+# CI's PostgreSQL server (.ci/run), for the tests that need PostgreSQL on a run on SQLite too.
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/terra_connect_test"
+
+
+@pytest.fixture
+def postgres_database(worker_id) -> Iterator[str]:
+    """A PostgreSQL database of the test's own: on TEST_DATABASE_URL's server, or on the local one when
+    the suite runs on SQLite. No server is a failure, never a skip: CI's SQLite pass runs this too."""
+    configured = os.environ.get("TEST_DATABASE_URL", "")
+    server = make_url(database_url({"DATABASE_URL": configured}, None) if configured else POSTGRES_SERVER)
+    if server.get_backend_name() != "postgresql":
+        server = make_url(POSTGRES_SERVER)
+    uri = server.set(database=f"{server.database}_guide_{worker_id}").render_as_string(hide_password=False)
+    try:
+        _recreate_postgres_database(uri)
+    except OperationalError as error:
+        pytest.fail(f"this test needs the PostgreSQL server at {server.host}:{server.port}: {error}")
+    yield uri
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(uri).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_the_guides_reference_id_migration_runs_on_a_table_that_has_users(request, tmp_path, dialect):
+    """Step 2's migration, as the page writes it, on a table that already has users (PostgreSQL, where a
+    required column added in one step fails; SQLite, through the batch mode the page uses): each user
+    gets a signed id of its own, the column ends required and unique, and downgrade removes it."""
+    [migration] = [block for block in doc_blocks(GUIDE, "## 2.", "python") if "def upgrade" in block]
+    uri = (
+        request.getfixturevalue("postgres_database") if dialect == "postgresql" else f"sqlite:///{tmp_path}/host.sqlite"
+    )
+    engine = create_engine(uri)
+    users = Table("users", MetaData(), Column("id", Integer, primary_key=True), Column("email", String(255)))
+    with engine.begin() as connection:
+        users.create(connection)
+        connection.execute(users.insert(), [{"email": "ada@example.com"}, {"email": "bob@example.com"}])
+    host_app = Flask("host_with_users")
+    host_app.config["SECRET_KEY"] = "host-secret-key-0123456789abcdef"
+    revision: dict = {}
+    exec(migration, revision)  # noqa: S102 (the page's own code)
+
+    def run(step: str) -> None:
+        with (
+            host_app.app_context(),
+            engine.begin() as connection,
+            Operations.context(MigrationContext.configure(connection)),
+        ):
+            revision[step]()
+
+    run("upgrade")
+    with engine.connect() as connection:
+        reference_ids = connection.execute(text("SELECT reference_id FROM users")).scalars().all()
+        add_user = text("INSERT INTO users (email, reference_id) VALUES ('cy@example.com', :reference_id)")
+        for reference_id, problem in [(None, "(?i)null"), (reference_ids[0], "(?i)unique")]:
+            with pytest.raises(IntegrityError, match=problem):
+                connection.execute(add_user, {"reference_id": reference_id})
+            connection.rollback()
+    assert len(set(reference_ids)) == 2
+    with host_app.app_context():
+        assert all(is_authentic(reference_id) for reference_id in reference_ids)
+    run("downgrade")
+    assert "reference_id" not in {column["name"] for column in inspect(engine).get_columns("users")}
+    engine.dispose()
