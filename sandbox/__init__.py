@@ -11,7 +11,8 @@ automation endpoint), `flows` (what a decision in the widget does), `user_events
 connected user later), `events` (webhook bodies), `delivery` (signed webhooks with retries), `faults`
 (switchable failures of Terra's endpoints and of webhook delivery), `traffic` (a record of what the
 sandbox received and sent), `console` (a page listing sandbox users), `providers` (the catalogue),
-`payloads` (ping-mode downloads), `models` (the sandbox's tables), `settings` (its settings).
+`payloads` (ping-mode downloads), `models` (the sandbox's tables), `settings` (its settings), `commands`
+(`flask sandbox serve`: the sandbox as Terra for another app).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def init_sandbox(app: Flask, environ: Mapping[str, str]) -> None:
     """Register the sandbox with the app: its tables always, so that a database it created stays
     upgradable once live credentials are set; its settings and routes only without credentials."""
     from sandbox import models  # noqa: F401  (its tables, for its migrations)
+    from sandbox.commands import sandbox_commands
 
+    app.cli.add_command(sandbox_commands)  # in live mode too, to say why it cannot serve
     if app.config["TERRA_MODE"] != "sandbox":
         return
     from config import read_settings

@@ -886,3 +886,18 @@ def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests
     assert tested.returncode == 0, tested.stdout[-5000:]
     summary = tested.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"=* ?(\d+) passed, \d+ deselected in .*", summary), summary
+
+
+def test_sandbox_serve_refuses_without_a_webhook_url_of_another_app_or_with_live_credentials(
+    app, database_uri, monkeypatch
+):
+    """`flask sandbox serve` (docs/copy-into-your-app.md runs it for real) says why it cannot serve: its
+    webhooks would go nowhere or to this app itself, or the app runs live and has no sandbox."""
+    monkeypatch.setenv("BIND", "unix:/nowhere")  # were a check missing, the command stops here instead of serving
+    for own_or_none in ("", app.config["PUBLIC_BASE_URL"] + "/webhooks/terra"):
+        app.config["SANDBOX_WEBHOOK_URL"] = own_or_none
+        refused = app.test_cli_runner().invoke(args=["sandbox", "serve"])
+        assert refused.exit_code == 1 and "set SANDBOX_WEBHOOK_URL to the other app's webhook" in refused.output
+    live = create_app(environ=_environ(database_uri, **LIVE_TERRA))
+    refused = live.test_cli_runner().invoke(args=["sandbox", "serve"])
+    assert refused.exit_code == 1 and "the sandbox runs only without Terra credentials" in refused.output

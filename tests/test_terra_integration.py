@@ -116,84 +116,122 @@ def test_the_doc_lists_every_file_of_the_integration():
     assert sorted(files_the_doc_lists()) == package
 
 
-def test_the_listed_files_run_in_another_app_against_the_sandbox(start_live_server, tmp_path):
+SANDBOX_SECTION = "## 10. Trying your copy against the sandbox"
+
+
+def assert_written_in(snippet: str, source: str) -> None:
+    """`snippet`'s lines appear in `source` one after the other, as written (indentation aside)."""
+    wanted = [line.strip() for line in snippet.strip().splitlines()]
+    lines = [line.strip() for line in source.splitlines()]
+    assert any(lines[start : start + len(wanted)] == wanted for start in range(len(lines))), snippet
+
+
+def test_the_listed_files_run_in_another_app_against_the_sandbox(tmp_path):
     """Exactly the files the doc lists, copied into an empty folder with a one-file app (its own user
-    model and host interface), in a process that cannot import this app: a widget session, the
-    sandbox's signed auth webhook applied, then a signed deauth, its duplicate and a forgery."""
+    model and host interface), in a process that cannot import this app, against the sandbox the guide's
+    command serves, with the settings it prints: a widget session, the sandbox's signed auth webhook
+    applied, then a signed deauth, its duplicate and a forgery."""
     folder = tmp_path / "customer_app"
     for name in files_the_doc_lists():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, folder / name)
     shutil.copy(ROOT / "tests" / "copy_into_app" / "tiny_host.py", folder)
+    [command] = doc_blocks(GUIDE, SANDBOX_SECTION, "sh")
+    [printed] = doc_blocks(GUIDE, SANDBOX_SECTION, "text")
+    [connect_snippet] = doc_blocks(GUIDE, SANDBOX_SECTION, "python")
+    assert_written_in(connect_snippet, (folder / "tiny_host.py").read_text())
 
-    port = free_port()
-    tiny_url = f"http://127.0.0.1:{port}"
-    sandbox = start_live_server(SANDBOX_WEBHOOK_URL=tiny_url + "/webhooks/terra")
-    secret = sandbox.app.config["TERRA_SIGNING_SECRET"]
-    settings = {
-        "FLASK_SECRET_KEY": "tiny-host-secret-key-0123456789abcdef",
-        "FLASK_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'tiny.sqlite'}",
-        "FLASK_TERRA_DEV_ID": sandbox.app.config["TERRA_DEV_ID"],
-        "FLASK_TERRA_API_KEY": sandbox.app.config["TERRA_API_KEY"],
-        "FLASK_TERRA_SIGNING_SECRET": secret,
-        "FLASK_TERRA_API_BASE_URL": sandbox.app.config["TERRA_API_BASE_URL"],
-        "FLASK_TERRA_WIDGET_SESSION_URL": sandbox.app.config["TERRA_WIDGET_SESSION_URL"],
+    # The page's ports (5001 the sandbox, 8000 the app) on free ones: several test runs share a machine.
+    sandbox_port, port = free_port(), free_port()
+
+    def on_free_ports(text: str) -> str:
+        return text.replace("5001", str(sandbox_port)).replace("8000", str(port))
+
+    sandbox_url, tiny_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{port}"
+    sandbox_log = tmp_path / "sandbox.log"
+    # The checkout's own .env, secret key file and database stay untouched.
+    sandbox_env = {
+        **os.environ,
+        "SECRET_KEY": "sandbox-secret-key-0123456789abcdef",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'sandbox.sqlite'}",
     }
-    # No PYTHONPATH: only the copied folder (the script's own) and the installed packages are importable.
-    env = {"PATH": str(Path(sys.executable).parent), "FLASK_SKIP_DOTENV": "1", **settings}
     with server_process(
-        [sys.executable, "tiny_host.py", str(port)],
-        health_url=tiny_url + "/healthz",
-        env=env,
-        log_path=tmp_path / "tiny_host.log",
-        cwd=folder,
+        ["bash", "-c", on_free_ports(command)],
+        health_url=sandbox_url + "/healthz",
+        env=sandbox_env,
+        log_path=sandbox_log,
     ):
-        member = requests.post(tiny_url + "/members", timeout=10).json()
-        widget_url = requests.post(f"{tiny_url}/members/{member['id']}/connect", timeout=10).json()["url"]
-        assert widget_url.startswith(sandbox.url + "/sandbox/")
+        settings = re.findall(r"^FLASK_\w+=.*$", sandbox_log.read_text(), re.MULTILINE)
+        assert settings == on_free_ports(printed).splitlines()
+        secret = dict(setting.split("=", 1) for setting in settings)["FLASK_TERRA_SIGNING_SECRET"]
+        # No PYTHONPATH: only the copied folder (the script's own) and the installed packages are importable.
+        env = {
+            "PATH": str(Path(sys.executable).parent),
+            "FLASK_SKIP_DOTENV": "1",
+            "FLASK_SECRET_KEY": "tiny-host-secret-key-0123456789abcdef",
+            "FLASK_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'tiny.sqlite'}",
+            **dict(setting.split("=", 1) for setting in settings),
+        }
+        with server_process(
+            [sys.executable, "tiny_host.py", str(port)],
+            health_url=tiny_url + "/healthz",
+            env=env,
+            log_path=tmp_path / "tiny_host.log",
+            cwd=folder,
+        ):
+            run_the_copy(tiny_url, sandbox_url, port, secret)
 
-        done = requests.post(
-            widget_url + "/complete",
-            json={"provider": "GARMIN", "account": "tiny-garmin", "outcome": "success"},
+
+def run_the_copy(tiny_url: str, sandbox_url: str, port: int, secret: str) -> None:
+    """The copy, served at tiny_url, against the sandbox at sandbox_url that signs with `secret`."""
+    member = requests.post(tiny_url + "/members", timeout=10).json()
+    connect = requests.post(f"{tiny_url}/members/{member['id']}/connect", allow_redirects=False, timeout=10)
+    assert connect.status_code == 302, connect.text
+    widget_url = connect.headers["Location"]
+    assert widget_url.startswith(sandbox_url + "/sandbox/")
+
+    done = requests.post(
+        widget_url + "/complete",
+        json={"provider": "GARMIN", "account": "tiny-garmin", "outcome": "success"},
+        timeout=10,
+    )
+    assert done.status_code == 200, done.text
+    redirect = urlsplit(done.json()["redirect_url"])
+    assert redirect.netloc == f"127.0.0.1:{port}" and redirect.path == "/connected"
+    terra_user_id = parse_qs(redirect.query)["user_id"][0]
+
+    def linked_user():
+        return requests.get(f"{tiny_url}/members/{member['id']}", timeout=10).json()["terra_user_id"]
+
+    assert wait_for(linked_user) == terra_user_id  # the sandbox's signed auth webhook, applied
+
+    deauth = json.dumps(
+        {
+            "type": "deauth",
+            "status": "success",
+            "reference_id": member["reference_id"],
+            "user": {"user_id": terra_user_id, "provider": "GARMIN", "reference_id": member["reference_id"]},
+        }
+    ).encode()
+    trace_id = str(uuid.uuid4())
+
+    def post(signature: str) -> requests.Response:
+        return requests.post(
+            tiny_url + "/webhooks/terra",
+            data=deauth,
             timeout=10,
+            headers={
+                "terra-signature": signature,
+                "X-Terra-Trace-Id": trace_id,
+                "Content-Type": "application/json",
+            },
         )
-        assert done.status_code == 200, done.text
-        redirect = urlsplit(done.json()["redirect_url"])
-        assert redirect.netloc == f"127.0.0.1:{port}" and redirect.path == "/connected"
-        terra_user_id = parse_qs(redirect.query)["user_id"][0]
 
-        def linked_user():
-            return requests.get(f"{tiny_url}/members/{member['id']}", timeout=10).json()["terra_user_id"]
-
-        assert wait_for(linked_user) == terra_user_id  # the sandbox's signed auth webhook, applied
-
-        deauth = json.dumps(
-            {
-                "type": "deauth",
-                "status": "success",
-                "reference_id": member["reference_id"],
-                "user": {"user_id": terra_user_id, "provider": "GARMIN", "reference_id": member["reference_id"]},
-            }
-        ).encode()
-        trace_id = str(uuid.uuid4())
-
-        def post(signature: str) -> requests.Response:
-            return requests.post(
-                tiny_url + "/webhooks/terra",
-                data=deauth,
-                timeout=10,
-                headers={
-                    "terra-signature": signature,
-                    "X-Terra-Trace-Id": trace_id,
-                    "Content-Type": "application/json",
-                },
-            )
-
-        assert post(sign(deauth, "not-the-secret")).status_code == 401
-        assert linked_user() == terra_user_id
-        assert post(sign(deauth, secret)).json() == {"status": "received", "trace_id": trace_id}
-        assert wait_for(lambda: linked_user() is None)  # applied by the tiny app's applier thread
-        assert post(sign(deauth, secret)).json() == {"status": "duplicate", "trace_id": trace_id}
+    assert post(sign(deauth, "not-the-secret")).status_code == 401
+    assert linked_user() == terra_user_id
+    assert post(sign(deauth, secret)).json() == {"status": "received", "trace_id": trace_id}
+    assert wait_for(lambda: linked_user() is None)  # applied by the tiny app's applier thread
+    assert post(sign(deauth, secret)).json() == {"status": "duplicate", "trace_id": trace_id}
 
 
 def test_a_host_with_its_own_webhooks_blueprint_renames_the_integrations_as_the_guide_shows(app, database_uri):

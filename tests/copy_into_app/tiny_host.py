@@ -1,13 +1,14 @@
 """A whole host app in one file: what docs/copy-into-your-app.md asks of an app around the copied
 terra_integration/ folder. tests/test_terra_integration.py copies both into an empty folder and runs it:
-`python tiny_host.py PORT`, settings from FLASK_* environment variables (Flask's from_prefixed_env).
+`python tiny_host.py PORT`, settings from FLASK_* environment variables (Flask's from_prefixed_env), the
+ones `flask --app app sandbox serve` prints.
 """
 
 from __future__ import annotations
 
 import sys
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, redirect, url_for
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -79,12 +80,22 @@ def create_app() -> Flask:
 
     @app.post("/members/<int:member_id>/connect")
     def connect(member_id: int):
+        member = db.get_or_404(Member, member_id)
+        # docs/copy-into-your-app.md, "Trying your copy against the sandbox", as written there:
         session = terra.client.create_widget_session(
-            reference_id=db.get_or_404(Member, member_id).reference_id,
-            success_url=request.host_url + "connected",
-            failure_url=request.host_url + "not-connected",
+            reference_id=member.reference_id,
+            success_url=url_for("connected", _external=True),
+            failure_url=url_for("not_connected", _external=True),
         )
-        return jsonify(url=session.url)
+        return redirect(session.url)
+
+    @app.get("/connected")
+    def connected():
+        return "Connected: the device is linked once Terra's signed webhook arrives."
+
+    @app.get("/not-connected")
+    def not_connected():
+        return "Not connected."
 
     @app.get("/members/<int:member_id>")
     def show_member(member_id: int):
