@@ -174,9 +174,9 @@ class Deployment:
         )
 
     def serve_proxy(self):
-        """nginx with the page's blocks, unprivileged and in the foreground, with every file it writes
-        in this folder (its own prefix): the page's file goes into a minimal main configuration, as
-        Debian's nginx.conf includes conf.d/*.conf inside its http block."""
+        """nginx with the page's blocks, as an ordinary foreground process on a port of its own, with
+        every file it writes in this folder (its own prefix): the page's conf.d file goes into a minimal
+        main configuration's http block, where Debian's nginx.conf includes conf.d/*.conf."""
         site = self.folder / "terra-connect.conf"
         site.write_text(
             fill_in(
@@ -191,14 +191,18 @@ class Deployment:
                 },
             )
         )
-        temp_paths = "\n".join(f"    {kind}_temp_path {self.folder / kind};" for kind in ("client_body", "proxy"))
+        # Debian's nginx keeps its temporary files under /var/lib/nginx: here, in this folder.
+        temp_paths = "".join(
+            f"    {kind}_temp_path {self.folder / kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         main = self.folder / "nginx.conf"
         main.write_text(
             # Run as root (CI containers), nginx's workers would become `nobody`, who cannot read this folder.
             ("user root;\n" if os.geteuid() == 0 else "")
             + f"pid {self.folder / 'nginx.pid'};\nerror_log {self.folder / 'nginx-error.log'};\n"
             + NGINX_LIMITS
-            + f"http {{\n{temp_paths}\n    include {site};\n}}\n"
+            + f"http {{\n{temp_paths}    include {site};\n}}\n"
         )
         return server_process(
             [NGINX, "-p", str(self.folder), "-c", str(main), "-g", "daemon off;"],
