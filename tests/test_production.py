@@ -326,6 +326,7 @@ def test_https_answers_carry_production_headers(deployment):
     assert response.headers["Cache-Control"] == "no-store"
     assert "form-action 'self' https:;" in response.headers["Content-Security-Policy"] + ";"
     assert "sandbox" not in response.text  # no sandbox badge: live mode
+    assert response.headers["Server"] == "nginx"  # docs/deploy.md's block: no version
     sandbox = requests.get(deployment.url + "/sandbox/", verify=deployment.ca_bundle, timeout=10)
     assert sandbox.status_code == 404
 
