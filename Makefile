@@ -19,7 +19,7 @@ UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes 
 UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
               --custom-compile-command "make lock"
 
-.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium java clean
+.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium java nginx clean
 
 run: install
 	$(BIN)/flask --app app db upgrade heads
@@ -32,7 +32,7 @@ run: install
 # (--dist loadfile): its module-wide servers start once, and each module that flushes a Redis
 # database has its own.
 TEST_PROCESSES ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
-test: install-dev chromium java
+test: install-dev chromium java nginx
 	$(BIN)/pytest --numprocesses $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
@@ -101,6 +101,17 @@ java:
 	  echo "Installing Debian's Java runtime for the generated-client tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq default-jre-headless; }
+
+# tests/test_production.py runs the app behind Debian's nginx, as docs/deploy.md configures it: nginx-light
+# (every module that page uses) where the release has it, else nginx. The tests run their own nginx, as
+# an ordinary process on a port of their own; the package may also start its service on port 80.
+nginx:
+	@test -x /usr/sbin/nginx || { \
+	  echo "Installing Debian's nginx for the production tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq; \
+	  PACKAGE=$$(apt-cache show nginx-light >/dev/null 2>&1 && echo nginx-light || echo nginx); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$PACKAGE; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache mutants

@@ -12,7 +12,7 @@ from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from blueprints.status_fast_path import StatusFastPath
-from config import load_config, process_environment
+from config import FORWARDED_HEADERS, load_config, process_environment
 from extensions import csrf, db, limiter, migrate, terra
 from sandbox import init_sandbox  # the embedded Terra emulator: delete this, its call below and sandbox/ to drop it
 from services.json_errors import json_error
@@ -35,8 +35,11 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     # In front of Flask, behind the proxy headers: polls with nothing new, answered without Flask.
     app.wsgi_app = StatusFastPath(app, app.wsgi_app, security_headers(app))
     if app.config["TRUSTED_PROXY_COUNT"]:
+        # Only the headers the deployment says its proxy sets: a client's own X-Forwarded-Prefix or
+        # -Port, passed on by a proxy that does not overwrite them, would move every page link.
         hops = app.config["TRUSTED_PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
+        trusted = {f"x_{name}": hops for name in app.config["TRUSTED_PROXY_HEADERS"]}
+        app.wsgi_app = ProxyFix(app.wsgi_app, **{f"x_{name}": 0 for name in FORWARDED_HEADERS} | trusted)
     return app
 
 

@@ -51,6 +51,8 @@ LIVE_API_BASE_URL = "https://api.tryterra.co/v2"
 ENDPOINTS = ("TERRA_WIDGET_SESSION_URL", "TERRA_LEGACY_WIDGET_URL", "TERRA_API_BASE_URL")
 
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
+# The X-Forwarded-* headers ProxyFix can trust (TRUSTED_PROXY_HEADERS), by their last word.
+FORWARDED_HEADERS = ("for", "proto", "host", "port", "prefix")
 HOST_NAME = re.compile(r"^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 
 
@@ -227,8 +229,10 @@ class AppSettings(ServerSettings):
     CONNECT_RATE_LIMIT: Rate = "10 per minute"
     # Counted per worker process (services/request_windows.py), per caller and attempt.
     STATUS_RATE_LIMIT: Rate = "120 per minute"
-    # Behind N reverse proxies, trust N hops of X-Forwarded-* (client address, scheme, host).
+    # Behind N reverse proxies, trust N hops of X-Forwarded-*: of the headers the proxy sets (it must
+    # overwrite what the client sent), no others, since a trusted header moves the app's links.
     TRUSTED_PROXY_COUNT: NonNegativeInt = 0
+    TRUSTED_PROXY_HEADERS: CommaSeparated = ["for", "proto", "host"]
     API_TOKEN_LIFETIME_SECONDS: PositiveInt = 30 * 24 * 3600
     # A checked token is trusted by the worker that checked it for this long without asking the
     # database again; revoking evicts it there at once, other workers within this bound. 0: off.
@@ -268,6 +272,17 @@ class AppSettings(ServerSettings):
         if not is_plain_url(url, ("http", "https")) or urlsplit(url).path:
             raise ValueError(f"must be an origin such as https://connect.example.com, not {url!r}")
         return url
+
+    @field_validator("TRUSTED_PROXY_HEADERS")
+    @classmethod
+    def _forwarded_headers(cls, names: list[str]) -> list[str]:
+        names = [name.lower() for name in names]
+        for name in names:
+            if name not in FORWARDED_HEADERS:
+                raise ValueError(
+                    f"entries are some of {', '.join(FORWARDED_HEADERS)} (X-Forwarded-<name>), not {name!r}"
+                )
+        return names
 
     @field_validator("EXTRA_TRUSTED_HOSTS")
     @classmethod
@@ -358,6 +373,7 @@ class AppSettings(ServerSettings):
             "CONNECT_RATE_LIMIT": self.CONNECT_RATE_LIMIT,
             "STATUS_RATE_LIMIT": self.STATUS_RATE_LIMIT,
             "TRUSTED_PROXY_COUNT": self.TRUSTED_PROXY_COUNT,
+            "TRUSTED_PROXY_HEADERS": self.TRUSTED_PROXY_HEADERS,
             "API_TOKEN_LIFETIME_SECONDS": self.API_TOKEN_LIFETIME_SECONDS,
             "API_TOKEN_CACHE_SECONDS": self.API_TOKEN_CACHE_SECONDS,
             "STATUS_MAX_WAITERS": self.STATUS_MAX_WAITERS,

@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Callable
 from functools import wraps
 
-from flask import current_app, jsonify, request, url_for
+from flask import current_app, jsonify, request
 from sqlalchemy import select
 
 from extensions import db
@@ -20,6 +20,7 @@ from sandbox.flows import start_flow, user_cap_reached
 from sandbox.models import FlowKind, SandboxSession, SandboxUser, new_uuid, terra_timestamp
 from sandbox.user_events import send_user_event
 from sandbox.validation import FlowOptions, json_object_body, parse_flow_options
+from services.public_urls import public_url
 
 NEW_WIDGET_SESSION_URL = "https://access.tryterra.co/api/widget/session"
 
@@ -105,7 +106,7 @@ def _session_answer(session: SandboxSession) -> dict:
 
 
 def _widget_url(session: SandboxSession) -> str:
-    return url_for("sandbox.widget_page", session_id=session.id, _external=True)
+    return public_url("sandbox.widget_page", session_id=session.id)
 
 
 def _refuse_when_capped() -> None:

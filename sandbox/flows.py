@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import url_for
 from sqlalchemy import func, select, update
 
 from extensions import db
@@ -26,6 +25,7 @@ from sandbox.faults import flow_variant
 from sandbox.models import SandboxSession, SandboxUser, SessionState, new_uuid
 from sandbox.redirects import merge_query
 from sandbox.validation import FlowOptions
+from services.public_urls import public_url
 
 # The user's decision on the consent screen, and the failure reason Terra reports for it.
 OUTCOME_REASONS = {"success": None, "denied": "access_denied", "cancelled": "auth_cancelled"}
@@ -260,4 +260,4 @@ def flow_id(session: SandboxSession, config: Mapping[str, Any]) -> str:
 
 def _result_page(session: SandboxSession) -> str:
     """Without a redirect URL Terra keeps the user on its own result screen; so does the sandbox."""
-    return url_for("sandbox.widget_result", session_id=session.id, _external=True)
+    return public_url("sandbox.widget_result", session_id=session.id)

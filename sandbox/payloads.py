@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from flask import Response, url_for
+from flask import Response
 
 from extensions import db
 from models.time import utcnow
 from sandbox.blueprint import bp
 from sandbox.models import SandboxPayload
+from services.public_urls import public_url
 
 PAYLOAD_LIFETIME_SECONDS = 300  # Terra's example `expires_in`
 
@@ -29,7 +30,7 @@ def ping_event(event: dict) -> dict:
     return {
         "type": "s3_payload",
         "status": "success",
-        "url": url_for("sandbox.download_payload", payload_id=payload.id, _external=True),
+        "url": public_url("sandbox.download_payload", payload_id=payload.id),
         "expires_in": PAYLOAD_LIFETIME_SECONDS,
     }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from flask import current_app, url_for
+from flask import current_app
 from itsdangerous import BadSignature
 from sqlalchemy import case, select, update
 from sqlalchemy.orm import joinedload
@@ -24,6 +24,7 @@ from models.time import utcnow
 from services import attempt_states
 from services.attempt_states import POLL_STATE
 from services.connections import upsert_connection
+from services.public_urls import public_url
 from terra_integration.client import TerraError, TerraUser, WidgetSession
 from terra_integration.signing import timed_serializer
 
@@ -134,7 +135,7 @@ def return_page_urls(attempt: ConnectAttempt, pages: str = "connect") -> tuple[s
 
 def return_page_url(pages: str, outcome: str, token: str, **query: str) -> str:
     """The absolute URL of one return page (`outcome`: success or failure) of blueprint `pages`."""
-    return current_app.config["PUBLIC_BASE_URL"] + url_for(f"{pages}.return_{outcome}", token=token, **query)
+    return public_url(f"{pages}.return_{outcome}", token=token, **query)
 
 
 # -- the signed token in our redirect URLs ------------------------------------------------

@@ -190,6 +190,7 @@ BAD_VALUES = {
     "CONNECT_RATE_LIMIT": ("ten a minute", {}),
     "STATUS_RATE_LIMIT": ("120/parsec", {}),
     "TRUSTED_PROXY_COUNT": ("-1", {}),
+    "TRUSTED_PROXY_HEADERS": ("for,proto,forwarded", {}),
     "API_TOKEN_LIFETIME_SECONDS": ("0", {}),
     "API_TOKEN_CACHE_SECONDS": ("five", {}),
     "STATUS_MAX_WAITERS": ("-3", {}),

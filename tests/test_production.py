@@ -1,10 +1,12 @@
-"""The app as docs/deploy.md deploys it: `APP_ENV=production` under gunicorn, over HTTPS (a test CA
-made with trustme), in live mode against a Terra stand-in at another origin, clicked through in
-headless Chromium. The stand-in is this app's sandbox run as a separate process in development mode,
-over HTTPS too, whose signed webhooks reach the production app over TLS.
+"""The app as docs/deploy.md deploys it: `APP_ENV=production` under gunicorn, behind Debian's nginx
+terminating TLS (a test CA made with trustme) on a port other than 443, in live mode against a Terra
+stand-in at another origin, clicked through in headless Chromium. The stand-in is this app's sandbox
+run as a separate process in development mode, served over HTTPS by gunicorn itself, whose signed
+webhooks reach the production app through nginx.
 
-Each server starts once for the module. The commands are the ones docs/deploy.md shows: migrations with
-`flask --app app db upgrade`, then `gunicorn --config gunicorn.conf.py ... "app:create_app()"`.
+Each server starts once for the module. The commands and nginx blocks are taken from docs/deploy.md
+itself, with only its placeholders (certificate files, addresses, ports, log path) filled in, so the
+page and this test cannot drift.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
+import shlex
 import subprocess
-import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -23,6 +27,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.sync_api import expect, sync_playwright
+from requests.adapters import HTTPAdapter
 from sqlalchemy import select
 
 from app import create_app
@@ -30,29 +35,61 @@ from config import ConfigError
 from extensions import db
 from models import WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
-from tests.conftest import ROOT, VENV_BIN, Browser, _empty_tables, _environ, free_port, server_process
-from tests.helpers import redis_test_url
+from tests.conftest import ROOT, Browser, _empty_tables, _environ, free_port, server_process
+from tests.helpers import finish_widget, redis_test_url, token_of
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
-GUNICORN = [str(VENV_BIN / "gunicorn"), "--config", "gunicorn.conf.py"]
-APP = "app:create_app()"
-MIGRATE = [str(VENV_BIN / "flask"), "--app", "app", "db", "upgrade", "heads"]
+DEPLOY_PAGE = (ROOT / "docs" / "deploy.md").read_text()
+
+
+def page_blocks(language: str) -> list[str]:
+    """The fenced code blocks of docs/deploy.md in `language`."""
+    return re.findall(rf"^```{language}\n(.*?)^```", DEPLOY_PAGE, re.MULTILINE | re.DOTALL)
+
+
+def page_command(start: str) -> list[str]:
+    """The one command of docs/deploy.md that starts with `start`, split as the shell splits it; run
+    from the checkout, as the page says."""
+    [line] = [line for block in page_blocks("sh") for line in block.splitlines() if line.startswith(start)]
+    return shlex.split(line)
+
+
+def page_nginx_block(containing: str) -> str:
+    [block] = [block for block in page_blocks("nginx") if containing in block]
+    return block
+
+
+def fill_in(text: str, placeholders: dict[str, str]) -> str:
+    """`text` with each of the page's placeholders replaced; each must be there, so that a change to the
+    page that a deployment would have to follow fails here."""
+    for placeholder, value in placeholders.items():
+        assert placeholder in text, f"docs/deploy.md no longer has {placeholder!r}"
+        text = text.replace(placeholder, value)
+    return text
+
+
+SERVE = page_command('.venv/bin/gunicorn --config gunicorn.conf.py "')
+SERVE_TLS = page_command(".venv/bin/gunicorn --config gunicorn.conf.py --certfile")
+MIGRATE = page_command(".venv/bin/flask --app app db upgrade")
+NGINX = "/usr/sbin/nginx"  # Debian's package (`make test` installs it)
+NGINX_SITE = page_nginx_block("server {")
+NGINX_LIMITS = page_nginx_block("events {")
 
 # Made the way docs/deploy.md (and the refusal message) says to make one.
 SECRET_KEY = subprocess.run(
-    [sys.executable, "-c", "import secrets; print(secrets.token_urlsafe(48))"],
-    capture_output=True,
-    text=True,
-    check=True,
+    page_command("python3 -c"), capture_output=True, text=True, check=True, timeout=30
 ).stdout.strip()
 SIGNING_SECRET = "whsec-production-test-destination"
 REDIS_URL = redis_test_url(2)  # a database of its own: test_scale_out uses the first, test_hostile_input the next
 PASSWORD = "correct horse battery staple"
+# Per hour, so that no window ends within a test (the limiter counts in fixed windows).
+LOGIN_RATE_LIMIT = "10 per hour"
 
 
 class Deployment:
-    """Where everything runs: the production app at https://localhost:<port> (its public name), the
-    Terra stand-in at https://127.0.0.1:<port>, and the files of the test CA."""
+    """Where everything runs: nginx at https://localhost:<port> (the app's public name) in front of the
+    production app on http://127.0.0.1:<port>, the Terra stand-in at https://127.0.0.1:<port>, and the
+    files of the test CA."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -70,9 +107,10 @@ class Deployment:
         spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         self.spki_sha256 = base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
-        self.app_port, self.terra_port = free_port(), free_port()
-        self.url = f"https://localhost:{self.app_port}"
+        self.proxy_port, self.app_port, self.terra_port = free_port(), free_port(), free_port()
+        self.url = f"https://localhost:{self.proxy_port}"
         self.terra_url = f"https://127.0.0.1:{self.terra_port}"
+        self.access_log = folder / "nginx-access.log"
 
     def production_env(self, database_uri: str, **changes: str | None) -> dict[str, str]:
         """The production app's environment; a change to None leaves that variable out."""
@@ -83,6 +121,8 @@ class Deployment:
             "DATABASE_URL": database_uri,
             "PUBLIC_BASE_URL": self.url,
             "BIND": f"127.0.0.1:{self.app_port}",
+            "TRUSTED_PROXY_COUNT": "1",
+            "LOGIN_RATE_LIMIT": LOGIN_RATE_LIMIT,
             # The load balancer's health checks come by address (docs/deploy.md).
             "EXTRA_TRUSTED_HOSTS": "127.0.0.1",
             "TERRA_DEV_ID": SANDBOX_DEV_ID,
@@ -118,11 +158,66 @@ class Deployment:
             "REQUESTS_CA_BUNDLE": self.ca_bundle,
         }
 
-    def serve(self, env: dict[str, str], health_url: str, log_name: str):
-        command = [*GUNICORN, "--certfile", self.certfile, "--keyfile", self.keyfile, APP]
+    def serve_terra(self):
+        """The stand-in, by the page's command for gunicorn terminating TLS itself."""
+        command = [{"server.pem": self.certfile, "server.key": self.keyfile}.get(word, word) for word in SERVE_TLS]
         return server_process(
-            command, health_url=health_url, env=env, log_path=self.folder / log_name, verify=self.ca_bundle
+            command,
+            health_url=self.terra_url + "/healthz",
+            env=self.terra_env(),
+            log_path=self.folder / "terra.log",
+            verify=self.ca_bundle,
         )
+
+    def serve_app(self, database_uri: str):
+        return server_process(
+            SERVE,
+            health_url=f"http://127.0.0.1:{self.app_port}/readyz",
+            env=self.production_env(database_uri),
+            log_path=self.folder / "production.log",
+        )
+
+    def serve_proxy(self):
+        """nginx with the page's blocks, as an ordinary foreground process on a port of its own, with
+        every file it writes in this folder (its own prefix): the page's conf.d file goes into a minimal
+        main configuration's http block, where Debian's nginx.conf includes conf.d/*.conf."""
+        site = self.folder / "terra-connect.conf"
+        site.write_text(
+            fill_in(
+                NGINX_SITE,
+                {
+                    "listen 443 ssl": f"listen 127.0.0.1:{self.proxy_port} ssl",
+                    "server_name connect.example.com": "server_name localhost",
+                    "/etc/ssl/certs/connect.example.com.pem": self.certfile,
+                    "/etc/ssl/private/connect.example.com.key": self.keyfile,
+                    "/var/log/nginx/terra-connect.access.log": str(self.access_log),
+                    "http://127.0.0.1:8000": f"http://127.0.0.1:{self.app_port}",
+                },
+            )
+        )
+        # Debian's nginx keeps its temporary files under /var/lib/nginx: here, in this folder.
+        temp_paths = "".join(
+            f"    {kind}_temp_path {self.folder / kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        main = self.folder / "nginx.conf"
+        main.write_text(
+            # Run as root (CI containers), nginx's workers would become `nobody`, who cannot read this folder.
+            ("user root;\n" if os.geteuid() == 0 else "")
+            + f"pid {self.folder / 'nginx.pid'};\nerror_log {self.folder / 'nginx-error.log'};\n"
+            + NGINX_LIMITS
+            + f"http {{\n{temp_paths}    include {site};\n}}\n"
+        )
+        return server_process(
+            [NGINX, "-p", str(self.folder), "-c", str(main), "-g", "daemon off;"],
+            health_url=f"https://127.0.0.1:{self.proxy_port}/healthz",
+            env=dict(os.environ),
+            log_path=self.folder / "nginx.log",
+            verify=self.ca_bundle,
+        )
+
+    def logged_requests(self) -> str:
+        return self.access_log.read_text()
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -132,17 +227,14 @@ def migrate(env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, database_uri):
+    if not os.access(NGINX, os.X_OK):
+        pytest.fail(f"nginx is needed at {NGINX} (`make test` installs Debian's nginx)")
     deployment = Deployment(tmp_path_factory.mktemp("deployment"))
     limits = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     limits.flushdb()  # no Redis is a failure: production shares its limits there
     migrate(deployment.terra_env())
     migrate(deployment.production_env(database_uri))
-    with (
-        deployment.serve(deployment.terra_env(), deployment.terra_url + "/healthz", "terra.log"),
-        deployment.serve(
-            deployment.production_env(database_uri), f"https://127.0.0.1:{deployment.app_port}/readyz", "production.log"
-        ),
-    ):
+    with deployment.serve_terra(), deployment.serve_app(database_uri), deployment.serve_proxy():
         yield deployment
     _empty_tables(create_app(environ=_environ(database_uri)))
     limits.flushdb()
@@ -162,7 +254,9 @@ def chromium(deployment):
 
 
 @pytest.mark.browser
-def test_register_log_out_log_in_connect_disconnect_over_https(deployment, chromium, database_uri):
+def test_register_log_out_log_in_connect_disconnect_through_nginx(deployment, chromium, database_uri):
+    """On a public origin with a port (https://localhost:<port>): nginx's `$host` would drop it, and
+    every form post would answer 400 "The referrer does not match the host"."""
     context = chromium.new_context()
     page = context.new_page()
     page.set_default_timeout(15_000)
@@ -194,6 +288,7 @@ def test_register_log_out_log_in_connect_disconnect_over_https(deployment, chrom
     page.click("button[name=decision][value=allow]")
     page.wait_for_url(app + "/connect/return/success**")
     expect(page.locator("#attempt h1")).to_have_text("Connected to Garmin")
+    return_url = page.url
 
     page.click("text=Go to your connections")
     row = page.locator('#connections [data-provider="GARMIN"]')
@@ -209,6 +304,18 @@ def test_register_log_out_log_in_connect_disconnect_over_https(deployment, chrom
     with create_app(environ=_environ(database_uri)).app_context():
         events = db.session.scalars(select(WebhookEvent)).all()
         assert ("auth", "applied") in {(event.event_type, event.outcome) for event in events}
+    assert_no_token_logged(deployment, return_url)
+    assert '"POST /webhooks/terra" 200' in deployment.logged_requests()  # Terra's delivery came through nginx
+
+
+def assert_no_token_logged(deployment: Deployment, return_url: str) -> None:
+    """nginx's access log (the page's log_format) shows the return page and the status polls without
+    the attempt token, in the path or in `?attempt=`, nor Terra's parameters."""
+    logged = deployment.logged_requests()
+    pages = urlsplit(return_url).path.rsplit("/", 1)[0]
+    assert token_of(return_url) not in logged
+    assert f'"GET {pages}/[token]" 200' in logged
+    assert "reference_id" not in logged and "?" not in logged
 
 
 def test_https_answers_carry_production_headers(deployment):
@@ -219,8 +326,71 @@ def test_https_answers_carry_production_headers(deployment):
     assert response.headers["Cache-Control"] == "no-store"
     assert "form-action 'self' https:;" in response.headers["Content-Security-Policy"] + ";"
     assert "sandbox" not in response.text  # no sandbox badge: live mode
+    assert response.headers["Server"] == "nginx"  # docs/deploy.md's block: no version
     sandbox = requests.get(deployment.url + "/sandbox/", verify=deployment.ca_bundle, timeout=10)
     assert sandbox.status_code == 404
+
+
+def session_to(deployment: Deployment, **headers: str) -> requests.Session:
+    """A client of the deployment that sends `headers` with every request."""
+    session = requests.Session()
+    session.verify = deployment.ca_bundle
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE, when set, wins over the session's CA
+    session.headers.update(headers)
+    return session
+
+
+# Forwarded headers a client sends to move the app's links elsewhere: nginx passes X-Forwarded-Prefix
+# and -Port on as they come (it overwrites X-Forwarded-Host), and the app must not believe them.
+@pytest.mark.parametrize(
+    "prefix, victim",
+    [
+        pytest.param("@evil.example", "victim-at", id="prefix making the host a user name"),
+        pytest.param("//evil.example", "victim-slashes", id="prefix making links protocol-relative"),
+    ],
+)
+def test_forwarded_headers_from_a_client_cannot_move_users_to_another_host(deployment, prefix, victim):
+    hostile = {"X-Forwarded-Prefix": prefix, "X-Forwarded-Port": "666", "X-Forwarded-Host": "evil.example"}
+    web = Browser(deployment.url)
+    web.http = session_to(deployment, **hostile, Referer=deployment.url + "/")  # a browser's, same-origin
+    handed_out: list[str] = []  # every redirect and page the app answered
+
+    def answer(response: requests.Response, status: int) -> requests.Response:
+        assert response.status_code == status, response.text
+        handed_out.extend([response.headers.get("Location", ""), response.text])
+        return response
+
+    def submit(page: str, action: str, status: int = 303, **data: str) -> str:
+        return answer(web.submit(page, action, data, allow_redirects=False), status).headers["Location"]
+
+    account = {"email": f"{victim}@example.com", "password": PASSWORD}
+    assert answer(web.get("/connections", allow_redirects=False), 302).headers["Location"].startswith("/auth/login?")
+    assert submit("/auth/register", "/auth/register", **account) == "/connections"
+    answer(web.get("/connections"), 200)
+    submit("/connections", "/auth/logout")
+    assert submit("/auth/login", "/auth/login", **account) == "/connections"
+
+    # The return link the app gave Terra for the widget, where the browser goes after consent.
+    web_return = finish_widget(submit("/connections", "/connections/connect"), verify=deployment.ca_bundle)
+    assert web_return.startswith(deployment.url + "/connect/return/success/")
+    answer(web.get(web_return), 200)
+
+    # The mobile app's, asked for with a Host that names the public host on another port.
+    api = session_to(deployment, **hostile, Host="localhost:666")
+    token = answer(api.post(deployment.url + "/api/v1/tokens", json=account), 201).json()["access_token"]
+    api.headers["Authorization"] = "Bearer " + token
+    attempt = answer(api.post(deployment.url + "/api/v1/connect-attempts", json={"return": "page"}), 201).json()
+    assert attempt["status_url"].startswith("/api/v1/connect-attempts/")
+    mobile_return = finish_widget(attempt["url"], account=victim, verify=deployment.ca_bundle)
+    assert mobile_return.startswith(deployment.url + "/mobile/return/success/")
+    answer(web.get(mobile_return), 200)
+
+    assert not re.search("evil[.]example|:666", "\n".join(handed_out))
+    own_origins = ("#", deployment.url + "/", deployment.terra_url + "/")
+    for link in re.findall(r'(?:href|action|src)="([^"]*)"', "\n".join(handed_out)):
+        assert link.startswith(own_origins) or re.match(r"/(?![/\\])", link), link  # a path, not //host
+    assert_no_token_logged(deployment, web_return)
+    assert_no_token_logged(deployment, mobile_return)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +405,7 @@ def test_https_answers_carry_production_headers(deployment):
 )
 def test_only_configured_hosts_are_served(deployment, host, status):
     response = requests.get(
-        f"https://127.0.0.1:{deployment.app_port}/auth/login",
+        f"https://127.0.0.1:{deployment.proxy_port}/auth/login",  # through nginx, which passes the Host on
         headers={"Host": host},
         verify=deployment.ca_bundle,
         timeout=10,
@@ -285,7 +455,7 @@ def test_production_refuses_to_start(tmp_path, changes, message):
 @pytest.mark.parametrize(
     "entry_point",
     [
-        pytest.param([*GUNICORN, APP], id="gunicorn"),
+        pytest.param(SERVE, id="gunicorn"),
         pytest.param(MIGRATE, id="flask db upgrade"),
     ],
 )
@@ -299,53 +469,38 @@ def test_each_entry_point_refuses_to_start_and_says_why(tmp_path, entry_point):
     assert_no_secret_in(output, env)
 
 
-def test_behind_a_tls_proxy(database_uri, tmp_path, app):  # `app` empties the tables afterwards
-    """TRUSTED_PROXY_COUNT=1 and plain HTTP on loopback: the proxy terminates TLS and says so in
-    X-Forwarded-*. The app then holds form posts to the HTTPS rules (a same-origin Referer), answers only
-    to the public host, and rate-limits by the client's address rather than the proxy's."""
-    public = "https://connect.example.com"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = Deployment(tmp_path).production_env(
-        database_uri,
-        BIND=f"127.0.0.1:{port}",
-        PUBLIC_BASE_URL=public,
-        TRUSTED_PROXY_COUNT="1",
-        LOGIN_RATE_LIMIT="2 per minute",
-    )
+class FromAddress(HTTPAdapter):
+    """Connects from another loopback address (all of 127.0.0.0/8 is this machine's): to nginx, another
+    client."""
 
-    def through_proxy(
-        method: str, path: str, client: str = "203.0.113.9", host: str = "connect.example.com", **kwargs
-    ) -> requests.Response:
-        headers = {
-            "X-Forwarded-Proto": "https",
-            "X-Forwarded-Host": host,
-            "X-Forwarded-For": client,
-            **kwargs.pop("headers", {}),
-        }
-        return requests.request(method, url + path, headers=headers, allow_redirects=False, timeout=10, **kwargs)
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
 
-    with server_process([*GUNICORN, APP], health_url=url + "/healthz", env=env, log_path=tmp_path / "proxied.log"):
-        form = through_proxy("GET", "/auth/register")
-        assert "Secure" in form.headers["Set-Cookie"]  # the app knows the browser is on HTTPS
-        # The Secure cookie goes back by hand: requests would keep it from this http:// URL.
-        session = {"Cookie": form.headers["Set-Cookie"].split(";")[0]}
-        token = Browser.CSRF.search(form.text).group(1)
-        register = {"csrf_token": token, "email": "proxied@example.com", "password": PASSWORD}
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
 
-        def post_register(**headers: str) -> requests.Response:
-            return through_proxy("POST", "/auth/register", data=register, headers={**session, **headers})
 
-        assert b"referrer header is missing" in post_register().content
-        assert b"referrer does not match the host" in post_register(Referer="https://evil.example.net/").content
-        assert post_register(Referer=public + "/auth/register").status_code == 303
-        assert through_proxy("GET", "/auth/login", host="evil.example.net").status_code == 400
+def test_through_nginx_forms_want_a_same_origin_referer_and_limits_count_the_real_client(deployment):
+    """The app knows the browser is on HTTPS (nginx says so), so form posts need a same-origin Referer;
+    and it rate-limits by the address nginx saw, whatever X-Forwarded-For the client sends."""
 
-        def log_in_from(client: str) -> int:
-            wrong = {"csrf_token": token, "email": "proxied@example.com", "password": "wrong password"}
-            return through_proxy(
-                "POST", "/auth/login", client=client, data=wrong, headers={**session, "Referer": public + "/auth/login"}
-            ).status_code
+    def client(address: str) -> Browser:
+        browser = Browser(deployment.url)
+        browser.http = session_to(deployment, **{"X-Forwarded-For": "203.0.113.9"})  # forged, ignored
+        browser.http.mount("https://", FromAddress(address))
+        return browser
 
-        assert [log_in_from("203.0.113.9") for _ in range(3)] == [400, 400, 429]
-        assert log_in_from("203.0.113.10") == 400
+    mallory = client("127.0.0.2")
+
+    def log_in(browser: Browser, attempt: int, **headers: str) -> requests.Response:
+        wrong = {"email": f"nobody-{attempt}@example.com", "password": "wrong password"}
+        return browser.submit("/auth/login", "/auth/login", wrong, headers=headers)
+
+    assert b"referrer header is missing" in log_in(mallory, 0).content
+    assert b"referrer does not match the host" in log_in(mallory, 0, Referer="https://evil.example.net/").content
+    same_origin = {"Referer": deployment.url + "/auth/login"}
+    limit = int(LOGIN_RATE_LIMIT.split()[0])
+    answers = [log_in(mallory, attempt, **same_origin).status_code for attempt in range(1, limit + 2)]
+    assert answers == [400] * limit + [429]  # refused by the CSRF check, the first two were not counted
+    assert log_in(client("127.0.0.3"), 0, **same_origin).status_code == 400

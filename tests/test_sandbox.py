@@ -166,7 +166,8 @@ def test_widget_session_answers_201_with_warnings_for_unusable_providers(client,
     body = response.get_json()
     assert body["status"] == "success"
     assert body["expires_in"] == 900
-    assert body["url"] == f"http://localhost/sandbox/widget/{body['session_id']}"
+    # On PUBLIC_BASE_URL, whatever the request's Host (the test client's is "localhost").
+    assert body["url"] == f"{client.application.config['PUBLIC_BASE_URL']}/sandbox/widget/{body['session_id']}"
     assert len(body["warnings"]) == 2
     assert any("NOPE" in w for w in body["warnings"]) and any("SUUNTO" in w for w in body["warnings"])
     # Only GARMIN is left, so the widget goes straight to its login.

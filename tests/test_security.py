@@ -9,6 +9,7 @@ import requests
 
 from app import create_app
 from sandbox.settings import DEFAULT_SANDBOX_SIGNING_SECRET, SANDBOX_API_KEY
+from services.attempts import return_page_url
 from tests.conftest import TEST_SECRET_KEY, Browser, wait_for
 from tests.helpers import token_of
 from tests.test_config import PRODUCTION
@@ -64,6 +65,34 @@ def test_proxy_fix_decides_which_address_the_rate_limit_sees(database_uri, proxi
     assert [login_from("203.0.113.1") for _ in range(3)] == [400, 400, 429]
     # Without a trusted proxy every request comes from the proxy's address, so the limit is shared.
     assert (login_from("203.0.113.2") == 429) is second_client_limited
+
+
+@pytest.mark.parametrize(
+    "trusted_headers, prefix, login_page",
+    [
+        # By default a client's X-Forwarded-Prefix, which a proxy passes on unless it sets its own, is ignored.
+        pytest.param(None, "//evil.example", "/auth/login", id="prefix not trusted"),
+        # A deployment whose proxy sets the prefix says so: the app's links then follow it.
+        pytest.param("for,proto,host,prefix", "/terra", "/terra/auth/login", id="prefix trusted"),
+    ],
+)
+def test_a_forwarded_prefix_moves_links_only_when_the_proxy_is_said_to_set_it(
+    database_uri, trusted_headers, prefix, login_page
+):
+    environ = {"APP_ENV": "testing", "SECRET_KEY": "k", "TRUSTED_PROXY_COUNT": "1", "DATABASE_URL": database_uri}
+    if trusted_headers:
+        environ["TRUSTED_PROXY_HEADERS"] = trusted_headers
+    response = create_app(environ=environ).test_client().get("/connections", headers={"X-Forwarded-Prefix": prefix})
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith(login_page + "?")
+
+
+@pytest.mark.parametrize("pages", ["connect", "mobile"])
+def test_the_return_urls_given_to_terra_come_from_public_base_url_alone(app, pages):
+    """Whatever the request says its host, port and script root are (a proxy the app trusts too much)."""
+    with app.test_request_context("/", base_url="https://evil.example:666/@evil.example"):
+        url = return_page_url(pages, "success", "the-token")
+    assert url == f"{app.config['PUBLIC_BASE_URL']}/{pages}/return/success/the-token"
 
 
 def test_no_secret_or_token_appears_in_the_logs_of_a_full_flow(gunicorn_server, app, tmp_path):
