@@ -74,7 +74,7 @@ def require_credentials(status: int) -> Callable:
 def create_widget_session():
     session, options = _start_widget_session()
     # 200 as Terra's widget spec says; SANDBOX_WIDGET_SESSION_STATUS=201 as a third-party mock answers.
-    status = current_app.config["SANDBOX_WIDGET_SESSION_STATUS"]
+    status = int(current_app.config["SANDBOX_WIDGET_SESSION_STATUS"])
     return jsonify(_session_answer(session) | {"warnings": options.warnings}), status
 
 

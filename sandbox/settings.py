@@ -51,7 +51,7 @@ class SandboxSettings(Settings):
     SANDBOX_LATE_SECONDS: NonNegativeFloat | None = None
     SANDBOX_REORDER_WINDOW_SECONDS: NonNegativeFloat = 2
     # Terra's widget spec answers 200; a third-party mock of the new endpoint answers 201.
-    SANDBOX_WIDGET_SESSION_STATUS: Literal[200, 201] = 200
+    SANDBOX_WIDGET_SESSION_STATUS: Literal["200", "201"] = "200"
     # Terra documents only `reference_id` on the failure redirect; `detailed` adds `resource` and `reason`.
     SANDBOX_FAILURE_REDIRECT: Literal["documented", "detailed"] = "documented"
     # Terra does not say whether deauthenticateUser is followed by a `deauth` webhook.
