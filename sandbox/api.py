@@ -74,7 +74,9 @@ def require_credentials(status: int) -> Callable:
 @require_credentials(403)
 def create_widget_session():
     session, options = _start_widget_session()
-    return jsonify(_session_answer(session) | {"warnings": options.warnings}), 201
+    # 200 as Terra's widget spec says; SANDBOX_WIDGET_SESSION_STATUS=201 as a third-party mock answers.
+    status = int(current_app.config["SANDBOX_WIDGET_SESSION_STATUS"])
+    return jsonify(_session_answer(session) | {"warnings": options.warnings}), status
 
 
 @rest_route("/auth/generateWidgetSession", methods=["POST"])
@@ -138,7 +140,9 @@ def authenticate_user():
     session = start_flow(
         FlowKind.AUTHENTICATE, options, current_app.config, provider_codes=[provider.code], user_id=user_id
     )
-    return jsonify(status="success", user_id=user_id, auth_url=_widget_url(session))
+    # Terra's auth_url is the provider's own login page, not its widget: the sandbox's provider login step.
+    auth_url = public_url("sandbox.widget_login", session_id=session.id, provider=provider.code)
+    return jsonify(status="success", user_id=user_id, auth_url=auth_url)
 
 
 @rest_route("/auth/deauthenticateUser", methods=["DELETE"])
@@ -148,7 +152,11 @@ def deauthenticate_user():
     # Terra deletes a deauthenticated user, so a second call finds nothing.
     if not user.active:
         raise TerraApiError(404, "user not found")
-    send_user_event(user, "deauth", current_app.config)
+    if current_app.config["SANDBOX_DEAUTH_WEBHOOK"]:
+        send_user_event(user, "deauth", current_app.config)
+    else:  # Terra does not say that a deauth webhook follows: the caller's 200 is then all it hears
+        user.active = False
+        db.session.commit()
     return jsonify(status="success")
 
 

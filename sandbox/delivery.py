@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 # One connection pool for every delivery thread.
 _http = requests.Session()
 
+# SANDBOX_SIGNATURE_HEADERS → the headers each delivery carries the signature in: Terra's docs name
+# `terra-signature`; its agent skill says the platform sends `X-Terra-Signature` plus that older name.
+SIGNATURE_HEADERS = {
+    "terra-signature": ("terra-signature",),
+    "x-terra-signature": ("X-Terra-Signature",),
+    "both": ("X-Terra-Signature", "terra-signature"),
+}
+
 
 @dataclass(frozen=True)
 class WebhookSettings:
@@ -40,6 +48,7 @@ class WebhookSettings:
     retry_base_seconds: float
     retry_cap_seconds: float
     timeout_seconds: float
+    signature_headers: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> WebhookSettings:
@@ -50,6 +59,7 @@ class WebhookSettings:
             retry_base_seconds=config["SANDBOX_WEBHOOK_RETRY_BASE_SECONDS"],
             retry_cap_seconds=config["SANDBOX_WEBHOOK_RETRY_CAP_SECONDS"],
             timeout_seconds=config["SANDBOX_WEBHOOK_TIMEOUT_SECONDS"],
+            signature_headers=SIGNATURE_HEADERS[config["SANDBOX_SIGNATURE_HEADERS"]],
         )
 
     def delay_before_retry(self, retry_number: int) -> float:
@@ -269,8 +279,7 @@ def _post_once(
     signature = sign(envelope.body, settings.secret, signed_at)
     headers = {
         "Content-Type": "application/json",
-        "X-Terra-Signature": signature,
-        "terra-signature": signature,
+        **dict.fromkeys(settings.signature_headers, signature),
         "X-Terra-Trace-Id": envelope.trace_id,
         "terra-reference": envelope.terra_reference,
         "X-Terra-Ordering-Timestamp": str(envelope.ordering_timestamp_ms),

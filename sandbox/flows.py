@@ -139,10 +139,21 @@ def failure_return_url(session: SandboxSession, reason: str, config: Mapping[str
     """The link back to the app from a dead session page (None when the app gave no failure URL)."""
     if not session.failure_url:
         return None
-    params = {"reference_id": session.reference_id or "null", "reason": reason}
-    if len(session.provider_codes) == 1:
-        params["resource"] = session.provider_codes[0]
-    return add_terra_parameters(session.failure_url, params, config)
+    resource = session.provider_codes[0] if len(session.provider_codes) == 1 else None
+    return add_terra_parameters(session.failure_url, failure_parameters(session, resource, reason, config), config)
+
+
+def failure_parameters(
+    session: SandboxSession, resource: str | None, reason: str, config: Mapping[str, Any]
+) -> dict[str, str]:
+    """What the failure redirect carries: `reference_id`, the only parameter Terra documents there;
+    with SANDBOX_FAILURE_REDIRECT=detailed also `resource` (when known) and `reason` (the webhook's)."""
+    params = {"reference_id": session.reference_id or "null"}
+    if config["SANDBOX_FAILURE_REDIRECT"] == "detailed":
+        if resource:
+            params["resource"] = resource
+        params["reason"] = reason
+    return params
 
 
 # -- finishing a flow -----------------------------------------------------------------------------
@@ -238,7 +249,7 @@ def _fail(
         # authenticateUser promised this id; a widget flow's would-be user never existed.
         user_id=session.user_id or new_uuid(),
     )
-    params = {"reference_id": session.reference_id or "null", "resource": provider.code, "reason": reason}
+    params = failure_parameters(session, provider.code, reason, config)
     return add_terra_parameters(session.failure_url or _result_page(session), params, config), [event]
 
 

@@ -50,6 +50,14 @@ class SandboxSettings(Settings):
     # Unset: the widget session lifetime plus 30 s, so a late webhook lands after the attempt expired.
     SANDBOX_LATE_SECONDS: NonNegativeFloat | None = None
     SANDBOX_REORDER_WINDOW_SECONDS: NonNegativeFloat = 2
+    # Terra's widget spec answers 200; a third-party mock of the new endpoint answers 201.
+    SANDBOX_WIDGET_SESSION_STATUS: Literal["200", "201"] = "200"
+    # Terra documents only `reference_id` on the failure redirect; `detailed` adds `resource` and `reason`.
+    SANDBOX_FAILURE_REDIRECT: Literal["documented", "detailed"] = "documented"
+    # Terra does not say whether deauthenticateUser is followed by a `deauth` webhook.
+    SANDBOX_DEAUTH_WEBHOOK: bool = True
+    # Terra's docs name `terra-signature`; its agent skill says `X-Terra-Signature` plus that older name.
+    SANDBOX_SIGNATURE_HEADERS: Literal["terra-signature", "x-terra-signature", "both"] = "terra-signature"
 
     def flask_config(self, public_base_url: str) -> dict:
         """The sandbox's knobs, and Terra's credentials and endpoints pointing at the sandbox."""

@@ -71,6 +71,10 @@ def parse_flow_options(body: dict[str, Any], *, with_providers: bool) -> FlowOpt
 
 
 def _providers(body: dict[str, Any]) -> tuple[list[str] | None, list[str]]:
+    # Terra's spec types `providers` as one comma-separated string (its older SDKs joined a list before
+    # sending); a JSON array is refused, so code that sends one fails here as it would against Terra.
+    if not isinstance(body.get("providers"), str | None):
+        raise TerraApiError(400, 'providers must be one comma-separated string, such as "GARMIN,OURA"')
     raw = _optional_string(body, "providers").strip()
     # Omitted, blank or the legacy wildcard "ALL": the dashboard selection, i.e. every enabled provider.
     if not raw or raw.upper() == "ALL":

@@ -57,7 +57,7 @@ def _open_session(session_id: str) -> SandboxSession:
 def widget_page(session_id: str):
     session = _open_session(session_id)
     offered = offered_providers(session)
-    # One provider (always the case for authenticateUser) skips the picker, as Terra's widget does.
+    # One provider skips the picker, as Terra's widget does (authenticateUser's auth_url is the login step itself).
     if session.kind == FlowKind.AUTHENTICATE or len(offered) == 1:
         return redirect(url_for("sandbox.widget_login", session_id=session.id, provider=offered[0].code), 303)
     return render_template("sandbox/picker.html", flow=session, providers=offered)

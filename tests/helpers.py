@@ -102,9 +102,11 @@ def finish_widget(
     widget_url: str, outcome: str = "success", account: str = "ada-garmin", provider: str = "GARMIN", **kwargs
 ) -> str:
     """Finish a sandbox widget session through its automation endpoint, which does what its pages do;
-    returns the URL Terra sends the browser back to. `kwargs` go to requests (e.g. headers)."""
+    returns the URL Terra sends the browser back to. `kwargs` go to requests (e.g. headers).
+    `widget_url` may also be an authenticateUser auth_url (the session's provider login step)."""
+    session_url = widget_url.partition("?")[0].removesuffix("/login")
     response = requests.post(
-        widget_url + "/complete",
+        session_url + "/complete",
         json={"provider": provider, "account": account, "outcome": outcome},
         timeout=10,
         **kwargs,

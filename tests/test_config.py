@@ -238,6 +238,10 @@ BAD_VALUES = {
     "SANDBOX_RETRY_AFTER_SECONDS": ("1.5", {}),
     "SANDBOX_LATE_SECONDS": ("later", {}),
     "SANDBOX_REORDER_WINDOW_SECONDS": ("2s", {}),
+    "SANDBOX_WIDGET_SESSION_STATUS": ("202", {}),
+    "SANDBOX_FAILURE_REDIRECT": ("everything", {}),
+    "SANDBOX_DEAUTH_WEBHOOK": ("sometimes", {}),
+    "SANDBOX_SIGNATURE_HEADERS": ("signature", {}),
 }
 # Any text is a valid secret: these have no bad value.
 FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}

@@ -20,6 +20,8 @@ from services.attempts import attempt_token
 from services.providers import provider_label
 from tests.conftest import Browser, wait_for
 from tests.helpers import finish_widget, lose_webhooks, token_of
+from tests.test_faults import terra_headers
+from tests.test_sandbox import deliveries_finished
 
 
 def start_connect(browser: Browser) -> str:
@@ -90,6 +92,28 @@ def test_deny_and_cancel_end_as_failed_with_their_reason(signed_in, live_server,
     assert connections(live_server) == []
 
 
+@pytest.mark.parametrize("status", ["200", "201"])
+def test_the_flow_connects_whichever_2xx_the_widget_session_answers(signed_in, live_server, status):
+    live_server.app.config["SANDBOX_WIDGET_SESSION_STATUS"] = status
+    probe = requests.post(
+        live_server.url + "/sandbox/api/widget/session", json={}, headers=terra_headers(live_server), timeout=10
+    )
+    assert probe.status_code == int(status)
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
+    assert state["status"] == "connected"
+
+
+@pytest.mark.parametrize("position", ["documented", "detailed"])
+def test_a_denial_ends_failed_whatever_the_failure_redirect_carries(signed_in, live_server, position):
+    # Terra documents only reference_id on the failure redirect: the reason comes from the signed webhook.
+    live_server.app.config["SANDBOX_FAILURE_REDIRECT"] = position
+    return_url = finish_widget(start_connect(signed_in), outcome="denied")
+    assert ("reason" in parse_qs(urlsplit(return_url).query)) is (position == "detailed")
+    state = wait_for_terminal(signed_in, return_url)
+    assert (state["status"], state["error"]["code"]) == ("failed", "access_denied")
+    assert "You declined the permissions" in signed_in.get(return_url).text
+
+
 def test_reconnecting_the_same_account_keeps_one_connection_with_the_new_terra_user(signed_in, live_server):
     first = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="same-account"))
     second_url = finish_widget(start_connect(signed_in), account="same-account")
@@ -141,6 +165,19 @@ def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, liv
     # Terra's deauth webhook follows; it must leave the connection revoked, not fail.
     with live_server.app.app_context():
         wait_for(lambda: db.session.scalars(select(WebhookEvent).where(WebhookEvent.event_type == "deauth")).first())
+    assert [row.status for row in connections(live_server)] == ["revoked"]
+
+
+def test_disconnect_shows_from_terras_confirmation_when_no_deauth_webhook_follows(signed_in, live_server):
+    # Terra does not say that deauthenticateUser is followed by a deauth webhook: its 200 must be enough.
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
+    live_server.app.config["SANDBOX_DEAUTH_WEBHOOK"] = False
+    with deliveries_finished():  # whatever the sandbox sends for the deauthentication is sent by the end
+        response = signed_in.submit("/connections", f"/connections/{state['connection']['id']}/disconnect")
+    assert response.status_code == 200
+    assert 'data-status="revoked"' in response.text and "is disconnected" in response.text
+    assert "deauth" not in [post.event_type for post in traffic_of(live_server.app).webhooks()]
+    assert 'data-status="revoked"' in signed_in.get("/connections").text
     assert [row.status for row in connections(live_server)] == ["revoked"]
 
 
@@ -227,6 +264,9 @@ def test_custom_ui_lists_providers_and_connects_one_through_authenticate_user(si
     response = signed_in.submit("/connections/providers", "/connections/connect/OURA", allow_redirects=False)
     assert response.status_code == 303
     auth_url = response.headers["Location"]
+    # Terra's auth_url is the provider's own login page: no widget, no picker, no redirect on the way.
+    login = requests.get(auth_url, allow_redirects=False, timeout=10)
+    assert login.status_code == 200 and 'id="provider-login"' in login.text
     state = wait_for_terminal(signed_in, finish_widget(auth_url, provider="OURA"))
     assert state["status"] == "connected" and state["connection"]["provider"] == "OURA"
 

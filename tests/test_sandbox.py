@@ -123,7 +123,7 @@ def new_session(client, headers, **body) -> dict:
     body.setdefault("auth_success_redirect_url", "https://app.example/return/success?attempt=abc")
     body.setdefault("auth_failure_redirect_url", "https://app.example/return/failure?attempt=abc")
     response = client.post("/sandbox/api/widget/session", json=body, headers=headers)
-    assert response.status_code == 201, response.get_json()
+    assert response.status_code == 200, response.get_json()
     return response.get_json()
 
 
@@ -158,11 +158,11 @@ def test_widget_session_rejects_bad_credentials(client, sent):
     assert body["status"] == "error" and body["message"]
 
 
-def test_widget_session_answers_201_with_warnings_for_unusable_providers(client, headers):
+def test_widget_session_answers_200_with_warnings_for_unusable_providers(client, headers):
     response = client.post(
         "/sandbox/api/widget/session", json={"providers": "garmin,NOPE,SUUNTO", "extra": 1}, headers=headers
     )
-    assert response.status_code == 201
+    assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "success"
     assert body["expires_in"] == 900
@@ -198,7 +198,7 @@ def test_sdk_only_providers_hand_back_to_the_app_with_a_null_user_and_no_webhook
 
 def test_widget_session_alias_path(client, headers):
     response = client.post("/sandbox/widget/api/session", json={"providers": "OURA"}, headers=headers)
-    assert response.status_code == 201
+    assert response.status_code == 200
     assert response.get_json()["warnings"] == []
 
 
@@ -225,7 +225,7 @@ def test_widget_session_needs_a_json_object(client, headers, kwargs):
 def test_reference_id_longer_than_255_is_rejected(client, headers):
     ok = client.post("/sandbox/api/widget/session", json={"reference_id": "r" * 255}, headers=headers)
     too_long = client.post("/sandbox/api/widget/session", json={"reference_id": "r" * 256}, headers=headers)
-    assert ok.status_code == 201
+    assert ok.status_code == 200
     assert too_long.status_code == 400
     assert "reference_id" in too_long.get_json()["message"]
 
@@ -251,7 +251,7 @@ def test_bad_redirect_urls_are_rejected(client, headers, url):
 @pytest.mark.parametrize("url", ["https://app.example/cb?x=1", "http://localhost:5000/return", "myapp://connect/done"])
 def test_web_and_app_link_redirect_urls_are_accepted(client, headers, url):
     response = client.post("/sandbox/api/widget/session", json={"auth_success_redirect_url": url}, headers=headers)
-    assert response.status_code == 201
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize("prefix", ["/sandbox/v2", "/sandbox/api/v2"])
@@ -314,11 +314,11 @@ def test_success_without_reference_id_sends_literal_null(client, headers):
 
 
 @pytest.mark.parametrize("outcome, reason", [("denied", "access_denied"), ("cancelled", "auth_cancelled")])
-def test_failure_redirects_with_reason_and_sends_auth_cancelled(client, headers, webhooks, outcome, reason):
+def test_failure_redirects_with_the_reference_id_and_sends_auth_cancelled(client, headers, webhooks, outcome, reason):
     session = new_session(client, headers)
     url = complete(client, session["session_id"], outcome=outcome).get_json()["redirect_url"]
     assert url.startswith("https://app.example/return/failure?") and url.count("?") == 1
-    assert query_of(url) == {"attempt": "abc", "reference_id": "ref-1", "resource": "GARMIN", "reason": reason}
+    assert query_of(url) == {"attempt": "abc", "reference_id": "ref-1"}
 
     [event] = webhooks.events(1)
     assert event == {
@@ -427,7 +427,6 @@ def test_user_cap_fails_new_users_inside_the_widget_but_allows_reauth(app, clien
     session = new_session(client, headers)
     url = complete(client, session["session_id"], account="c").get_json()["redirect_url"]
     assert urlsplit(url).path == "/return/failure"
-    assert query_of(url)["reason"] == "user_limit_reached"
     assert webhooks.events(3)[2]["reason"] == "user_limit_reached"
 
     # A re-auth replaces a user, so it still fits under the cap.
@@ -473,7 +472,7 @@ def test_deauthenticate_user_then_404_and_a_deauth_webhook(client, headers, webh
     assert user_id not in [user["user_id"] for user in subscribed]
 
 
-def test_authenticate_user_preallocates_the_user_id_and_skips_the_picker(client, headers, webhooks):
+def test_authenticate_user_preallocates_the_user_id_and_lands_on_the_provider_login(client, headers, webhooks):
     response = client.post(
         "/sandbox/v2/auth/authenticateUser",
         query_string={"resource": "oura"},
@@ -483,10 +482,13 @@ def test_authenticate_user_preallocates_the_user_id_and_skips_the_picker(client,
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "success"
-    flow_path = urlsplit(body["auth_url"]).path
-    assert client.get(flow_path).headers["Location"].endswith("provider=OURA")
+    # Terra's auth_url is the provider's own login page: no widget, no picker, no redirect on the way.
+    auth_url = urlsplit(body["auth_url"])
+    login = client.get(auth_url.path, query_string=auth_url.query)
+    assert login.status_code == 200 and 'id="provider-login"' in login.get_data(as_text=True)
+    assert "Sign in to Oura" in login.get_data(as_text=True)
 
-    flow_id = flow_path.rsplit("/", 1)[1]
+    flow_id = auth_url.path.split("/")[-2]
     url = complete(client, flow_id, provider=None).get_json()["redirect_url"]
     assert query_of(url) == {"user_id": body["user_id"], "resource": "OURA", "reference_id": "ref-9"}
     [event] = webhooks.events(1)
@@ -539,13 +541,13 @@ def test_new_host_answers_problem_json_and_old_host_status_message(client, heade
 # -- webhook delivery -----------------------------------------------------------------------------
 
 
-def test_webhooks_are_signed_under_both_header_names(app, client, headers, webhooks):
+def test_webhooks_are_signed_under_the_header_terras_docs_name(app, client, headers, webhooks):
     connect(client, headers)
     [delivery] = webhooks.wait_for(1)
     sent = delivery["headers"]
     assert sent["Content-Type"] == "application/json"
-    assert sent["X-Terra-Signature"] == sent["terra-signature"]
-    verify(delivery["body"], sent["X-Terra-Signature"], app.config["TERRA_SIGNING_SECRET"])
+    assert sent.get_all("terra-signature") == [sent["terra-signature"]] and "X-Terra-Signature" not in sent
+    verify(delivery["body"], sent["terra-signature"], app.config["TERRA_SIGNING_SECRET"])
     assert sent["X-Terra-Trace-Id"] and sent["terra-reference"]
     assert sent["X-Terra-Ordering-Timestamp"].isdigit() and len(sent["X-Terra-Ordering-Timestamp"]) == 13
 
@@ -569,7 +571,7 @@ def test_retries_are_signed_afresh_unless_stale_signature_keeps_the_first_t(app,
         SANDBOX_WEBHOOK_RETRIES=1,
     )
     deliver([{"type": "deauth"}], config, faults).join(timeout=5)
-    first, retry = (delivery["headers"]["X-Terra-Signature"] for delivery in webhooks.wait_for(2))
+    first, retry = (delivery["headers"]["terra-signature"] for delivery in webhooks.wait_for(2))
     assert (first == retry) is same_timestamp
     for header in (first, retry):
         verify(b'{"type":"deauth"}', header, app.config["TERRA_SIGNING_SECRET"], tolerance=60)
@@ -620,8 +622,9 @@ def test_dead_sessions_show_a_page_linking_back_to_the_app(app, client, headers)
     complete(client, session["session_id"])
     used = client.get(f"/sandbox/widget/{session['session_id']}")
     assert used.status_code == 409 and b"already used" in used.data
-    assert b"reason=session_used" in used.data and b"reference_id=ref-1" in used.data
+    assert b"reference_id=ref-1" in used.data and b"reason=" not in used.data
 
+    app.config["SANDBOX_FAILURE_REDIRECT"] = "detailed"  # the back link then says why, as the redirects do
     expired = new_session(client, headers)
     with app.app_context():
         db.session.get(SandboxSession, expired["session_id"]).expires_at = utcnow()
