@@ -255,6 +255,19 @@ REFUSALS = [
         {"PUBLIC_BASE_URL": "http://localhost"}, "PUBLIC_BASE_URL must be https://", id="http PUBLIC_BASE_URL"
     ),
     pytest.param(
+        {"SECRET_KEY_FALLBACKS": "changeme"}, "SECRET_KEY_FALLBACKS (entry 1 of 1) is a published", id="weak fallback"
+    ),
+    pytest.param({"SECRET_KEY": "x" * 48}, "SECRET_KEY is too easy to guess", id="repeated SECRET_KEY"),
+    pytest.param(
+        {"TERRA_SIGNING_SECRET": "sandbox-signing-secret-not-for-production"},
+        "TERRA_SIGNING_SECRET is a published sample value",
+        id="the sandbox's signing secret",
+    ),
+    pytest.param(
+        {"TERRA_API_BASE_URL": "http://127.0.0.1:9/sandbox/v2"}, "TERRA_API_BASE_URL must be https://", id="http Terra"
+    ),
+    pytest.param({"FLASK_DEBUG": "1"}, "FLASK_DEBUG must be off", id="debug mode"),
+    pytest.param(
         {"SECRET_KEY": "short-secret-key-of-31-chars..."},
         "SECRET_KEY must be at least 32 characters",
         id="short SECRET_KEY",
@@ -267,7 +280,8 @@ def refused_env(tmp_path: Path, changes: dict[str, str | None]) -> dict[str, str
 
 
 def assert_no_secret_in(output: str, env: dict[str, str]) -> None:
-    for secret in (env.get("SECRET_KEY"), env.get("TERRA_API_KEY"), env.get("TERRA_SIGNING_SECRET")):
+    secrets = ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
+    for secret in (env.get(name) for name in secrets):
         assert not secret or secret not in output
 
 
