@@ -363,3 +363,41 @@ def test_behind_a_tls_proxy(database_uri, tmp_path, app):  # `app` empties the t
 
         assert [log_in_from("203.0.113.9") for _ in range(3)] == [400, 400, 429]
         assert log_in_from("203.0.113.10") == 400
+
+
+# Every form of the app, by the path it posts to; ids need not exist: the CSRF check comes first.
+FORMS = [
+    "/auth/register",
+    "/auth/login",
+    "/auth/logout",
+    "/connections/connect",
+    "/connections/connect/GARMIN",
+    "/connections/1/disconnect",
+    "/connections/1/events/1/replay",
+]
+
+
+@pytest.mark.parametrize("referer", ["https://localhost:99999/", "https://[::1/"])
+def test_a_form_post_with_a_malformed_referer_is_a_400(deployment, referer):
+    """Over HTTPS, Flask-WTF compares the Referer's origin with the host's; one it cannot parse is a
+    bad request like any other failed check, on every form, signed in (as each form is posted)."""
+    browser = Browser(deployment.url)
+    browser.http.verify, browser.http.trust_env = deployment.ca_bundle, False  # no CA bundle from the environment
+    same_origin = {"Referer": deployment.url + "/auth/register"}
+    email = f"referer-{len(referer)}@example.com"
+    signed_in = browser.submit(
+        "/auth/register", "/auth/register", {"email": email, "password": PASSWORD}, headers=same_origin
+    )
+    assert signed_in.url == deployment.url + "/connections"
+    token = Browser.CSRF.search(browser.get("/connections").text).group(1)
+    for path in FORMS:
+        response = browser.http.post(
+            deployment.url + path,
+            data={"csrf_token": token},
+            headers={"Referer": referer},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert (path, response.status_code) == (path, 400)
+        assert "The referrer header is malformed." in response.text
+    assert "Your connections" in browser.get("/connections").text  # still signed in: logging out was refused too
