@@ -3,11 +3,13 @@
 import pytest
 from sqlalchemy import func, select
 
+from app import create_app
 from extensions import db
 from models import User
 from services import accounts
 from terra_integration.reference_ids import is_authentic, new_reference_id
-from tests.conftest import Browser
+from tests.conftest import Browser, _environ, free_port
+from tests.helpers import redis_test_url
 
 
 def test_register_creates_user_with_hashed_password_and_reference_id(client, app, auth):
@@ -211,6 +213,18 @@ def test_login_is_rate_limited(client, auth, app):
 def test_health_endpoints(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ok", "checks": {"database": "ok"}}
+
+
+def test_readiness_includes_the_shared_rate_limit_store(database_uri):
+    """With Redis down every sign-in fails, so the instance is not ready: 503 naming the store, and
+    never its URI (a password may be in it). Nothing listens on a port just found free."""
+    down = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    for uri, status, state in [(down, 503, "unreachable"), (redis_test_url(0), 200, "ok")]:
+        client = create_app(environ=_environ(database_uri, RATELIMIT_STORAGE_URI=uri)).test_client()
+        response = client.get("/readyz")
+        assert response.status_code == status
+        assert response.json["checks"] == {"database": "ok", "rate_limit_store": state}
+        assert "hunter2" not in response.text and "6379" not in response.text
 
 
 def test_security_headers_on_pages(client):
