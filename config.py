@@ -273,6 +273,9 @@ class AppSettings(ServerSettings):
     USERINFO_CHECK_AFTER_SECONDS: NonNegativeInt = 3
     RATELIMIT_STORAGE_URI: str = "memory://"
     LOGIN_RATE_LIMIT: Rate = "10 per minute"
+    # Per account (the submitted email), web and API together, from any address. A flood of guesses
+    # closes the account's sign-in until its window ends, never longer.
+    LOGIN_ACCOUNT_RATE_LIMIT: Rate = "10 per 15 minutes"
     REGISTER_RATE_LIMIT: Rate = "10 per hour"
     # Per user, web and API together: each attempt spends a widget session of the Terra quota.
     CONNECT_RATE_LIMIT: Rate = "10 per minute"
@@ -416,6 +419,7 @@ class AppSettings(ServerSettings):
             "RATELIMIT_STORAGE_URI": self.RATELIMIT_STORAGE_URI,
             "RATELIMIT_HEADERS_ENABLED": True,
             "LOGIN_RATE_LIMIT": self.LOGIN_RATE_LIMIT,
+            "LOGIN_ACCOUNT_RATE_LIMIT": self.LOGIN_ACCOUNT_RATE_LIMIT,
             "REGISTER_RATE_LIMIT": self.REGISTER_RATE_LIMIT,
             "CONNECT_RATE_LIMIT": self.CONNECT_RATE_LIMIT,
             "STATUS_RATE_LIMIT": self.STATUS_RATE_LIMIT,

@@ -7,6 +7,8 @@ generation is no longer the user's is signed out, so logging out ends every copy
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Callable
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
@@ -52,6 +54,32 @@ def login_required(view):
     return wrapped_view
 
 
+def sign_in_account_limit(submitted_email: Callable[[], object]):
+    """Sign-in tries per account, the web's and the API's together, from whatever address: the per
+    address LOGIN_RATE_LIMIT alone lets many addresses guess on. Counts live in RATELIMIT_STORAGE_URI,
+    so they hold across processes. The key is the submitted email, with or without an account, so a
+    429 tells nothing about which addresses have one (hashed: no address in the store, and a bounded
+    key). Every try counts, a right password too, before anything is checked, so guesses sent at once
+    cannot slip past; and the window bounds how long a flood of guesses keeps the owner out too."""
+
+    def rate() -> str:
+        return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+
+    def email() -> str | None:
+        value = submitted_email()
+        return accounts.normalise_email(value) if isinstance(value, str) and value.strip() else None
+
+    return limiter.shared_limit(
+        rate,
+        scope="sign-in-account",
+        key_func=lambda: "account:" + hashlib.sha256(email().encode("utf-8", "surrogatepass")).hexdigest(),
+        exempt_when=lambda: email() is None,  # nothing to sign in to: the form or body says why
+        error_message=lambda: (
+            f"Too many sign-in attempts for this email address: the limit is {rate()}. Please wait and try again."
+        ),
+    )
+
+
 @bp.route("/register", methods=("GET", "POST"))
 @limiter.limit(
     lambda: current_app.config["REGISTER_RATE_LIMIT"],
@@ -74,6 +102,7 @@ def register():
 
 @bp.route("/login", methods=("GET", "POST"))
 @limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
+@sign_in_account_limit(lambda: request.form.get("email"))
 def login():
     form = CredentialsForm()
     if form.validate_on_submit():

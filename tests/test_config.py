@@ -261,6 +261,7 @@ BAD_VALUES = {
     "USERINFO_CHECK_AFTER_SECONDS": ("-1", {}),
     "RATELIMIT_STORAGE_URI": ("mysql://limits:hunter2@db/x", {}),
     "LOGIN_RATE_LIMIT": ("plenty", {}),
+    "LOGIN_ACCOUNT_RATE_LIMIT": ("10 per try", {}),
     "REGISTER_RATE_LIMIT": ("10 per fortnight", {}),
     "CONNECT_RATE_LIMIT": ("ten a minute", {}),
     "STATUS_RATE_LIMIT": ("120/parsec", {}),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from config import ConfigError
 from extensions import db
 from models import WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
+from tests import helpers
 from tests.conftest import ROOT, VENV_BIN, Browser, _empty_tables, _environ, free_port, server_process
 from tests.helpers import redis_test_url
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
@@ -280,8 +282,8 @@ def refused_env(tmp_path: Path, changes: dict[str, str | None]) -> dict[str, str
 
 
 def assert_no_secret_in(output: str, env: dict[str, str]) -> None:
-    secrets = ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
-    for secret in (env.get(name) for name in secrets):
+    names = ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
+    for secret in (env.get(name) for name in names):
         assert not secret or secret not in output
 
 
@@ -401,3 +403,51 @@ def test_a_form_post_with_a_malformed_referer_is_a_400(deployment, referer):
         assert (path, response.status_code) == (path, 400)
         assert "The referrer header is malformed." in response.text
     assert "Your connections" in browser.get("/connections").text  # still signed in: logging out was refused too
+
+
+def test_sign_in_tries_are_counted_per_account_from_any_address(database_uri, tmp_path, app):
+    """80 wrong passwords from 80 addresses, through a TLS proxy that names each client
+    (TRUSTED_PROXY_COUNT=1): the per-address limit never bites, the per-account one does (10 in 15
+    minutes by default), for the web page and the API's token endpoint together, counted in Redis by
+    gunicorn's two workers alike. Past it the right password is refused too, for a window the answer
+    names, and an email without an account gets the very same answer."""
+    public = "https://connect.example.com"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = Deployment(tmp_path).production_env(
+        database_uri, BIND=f"127.0.0.1:{port}", PUBLIC_BASE_URL=public, TRUSTED_PROXY_COUNT="1"
+    )
+    # Fresh emails on every run: the counts live in Redis for their window, across test runs.
+    owner, stranger = (f"{name}-{secrets.token_hex(4)}@example.com" for name in ("owner", "nobody"))
+    with app.app_context():
+        helpers.create_user(owner)
+    addresses = iter(f"198.18.{number // 200}.{number % 200 + 1}" for number in range(1000))
+
+    def through_proxy(method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "connect.example.com", **kwargs.pop("headers", {})}
+        headers["X-Forwarded-For"] = next(addresses)  # a new client every time
+        return requests.request(method, url + path, headers=headers, allow_redirects=False, timeout=10, **kwargs)
+
+    def api_sign_in(email: str, password: str) -> requests.Response:
+        return through_proxy("POST", "/api/v1/tokens", json={"email": email, "password": password})
+
+    with server_process([*GUNICORN, APP], health_url=url + "/healthz", env=env, log_path=tmp_path / "accounts.log"):
+        form = through_proxy("GET", "/auth/login")
+        web_session = {"Cookie": form.headers["Set-Cookie"].split(";")[0], "Referer": public + "/auth/login"}
+        csrf_token = Browser.CSRF.search(form.text).group(1)
+
+        def web_sign_in(email: str, password: str) -> requests.Response:
+            credentials = {"csrf_token": csrf_token, "email": email, "password": password}
+            return through_proxy("POST", "/auth/login", data=credentials, headers=web_session)
+
+        tries = [(web_sign_in if number % 2 else api_sign_in)(owner, f"wrong guess {number}") for number in range(80)]
+        assert [response.status_code for response in tries[:10]] == [401, 400] * 5
+        assert {response.status_code for response in tries[10:]} == {429}
+        refused = api_sign_in(owner, helpers.PASSWORD)
+        assert refused.status_code == 429 and web_sign_in(owner, helpers.PASSWORD).status_code == 429
+        assert "Too many sign-in attempts for this email address" in refused.json()["error"]["message"]
+        assert 0 < int(refused.headers["Retry-After"]) <= 15 * 60  # the window ends it, not an operator
+
+        unknown = [api_sign_in(stranger, f"wrong guess {number}") for number in range(11)]
+        assert [response.status_code for response in unknown] == [401] * 10 + [429]
+        assert unknown[-1].json() == refused.json()
