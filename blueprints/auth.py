@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 from flask_wtf import FlaskForm
 from sqlalchemy import update
 from wtforms import EmailField, PasswordField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms.validators import DataRequired, Email, Length, ValidationError
 
 from extensions import db, limiter
 from models import User
@@ -26,6 +26,15 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 class CredentialsForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(min=8, max=128)])
+
+
+class RegistrationForm(CredentialsForm):
+    def validate_password(self, field: PasswordField) -> None:
+        if field.errors or not self.email.data:  # already told what to fix
+            return
+        problem = accounts.password_problem(self.email.data, field.data)
+        if problem:
+            raise ValidationError(problem)
 
 
 @bp.before_app_request
@@ -88,7 +97,7 @@ def sign_in_account_limit(submitted_email: Callable[[], object]):
 )
 def register():
     # Limited per client address: each try costs a password hash, and accounts are free to make.
-    form = CredentialsForm()
+    form = RegistrationForm()
     if form.validate_on_submit():
         try:
             user = accounts.register(form.email.data, form.password.data)

@@ -49,6 +49,29 @@ def test_register_validates_input(client, email, password, message):
     assert response.status_code == 400 and message in response.data
 
 
+@pytest.mark.parametrize(
+    "email, password, message",
+    [
+        ("ada@example.com", "password1", "This is a very common password."),
+        ("ada@example.com", "qwertyuiop", "This is a top-100 common password."),
+        ("ada@example.com", "iloveyou2", "This is a very common password."),
+        ("ada@example.com", "12345678", "Choose a less common password."),
+        ("ada@example.com", "ADA@example.com", "must not be your email address or its part before the @"),
+        ("adalovelace@example.com", "AdaLovelace", "must not be your email address or its part before the @"),
+    ],
+)
+def test_register_refuses_a_common_password_or_the_email(app, client, email, password, message):
+    response = client.post("/auth/register", data={"email": email, "password": password})
+    assert response.status_code == 400 and message in response.text
+    assert password not in response.text  # the form never echoes a password
+    with app.app_context():
+        assert db.session.scalars(select(User)).first() is None
+    # The same email with a passphrase of unrelated words is welcome.
+    assert (
+        client.post("/auth/register", data={"email": email, "password": "plinth otter 4 marmalade"}).status_code == 303
+    )
+
+
 def test_login_and_logout(client, auth):
     auth.register()
     auth.logout()
