@@ -52,9 +52,9 @@ LIVE_API_BASE_URL = "https://api.tryterra.co/v2"
 ENDPOINTS = ("TERRA_WIDGET_SESSION_URL", "TERRA_LEGACY_WIDGET_URL", "TERRA_API_BASE_URL")
 
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
-# A key of 32+ characters can still be guessable: one character repeated, or a word over and over.
-# Every random key (secrets.token_hex(16) upwards) clears both bars by far: among 200,000 such hex keys
-# of 32 characters none had fewer than 9 distinct characters or an estimate under 90 bits.
+# A key of 32+ characters can still be guessable: one character repeated, a word over and over. Every
+# random key (secrets.token_hex(16) upwards) clears these bars: of 100,000 hex keys of 32 characters,
+# none had fewer than 9 distinct characters or an estimate (estimated_bits) under 90 bits.
 MIN_PRODUCTION_SECRET_KEY_DISTINCT = 8
 MIN_PRODUCTION_SECRET_KEY_BITS = 80
 GENERATE_SECRET_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
@@ -170,9 +170,14 @@ def is_published_secret(value: str) -> bool:
 def estimated_bits(key: str) -> float:
     """A key's strength as if each character were drawn at random from the key's own characters, as
     often as they occur in it (length times the Shannon entropy of that mix): 0 for one character
-    repeated, about 90 for a word over and over, 190+ for secrets.token_urlsafe(48)."""
+    repeated, under 80 for a long run of one, about 300 for secrets.token_urlsafe(48)."""
     counts = [key.count(char) for char in set(key)]
     return -sum(count * math.log2(count / len(key)) for count in counts)
+
+
+def repeats_itself(key: str) -> bool:
+    """The key is a shorter piece over and over (the last time perhaps cut short), `changemechangem...`."""
+    return any(key[shift:] == key[:-shift] for shift in range(1, len(key) // 2 + 1))
 
 
 def production_key_problem(key: str) -> str | None:
@@ -181,10 +186,14 @@ def production_key_problem(key: str) -> str | None:
         return "is a published sample value (in this project's files or in documentation)"
     if len(key) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
         return f"must be at least {MIN_PRODUCTION_SECRET_KEY_LENGTH} characters"
-    if len(set(key)) < MIN_PRODUCTION_SECRET_KEY_DISTINCT or estimated_bits(key) < MIN_PRODUCTION_SECRET_KEY_BITS:
+    if (
+        len(set(key)) < MIN_PRODUCTION_SECRET_KEY_DISTINCT
+        or estimated_bits(key) < MIN_PRODUCTION_SECRET_KEY_BITS
+        or repeats_itself(key)
+    ):
         return (
-            f"is too easy to guess: it needs at least {MIN_PRODUCTION_SECRET_KEY_DISTINCT} distinct characters "
-            f"and no long runs or repeats"
+            f"is too easy to guess: it needs at least {MIN_PRODUCTION_SECRET_KEY_DISTINCT} distinct characters, "
+            "no long run of one and no piece repeated over and over"
         )
     return None
 

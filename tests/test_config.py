@@ -79,6 +79,7 @@ WEAK_KEYS = [
     pytest.param("k" * 64, "is too easy to guess", id="one character repeated"),
     pytest.param("password" * 6, "is too easy to guess", id="a word repeated"),
     pytest.param("a" * 40 + "bcdefghijk", "is too easy to guess", id="a long run"),
+    pytest.param(("my-app-secret" * 4)[:50], "is too easy to guess", id="a phrase repeated, cut short"),
 ]
 
 
