@@ -302,8 +302,9 @@ class AppSettings(ServerSettings):
     STATUS_POLL_AFTER_MS: PositiveInt = 2000
     # Operators: signed-in users who may replay a failed webhook event from their dashboard's timeline.
     OPERATOR_EMAILS: CommaSeparated = []
-    # Read by Flask itself from the environment; here only so that production can refuse it.
-    FLASK_DEBUG: bool = False
+    # Read by Flask itself from the environment, where any value but 0, false or no turns its debug mode
+    # on ("off" too); here only so that production can refuse it.
+    FLASK_DEBUG: str | None = None
 
     @field_validator("OPERATOR_EMAILS")
     @classmethod
@@ -366,7 +367,7 @@ class AppSettings(ServerSettings):
                     raise ValueError(
                         f"{name} {problem} when APP_ENV=production; generate one with: {GENERATE_SECRET_KEY}"
                     )
-            if self.FLASK_DEBUG:
+            if self.FLASK_DEBUG and self.FLASK_DEBUG.lower() not in ("0", "false", "no"):
                 # Flask's debug mode shows tracebacks and, under `flask run`, an interactive console.
                 raise ValueError("FLASK_DEBUG must be off when APP_ENV=production")
             if not self.PUBLIC_BASE_URL:

@@ -121,6 +121,7 @@ def test_random_keys_of_every_documented_shape_are_accepted(tmp_path):
             "TERRA_LEGACY_WIDGET_URL must be https://",
         ),
         pytest.param({"FLASK_DEBUG": "1"}, "FLASK_DEBUG must be off"),
+        pytest.param({"FLASK_DEBUG": "off"}, "FLASK_DEBUG must be off"),  # Flask reads any value but 0, false, no as on
     ],
 )
 def test_production_refuses_cleartext_terra_and_debug_mode(tmp_path, changes, message):
@@ -130,6 +131,11 @@ def test_production_refuses_cleartext_terra_and_debug_mode(tmp_path, changes, me
     assert LIVE["TERRA_API_KEY"] not in str(refused.value)
     # Outside production the same values are a developer's to choose.
     assert load_config({**env, "APP_ENV": "development"}, str(tmp_path))["TERRA_MODE"] == "live"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No"])
+def test_production_accepts_flask_debug_turned_off(tmp_path, value):
+    assert load_config({**PRODUCTION, "FLASK_DEBUG": value}, str(tmp_path))["APP_ENV"] == "production"
 
 
 @pytest.mark.sandbox
