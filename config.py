@@ -14,6 +14,7 @@ point sees the same settings.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -53,6 +54,30 @@ ENDPOINTS = ("TERRA_WIDGET_SESSION_URL", "TERRA_LEGACY_WIDGET_URL", "TERRA_API_B
 MIN_PRODUCTION_SECRET_KEY_LENGTH = 32
 # The X-Forwarded-* headers ProxyFix can trust (TRUSTED_PROXY_HEADERS), by their last word.
 FORWARDED_HEADERS = ("for", "proto", "host", "port", "prefix")
+# A key of 32+ characters can still be guessable: one character repeated, a word over and over. Every
+# random key (secrets.token_hex(16) upwards) clears these bars: of 100,000 hex keys of 32 characters,
+# none had fewer than 9 distinct characters or an estimate (estimated_bits) under 90 bits.
+MIN_PRODUCTION_SECRET_KEY_DISTINCT = 8
+MIN_PRODUCTION_SECRET_KEY_BITS = 80
+GENERATE_SECRET_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+# Values anyone can read, so never a production secret: the sandbox's webhook signing secret
+# (sandbox/settings.py), the keys of this project's tests and tools, and samples from Flask's
+# documentation and common placeholders. Compared without case.
+PUBLISHED_SECRETS = frozenset(
+    {
+        "sandbox-signing-secret-not-for-production",
+        "test-secret-key-0123456789abcdef",
+        "bench-secret-key-0123456789abcdef-not-for-production",
+        "walkthrough-screenshots-not-a-secret",
+        "terra-stand-in-secret-key",
+        "192b9bdd22ab9ed4d12e236c78afcb9a393ec15f71bbf5dc987d54727823bcbf",
+        "dev",
+        "secret",
+        "changeme",
+        "change-me",
+        "your-secret-key",
+    }
+)
 HOST_NAME = re.compile(r"^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 
 
@@ -140,6 +165,41 @@ def _http_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def is_published_secret(value: str) -> bool:
+    return value.strip().lower() in PUBLISHED_SECRETS
+
+
+def estimated_bits(key: str) -> float:
+    """A key's strength as if each character were drawn at random from the key's own characters, as
+    often as they occur in it (length times the Shannon entropy of that mix): 0 for one character
+    repeated, under 80 for a long run of one, about 300 for secrets.token_urlsafe(48)."""
+    counts = [key.count(char) for char in set(key)]
+    return -sum(count * math.log2(count / len(key)) for count in counts)
+
+
+def repeats_itself(key: str) -> bool:
+    """The key is a shorter piece over and over (the last time perhaps cut short), `changemechangem...`."""
+    return any(key[shift:] == key[:-shift] for shift in range(1, len(key) // 2 + 1))
+
+
+def production_key_problem(key: str) -> str | None:
+    """Why `key` may not sign anything in production, or None. Never quotes the key."""
+    if is_published_secret(key):
+        return "is a published sample value (in this project's files or in documentation)"
+    if len(key) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
+        return f"must be at least {MIN_PRODUCTION_SECRET_KEY_LENGTH} characters"
+    if (
+        len(set(key)) < MIN_PRODUCTION_SECRET_KEY_DISTINCT
+        or estimated_bits(key) < MIN_PRODUCTION_SECRET_KEY_BITS
+        or repeats_itself(key)
+    ):
+        return (
+            f"is too easy to guess: it needs at least {MIN_PRODUCTION_SECRET_KEY_DISTINCT} distinct characters, "
+            "no long run of one and no piece repeated over and over"
+        )
+    return None
+
+
 def _rate(value: str) -> str:
     try:
         limits.parse(value)
@@ -224,6 +284,9 @@ class AppSettings(ServerSettings):
     USERINFO_CHECK_AFTER_SECONDS: NonNegativeInt = 3
     RATELIMIT_STORAGE_URI: str = "memory://"
     LOGIN_RATE_LIMIT: Rate = "10 per minute"
+    # Per account (the submitted email), web and API together, from any address. A flood of guesses
+    # closes the account's sign-in until its window ends, never longer.
+    LOGIN_ACCOUNT_RATE_LIMIT: Rate = "10 per 15 minutes"
     REGISTER_RATE_LIMIT: Rate = "10 per hour"
     # Per user, web and API together: each attempt spends a widget session of the Terra quota.
     CONNECT_RATE_LIMIT: Rate = "10 per minute"
@@ -243,6 +306,9 @@ class AppSettings(ServerSettings):
     STATUS_POLL_AFTER_MS: PositiveInt = 2000
     # Operators: signed-in users who may replay a failed webhook event from their dashboard's timeline.
     OPERATOR_EMAILS: CommaSeparated = []
+    # Read by Flask itself from the environment, where any value but 0, false or no turns its debug mode
+    # on ("off" too); here only so that production can refuse it.
+    FLASK_DEBUG: str | None = None
 
     @field_validator("OPERATOR_EMAILS")
     @classmethod
@@ -305,11 +371,20 @@ class AppSettings(ServerSettings):
         if self.APP_ENV == "production":
             if not self.SECRET_KEY:
                 raise ValueError("SECRET_KEY is required when APP_ENV=production")
-            if len(self.SECRET_KEY) < MIN_PRODUCTION_SECRET_KEY_LENGTH:
-                raise ValueError(
-                    f"SECRET_KEY must be at least {MIN_PRODUCTION_SECRET_KEY_LENGTH} characters when "
-                    "APP_ENV=production; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-                )
+            # A fallback key still verifies sessions: a weak one lets anyone forge a user's cookie.
+            keys = [("SECRET_KEY", self.SECRET_KEY)] + [
+                (f"SECRET_KEY_FALLBACKS (entry {number} of {len(self.SECRET_KEY_FALLBACKS)})", key)
+                for number, key in enumerate(self.SECRET_KEY_FALLBACKS, start=1)
+            ]
+            for name, key in keys:
+                problem = production_key_problem(key)
+                if problem:
+                    raise ValueError(
+                        f"{name} {problem} when APP_ENV=production; generate one with: {GENERATE_SECRET_KEY}"
+                    )
+            if self.FLASK_DEBUG and self.FLASK_DEBUG.lower() not in ("0", "false", "no"):
+                # Flask's debug mode shows tracebacks and, under `flask run`, an interactive console.
+                raise ValueError("FLASK_DEBUG must be off when APP_ENV=production")
             if not self.PUBLIC_BASE_URL:
                 raise ValueError(
                     "PUBLIC_BASE_URL is required when APP_ENV=production: the public https:// origin "
@@ -369,6 +444,7 @@ class AppSettings(ServerSettings):
             "RATELIMIT_STORAGE_URI": self.RATELIMIT_STORAGE_URI,
             "RATELIMIT_HEADERS_ENABLED": True,
             "LOGIN_RATE_LIMIT": self.LOGIN_RATE_LIMIT,
+            "LOGIN_ACCOUNT_RATE_LIMIT": self.LOGIN_ACCOUNT_RATE_LIMIT,
             "REGISTER_RATE_LIMIT": self.REGISTER_RATE_LIMIT,
             "CONNECT_RATE_LIMIT": self.CONNECT_RATE_LIMIT,
             "STATUS_RATE_LIMIT": self.STATUS_RATE_LIMIT,
@@ -446,6 +522,22 @@ class TerraSettings(Settings):
             raise ValueError(
                 f"Live Terra mode needs all of {', '.join(TERRA_CREDENTIALS)}; missing {', '.join(missing)}.{alternative}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> TerraSettings:
+        if self.APP_ENV != "production":
+            return self
+        if self.TERRA_SIGNING_SECRET and is_published_secret(self.TERRA_SIGNING_SECRET):
+            # Anyone could sign a webhook with it: the sandbox's secret, or a sample.
+            raise ValueError(
+                "TERRA_SIGNING_SECRET is a published sample value (such as the sandbox's); copy your webhook "
+                "destination's signing secret from Terra's dashboard"
+            )
+        for name in ENDPOINTS:
+            if getattr(self, name) and not getattr(self, name).startswith("https://"):
+                # Every call to Terra carries the API key in a header: never in cleartext.
+                raise ValueError(f"{name} must be https:// when APP_ENV=production (it carries TERRA_API_KEY)")
         return self
 
     def flask_config(self) -> dict:

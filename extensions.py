@@ -7,7 +7,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from flask_wtf.csrf import CSRFProtect
+from flask_wtf import csrf as flask_wtf_csrf
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -48,6 +48,18 @@ def _defaulting_to(param: click.Parameter, default: str) -> click.Parameter:
     changed = copy.copy(param)
     changed.default = default
     return changed
+
+
+class CSRFProtect(flask_wtf_csrf.CSRFProtect):
+    """Flask-WTF's CSRF protection, answering 400 to a Referer it cannot read. Over HTTPS it compares
+    the Referer's origin with the host's, and urllib raises ValueError on a port out of range or a
+    broken IPv6 host (`https://host:99999/`, `https://[::1/`): without this, a 500."""
+
+    def protect(self, apply_exemptions: bool = False) -> None:
+        try:
+            super().protect(apply_exemptions)
+        except ValueError:
+            raise flask_wtf_csrf.CSRFError("The referrer header is malformed.") from None
 
 
 db = SQLAlchemy(model_class=Base)

@@ -14,6 +14,7 @@ from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.datastructures import ETags
 
+from blueprints.auth import sign_in_account_limit
 from blueprints.connect import connect_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
@@ -44,12 +45,18 @@ def handle_api_error(error: ApiError):
     return json_error(error.status, error.code, error.message, error.headers)
 
 
-def json_body() -> dict:
+def json_object() -> dict | None:
+    """The body if it is a JSON object, else None."""
     try:
         data = request.get_json(silent=True)
     except RecursionError:  # nested deeper than the JSON parser goes ("silent" does not cover it)
-        data = None
-    if not request.is_json or not isinstance(data, dict):
+        return None
+    return data if request.is_json and isinstance(data, dict) else None
+
+
+def json_body() -> dict:
+    data = json_object()
+    if data is None:
         raise ApiError(400, "invalid_request", "the body must be a JSON object (Content-Type: application/json)")
     if not storable_json(data):
         raise ApiError(400, "invalid_request", "the body must not contain NUL characters or lone surrogates")
@@ -70,6 +77,7 @@ def caller_id() -> int:
 
 @bp.post("/tokens")
 @limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"])
+@sign_in_account_limit(lambda: (json_object() or {}).get("email"))
 def create_token():
     data = json_body()
     email, password = data.get("email"), data.get("password")

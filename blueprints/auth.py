@@ -7,12 +7,14 @@ generation is no longer the user's is signed out, so logging out ends every copy
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Callable
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from sqlalchemy import update
 from wtforms import EmailField, PasswordField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms.validators import DataRequired, Email, Length, ValidationError
 
 from extensions import db, limiter
 from models import User
@@ -24,6 +26,15 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 class CredentialsForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(min=8, max=128)])
+
+
+class RegistrationForm(CredentialsForm):
+    def validate_password(self, field: PasswordField) -> None:
+        if field.errors or not self.email.data:  # already told what to fix
+            return
+        problem = accounts.password_problem(self.email.data, field.data)
+        if problem:
+            raise ValidationError(problem)
 
 
 @bp.before_app_request
@@ -52,6 +63,32 @@ def login_required(view):
     return wrapped_view
 
 
+def sign_in_account_limit(submitted_email: Callable[[], object]):
+    """Sign-in tries per account, the web's and the API's together, from whatever address: the per
+    address LOGIN_RATE_LIMIT alone lets many addresses guess on. Counts live in RATELIMIT_STORAGE_URI,
+    so they hold across processes. The key is the submitted email, with or without an account, so a
+    429 tells nothing about which addresses have one (hashed: no address in the store, and a bounded
+    key). Every try counts, a right password too, before anything is checked, so guesses sent at once
+    cannot slip past; and the window bounds how long a flood of guesses keeps the owner out too."""
+
+    def rate() -> str:
+        return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+
+    def email() -> str | None:
+        value = submitted_email()
+        return accounts.normalise_email(value) if isinstance(value, str) and value.strip() else None
+
+    return limiter.shared_limit(
+        rate,
+        scope="sign-in-account",
+        key_func=lambda: "account:" + hashlib.sha256(email().encode("utf-8", "surrogatepass")).hexdigest(),
+        exempt_when=lambda: email() is None,  # nothing to sign in to: the form or body says why
+        error_message=lambda: (
+            f"Too many sign-in attempts for this email address: the limit is {rate()}. Please wait and try again."
+        ),
+    )
+
+
 @bp.route("/register", methods=("GET", "POST"))
 @limiter.limit(
     lambda: current_app.config["REGISTER_RATE_LIMIT"],
@@ -60,7 +97,7 @@ def login_required(view):
 )
 def register():
     # Limited per client address: each try costs a password hash, and accounts are free to make.
-    form = CredentialsForm()
+    form = RegistrationForm()
     if form.validate_on_submit():
         try:
             user = accounts.register(form.email.data, form.password.data)
@@ -74,6 +111,7 @@ def register():
 
 @bp.route("/login", methods=("GET", "POST"))
 @limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
+@sign_in_account_limit(lambda: request.form.get("email"))
 def login():
     form = CredentialsForm()
     if form.validate_on_submit():

@@ -3,11 +3,13 @@
 import pytest
 from sqlalchemy import func, select
 
+from app import create_app
 from extensions import db
 from models import User
 from services import accounts
 from terra_integration.reference_ids import is_authentic, new_reference_id
-from tests.conftest import Browser
+from tests.conftest import Browser, _environ, free_port
+from tests.helpers import redis_test_url
 
 
 def test_register_creates_user_with_hashed_password_and_reference_id(client, app, auth):
@@ -45,6 +47,29 @@ def test_duplicate_email_is_refused(client, auth):
 def test_register_validates_input(client, email, password, message):
     response = client.post("/auth/register", data={"email": email, "password": password})
     assert response.status_code == 400 and message in response.data
+
+
+@pytest.mark.parametrize(
+    "email, password, message",
+    [
+        ("ada@example.com", "password1", "This is a very common password."),
+        ("ada@example.com", "qwertyuiop", "This is a top-100 common password."),
+        ("ada@example.com", "iloveyou2", "This is a very common password."),
+        ("ada@example.com", "12345678", "Choose a less common password."),
+        ("ada@example.com", "ADA@example.com", "must not be your email address or its part before the @"),
+        ("adalovelace@example.com", "AdaLovelace", "must not be your email address or its part before the @"),
+    ],
+)
+def test_register_refuses_a_common_password_or_the_email(app, client, email, password, message):
+    response = client.post("/auth/register", data={"email": email, "password": password})
+    assert response.status_code == 400 and message in response.text
+    assert password not in response.text  # the form never echoes a password
+    with app.app_context():
+        assert db.session.scalars(select(User)).first() is None
+    # The same email with a passphrase of unrelated words is welcome.
+    assert (
+        client.post("/auth/register", data={"email": email, "password": "plinth otter 4 marmalade"}).status_code == 303
+    )
 
 
 def test_login_and_logout(client, auth):
@@ -211,6 +236,18 @@ def test_login_is_rate_limited(client, auth, app):
 def test_health_endpoints(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ok", "checks": {"database": "ok"}}
+
+
+def test_readiness_includes_the_shared_rate_limit_store(database_uri):
+    """With Redis down every sign-in fails, so the instance is not ready: 503 naming the store, and
+    never its URI (a password may be in it). Nothing listens on a port just found free."""
+    down = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    for uri, status, state in [(down, 503, "unreachable"), (redis_test_url(0), 200, "ok")]:
+        client = create_app(environ=_environ(database_uri, RATELIMIT_STORAGE_URI=uri)).test_client()
+        response = client.get("/readyz")
+        assert response.status_code == status
+        assert response.json["checks"] == {"database": "ok", "rate_limit_store": state}
+        assert "hunter2" not in response.text and "6379" not in response.text
 
 
 def test_security_headers_on_pages(client):

@@ -2,6 +2,7 @@
 (`flask`, gunicorn, `flask run`) reading the same settings, `.env` included."""
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -14,7 +15,14 @@ from mobile_redirects.settings import MobileSettings
 from tests.conftest import ROOT, TEST_SECRET_KEY, VENV_BIN, Browser, _environ, free_port, server_process
 
 LIVE = {"TERRA_DEV_ID": "dev", "TERRA_API_KEY": "key", "TERRA_SIGNING_SECRET": "whsec"}
-PRODUCTION = {**LIVE, "APP_ENV": "production", "SECRET_KEY": "k" * 32, "PUBLIC_BASE_URL": "https://connect.example.com"}
+# Made as docs/deploy.md says (secrets.token_urlsafe(48)), once: a key that production accepts.
+STRONG_KEY = "Vx2Qh9Lr0aTz5kP-Wm7cYs_NbE3dUf8GjR1oXiK4lHqC6ZpA9tS2wMeBvD0yJnF"
+PRODUCTION = {
+    **LIVE,
+    "APP_ENV": "production",
+    "SECRET_KEY": STRONG_KEY,
+    "PUBLIC_BASE_URL": "https://connect.example.com",
+}
 
 
 def started_config(tmp_path, **env: str) -> dict:
@@ -61,6 +69,84 @@ def test_production_refuses_a_short_secret_key_without_showing_it(tmp_path):
         load_config({**PRODUCTION, "SECRET_KEY": short_key}, str(tmp_path))
     assert short_key not in str(refused.value)
     assert load_config({**PRODUCTION, "SECRET_KEY": short_key + "."}, str(tmp_path))["SECRET_KEY"] == short_key + "."
+
+
+# What production refuses as a signing key, SECRET_KEY and every fallback alike (each still verifies).
+WEAK_KEYS = [
+    pytest.param("changeme", "is a published sample value", id="placeholder"),
+    pytest.param("test-secret-key-0123456789abcdef", "is a published sample value", id="this project's test key"),
+    pytest.param("s3cr3t-but-only-31-characters..", "must be at least 32 characters", id="short"),
+    pytest.param("k" * 64, "is too easy to guess", id="one character repeated"),
+    pytest.param("password" * 6, "is too easy to guess", id="a word repeated"),
+    pytest.param("a" * 40 + "bcdefghijk", "is too easy to guess", id="a long run"),
+    pytest.param(("my-app-secret" * 4)[:50], "is too easy to guess", id="a phrase repeated, cut short"),
+]
+
+
+@pytest.mark.parametrize("key, message", WEAK_KEYS)
+def test_production_refuses_a_weak_or_published_secret_key_without_showing_it(tmp_path, key, message):
+    with pytest.raises(ConfigError, match=f"SECRET_KEY {message}") as refused:
+        load_config({**PRODUCTION, "SECRET_KEY": key}, str(tmp_path))
+    assert key not in str(refused.value) and "secrets.token_urlsafe(48)" in str(refused.value)
+
+
+@pytest.mark.parametrize("key, message", WEAK_KEYS)
+def test_production_refuses_a_weak_or_published_fallback_key_without_showing_it(tmp_path, key, message):
+    # A session cookie signed with a fallback opens the app as well as one signed with SECRET_KEY.
+    fallbacks = f"{STRONG_KEY[::-1]},{key}"
+    with pytest.raises(ConfigError, match=rf"SECRET_KEY_FALLBACKS \(entry 2 of 2\) {message}") as refused:
+        load_config({**PRODUCTION, "SECRET_KEY_FALLBACKS": fallbacks}, str(tmp_path))
+    assert key not in str(refused.value) and STRONG_KEY[::-1] not in str(refused.value)
+
+
+def test_random_keys_of_every_documented_shape_are_accepted(tmp_path):
+    # Hex of 16 bytes is the shortest accepted shape: 32 characters from 16.
+    keys = [secrets.token_hex(16), secrets.token_urlsafe(24), secrets.token_urlsafe(48)]
+    for key in keys:
+        fallbacks = ",".join(keys)
+        config = load_config({**PRODUCTION, "SECRET_KEY": key, "SECRET_KEY_FALLBACKS": fallbacks}, str(tmp_path))
+        assert config["SECRET_KEY"] == key and config["SECRET_KEY_FALLBACKS"] == keys
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        pytest.param({"TERRA_API_BASE_URL": "http://api.tryterra.co/v2"}, "TERRA_API_BASE_URL must be https://"),
+        pytest.param(
+            {"TERRA_WIDGET_SESSION_URL": "http://access.tryterra.co/api/widget/session"},
+            "TERRA_WIDGET_SESSION_URL must be https://",
+        ),
+        pytest.param(
+            {"TERRA_LEGACY_WIDGET_URL": "http://api.tryterra.co/v2/auth/generateWidgetSession"},
+            "TERRA_LEGACY_WIDGET_URL must be https://",
+        ),
+        pytest.param({"FLASK_DEBUG": "1"}, "FLASK_DEBUG must be off"),
+        pytest.param({"FLASK_DEBUG": "off"}, "FLASK_DEBUG must be off"),  # Flask reads any value but 0, false, no as on
+    ],
+)
+def test_production_refuses_cleartext_terra_and_debug_mode(tmp_path, changes, message):
+    env = {**PRODUCTION, **changes}
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_config(env, str(tmp_path))
+    assert LIVE["TERRA_API_KEY"] not in str(refused.value)
+    # Outside production the same values are a developer's to choose.
+    assert load_config({**env, "APP_ENV": "development"}, str(tmp_path))["TERRA_MODE"] == "live"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No"])
+def test_production_accepts_flask_debug_turned_off(tmp_path, value):
+    assert load_config({**PRODUCTION, "FLASK_DEBUG": value}, str(tmp_path))["APP_ENV"] == "production"
+
+
+@pytest.mark.sandbox
+def test_production_refuses_the_sandboxs_published_signing_secret(tmp_path):
+    from sandbox.settings import DEFAULT_SANDBOX_SIGNING_SECRET
+
+    env = {**PRODUCTION, "TERRA_SIGNING_SECRET": DEFAULT_SANDBOX_SIGNING_SECRET.upper()}
+    with pytest.raises(ConfigError, match="TERRA_SIGNING_SECRET is a published sample value") as refused:
+        load_config(env, str(tmp_path))
+    assert DEFAULT_SANDBOX_SIGNING_SECRET not in str(refused.value).lower()
+    assert load_config({**env, "APP_ENV": "development"}, str(tmp_path))["TERRA_MODE"] == "live"
 
 
 @pytest.mark.parametrize(
@@ -181,11 +267,14 @@ BAD_VALUES = {
     "GUNICORN_THREADS": ("many", {}),
     "EXTRA_TRUSTED_HOSTS": ("https://lb.example.com", PRODUCTION),
     "OPERATOR_EMAILS": ("ops-team", {}),
+    "FLASK_DEBUG": ("1", PRODUCTION),
+    "SECRET_KEY_FALLBACKS": ("old-key-5ecret", PRODUCTION),
     "MAX_CONTENT_LENGTH": ("1MB", {}),
     "ATTEMPT_TOKEN_MAX_AGE": ("2 days", {}),
     "USERINFO_CHECK_AFTER_SECONDS": ("-1", {}),
     "RATELIMIT_STORAGE_URI": ("mysql://limits:hunter2@db/x", {}),
     "LOGIN_RATE_LIMIT": ("plenty", {}),
+    "LOGIN_ACCOUNT_RATE_LIMIT": ("10 per try", {}),
     "REGISTER_RATE_LIMIT": ("10 per fortnight", {}),
     "CONNECT_RATE_LIMIT": ("ten a minute", {}),
     "STATUS_RATE_LIMIT": ("120/parsec", {}),
@@ -244,10 +333,11 @@ BAD_VALUES = {
     "SANDBOX_SIGNATURE_HEADERS": ("signature", {}),
 }
 # Any text is a valid secret: these have no bad value.
-FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}
+FREE_FORM = {"SANDBOX_SIGNING_SECRET"}
 # Settings that may carry a password or a key, and the secret in their bad value: it never appears in a message.
 SECRETS = {
     "SECRET_KEY": BAD_VALUES["SECRET_KEY"][0],
+    "SECRET_KEY_FALLBACKS": "5ecret",
     "DATABASE_URL": "hunter2",
     "RATELIMIT_STORAGE_URI": "hunter2",
     "TERRA_API_KEY": "5ecret",

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import os
 import re
+import secrets
 import shlex
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ from config import ConfigError
 from extensions import db
 from models import WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
+from tests import helpers
 from tests.conftest import ROOT, Browser, _empty_tables, _environ, free_port, server_process
 from tests.helpers import finish_widget, redis_test_url, token_of
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
@@ -425,6 +427,19 @@ REFUSALS = [
         {"PUBLIC_BASE_URL": "http://localhost"}, "PUBLIC_BASE_URL must be https://", id="http PUBLIC_BASE_URL"
     ),
     pytest.param(
+        {"SECRET_KEY_FALLBACKS": "changeme"}, "SECRET_KEY_FALLBACKS (entry 1 of 1) is a published", id="weak fallback"
+    ),
+    pytest.param({"SECRET_KEY": "x" * 48}, "SECRET_KEY is too easy to guess", id="repeated SECRET_KEY"),
+    pytest.param(
+        {"TERRA_SIGNING_SECRET": "sandbox-signing-secret-not-for-production"},
+        "TERRA_SIGNING_SECRET is a published sample value",
+        id="the sandbox's signing secret",
+    ),
+    pytest.param(
+        {"TERRA_API_BASE_URL": "http://127.0.0.1:9/sandbox/v2"}, "TERRA_API_BASE_URL must be https://", id="http Terra"
+    ),
+    pytest.param({"FLASK_DEBUG": "1"}, "FLASK_DEBUG must be off", id="debug mode"),
+    pytest.param(
         {"SECRET_KEY": "short-secret-key-of-31-chars..."},
         "SECRET_KEY must be at least 32 characters",
         id="short SECRET_KEY",
@@ -437,7 +452,8 @@ def refused_env(tmp_path: Path, changes: dict[str, str | None]) -> dict[str, str
 
 
 def assert_no_secret_in(output: str, env: dict[str, str]) -> None:
-    for secret in (env.get("SECRET_KEY"), env.get("TERRA_API_KEY"), env.get("TERRA_SIGNING_SECRET")):
+    names = ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
+    for secret in (env.get(name) for name in names):
         assert not secret or secret not in output
 
 
@@ -504,3 +520,89 @@ def test_through_nginx_forms_want_a_same_origin_referer_and_limits_count_the_rea
     answers = [log_in(mallory, attempt, **same_origin).status_code for attempt in range(1, limit + 2)]
     assert answers == [400] * limit + [429]  # refused by the CSRF check, the first two were not counted
     assert log_in(client("127.0.0.3"), 0, **same_origin).status_code == 400
+
+
+# Every form of the app, by the path it posts to; ids need not exist: the CSRF check comes first.
+FORMS = [
+    "/auth/register",
+    "/auth/login",
+    "/auth/logout",
+    "/connections/connect",
+    "/connections/connect/GARMIN",
+    "/connections/1/disconnect",
+    "/connections/1/events/1/replay",
+]
+
+
+@pytest.mark.parametrize("referer", ["https://localhost:99999/", "https://[::1/"])
+def test_a_form_post_with_a_malformed_referer_is_a_400(deployment, referer):
+    """Over HTTPS, Flask-WTF compares the Referer's origin with the host's; one it cannot parse is a
+    bad request like any other failed check, on every form, signed in (as each form is posted)."""
+    browser = Browser(deployment.url)
+    browser.http.verify, browser.http.trust_env = deployment.ca_bundle, False  # no CA bundle from the environment
+    same_origin = {"Referer": deployment.url + "/auth/register"}
+    email = f"referer-{len(referer)}@example.com"
+    signed_in = browser.submit(
+        "/auth/register", "/auth/register", {"email": email, "password": PASSWORD}, headers=same_origin
+    )
+    assert signed_in.url == deployment.url + "/connections"
+    token = Browser.CSRF.search(browser.get("/connections").text).group(1)
+    for path in FORMS:
+        response = browser.http.post(
+            deployment.url + path,
+            data={"csrf_token": token},
+            headers={"Referer": referer},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert (path, response.status_code) == (path, 400)
+        assert "The referrer header is malformed." in response.text
+    assert "Your connections" in browser.get("/connections").text  # still signed in: logging out was refused too
+
+
+def test_sign_in_tries_are_counted_per_account_from_any_address(database_uri, tmp_path, app):
+    """80 wrong passwords from 80 addresses, through a TLS proxy that names each client
+    (TRUSTED_PROXY_COUNT=1): the per-address limit never bites, the per-account one does (10 in 15
+    minutes by default), for the web page and the API's token endpoint together, counted in Redis by
+    gunicorn's two workers alike. Past it the right password is refused too, for a window the answer
+    names, and an email without an account gets the very same answer."""
+    public = "https://connect.example.com"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = Deployment(tmp_path).production_env(
+        database_uri, BIND=f"127.0.0.1:{port}", PUBLIC_BASE_URL=public, TRUSTED_PROXY_COUNT="1"
+    )
+    # Fresh emails on every run: the counts live in Redis for their window, across test runs.
+    owner, stranger = (f"{name}-{secrets.token_hex(4)}@example.com" for name in ("owner", "nobody"))
+    with app.app_context():
+        helpers.create_user(owner)
+    addresses = iter(f"198.18.{number // 200}.{number % 200 + 1}" for number in range(1000))
+
+    def through_proxy(method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "connect.example.com", **kwargs.pop("headers", {})}
+        headers["X-Forwarded-For"] = next(addresses)  # a new client every time
+        return requests.request(method, url + path, headers=headers, allow_redirects=False, timeout=10, **kwargs)
+
+    def api_sign_in(email: str, password: str) -> requests.Response:
+        return through_proxy("POST", "/api/v1/tokens", json={"email": email, "password": password})
+
+    with server_process(SERVE, health_url=url + "/healthz", env=env, log_path=tmp_path / "accounts.log"):
+        form = through_proxy("GET", "/auth/login")
+        web_session = {"Cookie": form.headers["Set-Cookie"].split(";")[0], "Referer": public + "/auth/login"}
+        csrf_token = Browser.CSRF.search(form.text).group(1)
+
+        def web_sign_in(email: str, password: str) -> requests.Response:
+            credentials = {"csrf_token": csrf_token, "email": email, "password": password}
+            return through_proxy("POST", "/auth/login", data=credentials, headers=web_session)
+
+        tries = [(web_sign_in if number % 2 else api_sign_in)(owner, f"wrong guess {number}") for number in range(80)]
+        assert [response.status_code for response in tries[:10]] == [401, 400] * 5
+        assert {response.status_code for response in tries[10:]} == {429}
+        refused = api_sign_in(owner, helpers.PASSWORD)
+        assert refused.status_code == 429 and web_sign_in(owner, helpers.PASSWORD).status_code == 429
+        assert "Too many sign-in attempts for this email address" in refused.json()["error"]["message"]
+        assert 0 < int(refused.headers["Retry-After"]) <= 15 * 60  # the window ends it, not an operator
+
+        unknown = [api_sign_in(stranger, f"wrong guess {number}") for number in range(11)]
+        assert [response.status_code for response in unknown] == [401] * 10 + [429]
+        assert unknown[-1].json() == refused.json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -32,15 +33,14 @@ from sandbox.delivery import DeliveryThread, deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra_integration.signature import verify
 from tests.conftest import (
-    LIVE_TERRA,
     ROOT,
-    TEST_SECRET_KEY,
     VENV_BIN,
     _environ,
     _recreate_postgres_database,
     free_port,
     server_process,
 )
+from tests.helpers import terra_settings
 
 # -- helpers --------------------------------------------------------------------------------------
 
@@ -844,11 +844,11 @@ def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests
     live = {
         **env,
         "APP_ENV": "production",
-        "SECRET_KEY": TEST_SECRET_KEY,
+        "SECRET_KEY": secrets.token_urlsafe(48),  # production refuses the tests' published key
         "DATABASE_URL": uri,
         "PUBLIC_BASE_URL": "https://connect.example.com",
         "EXTRA_TRUSTED_HOSTS": "127.0.0.1",
-        **LIVE_TERRA,
+        **terra_settings("https://127.0.0.1:9"),  # production calls Terra over https only; nothing listens
     }
 
     # Plain `upgrade`: without the sandbox's branch the app's history has one head, and no sandbox tables.
