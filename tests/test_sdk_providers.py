@@ -190,3 +190,10 @@ def test_an_sdk_user_is_reauthenticated_deauthed_and_reconciled_like_any_other(a
 def test_sdk_token_for_another_user_names_their_reference_id(live_server):
     ada, grace = sign_up(live_server), sign_up(live_server, "grace@example.com")
     assert sdk_token(ada)["reference_id"] != sdk_token(grace)["reference_id"]
+
+
+def test_the_dashboard_and_the_provider_page_say_these_providers_connect_from_the_phone(live_server, browser):
+    browser.register()
+    for page in ("/connections", "/connections/providers"):
+        text = browser.get(page).text
+        assert 'id="sdk-providers"' in text and "connected from the mobile app" in text, page
