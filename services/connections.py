@@ -142,17 +142,16 @@ def change_scopes(
     return connection
 
 
-def take_scopes(connection: Connection, scopes: str, ordering_timestamp: int | None) -> bool:
+def take_scopes(connection: Connection, scopes: str, ordering_timestamp: int | None) -> None:
     """Store `scopes` unless the stored set came from a newer event: by X-Terra-Ordering-Timestamp
-    (equal counts as newer, as Terra's guidance for overwrites says); a set without one never replaces
-    one that had one. The events of one user are applied one at a time (terra_integration.applier),
-    so reading and writing the row here cannot race. Returns whether it was stored."""
+    (an equal one replaces it, as Terra's guidance for overwrites says); a set without one never
+    replaces one that had one. The events of one user are applied one at a time
+    (terra_integration.applier), so reading and writing the row here cannot race."""
     stored = connection.scopes_ordering_timestamp
     if stored is not None and (ordering_timestamp is None or ordering_timestamp < stored):
-        return False
+        return
     connection.scopes = scopes
     connection.scopes_ordering_timestamp = ordering_timestamp
-    return True
 
 
 def revoke(connection: Connection, reason: str) -> None:
