@@ -344,6 +344,23 @@ def connection_summary(connection_id: int):
     return jsonify(connection_data.summary(connection))
 
 
+# -- mobile SDK tokens (Apple Health, Samsung Health, Health Connect) ------------------------
+
+
+@bp.post("/sdk-tokens")
+@require_token()
+@connect_rate_limit(caller_id)  # like starting a connect attempt: each token is a call to Terra
+def create_sdk_token():
+    """A token from Terra's generateAuthToken for the app's mobile SDK (`initConnection`), and the
+    caller's reference_id, which the SDK must be set up with so that Terra's `auth` webhook finds
+    them. A fresh one from Terra on every call: never cached or reused (each is single use)."""
+    try:
+        issued = terra.client.generate_auth_token()
+    except TerraError as error:
+        raise ApiError(502, error.code, str(error)) from None
+    return jsonify(token=issued.token, expires_in=issued.expires_in, reference_id=caller().reference_id), 201
+
+
 # -- the API's own description --------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from extensions import db
@@ -26,6 +26,9 @@ class Connection(db.Model):
     provider: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=ConnectionStatus.ACTIVE)
     scopes: Mapped[str] = mapped_column(Text, default="")
+    # X-Terra-Ordering-Timestamp (unix ms) of the event whose scope set `scopes` holds; null when
+    # none said (services.connections.take_scopes).
+    scopes_ordering_timestamp: Mapped[int | None] = mapped_column(BigInteger)
     status_reason: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

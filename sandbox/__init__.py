@@ -7,7 +7,8 @@ settings (`settings`), pages (templates/sandbox/) and tables (`models`), which i
 `flask db downgrade sandbox@base` before deleting this folder.
 
 Modules: `api` (Terra's REST and widget-session endpoints), `widget` (the hosted widget pages and the
-automation endpoint), `flows` (what a decision in the widget does), `user_events` (what happens to a
+automation endpoint), `sdk` (generateAuthToken, and a stand-in for the mobile SDK's initConnection),
+`flows` (what a decision in the widget does), `user_events` (what happens to a
 connected user later), `events` (webhook bodies), `delivery` (signed webhooks with retries), `faults`
 (switchable failures of Terra's endpoints and of webhook delivery), `traffic` (a record of what the
 sandbox received and sent), `console` (a page listing sandbox users), `providers` (the catalogue),
@@ -47,7 +48,7 @@ def init_sandbox(app: Flask, environ: Mapping[str, str]) -> None:
     if app.config["TERRA_MODE"] != "sandbox":
         return
     from config import read_settings
-    from sandbox import api, console, payloads, widget  # noqa: F401  (each adds its routes to the blueprint)
+    from sandbox import api, console, payloads, sdk, widget  # noqa: F401  (each adds its routes to the blueprint)
     from sandbox.blueprint import URL_PREFIX, bp
     from sandbox.settings import SandboxSettings
     from sandbox.traffic import install

@@ -13,13 +13,14 @@ def _widget_session_id(session: SandboxSession) -> str | None:
     return session.id if session.kind == FlowKind.WIDGET else None
 
 
-def auth_success(user: SandboxUser, session: SandboxSession, *, flow_id: str) -> dict:
+def auth_success(user: SandboxUser, session: SandboxSession | None, *, flow_id: str | None) -> dict:
+    """`session` None: a user the mobile SDK registered (initConnection), which no widget flow started."""
     return {
         "type": "auth",
         "status": "success",
         "message": "User has successfully authenticated",
         "reference_id": user.reference_id,
-        "widget_session_id": _widget_session_id(session),
+        "widget_session_id": _widget_session_id(session) if session else None,
         "flow_id": flow_id,
         "version": API_VERSION,
         "user": user.to_terra(),

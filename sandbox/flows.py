@@ -197,35 +197,57 @@ def _claim(session: SandboxSession) -> None:
 def _authenticate(
     session: SandboxSession, provider: catalogue.Provider, account: str, config: Mapping[str, Any]
 ) -> tuple[str, list[dict]]:
-    # Same provider account under the same reference_id: a re-auth, which replaces the user id.
-    # With `relink_across_users`, the same account under any reference_id (another app user) too.
+    created = create_user(provider, account, session.reference_id, config, user_id=session.user_id)
+    if created is None:
+        return _fail(session, provider, USER_LIMIT_REASON, config)
+    user, previous = created
+    auth = events.auth_success(user, session, flow_id=flow_id(session, config))
+    params = {"user_id": user.user_id, "resource": provider.code, "reference_id": session.reference_id or "null"}
+    return add_terra_parameters(session.success_url or _result_page(session), params, config), auth_events(
+        auth, user, previous, config
+    )
+
+
+def create_user(
+    provider: catalogue.Provider,
+    account: str,
+    reference_id: str | None,
+    config: Mapping[str, Any],
+    *,
+    user_id: str | None = None,
+) -> tuple[SandboxUser, SandboxUser | None] | None:
+    """A new Terra user for `account` at `provider` (added to the session, not committed), and the
+    user it re-authenticates (now inactive), if any; None when the environment's user cap is reached.
+
+    Same provider account under the same reference_id: a re-auth, which replaces the user id. With
+    `relink_across_users`, the same account under any reference_id (another app user) too."""
     identity = [SandboxUser.provider == provider.code, SandboxUser.account == account, SandboxUser.active.is_(True)]
     if not flow_variant(config, "relink_across_users"):
-        identity.append(SandboxUser.reference_id == session.reference_id)  # `IS NULL` when there is none
+        identity.append(SandboxUser.reference_id == reference_id)  # `IS NULL` when there is none
     previous = db.session.scalars(select(SandboxUser).where(*identity).order_by(SandboxUser.created_at.desc())).first()
     if previous is None and user_cap_reached(config):
-        return _fail(session, provider, USER_LIMIT_REASON, config)
-
+        return None
     user = SandboxUser(
-        user_id=session.user_id or new_uuid(),
+        user_id=user_id or new_uuid(),
         provider=provider.code,
         account=account,
-        reference_id=session.reference_id,
+        reference_id=reference_id,
         scopes=",".join(provider.scopes),
         active=True,
         created_at=utcnow(),
     )
     db.session.add(user)
-    outgoing = [events.auth_success(user, session, flow_id=flow_id(session, config))]
     if previous is not None:
         previous.active = False
-        reauth = events.user_reauth(user, previous)
-        if config["SANDBOX_REAUTH_ORDER"] == "reauth_first":
-            outgoing.insert(0, reauth)
-        else:
-            outgoing.append(reauth)
-    params = {"user_id": user.user_id, "resource": provider.code, "reference_id": session.reference_id or "null"}
-    return add_terra_parameters(session.success_url or _result_page(session), params, config), outgoing
+    return user, previous
+
+
+def auth_events(auth: dict, user: SandboxUser, previous: SandboxUser | None, config: Mapping[str, Any]) -> list[dict]:
+    """The `auth` event, with a re-authentication's `user_reauth` in the configured order."""
+    if previous is None:
+        return [auth]
+    reauth = events.user_reauth(user, previous)
+    return [reauth, auth] if config["SANDBOX_REAUTH_ORDER"] == "reauth_first" else [auth, reauth]
 
 
 def _hand_over_to_sdk(

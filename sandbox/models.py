@@ -1,4 +1,5 @@
-"""The sandbox's own tables: the widget flows it hands out and the Terra users it has created.
+"""The sandbox's own tables: the widget flows and mobile SDK tokens it hands out, and the Terra users it
+has created.
 
 Import-safe on purpose (no app, no request): the app imports this module at start-up so that
 migrations include these tables even though the sandbox blueprint is only mounted without credentials.
@@ -64,6 +65,22 @@ class SandboxSession(db.Model):
     @property
     def provider_codes(self) -> list[str]:
         return split_csv(self.providers)
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return (now or utcnow()) >= self.expires_at
+
+
+class SandboxAuthToken(db.Model):
+    """A token from generateAuthToken for the mobile SDK's initConnection: single use, short-lived,
+    bound to the dev-id that asked for it. Kept as its SHA-256 only, as a careful service would."""
+
+    __tablename__ = "sandbox_auth_tokens"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dev_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(8), default=SessionState.OPEN)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime]
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return (now or utcnow()) >= self.expires_at

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, NonNegativeFloat, NonNegativeInt
+from pydantic import BeforeValidator, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from config import HttpUrl, Seconds, Settings
 from sandbox.blueprint import URL_PREFIX
@@ -29,6 +29,8 @@ class SandboxSettings(Settings):
     # Unset: this app's own webhook endpoint.
     SANDBOX_WEBHOOK_URL: HttpUrl | None = None
     SANDBOX_SESSION_TTL_SECONDS: NonNegativeInt = 900
+    # generateAuthToken's tokens for the mobile SDK live 180 s (Terra's documented lifetime).
+    SANDBOX_AUTH_TOKEN_TTL_SECONDS: PositiveInt = 180
     SANDBOX_USER_CAP: NonNegativeInt = 50
     # Where the 50-user cap bites: inside the widget (default) or at session creation (403).
     SANDBOX_USER_CAP_MODE: Literal["widget", "session"] = "widget"

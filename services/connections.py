@@ -64,8 +64,11 @@ def _replacement_of(terra_user_id: str) -> Connection | None:
     return db.session.get(Connection, replaced.connection_id) if replaced else None
 
 
-def _insert_or_get(owner: User, terra_user: TerraUser, status: str) -> tuple[Connection, bool]:
-    """The row for this Terra user, inserting it if absent. Returns (row, inserted)."""
+def _insert_or_get(
+    owner: User, terra_user: TerraUser, status: str, ordering_timestamp: int | None = None
+) -> tuple[Connection, bool]:
+    """The row for this Terra user, inserting it if absent (with the scopes `terra_user` states, as of
+    `ordering_timestamp`). Returns (row, inserted)."""
     connection = by_terra_user_id(terra_user.user_id)
     if connection is not None:
         return connection, False
@@ -76,6 +79,7 @@ def _insert_or_get(owner: User, terra_user: TerraUser, status: str) -> tuple[Con
                 terra_user_id=terra_user.user_id,
                 provider=terra_user.provider,
                 scopes=terra_user.scopes,
+                scopes_ordering_timestamp=ordering_timestamp,
                 status=status,
                 last_event_at=utcnow(),
             )
@@ -86,20 +90,22 @@ def _insert_or_get(owner: User, terra_user: TerraUser, status: str) -> tuple[Con
         return by_terra_user_id(terra_user.user_id), False
 
 
-def upsert_connection(owner: User, terra_user: TerraUser) -> Connection:
-    """A successful authentication: the Terra user is linked and active.
+def upsert_connection(owner: User, terra_user: TerraUser, ordering_timestamp: int | None = None) -> Connection:
+    """A successful authentication: the Terra user is linked and active. `ordering_timestamp`: the
+    event's X-Terra-Ordering-Timestamp (None for a userInfo answer or an event without one).
 
     An existing row keeps its status: Terra issues a new user id on every authentication, so an
     `auth` for a known id is a late or replayed delivery, and must not undo a `deauth` or a
-    `connection_error` that was sent after it but arrived first.
+    `connection_error` that was sent after it but arrived first; nor the scopes a newer event stated.
     """
     replacement = _replacement_of(terra_user.user_id)
     if replacement is not None:  # a later re-authentication already replaced this id (events out of order)
         return replacement
-    connection, inserted = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE)
+    connection, inserted = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE, ordering_timestamp)
     if not inserted and connection.status != ConnectionStatus.REVOKED:
         connection.provider = terra_user.provider or connection.provider
-        connection.scopes = terra_user.scopes or connection.scopes
+        if terra_user.scopes:
+            take_scopes(connection, terra_user.scopes, ordering_timestamp)
         connection.last_event_at = utcnow()
     return connection
 
@@ -115,13 +121,37 @@ def set_status(owner: User, terra_user: TerraUser, status: str, reason: str) -> 
     return connection
 
 
-def change_scopes(owner: User, terra_user: TerraUser, added: list[str], removed: list[str]) -> Connection:
-    connection, _ = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE)
-    scopes = [scope for scope in connection.scope_list if scope not in removed]
-    scopes += [scope for scope in added if scope not in scopes]
-    connection.scopes = ",".join(scopes)
+def change_scopes(
+    owner: User,
+    terra_user: TerraUser,
+    stated: list[str] | None,
+    added: list[str],
+    removed: list[str],
+    ordering_timestamp: int | None,
+) -> Connection:
+    """permission_change: the event states the user's whole scope set (`stated`, from `user.scopes`),
+    which is stored as it is; only an event that states none (None) has its added and removed lists
+    applied. Deltas drift when one is lost, replayed or reordered; a whole set does not."""
+    connection, inserted = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE, ordering_timestamp)
+    if not inserted:
+        if stated is None:
+            stated = [scope for scope in connection.scope_list if scope not in removed]
+            stated += [scope for scope in added if scope not in stated]
+        take_scopes(connection, ",".join(stated), ordering_timestamp)
     connection.last_event_at = utcnow()
     return connection
+
+
+def take_scopes(connection: Connection, scopes: str, ordering_timestamp: int | None) -> None:
+    """Store `scopes` unless the stored set came from a newer event: by X-Terra-Ordering-Timestamp
+    (an equal one replaces it, as Terra's guidance for overwrites says); a set without one never
+    replaces one that had one. The events of one user are applied one at a time
+    (terra_integration.applier), so reading and writing the row here cannot race."""
+    stored = connection.scopes_ordering_timestamp
+    if stored is not None and (ordering_timestamp is None or ordering_timestamp < stored):
+        return
+    connection.scopes = scopes
+    connection.scopes_ordering_timestamp = ordering_timestamp
 
 
 def revoke(connection: Connection, reason: str) -> None:
@@ -132,7 +162,11 @@ def revoke(connection: Connection, reason: str) -> None:
 
 
 def replace_terra_user(
-    owner: User, old_user: TerraUser | None, new_user: TerraUser, old_owner: User | None = None
+    owner: User,
+    old_user: TerraUser | None,
+    new_user: TerraUser,
+    old_owner: User | None = None,
+    ordering_timestamp: int | None = None,
 ) -> Connection:
     """user_reauth: the same provider account got a new Terra user id.
 
@@ -151,7 +185,7 @@ def replace_terra_user(
     if old is None or old.user_id != owner.id:
         if old is not None:
             revoke(old, RELINKED_ELSEWHERE)
-        connection = upsert_connection(owner, new_user)
+        connection = upsert_connection(owner, new_user, ordering_timestamp)
         if old_user is not None:
             # Remembered even when we never saw it: its `auth` may still be on its way.
             db.session.add(ReplacedTerraUser(old_terra_user_id=old_user.user_id, connection_id=(old or connection).id))
@@ -161,9 +195,12 @@ def replace_terra_user(
     # out of order), the row that holds the newest id.
     new = by_terra_user_id(new_user.user_id) or _replacement_of(new_user.user_id)
     status, reason, newest_id = ConnectionStatus.ACTIVE, None, new_user.user_id
+    # The old Terra user's scope set says nothing about the new one's: only the new id's events count.
+    old.scopes_ordering_timestamp = None
     if new is not None and new.id != old.id:
         # A deauth or connection_error for the new id may have arrived first: keep what it said.
         status, reason, newest_id = new.status, new.status_reason, new.terra_user_id
+        old.scopes, old.scopes_ordering_timestamp = new.scopes, new.scopes_ordering_timestamp
         for model in (ConnectAttempt, ReplacedTerraUser):
             db.session.execute(update(model).where(model.connection_id == new.id).values(connection_id=old.id))
         data_events.move_data(new.id, old.id)
@@ -174,7 +211,8 @@ def replace_terra_user(
         db.session.expunge(new)
     old.terra_user_id = newest_id
     old.provider = new_user.provider or old.provider
-    old.scopes = new_user.scopes or old.scopes
+    if new_user.scopes:
+        take_scopes(old, new_user.scopes, ordering_timestamp)
     old.status, old.status_reason = status, reason
     old.last_event_at = utcnow()
     return old

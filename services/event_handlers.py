@@ -56,7 +56,7 @@ class ConnectionEvents:
 
 
 def _auth_success(owner: User, event: TerraEvent) -> Outcome:
-    connection = connections.upsert_connection(owner, event.user)
+    connection = connections.upsert_connection(owner, event.user, event.ordering_timestamp)
     db.session.flush()
     if connection.status == ConnectionStatus.REVOKED:
         return EventOutcome.IGNORED, "auth for a Terra user that was already revoked"
@@ -76,7 +76,9 @@ def _auth_failure(owner: User, event: TerraEvent) -> Outcome:
 
 def _user_reauth(owner: User, event: TerraEvent) -> Outcome:
     old_owner = owner_of(event.old_user.reference_id) if event.old_user else None
-    connection = connections.replace_terra_user(owner, event.old_user, event.new_user, old_owner)
+    connection = connections.replace_terra_user(
+        owner, event.old_user, event.new_user, old_owner, event.ordering_timestamp
+    )
     return EventOutcome.APPLIED, f"connection {connection.terra_user_id} replaces the old Terra user"
 
 
@@ -89,7 +91,9 @@ def _status_change(status: str) -> Callable[[User, TerraEvent], Outcome]:
 
 
 def _permission_change(owner: User, event: TerraEvent) -> Outcome:
-    connection = connections.change_scopes(owner, event.user, event.scopes_added, event.scopes_removed)
+    connection = connections.change_scopes(
+        owner, event.user, event.scopes, event.scopes_added, event.scopes_removed, event.ordering_timestamp
+    )
     return EventOutcome.APPLIED, f"scopes now {connection.scopes}"
 
 

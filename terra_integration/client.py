@@ -7,9 +7,10 @@ Retries: only idempotent reads (`GET userInfo`, `GET integrations/detailed`) are
 only after `TerraUnavailable` (timeout, connection error, 5xx, 429, an answer that is not JSON):
 at most `read_attempts` tries, waiting with capped exponential backoff and full jitter, or exactly
 `Retry-After` when Terra sends one (a longer `Retry-After` than `max_retry_after` ends the retries),
-and never starting a try more than `retry_budget` seconds after the first one began. Creating a widget session or an
-authenticateUser flow (POST) and deauthenticateUser (DELETE) are tried once: a timed-out POST may
-well have created a session on Terra's side, and a second one must not be made without need.
+and never starting a try more than `retry_budget` seconds after the first one began. Creating a widget session, an
+authenticateUser flow or a mobile SDK token (POST) and deauthenticateUser (DELETE) are tried once: a
+timed-out POST may well have created a session on Terra's side, and a second one must not be made
+without need.
 Kept rather than urllib3's `Retry`, which retries neither a body that is not JSON nor within a time
 budget, and waits out a long `Retry-After` instead of giving up (docs/reliability.md).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,11 @@ from urllib3.exceptions import ProtocolError
 from terra_integration.models import PROVIDER_LENGTH
 
 log = logging.getLogger(__name__)
+
+AUTH_TOKEN_SECONDS = 180  # a generateAuthToken token's documented lifetime, when Terra does not say
+# What a mobile SDK token may look like: Terra's are 64 hex digits; anything printable and short is
+# passed on opaquely, anything else (a page, a message) is not a token.
+TOKEN_TEXT = re.compile(r"[\x21-\x7e]{1,512}")
 
 
 class TerraError(RuntimeError):
@@ -76,6 +83,14 @@ class WidgetSession:
     url: str  # opaque: open it as given
     expires_in: int
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    """A token for Terra's mobile SDK (`initConnection`): single use, valid `expires_in` seconds."""
+
+    token: str
+    expires_in: int
 
 
 @dataclass(frozen=True)
@@ -226,6 +241,24 @@ class TerraClient:
             return ProviderAuth(user_id=str(data["user_id"]), auth_url=str(data["auth_url"]))
         except (KeyError, TypeError):
             raise TerraError("Terra's authenticateUser answer had no auth_url") from None
+
+    def generate_auth_token(self) -> AuthToken:
+        """A fresh token for the app's mobile SDK to register Apple Health, Samsung Health or Health
+        Connect with Terra. Tried once, like every call that makes something; never to be cached."""
+        data = self._api("POST", "/auth/generateAuthToken")
+        if not isinstance(data, dict):
+            raise TerraError("Terra's generateAuthToken answer was not a JSON object")
+        token, expires_in = data.get("token"), data.get("expires_in", AUTH_TOKEN_SECONDS)
+        if (
+            data.get("status", "success") != "success"
+            or not isinstance(token, str)
+            or not TOKEN_TEXT.fullmatch(token)
+            or isinstance(expires_in, bool)
+            or not isinstance(expires_in, int)
+            or expires_in <= 0
+        ):
+            raise TerraError("Terra's generateAuthToken answer had no usable token and expires_in")
+        return AuthToken(token=token, expires_in=expires_in)
 
     def deauthenticate_user(self, user_id: str) -> None:
         self._api("DELETE", "/auth/deauthenticateUser", params={"user_id": user_id})

@@ -62,6 +62,8 @@ class TerraEvent:
     reason: str | None = None
     old_user: TerraUser | None = None
     new_user: TerraUser | None = None
+    # The user's whole scope set as the event states it (`user.scopes`); None when it states none.
+    scopes: list[str] | None = None
     scopes_added: list[str] = field(default_factory=list)
     scopes_removed: list[str] = field(default_factory=list)
     download_url: str | None = None  # s3_payload: where the data event itself is to be fetched
@@ -135,6 +137,7 @@ def parse_event(body: bytes) -> TerraEvent:
         reason=_optional_str(data.get("reason")),
         old_user=old_user,
         new_user=new_user,
+        scopes=_stated_scopes(data.get("user")),
         scopes_added=_scope_list(data.get("scopes_added")),
         scopes_removed=_scope_list(data.get("scopes_removed")),
         download_url=data["url"] if event_type == PING_TYPE and isinstance(data.get("url"), str) else None,
@@ -165,6 +168,13 @@ def _scope_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [scope.strip() for scope in value.split(",") if scope.strip()]
     return []
+
+
+def _stated_scopes(user: Any) -> list[str] | None:
+    """`user.scopes` as a list, an empty one included (every scope withdrawn); None when absent or null."""
+    if not isinstance(user, dict) or user.get("scopes") is None:
+        return None
+    return _scope_list(user["scopes"])
 
 
 def _depth(value: Any, level: int = 0) -> int:

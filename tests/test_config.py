@@ -312,6 +312,7 @@ BAD_VALUES = {
     "ANDROID_CERT_SHA256": ("AB:CD", {}),
     "SANDBOX_WEBHOOK_URL": ("localhost/webhooks/terra", {}),
     "SANDBOX_SESSION_TTL_SECONDS": ("15m", {}),
+    "SANDBOX_AUTH_TOKEN_TTL_SECONDS": ("3m", {}),
     "SANDBOX_USER_CAP": ("fifty", {}),
     "SANDBOX_USER_CAP_MODE": ("always", {}),
     "SANDBOX_LEGACY_GONE": ("since 2026", {}),

@@ -1,6 +1,7 @@
 """How each Terra event, in every order, changes connections and connect attempts."""
 
 import itertools
+import time
 import uuid
 from datetime import timedelta
 
@@ -26,9 +27,11 @@ def ctx(app):
 def send(client, ctx):
     secret = ctx.config["TERRA_SIGNING_SECRET"]
 
-    def send(payload, trace_id="auto"):
-        """Deliver and apply the event; returns the outcome kept on its inbox row."""
-        response = deliver(client, payload, secret=secret, trace_id=trace_id)
+    def send(payload, trace_id="auto", ordering=None, **signing):
+        """Deliver and apply the event (with `ordering` as its X-Terra-Ordering-Timestamp; `signing`
+        for `helpers.signed`); returns the outcome kept on its inbox row."""
+        headers = {} if ordering is None else {"X-Terra-Ordering-Timestamp": str(ordering)}
+        response = deliver(client, payload, secret=secret, trace_id=trace_id, headers=headers, **signing)
         assert response.status_code == 200, response.get_data(as_text=True)
         db.session.expire_all()
         return outcome_of(ctx, response.json["trace_id"])
@@ -256,18 +259,69 @@ def test_deauth_before_auth_leaves_the_connection_revoked(send, user):
     assert attempt.status == "pending"
 
 
-def test_permission_change_applies_added_and_removed_scopes(send, user):
+def permission_change(user, scopes, added="", removed="", terra_id="tu-1") -> dict:
+    return {
+        "type": "permission_change",
+        "status": "warning",
+        "message": "User permissions have been modified",
+        "scopes_added": added,
+        "scopes_removed": removed,
+        "user": {**terra_user(user, terra_id), "scopes": scopes},
+    }
+
+
+def test_permission_change_without_the_whole_set_applies_added_and_removed_scopes(send, user):
     send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT,HEALTH_EXPORT")))
-    send(
-        {
-            "type": "permission_change",
-            "status": "warning",
-            "scopes_added": "BODY_EXPORT",
-            "scopes_removed": "HEALTH_EXPORT",
-            "user": terra_user(user, "tu-1"),
-        }
-    )
+    send(permission_change(user, None, added="BODY_EXPORT", removed="HEALTH_EXPORT"))
     assert connections()[0].scope_list == ["ACTIVITY_EXPORT", "BODY_EXPORT"]
+
+
+def test_permission_change_stores_the_whole_set_the_event_states(send, user):
+    """Seen: the deltas applied one by one had drifted to a set the last event did not state."""
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT,WORKOUT_IMPORT,BODY_EXPORT")))
+    send(permission_change(user, "ACTIVITY_EXPORT,HEALTH_EXPORT", added="HEALTH_EXPORT", removed="BODY_EXPORT"))
+    assert connections()[0].scope_list == ["ACTIVITY_EXPORT", "HEALTH_EXPORT"]
+
+
+def test_a_lost_permission_change_leaves_no_drift(send, user):
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT,HEALTH_EXPORT")), ordering=1_000)
+    # Lost: the change at 2_000 that added BODY_EXPORT. The next one states the set after both.
+    send(permission_change(user, "ACTIVITY_EXPORT,BODY_EXPORT", removed="HEALTH_EXPORT"), ordering=3_000)
+    assert connections()[0].scope_list == ["ACTIVITY_EXPORT", "BODY_EXPORT"]
+
+
+def test_reordered_permission_changes_keep_the_newest_set(send, user):
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT")), ordering=1_000)
+    send(permission_change(user, "ACTIVITY_EXPORT,HEALTH_EXPORT", added="HEALTH_EXPORT"), ordering=3_000)
+    older = permission_change(user, "ACTIVITY_EXPORT,BODY_EXPORT,HEALTH_EXPORT", added="BODY_EXPORT")
+    assert send(older, ordering=2_000) == "applied"
+    [row] = connections()
+    assert (row.scope_list, row.scopes_ordering_timestamp) == (["ACTIVITY_EXPORT", "HEALTH_EXPORT"], 3_000)
+
+
+def test_a_replayed_permission_change_does_not_undo_a_newer_one(send, user):
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT")), ordering=1_000)
+    added = permission_change(user, "ACTIVITY_EXPORT,BODY_EXPORT", added="BODY_EXPORT")
+    send(added, ordering=2_000)
+    send(permission_change(user, "ACTIVITY_EXPORT", removed="BODY_EXPORT"), ordering=3_000)
+    # Resent later (another delivery, signed anew), with the ordering timestamp it was emitted at.
+    assert send(added, ordering=2_000, timestamp=int(time.time()) + 1) == "applied"
+    assert connections()[0].scope_list == ["ACTIVITY_EXPORT"]
+
+
+def test_a_late_auth_does_not_overwrite_the_scopes_of_a_newer_permission_change(send, user):
+    send(permission_change(user, "ACTIVITY_EXPORT", removed="HEALTH_EXPORT"), ordering=2_000)
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT,HEALTH_EXPORT")), ordering=1_000)
+    [row] = connections()
+    assert (row.status, row.scope_list) == ("active", ["ACTIVITY_EXPORT"])
+
+
+def test_a_set_without_ordering_timestamp_never_replaces_one_with_it(send, user):
+    send(auth_event(user, terra_user(user, "tu-1", scopes="ACTIVITY_EXPORT")), ordering=1_000)
+    send(permission_change(user, "ACTIVITY_EXPORT,BODY_EXPORT", added="BODY_EXPORT"))
+    assert connections()[0].scope_list == ["ACTIVITY_EXPORT"]
+    send(permission_change(user, "", removed="ACTIVITY_EXPORT"), ordering=2_000)  # every scope withdrawn
+    assert connections()[0].scope_list == []
 
 
 @pytest.mark.parametrize("reference_id", ["forged.reference", "null", None])

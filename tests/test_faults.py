@@ -284,6 +284,7 @@ CLIENT_CALLS = {
         1,
     ),
     "deauthenticate_user": (lambda t: t.deauthenticate_user(NOBODY), "deauthenticate_user", 1),
+    "generate_auth_token": (lambda t: t.generate_auth_token(), "generate_auth_token", 1),
     "user_info": (lambda t: t.user_info(NOBODY), "user_info", 3),
     "users_by_reference": (lambda t: t.users_by_reference("r"), "user_info", 3),
     "integrations_detailed": (lambda t: t.integrations_detailed(), "integrations_detailed", 3),
@@ -551,6 +552,30 @@ def test_mobile_api_provider_check_and_delete_are_502s_with_a_code(start_live_se
         wait_for(lambda: [row.status for row in rows(server, Connection)] == ["revoked"])
     else:
         assert snapshot(server) == before
+
+
+@pytest.mark.parametrize("case", REST_CASES, ids=str)
+def test_mobile_api_sdk_token_is_a_502_with_a_code_and_tried_once(start_live_server, case):
+    server = start_faulty(start_live_server, case)
+    api = api_client(server)
+    before = snapshot(server)
+
+    response = api.post(server.url + "/api/v1/sdk-tokens", timeout=10)
+    assert response.status_code == 502 and response.headers["Cache-Control"] == "no-store"
+    assert_readable(response, case.message)
+    assert response.json()["error"]["code"] == case.code
+    assert_calls(server, 1, "generate_auth_token")  # a POST that makes a token: never tried twice
+    assert snapshot(server) == before
+
+
+def test_mobile_api_sdk_token_refused_by_terra_is_a_502_in_terras_words(live_server):
+    live_server.app.extensions["terra_integration"].client.dev_id = "not-this-accounts"
+    response = api_client(live_server).post(live_server.url + "/api/v1/sdk-tokens", timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"] == {
+        "code": "terra_not_found",
+        "message": "Terra answered 404: invalid dev-id or x-api-key",
+    }
 
 
 # -- reset under gunicorn's threaded workers --------------------------------------------------------

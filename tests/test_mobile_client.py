@@ -15,7 +15,14 @@ from tests.conftest import ROOT
 from tests.test_browser import CHROMIUM
 from tests.test_config import PRODUCTION
 from tests.test_mobile_devices import POLL_AFTER_MS
-from tools.mobile_client import Backoff, MobileClient, deep_link_attempt_id, link_prefix, mobile_client_command
+from tools.mobile_client import (
+    Backoff,
+    MobileClient,
+    deep_link_attempt_id,
+    link_prefix,
+    mobile_client_command,
+    sandbox_init_connection_url,
+)
 
 LINKS = "https://links.example.com/terra"
 
@@ -72,6 +79,35 @@ def test_command_prints_each_step(live_server):
     assert result.exit_code == 0, result.output
     assert "deep link caught: com.example.terraconnect://connect/success" in result.output
     assert result.output.strip().endswith("done: connected")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("provider", ["APPLE", "HEALTH_CONNECT"])
+def test_command_connects_an_sdk_provider_through_the_whole_sdk_path(live_server, provider):
+    live_server.app.config["STATUS_POLL_AFTER_MS"] = int(POLL_AFTER_MS)
+    email, password = f"{provider.lower()}@example.com", "correct horse battery"
+    arguments = ["--base-url", live_server.url, "--email", email, "--password", password, "--register"]
+    result = live_server.app.test_cli_runner().invoke(
+        mobile_client_command, [*arguments, "--provider", provider, "--chromium", CHROMIUM]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"resource={provider}" in next(line for line in lines if line.startswith("4. deep link caught"))
+    assert any(line.startswith("5. status sdk_required") for line in lines)
+    assert [line.split(" ", 1)[0] for line in lines[-4:]] == ["6.", "7.", "8.", "done:"]
+    assert lines[-1] == "done: connected (through Terra's mobile SDK)"
+    # The app sees the connection too, as Terra's auth webhook made it.
+    client = MobileClient(live_server.url, say=lambda _: None)
+    client.sign_in(email, password)
+    listed = client.http.get(live_server.url + "/api/v1/connections", timeout=10).json()["connections"]
+    assert [(row["provider"], row["status"]) for row in listed] == [(provider, "active")]
+
+
+def test_the_init_connection_stand_in_sits_beside_the_sandboxs_terra_paths():
+    assert sandbox_init_connection_url("http://t.example/sandbox/v2") == "http://t.example/sandbox/sdk/init-connection"
+    assert sandbox_init_connection_url("http://t.example/sandbox/api/v2/") == (
+        "http://t.example/sandbox/sdk/init-connection"
+    )
 
 
 def test_runs_as_a_module_from_the_repository_root():

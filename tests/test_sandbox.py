@@ -695,7 +695,9 @@ def test_s3_payload_delivers_a_download_url_that_serves_the_data_event_until_it_
 
 # == a removable part: its own tables, and an app that runs without it ===========================
 
-SANDBOX_TABLES = {"sandbox_sessions", "sandbox_users", "sandbox_payloads"}
+# The tables the app's history made before the sandbox had its own branch, and those made since.
+TABLES_BEFORE_THE_MOVE = {"sandbox_sessions", "sandbox_users", "sandbox_payloads"}
+SANDBOX_TABLES = TABLES_BEFORE_THE_MOVE | {"sandbox_auth_tokens"}
 
 
 @pytest.fixture
@@ -714,7 +716,8 @@ def empty_database(tmp_path) -> str:
     return named
 
 
-APP_HEAD = "0010"  # the app's newest migration
+APP_HEAD = "0011"  # the app's newest migration
+SANDBOX_HEAD = "sandbox_0002"  # the sandbox branch's newest
 
 
 def migrate(uri: str, command, revision: str) -> tuple[set[str], set[str]]:
@@ -733,13 +736,13 @@ def test_the_sandbox_branch_creates_and_removes_its_tables(empty_database):
     uri = empty_database("migrations")
     tables, revisions = migrate(uri, upgrade, "heads")
     # Alembic records the two tips: the sandbox's (it depends on the app's 0006) and the app's.
-    assert SANDBOX_TABLES <= tables and revisions == {"sandbox_0001", APP_HEAD}
+    assert SANDBOX_TABLES <= tables and revisions == {SANDBOX_HEAD, APP_HEAD}
     tables, revisions = migrate(uri, downgrade, "sandbox@base")  # what to run before deleting sandbox/
     assert not SANDBOX_TABLES & tables and "users" in tables and revisions == {APP_HEAD}
     # Back below the move, the app's history finds the tables 0001 and 0004 made, and removes them.
     tables, revisions = migrate(uri, upgrade, "heads")
     tables, revisions = migrate(uri, downgrade, "0005")
-    assert SANDBOX_TABLES <= tables and revisions == {"0005"}
+    assert TABLES_BEFORE_THE_MOVE <= tables and revisions == {"0005"}
     tables, revisions = migrate(uri, downgrade, "base")
     assert tables == {"alembic_version"} and revisions == set()
 
@@ -754,7 +757,7 @@ def test_a_database_the_sandbox_used_keeps_its_terra_users_through_the_move(empt
         db.session.commit()
         db.engine.dispose()
     _, revisions = migrate(uri, upgrade, "heads")
-    assert revisions == {"sandbox_0001", APP_HEAD}
+    assert revisions == {SANDBOX_HEAD, APP_HEAD}
     with app.app_context():
         assert [user.account for user in db.session.scalars(select(SandboxUser))] == ["ada"]
         db.engine.dispose()

@@ -64,7 +64,7 @@ WITH_IDS = sorted(label for label, operation in OPERATIONS.items() if operation.
 
 
 def test_every_documented_operation_is_fuzzed():
-    assert len(OPERATIONS) == 9, sorted(OPERATIONS)
+    assert len(OPERATIONS) == 10, sorted(OPERATIONS)
     assert "GET /openapi.json" in OPERATIONS and "DELETE /connections/{connection_id}" in OPERATIONS
     assert "GET /connections/{connection_id}/summary" in OPERATIONS
 

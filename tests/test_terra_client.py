@@ -193,3 +193,45 @@ def test_an_unknown_active_flag_does_not_block_the_userinfo_confirmation(app, st
         )
         assert attempts.refresh(attempt).status == "connected"
         assert attempt.connection.terra_user_id == "u-1"
+
+
+# -- generateAuthToken (the mobile SDK's token) ---------------------------------------------------
+
+
+def test_auth_token_from_the_sandbox_is_fresh_each_time(terra):
+    first, second = terra.generate_auth_token(), terra.generate_auth_token()
+    assert first.expires_in == 180 and len(first.token) == 64
+    assert first.token != second.token
+
+
+def test_auth_token_with_an_invalid_dev_id_is_terras_404(terra):
+    terra.dev_id = "not-ours"
+    with pytest.raises(TerraNotFound, match="404: invalid dev-id"):
+        terra.generate_auth_token()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"status": "error", "message": "Invalid dev-id was provided", "token": "x"}',
+        b'{"status": "success", "expires_in": 180}',
+        b'{"status": "success", "token": "", "expires_in": 180}',
+        b'{"status": "success", "token": "<html>\\n<p>hello</p>", "expires_in": 180}',
+        b'{"status": "success", "token": "abc", "expires_in": "180"}',
+        b'{"status": "success", "token": "abc", "expires_in": 0}',
+        b'{"status": "success", "token": "abc", "expires_in": true}',
+        b'["abc"]',
+    ],
+)
+def test_an_auth_token_answer_without_a_usable_token_is_an_error(stub, body):
+    server, terra = stub
+    answer(server, 200, body)
+    with pytest.raises(TerraError, match="generateAuthToken answer") as raised:
+        terra.generate_auth_token()
+    assert type(raised.value) is TerraError
+
+
+def test_an_auth_token_answer_without_expires_in_gets_the_documented_lifetime(stub):
+    server, terra = stub
+    answer(server, 200, b'{"status": "success", "token": "250c68b9"}')
+    assert (terra.generate_auth_token().token, terra.generate_auth_token().expires_in) == ("250c68b9", 180)

@@ -10,7 +10,11 @@ It does what an iOS or Android app must do, in the same order, and prints each s
 4. catch the deep link the browser is sent to (the app's scheme, or its universal links by route
    interception), tapping "Return to app" where the return page offers a link it does not try itself;
    then close the browser;
-5. ask the status endpoint for the truth, with If-None-Match and backoff with full jitter, until final.
+5. ask the status endpoint for the truth, with If-None-Match and backoff with full jitter, until final;
+6. for `sdk_required` (Apple Health, Samsung Health, Health Connect: `--provider APPLE`), do what the
+   app does with Terra's mobile SDK: get a token from the backend (POST /api/v1/sdk-tokens), play the
+   SDK's `initConnection` (the sandbox's stand-in, POST /sandbox/sdk/init-connection), and wait for
+   the connection in the list (GET /api/v1/connections) once Terra's webhook has arrived.
 It talks to the server only over HTTP, like a real app.
 """
 
@@ -143,12 +147,61 @@ class MobileClient:
             time.sleep(backoff.next_delay(server_minimum))
         raise click.ClickException("the attempt did not finish in time")
 
+    def connect_with_sdk(self, init_connection_url: str, dev_id: str, provider: str, device: str) -> dict:
+        """The SDK path for a provider that keeps its data on the phone; the connection once listed."""
+        response = self._call("POST", "/api/v1/sdk-tokens")
+        if response.status_code != 201:
+            raise click.ClickException(f"SDK token refused ({response.status_code}): {response.text}")
+        issued = response.json()
+        self.say(f"6. SDK token from the backend, valid {issued['expires_in']} s")
+        # The SDK itself talks to Terra (here the sandbox's stand-in), never to our backend.
+        body = {
+            "token": issued["token"],
+            "provider": provider,
+            "reference_id": issued["reference_id"],
+            "dev_id": dev_id,
+            "device": device,
+        }
+        response = requests.post(init_connection_url, json=body, timeout=self.timeout)
+        if response.status_code != 201:
+            raise click.ClickException(f"initConnection refused ({response.status_code}): {response.text}")
+        terra_user_id = response.json()["user"]["user_id"]
+        self.say(f"7. initConnection for {provider}: Terra user {terra_user_id}")
+        return self.wait_for_connection(terra_user_id)
+
+    def wait_for_connection(self, terra_user_id: str, deadline_seconds: float = 60) -> dict:
+        backoff, deadline = Backoff(base=0.5, cap=4), time.monotonic() + deadline_seconds
+        while time.monotonic() < deadline:
+            response = self._call("GET", "/api/v1/connections")
+            if response.status_code != 200:
+                raise click.ClickException(f"connections failed ({response.status_code}): {response.text}")
+            for connection in response.json()["connections"]:
+                if connection["terra_user_id"] == terra_user_id and connection["status"] == "active":
+                    self.say(f"8. connection {connection['id']} {connection['status']} ({connection['provider']})")
+                    return connection
+            time.sleep(backoff.next_delay(0))
+        raise click.ClickException("the connection did not appear in time (did Terra's webhook reach the server?)")
+
+
+def sandbox_init_connection_url(terra_api_base_url: str) -> str:
+    """The sandbox's stand-in for the SDK's initConnection, beside the Terra REST paths it serves
+    (`…/sandbox/v2` or `…/sandbox/api/v2`)."""
+    base = terra_api_base_url.rstrip("/")
+    for suffix in ("/api/v2", "/v2"):
+        if base.endswith(suffix):
+            return base.removesuffix(suffix) + "/sdk/init-connection"
+    raise click.ClickException(f"give --init-connection-url: cannot place it beside {terra_api_base_url}")
+
 
 def finish_widget(page, url: str, provider: str, account: str, decision: str) -> None:
-    """The user's part on the sandbox's widget pages: pick the provider, sign in, decide."""
+    """The user's part on the sandbox's widget pages: pick the provider, sign in, decide. An SDK-only
+    provider has no sign-in: Terra's widget hands the user back to the app."""
     page.goto(url)
     if page.locator(f'[data-provider="{provider}"]').count():
         page.click(f'[data-provider="{provider}"]')
+    if page.locator("#sdk-handoff").count():
+        page.click("#sdk-handoff button[type=submit]")
+        return
     page.fill("input[name=account]", account)
     page.click("button[type=submit]")
     page.click(f"button[name=decision][value={decision}]")
@@ -230,8 +283,25 @@ def deep_link_attempt_id(link: str) -> str | None:
 @click.option("--scheme", default=None, help="The app's scheme; defaults to MOBILE_APP_SCHEME.")
 @click.option("--link-base", default=None, help="The app's universal links; defaults to MOBILE_UNIVERSAL_LINK_BASE.")
 @click.option("--chromium", default="/usr/bin/chromium", show_default=True)
+@click.option(
+    "--init-connection-url",
+    default=None,
+    help="The sandbox's stand-in for the SDK's initConnection; defaults to the one beside TERRA_API_BASE_URL.",
+)
 def mobile_client_command(
-    base_url, email, password, register, provider, account, outcome, return_mode, callback, scheme, link_base, chromium
+    base_url,
+    email,
+    password,
+    register,
+    provider,
+    account,
+    outcome,
+    return_mode,
+    callback,
+    scheme,
+    link_base,
+    chromium,
+    init_connection_url,
 ):
     """Play the mobile app against a running server, end to end."""
     from flask import current_app
@@ -253,6 +323,11 @@ def mobile_client_command(
     elif deep_link_attempt_id(link) not in (None, attempt["attempt_id"]):  # app mode's link names none
         raise click.ClickException("the deep link names another attempt")
     final = client.poll_until_final(attempt["attempt_id"])
+    if final["status"] == "sdk_required":
+        url = init_connection_url or sandbox_init_connection_url(config["TERRA_API_BASE_URL"])
+        client.connect_with_sdk(url, config["TERRA_DEV_ID"], final["resource"] or provider, account)
+        click.echo("done: connected (through Terra's mobile SDK)")
+        return
     click.echo(f"done: {final['status']}" + (f" ({final['error']['code']})" if final["error"] else ""))
 
 
