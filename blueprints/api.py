@@ -29,6 +29,7 @@ from terra_integration.text_checks import storable_json
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
+WHOLE_SECONDS = re.compile(r"[0-9]+")  # fullmatch
 LANGUAGE = re.compile(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?")  # whole value (fullmatch): no trailing newline
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
@@ -205,6 +206,9 @@ def _create_poll_state(state) -> None:
 def get_attempt(attempt_id: str):
     _count_poll(attempt_id)
     wait = _wait_seconds()
+    if request.if_match:
+        # Rare (an app that must not act on a stale state): judged on the attempt brought up to date.
+        _require_if_match(attempts.refresh(_owned_attempt(attempt_id)))
     if request.if_none_match or wait:
         # Most conditional polls find nothing new: decide that from the attempt's poll state (as
         # this worker keeps it, services/attempt_states.py), and build the attempt only when there is
@@ -232,13 +236,13 @@ def _wait_seconds() -> float:
     raw = request.args.get("wait")
     if raw is None:
         return 0
-    try:
-        wait = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_wait", "wait must be a whole number of seconds") from None
-    if not 0 <= wait <= long_poll.MAX_WAIT_SECONDS:
+    # ASCII digits only: int() would also take "٣", " 5" and "+5".
+    if not WHOLE_SECONDS.fullmatch(raw):
+        raise ApiError(400, "invalid_wait", "wait must be a whole number of seconds (digits 0-9 only)")
+    digits = raw.lstrip("0") or "0"  # leading zeros are harmless; thousands of digits are not worth int()
+    if len(digits) > 2 or int(digits) > long_poll.MAX_WAIT_SECONDS:
         raise ApiError(400, "invalid_wait", f"wait must be between 0 and {long_poll.MAX_WAIT_SECONDS} seconds")
-    return wait
+    return int(digits)
 
 
 def _etag(attempt) -> str:
@@ -259,6 +263,18 @@ def status_body(attempt, connection: Connection | None, config: Mapping) -> dict
     return body
 
 
+def _require_if_match(attempt) -> None:
+    """RFC 9110 §13.1.1: an If-Match naming none of the attempt's current version (strong comparison:
+    `W/"3"` never matches) is a 412, and nothing is done. `*` matches any attempt."""
+    if not request.if_match.contains(_etag(attempt)):
+        raise ApiError(
+            412,
+            "precondition_failed",
+            f"If-Match names another version; the attempt is at version {attempt.version} (its ETag)",
+            headers={"ETag": f'"{_etag(attempt)}"'},
+        )
+
+
 def _not_modified(attempt) -> Response:
     response = Response(status=304)
     response.set_etag(_etag(attempt))
@@ -275,10 +291,13 @@ def _attempt_response(attempt: ConnectAttempt, status: int = 200) -> Response:
 @bp.post("/connect-attempts/<attempt_id>/browser-closed")
 @require_token()
 def browser_closed(attempt_id: str):
-    """Validators are ignored here: the report is always recorded and answered with 202. This
-    resource has no representation of its own (no GET) for an If-None-Match to match; the body,
-    ETag and Content-Location are those of the attempt."""
+    """Recorded and answered with 202, unless If-Match names another version of the attempt (412,
+    nothing recorded): an app may so report only what it saw. If-None-Match is ignored: this
+    resource has no representation of its own (no GET) to match; the body, ETag and
+    Content-Location are those of the attempt."""
     attempt = _owned_attempt(attempt_id)
+    if request.if_match:
+        _require_if_match(attempts.refresh(attempt))
     attempts.record_browser_closed(attempt)
     db.session.commit()
     response = _attempt_response(attempts.refresh(attempt), status=202)
