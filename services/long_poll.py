@@ -51,7 +51,7 @@ def _watch(attempt_id: str, seen_version: int, wait: float) -> bool:
     FALLBACK_CHECK_SECONDS."""
     deadline = time.monotonic() + wait
     states = attempt_states.states()
-    with states.watching(attempt_id) as woken:
+    with states.watching(attempt_id, seen_version) as woken:
         while True:
             # End the transaction before sleeping: the connection goes back to the pool (a sleeping
             # long-poll must not hold one), and the next read sees other processes' commits.

@@ -215,6 +215,56 @@ def test_a_long_poll_sleeps_without_reading_and_wakes_when_another_process_chang
     assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
 
 
+def long_poll_in_thread(app, ada, wait: int = 20) -> tuple[threading.Thread, dict]:
+    """A long-poll holding version 1 of Ada's attempt, from a thread; its answer lands in the dict."""
+    answered: dict = {}
+
+    def poll():
+        answered["response"] = app.test_client().get(
+            ada["path"] + f"?wait={wait}", headers={**ada["headers"], "If-None-Match": '"1"'}
+        )
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    wait_for(lambda: ada["attempt_id"] in attempt_states.states(app).waited_on())
+    return poller, answered
+
+
+def test_a_long_poll_wakes_when_the_version_differs_from_its_own_though_the_kept_copy_had_it(app, ada, monkeypatch):
+    """Issue 19: another poll's read can put the new version in the worker's copy before the change
+    feed sees the commit; the feed then finds its copy unchanged, yet this long-poll still holds 1."""
+    states = live_states(app)
+    monkeypatch.setattr(attempt_states, "SQLITE_CHECK_SECONDS", 0.5)  # room to read before the feed does
+    poller, answered = long_poll_in_thread(app, ada)
+    bump_version_elsewhere(app, ada["attempt_id"])
+    with app.app_context():  # a plain poll in this worker reads version 2 and keeps it
+        generation = states.generation()
+        states.put(db.session.execute(attempt_states.POLL_STATE, {"attempt_id": ada["attempt_id"]}).one(), generation)
+    poller.join(timeout=10)  # far below the 20 s it would sleep unwoken
+    assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
+
+
+def test_a_change_seen_while_this_worker_commits_is_read_again(app, ada, monkeypatch):
+    """The SQLite feed's read of what changed can cross this worker's own commit of another attempt;
+    what it read may then predate that commit and is not kept. It must read again rather than wait
+    for the next commit (PostgreSQL is told which attempt changed, and never comes here)."""
+    states = live_states(app)
+    poller, answered = long_poll_in_thread(app, ada)
+    crossed: list[bool] = []
+    replace = states.replace
+
+    def replace_crossed_by_an_own_commit(fresh, generation):
+        if not crossed:
+            crossed.append(True)
+            states.changed(["another-attempt"])  # as the after-commit hook does for this worker's write
+        return replace(fresh, generation)
+
+    monkeypatch.setattr(states, "replace", replace_crossed_by_an_own_commit)
+    bump_version_elsewhere(app, ada["attempt_id"])
+    poller.join(timeout=10)  # far below the 20 s it would sleep unwoken
+    assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
+
+
 def test_revoking_through_the_api_takes_effect_at_once_in_the_same_worker(client, ada):
     assert client.get(ada["path"], headers=ada["headers"]).status_code == 200  # now cached
     assert client.delete("/api/v1/tokens/current", headers=ada["headers"]).status_code == 204
