@@ -6,6 +6,7 @@ Authentication is the bearer token only: no session cookie is read and no CSRF t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -221,7 +222,7 @@ def get_attempt(attempt_id: str):
         )
         if unchanged:
             held = wait and state.status == AttemptStatus.PENDING
-            changed = held and long_poll.wait_for_change(attempt_id, state.version, wait)
+            changed = held and _wait_for_change(attempt_id, state.version, wait)
             if not changed and request.if_none_match:
                 return _not_modified(state)
             # No If-None-Match: a wait that saw no change answers 200 with the same state, so a
@@ -230,6 +231,23 @@ def get_attempt(attempt_id: str):
     if etag_matches(request.if_none_match, attempt):
         return _not_modified(attempt)
     return _attempt_response(attempt)
+
+
+def _wait_for_change(attempt_id: str, version: int, wait: float) -> bool:
+    """`long_poll.wait_for_change` in one of the caller's long-poll slots; past the cap, 429 at once."""
+    try:
+        with long_poll.caller_slot(current_token.id, caller_id()) as may_wait:
+            return may_wait and long_poll.wait_for_change(attempt_id, version, wait)
+    except long_poll.TooManyWaits:
+        raise ApiError(
+            429,
+            "too_many_long_polls",
+            f"this token or its user already holds {current_app.config['STATUS_MAX_WAITERS_PER_TOKEN']} "
+            "long-polls (STATUS_MAX_WAITERS_PER_TOKEN) or "
+            f"{current_app.config['STATUS_MAX_WAITERS_PER_USER']} (STATUS_MAX_WAITERS_PER_USER); "
+            "poll one attempt at a time",
+            headers={"Retry-After": str(math.ceil(current_app.config["STATUS_POLL_AFTER_MS"] / 1000))},
+        ) from None
 
 
 def _wait_seconds() -> float:

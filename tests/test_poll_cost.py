@@ -16,9 +16,9 @@ from sqlalchemy import create_engine, event, text, update
 from app import create_app
 from config import ConfigError, ServerSettings, load_config, read_settings
 from extensions import db
-from models import ApiToken, ConnectAttempt
+from models import ApiToken, ConnectAttempt, User
 from models.time import utcnow
-from services import api_tokens, attempt_states, attempts
+from services import api_tokens, attempt_states, attempts, long_poll
 from services.request_windows import RequestWindows
 from tests.conftest import TEST_SECRET_KEY, wait_for
 from tests.helpers import create_attempt, create_user
@@ -361,6 +361,84 @@ def test_a_long_poll_beyond_the_workers_cap_answers_at_once(database_uri, ada):
     assert held["status"] == 304 and held["seconds"] >= 1.9
     third = capped.test_client().get(ada["path"] + "?wait=1", headers=headers)  # the slot is free again
     assert third.status_code == 304
+
+
+# -- the cap on long-polls per caller ------------------------------------------------------------
+
+
+def hold_long_polls(app, headers: dict, attempt_ids: list[str], wait: int = 20) -> list[threading.Thread]:
+    """One long-poll holding version 1 of each attempt, each from a thread, until every one waits."""
+    pollers = [
+        threading.Thread(
+            target=lambda attempt_id=attempt_id: app.test_client().get(
+                f"/api/v1/connect-attempts/{attempt_id}?wait={wait}", headers={**headers, "If-None-Match": '"1"'}
+            )
+        )
+        for attempt_id in attempt_ids
+    ]
+    for poller in pollers:
+        poller.start()
+    states = attempt_states.states(app)
+    wait_for(lambda: set(attempt_ids) <= set(states.waited_on()))
+    return pollers
+
+
+def one_more_long_poll(client, headers: dict, attempt_id: str):
+    started = time.monotonic()
+    response = client.get(f"/api/v1/connect-attempts/{attempt_id}?wait=20", headers={**headers, "If-None-Match": '"1"'})
+    return response, time.monotonic() - started
+
+
+def assert_refused_at_once(client, headers: dict, attempt_id: str) -> None:
+    response, seconds = one_more_long_poll(client, headers, attempt_id)
+    assert response.status_code == 429 and response.json["error"]["code"] == "too_many_long_polls"
+    assert response.headers["Retry-After"] == "2" and response.headers["Cache-Control"] == "no-store"
+    assert seconds < 10  # not held for its 20 s
+
+
+def test_a_token_and_a_user_hold_at_most_four_long_polls_and_every_ending_gives_the_slot_back(app, monkeypatch):
+    """Issue 19: one user's 766 long-polls filled nginx's connections. Four per token and per user; the
+    fifth is answered at once. A slot comes back however a poll ends: answered, timed out, failed."""
+    live_states(app)
+    with app.app_context():
+        ada = create_user()
+        ada_id = ada.id
+        held = [create_attempt(ada).id for _ in range(4)]
+        spare = create_attempt(ada).id
+        phone, tablet = (api_tokens.issue_token(ada)[0] for _ in range(2))
+        bob = create_user("bob@example.com")
+        bobs = create_attempt(bob).id
+        bob_token, _ = api_tokens.issue_token(bob)
+    phone, tablet, bob_token = ({"Authorization": f"Bearer {token}"} for token in (phone, tablet, bob_token))
+    client = app.test_client()
+
+    def fill_then_refuse(wait: int = 20) -> list[threading.Thread]:
+        pollers = hold_long_polls(app, phone, held, wait)
+        assert_refused_at_once(client, phone, spare)  # the token's fifth
+        assert_refused_at_once(client, tablet, spare)  # the user's fifth, through another token
+        return pollers
+
+    # Answered: each attempt changes. Meanwhile another user is not limited by Ada's polls.
+    pollers = fill_then_refuse()
+    response = client.get(f"/api/v1/connect-attempts/{bobs}?wait=1", headers={**bob_token, "If-None-Match": '"1"'})
+    assert response.status_code == 304
+    for attempt_id in held:
+        bump_version_elsewhere(app, attempt_id)
+    for poller in pollers:
+        poller.join(timeout=15)
+    # Timed out: a wait of 1 s each (they hold version 1, the attempts are at 2: a fresh attempt each).
+    with app.app_context():
+        held[:] = [create_attempt(db.session.get(User, ada_id)).id for _ in range(4)]
+    for poller in fill_then_refuse(wait=1):
+        poller.join(timeout=15)
+    # Failed: the wait itself raises.
+    monkeypatch.setattr(long_poll, "wait_for_change", lambda *args: 1 / 0)
+    failed = client.get(f"/api/v1/connect-attempts/{spare}?wait=20", headers={**phone, "If-None-Match": '"1"'})
+    assert failed.status_code == 500
+    monkeypatch.undo()
+    # Every slot is free again.
+    for poller in fill_then_refuse(wait=1):
+        poller.join(timeout=15)
 
 
 # -- database settings -----------------------------------------------------------------------------
