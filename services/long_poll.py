@@ -13,10 +13,10 @@ a count, so that one client cannot fill the proxy's connections (issue 19: 766 p
   out, an error; a client that went away is noticed when the wait ends); a slot a killed worker
   never gave back lapses after SLOT_LEASE_SECONDS. If Redis cannot be asked, the poll is answered at
   once without waiting (as when the worker has no waiter free) and a warning is logged.
-- Otherwise (memory://, the development default): each worker process counts alone, so with
-  WEB_CONCURRENCY workers a caller holds at most that many times the cap. Not the database: on
-  SQLite every write would make each worker's change feed re-read all its attempts
-  (services/attempt_states.py), twice per long-poll.
+- Otherwise (memory://, the development default, or a storage other than Redis): each worker
+  process counts alone, so with WEB_CONCURRENCY workers a caller holds at most that many times the
+  cap. Not the database: on SQLite every write would make each worker's change feed re-read all
+  its attempts (services/attempt_states.py), twice per long-poll.
 Past the cap the poll is answered at once with 429 and Retry-After (docs/openapi.json).
 """
 
