@@ -5,12 +5,15 @@ database settings."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+import requests
 from sqlalchemy import create_engine, event, text, update
 
 from app import create_app
@@ -439,6 +442,37 @@ def test_a_token_and_a_user_hold_at_most_four_long_polls_and_every_ending_gives_
     # Every slot is free again.
     for poller in fill_then_refuse(wait=1):
         poller.join(timeout=15)
+
+
+def test_long_polls_whose_clients_went_away_give_their_slots_back(live_server):
+    """Over real HTTP: four apps send a long-poll and hang up while it is held. The server notices
+    only when the wait ends; then the four slots are free again for the same token."""
+    app = live_server.app
+    states = live_states(app)
+    with app.app_context():
+        ada = create_user()
+        attempt_ids = [create_attempt(ada).id for _ in range(4)]
+        spare = create_attempt(ada).id
+        token, _ = api_tokens.issue_token(ada)
+    for attempt_id in attempt_ids:
+        with socket.create_connection(("127.0.0.1", live_server.http.server_port)) as hung_up:
+            hung_up.sendall(
+                f"GET /api/v1/connect-attempts/{attempt_id}?wait=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f'Authorization: Bearer {token}\r\nIf-None-Match: "1"\r\n\r\n'.encode()
+            )
+            wait_for(lambda attempt_id=attempt_id: attempt_id in states.waited_on())
+    wait_for(lambda: not set(attempt_ids) & set(states.waited_on()))  # each ended with its 1 s wait
+    headers = {"Authorization": f"Bearer {token}", "If-None-Match": '"1"'}
+
+    def long_poll(attempt_id: str) -> int:
+        url = f"{live_server.url}/api/v1/connect-attempts/{attempt_id}?wait=2"
+        return requests.get(url, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        held = pool.map(long_poll, attempt_ids)
+        wait_for(lambda: set(attempt_ids) <= set(states.waited_on()))
+        assert long_poll(spare) == 429  # the four are all the token may hold
+        assert list(held) == [304] * 4  # held again, none refused
 
 
 # -- database settings -----------------------------------------------------------------------------
