@@ -475,6 +475,24 @@ def test_long_polls_whose_clients_went_away_give_their_slots_back(live_server):
         assert list(held) == [304] * 4  # held again, none refused
 
 
+def test_a_long_poll_is_answered_at_once_when_redis_cannot_count_its_slot(database_uri, ada):
+    """The shared count is down (nothing listens on port 9): the poll is served, without waiting,
+    rather than failing or holding a slot nobody counts."""
+    unreachable = create_app(
+        environ={
+            "APP_ENV": "testing",
+            "SECRET_KEY": TEST_SECRET_KEY,
+            "DATABASE_URL": database_uri,
+            "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:9/0",
+        }
+    )
+    started = time.monotonic()
+    response = unreachable.test_client().get(
+        ada["path"] + "?wait=20", headers={**ada["headers"], "If-None-Match": '"1"'}
+    )
+    assert response.status_code == 304 and time.monotonic() - started < 10  # not held for its 20 s
+
+
 # -- database settings -----------------------------------------------------------------------------
 
 
