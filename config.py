@@ -304,6 +304,10 @@ class AppSettings(ServerSettings):
     # Opening the connections (web or mobile) reconciles them with Terra at most this often per user.
     RECONCILE_INTERVAL_SECONDS: NonNegativeInt = 60
     STATUS_POLL_AFTER_MS: PositiveInt = 2000
+    # Long-polls one bearer token, and one user, holds at once; counted across workers and instances
+    # when RATELIMIT_STORAGE_URI is Redis, else per worker (services/long_poll.py).
+    STATUS_MAX_WAITERS_PER_TOKEN: PositiveInt = 4
+    STATUS_MAX_WAITERS_PER_USER: PositiveInt = 4
     # Operators: signed-in users who may replay a failed webhook event from their dashboard's timeline.
     OPERATOR_EMAILS: CommaSeparated = []
     # Read by Flask itself from the environment, where any value but 0, false or no turns its debug mode
@@ -456,6 +460,8 @@ class AppSettings(ServerSettings):
             "BROWSER_CLOSED_GRACE_SECONDS": self.BROWSER_CLOSED_GRACE_SECONDS,
             "RECONCILE_INTERVAL_SECONDS": self.RECONCILE_INTERVAL_SECONDS,
             "STATUS_POLL_AFTER_MS": self.STATUS_POLL_AFTER_MS,
+            "STATUS_MAX_WAITERS_PER_TOKEN": self.STATUS_MAX_WAITERS_PER_TOKEN,
+            "STATUS_MAX_WAITERS_PER_USER": self.STATUS_MAX_WAITERS_PER_USER,
             "OPERATOR_EMAILS": self.OPERATOR_EMAILS,
         }
 

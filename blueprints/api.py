@@ -6,6 +6,7 @@ Authentication is the bearer token only: no session cookie is read and no CSRF t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from terra_integration.text_checks import storable_json
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
+WHOLE_SECONDS = re.compile(r"[0-9]+")  # fullmatch
 LANGUAGE = re.compile(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?")  # whole value (fullmatch): no trailing newline
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 
@@ -213,6 +215,9 @@ def _create_poll_state(state) -> None:
 def get_attempt(attempt_id: str):
     _count_poll(attempt_id)
     wait = _wait_seconds()
+    if request.if_match:
+        # Rare (an app that must not act on a stale state): judged on the attempt brought up to date.
+        _require_if_match(attempts.refresh(_owned_attempt(attempt_id)))
     if request.if_none_match or wait:
         # Most conditional polls find nothing new: decide that from the attempt's poll state (as
         # this worker keeps it, services/attempt_states.py), and build the attempt only when there is
@@ -225,7 +230,7 @@ def get_attempt(attempt_id: str):
         )
         if unchanged:
             held = wait and state.status == AttemptStatus.PENDING
-            changed = held and long_poll.wait_for_change(attempt_id, state.version, wait)
+            changed = held and _wait_for_change(attempt_id, state.version, wait)
             if not changed and request.if_none_match:
                 return _not_modified(state)
             # No If-None-Match: a wait that saw no change answers 200 with the same state, so a
@@ -236,17 +241,34 @@ def get_attempt(attempt_id: str):
     return _attempt_response(attempt)
 
 
+def _wait_for_change(attempt_id: str, version: int, wait: float) -> bool:
+    """`long_poll.wait_for_change` in one of the caller's long-poll slots; past the cap, 429 at once."""
+    try:
+        with long_poll.caller_slot(current_token.id, caller_id()) as may_wait:
+            return may_wait and long_poll.wait_for_change(attempt_id, version, wait)
+    except long_poll.TooManyWaits:
+        raise ApiError(
+            429,
+            "too_many_long_polls",
+            f"this token or its user already holds {current_app.config['STATUS_MAX_WAITERS_PER_TOKEN']} "
+            "long-polls (STATUS_MAX_WAITERS_PER_TOKEN) or "
+            f"{current_app.config['STATUS_MAX_WAITERS_PER_USER']} (STATUS_MAX_WAITERS_PER_USER); "
+            "poll one attempt at a time",
+            headers={"Retry-After": str(math.ceil(current_app.config["STATUS_POLL_AFTER_MS"] / 1000))},
+        ) from None
+
+
 def _wait_seconds() -> float:
     raw = request.args.get("wait")
     if raw is None:
         return 0
-    try:
-        wait = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_wait", "wait must be a whole number of seconds") from None
-    if not 0 <= wait <= long_poll.MAX_WAIT_SECONDS:
+    # ASCII digits only: int() would also take "٣", " 5" and "+5".
+    if not WHOLE_SECONDS.fullmatch(raw):
+        raise ApiError(400, "invalid_wait", "wait must be a whole number of seconds (digits 0-9 only)")
+    digits = raw.lstrip("0") or "0"  # leading zeros are harmless; thousands of digits are not worth int()
+    if len(digits) > 2 or int(digits) > long_poll.MAX_WAIT_SECONDS:
         raise ApiError(400, "invalid_wait", f"wait must be between 0 and {long_poll.MAX_WAIT_SECONDS} seconds")
-    return wait
+    return int(digits)
 
 
 def _etag(attempt) -> str:
@@ -267,6 +289,18 @@ def status_body(attempt, connection: Connection | None, config: Mapping) -> dict
     return body
 
 
+def _require_if_match(attempt) -> None:
+    """RFC 9110 §13.1.1: an If-Match naming none of the attempt's current version (strong comparison:
+    `W/"3"` never matches) is a 412, and nothing is done. `*` matches any attempt."""
+    if not request.if_match.contains(_etag(attempt)):
+        raise ApiError(
+            412,
+            "precondition_failed",
+            f"If-Match names another version; the attempt is at version {attempt.version} (its ETag)",
+            headers={"ETag": f'"{_etag(attempt)}"'},
+        )
+
+
 def _not_modified(attempt) -> Response:
     response = Response(status=304)
     response.set_etag(_etag(attempt))
@@ -283,10 +317,13 @@ def _attempt_response(attempt: ConnectAttempt, status: int = 200) -> Response:
 @bp.post("/connect-attempts/<attempt_id>/browser-closed")
 @require_token()
 def browser_closed(attempt_id: str):
-    """Validators are ignored here: the report is always recorded and answered with 202. This
-    resource has no representation of its own (no GET) for an If-None-Match to match; the body,
-    ETag and Content-Location are those of the attempt."""
+    """Recorded and answered with 202, unless If-Match names another version of the attempt (412,
+    nothing recorded): an app may so report only what it saw. If-None-Match is ignored: this
+    resource has no representation of its own (no GET) to match; the body, ETag and
+    Content-Location are those of the attempt."""
     attempt = _owned_attempt(attempt_id)
+    if request.if_match:
+        _require_if_match(attempts.refresh(attempt))
     attempts.record_browser_closed(attempt)
     db.session.commit()
     response = _attempt_response(attempts.refresh(attempt), status=202)

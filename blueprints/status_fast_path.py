@@ -11,7 +11,7 @@ rules and with the same bytes and headers as `blueprints.api.get_attempt`:
   (services/attempt_states.py), nothing due to change it in time;
 - 200 for a pending attempt without a connection, without If-None-Match: the same checks.
 Both without a query when the worker keeps the attempt's state, else with one read (then kept).
-Anything else goes to Flask, which answers it as before: a long-poll (`?wait=`), a token not yet
+Anything else goes to Flask, which answers it as before: a long-poll (`?wait=`), an If-Match, a token not yet
 checked or no longer good, a settled or due attempt, another caller's attempt, a poll over the
 limit, an untrusted Host.
 """
@@ -46,7 +46,8 @@ class StatusFastPath:
             self.engine = db.engine
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ["REQUEST_METHOD"] == "GET" and not environ.get("QUERY_STRING"):
+        # If-Match (a 412 to decide) is rare: Flask's.
+        if environ["REQUEST_METHOD"] == "GET" and not environ.get("QUERY_STRING") and "HTTP_IF_MATCH" not in environ:
             match = STATUS_PATH.fullmatch(environ.get("PATH_INFO", ""))
             if match:
                 answer = self._answer(environ, match.group(1))

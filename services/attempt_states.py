@@ -9,7 +9,8 @@ How changes reach a worker, from any writer in any process:
 - SQLite (the development default; gunicorn still runs two worker processes): there is no channel
   between processes, so one thread per worker reads `PRAGMA data_version`, which changes whenever
   another connection commits, every SQLITE_CHECK_SECONDS. On a change it re-reads every state it
-  keeps (one query per READ_CHUNK) and wakes the long-polls whose attempt changed. A poll may so be
+  keeps (one query per READ_CHUNK) and wakes each long-poll whose attempt now has another version
+  than the one that long-poll holds (`replace`). A poll may so be
   answered from a state up to SQLITE_CHECK_SECONDS old: the answer a poll sent that much earlier got.
   The re-read follows every commit to the database (webhooks too), which suits the development
   default; PostgreSQL is told which attempt changed.
@@ -83,7 +84,7 @@ class AttemptStates:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self._rows: LRUCache[str, Row] = LRUCache(MAX_STATES)
-        self._waiting: dict[str, set[threading.Event]] = {}
+        self._waiting: dict[str, dict[threading.Event, int]] = {}  # attempt id -> each waiter's version
         self._lock = threading.Lock()
         self._generation = 0  # moves on every change seen: a read that began before must not be kept
         self.live = False
@@ -105,18 +106,19 @@ class AttemptStates:
                 self._rows[row.id] = row
 
     @contextmanager
-    def watching(self, attempt_id: str) -> Iterator[threading.Event]:
-        """An event set whenever `attempt_id` may have changed, for as long as the block runs.
-        Register before reading the state, so that no change falls between the read and the wait."""
+    def watching(self, attempt_id: str, version: int) -> Iterator[threading.Event]:
+        """An event set whenever `attempt_id` may have changed from `version` (the one the waiter
+        holds), for as long as the block runs. Register before reading the state, so that no change
+        falls between the read and the wait."""
         woken = threading.Event()
         with self._lock:
-            self._waiting.setdefault(attempt_id, set()).add(woken)
+            self._waiting.setdefault(attempt_id, {})[woken] = version
         try:
             yield woken
         finally:
             with self._lock:
                 events = self._waiting[attempt_id]
-                events.discard(woken)
+                events.pop(woken, None)
                 if not events:
                     del self._waiting[attempt_id]
 
@@ -143,22 +145,27 @@ class AttemptStates:
         with self._lock:
             return list({*self._rows.keys(), *self._waiting})
 
-    def replace(self, fresh: dict[str, Row], generation: int) -> None:
+    def replace(self, fresh: dict[str, Row], generation: int) -> bool:
         """Something changed, but what is not known (SQLite): keep `fresh` instead (the states of
         `known()` attempts, read after the change was seen, with `generation` taken before that
-        read), and wake the long-polls whose attempt now has another version or is gone."""
+        read), and wake every long-poll whose attempt is gone or has another version than the one
+        that long-poll holds. Not whether the kept copy changed: a poll's own read may have put the
+        new version there first, while another long-poll still sleeps on the old one.
+
+        False, keeping nothing, when another change was seen during the read (this worker's own
+        commit, `changed`): `fresh` may predate it, so the feed must read again."""
         with self._lock:
             if generation != self._generation:
-                return  # the feed went down meanwhile
+                return False
             self._generation += 1
-            old = self._rows
             self._rows = LRUCache(MAX_STATES)
             self._rows.update(fresh)
             for attempt_id, events in self._waiting.items():
-                before, after = old.get(attempt_id), fresh.get(attempt_id)
-                if before is None or after is None or before.version != after.version:
-                    for woken in events:
+                after = fresh.get(attempt_id)
+                for woken, version in events.items():
+                    if after is None or after.version != version:
                         woken.set()
+            return True
 
     def set_live(self, live: bool) -> None:
         """The feed started (or restarted: notifications may have been missed) or stopped: forget
@@ -284,7 +291,8 @@ def _watch_data_version(states: AttemptStates, engine: Engine) -> None:
                 rows = connection.execute(POLL_STATES, {"attempt_ids": known[start : start + READ_CHUNK]})
                 fresh.update((row.id, row) for row in rows)
             connection.rollback()
-            states.replace(fresh, generation)
+            if not states.replace(fresh, generation):
+                seen = None  # read again at the next check, whatever data_version says
     finally:
         connection.close()
 

@@ -145,6 +145,18 @@ def test_revoked_token_is_refused(api):
     assert api.delete("/api/v1/tokens/current").status_code == 401
 
 
+def test_signing_out_one_device_leaves_the_users_other_devices_signed_in(api, live_server):
+    """Issue 19 §5: a revoke that ended every token of the user passed the suite. The tablet's token is
+    first used after the phone signs out, so the database decides it (no worker has it cached)."""
+    tablet = requests.post(
+        live_server.url + "/api/v1/tokens", json={"email": "ada@example.com", "password": PASSWORD}, timeout=10
+    )
+    tablet = Api(live_server.url, tablet.json()["access_token"])
+    assert api.delete("/api/v1/tokens/current").status_code == 204  # the phone signs out
+    assert tablet.get("/api/v1/connections").status_code == 200
+    assert api.get("/api/v1/connections").status_code == 401
+
+
 def test_session_cookie_does_not_authenticate_the_api(live_server):
     browser = Browser(live_server.url)
     browser.register(password=PASSWORD)

@@ -220,6 +220,19 @@ def test_a_session_cookie_copied_before_logout_no_longer_opens_the_dashboard(liv
     assert replay.get("/connections", allow_redirects=False).status_code == 302  # still dead after a new login
 
 
+def test_signing_in_starts_a_new_session_keeping_nothing_planted_before(app, client, auth):
+    """Session fixation (issue 19 §5): a session cookie an attacker planted, with content and a CSRF
+    secret of its own, must not survive the sign-in; removing session.clear() passed the suite."""
+    auth.register()
+    auth.logout()
+    signer = app.session_interface.get_signing_serializer(app)
+    planted = {"csrf_token": "planted-csrf-secret", "planted": "by an attacker", "_flashes": [("message", "hi")]}
+    client.set_cookie(app.config["SESSION_COOKIE_NAME"], signer.dumps(planted))
+    assert auth.login().status_code == 303
+    session = signer.loads(client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value)
+    assert set(session) == {"user_id", "session_generation"}
+
+
 def test_a_session_from_before_session_generations_is_signed_out(app, client, auth):
     auth.register()
     with client.session_transaction() as session:

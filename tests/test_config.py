@@ -283,6 +283,8 @@ BAD_VALUES = {
     "API_TOKEN_LIFETIME_SECONDS": ("0", {}),
     "API_TOKEN_CACHE_SECONDS": ("five", {}),
     "STATUS_MAX_WAITERS": ("-3", {}),
+    "STATUS_MAX_WAITERS_PER_TOKEN": ("0", {}),
+    "STATUS_MAX_WAITERS_PER_USER": ("four", {}),
     "BROWSER_CLOSED_GRACE_SECONDS": ("10s", {}),
     "RECONCILE_INTERVAL_SECONDS": ("hourly", {}),
     "STATUS_POLL_AFTER_MS": ("2s", {}),

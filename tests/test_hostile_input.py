@@ -741,7 +741,8 @@ def test_api_attempt_with_hostile_provider_codes_creates_nothing(live_server, pr
 
 # `?wait=` takes whole seconds from 0 to 25 (docs/openapi.json; tests/test_openapi.py checks that the
 # document refuses these too).
-BAD_WAITS = [SQL, SCRIPT, "soon", "0x10", "1e1", "26", "-1", "2.5", ""]
+# Digits other than ASCII's, and what int() forgives around them, too.
+BAD_WAITS = [SQL, SCRIPT, "soon", "0x10", "1e1", "26", "-1", "2.5", "", "٣", " 5", "5 ", "+5", "1_0", "0026"]
 
 
 @pytest.mark.parametrize("wait", BAD_WAITS)

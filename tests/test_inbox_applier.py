@@ -20,13 +20,13 @@ from sqlalchemy import select, update
 
 from app import create_app
 from extensions import db
-from models import Connection, WebhookEvent
+from models import Connection, User, WebhookEvent
 from models.time import utcnow
 from services import event_handlers
 from terra_integration import applier
 from terra_integration.signature import sign
 from tests.conftest import _environ, wait_for
-from tests.helpers import apply_inbox, auth_event, create_user, deliver, outcome_of, terra_user
+from tests.helpers import apply_inbox, auth_event, create_attempt, create_user, deliver, outcome_of, terra_user
 
 
 @pytest.fixture
@@ -142,6 +142,40 @@ def test_a_claim_whose_taker_died_is_taken_again_and_given_up_after_max_attempts
     runner = app.test_cli_runner()
     assert "t-dies" in runner.invoke(args=["webhooks", "list", "--failed"]).output
     assert "t-dies: applied" in runner.invoke(args=["webhooks", "replay", "--failed"]).output
+
+
+def test_the_applier_applies_while_the_apps_own_requests_write(app, client, secret):
+    """The applying transaction writes first (`inbox._hold`): on SQLite, one that read first could not
+    write once another connection had committed since, and failed at once with "database is locked".
+    Here the app's own writes (connect attempts started, as its requests do) commit all along, on
+    connections of their own, while the applier applies 40 `auth` events. On PostgreSQL rows are
+    locked, not the database: this holds there too."""
+    users = [make_user(app, f"user{number}@example.com") for number in range(40)]
+    for number, user in enumerate(users):
+        event = auth_event(user, terra_user(user, f"tu-busy-{number}"))
+        assert deliver(client, event, secret=secret, apply=False, trace_id=f"busy-{number}").status_code == 200
+    writing = threading.Event()
+    stop = threading.Event()
+
+    def the_apps_writes() -> None:
+        with app.app_context():
+            owner = db.session.get(User, users[0].id)
+            while not stop.is_set():
+                create_attempt(owner)  # a commit of its own
+                writing.set()
+
+    writer = threading.Thread(target=the_apps_writes)
+    writer.start()
+    try:
+        writing.wait(10)
+        apply_inbox(app)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    outcomes = [outcome_of(app, f"busy-{number}") for number in range(40)]
+    assert outcomes == ["applied"] * 40, [row(app, f"busy-{n}").detail for n in range(40) if outcomes[n] != "applied"][
+        :3
+    ]
 
 
 def test_flask_terra_work_applies_what_is_recorded(app, client, secret):

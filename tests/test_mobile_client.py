@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
+import time
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from click.testing import CliRunner
@@ -12,10 +15,11 @@ from flask.cli import FlaskGroup
 
 from app import create_app
 from tests.conftest import ROOT
-from tests.test_browser import CHROMIUM
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_config import PRODUCTION
 from tests.test_mobile_devices import POLL_AFTER_MS
 from tools.mobile_client import (
+    AppLinkCatcher,
     Backoff,
     MobileClient,
     deep_link_attempt_id,
@@ -136,3 +140,40 @@ def test_backoff_has_full_jitter_and_respects_the_server():
     assert all(0 <= delay <= ceiling for delay, ceiling in zip(delays, ceilings))
     assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
     assert Backoff(base=1, cap=8).next_delay(server_minimum=2.5) >= 2.5
+
+
+class SlowImagePage(BaseHTTPRequestHandler):
+    """A page whose image takes a second: a request still in flight when the browser is closed, as the
+    return page's favicon was (the flake of test_mobile_devices.py, issue 19 §5)."""
+
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(1)
+        body = b'<html><body><img src="/slow"></body></html>' if self.path == "/" else b"x"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the browser may be gone by then
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.browser
+def test_the_link_catcher_stops_before_its_context_closes_with_a_request_in_flight(stub_server):
+    """Else the route handler fetches in a closed context, and the next call on the browser fails."""
+    from playwright.sync_api import sync_playwright
+
+    server = stub_server(SlowImagePage)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        page = context.new_page()
+        catcher = AppLinkCatcher(page, "com.example.terraconnect:")
+        page.goto(f"http://127.0.0.1:{server.server_port}/", wait_until="domcontentloaded")
+        page.wait_for_timeout(300)  # the image's request is in the route handler now
+        catcher.stop()
+        context.close()
+        browser.new_page().goto("about:blank")  # the next case's first call on the module's browser
+        browser.close()

@@ -131,6 +131,7 @@ def test_the_way_back_to_the_app(chromium, clients, device, mode, configuration,
         assert (fallback.path, parse_qs(fallback.query)) == (urlsplit(page.url).path, {"tried": ["1"]})
     if mode == "app":
         assert "attempt_id" not in caught and "reference_id=" in caught  # Terra's parameters, appended
+    catcher.stop()
     context.close()
 
     final = client.poll_until_final(attempt["attempt_id"], deadline_seconds=30)

@@ -677,6 +677,32 @@ def test_conditional_requests_and_long_polling(live_server, mobile):
     assert expect(again, 202)["version"] == state["version"] and again.headers["ETag"] == changed.headers["ETag"]
 
 
+def test_an_if_match_naming_another_version_is_412_and_changes_nothing(live_server, mobile):
+    """RFC 9110 §13.1.1, on GET and on browser-closed: an app must be able to refuse to act on a
+    stale state. `*` and the current version go through."""
+    status_url = start_attempt(mobile)["status_url"]
+    current = mobile.call("GET", status_url)
+    etag = current.headers["ETag"]
+    for if_match in ('"0"', f"W/{etag}", '"999", "998"'):
+        for method, url in (
+            ("GET", status_url),
+            ("GET", status_url + "?wait=5"),
+            ("POST", status_url + "/browser-closed"),
+        ):
+            refused = mobile.call(method, url, headers={"If-Match": if_match})
+            assert expect(refused, 412)["error"]["code"] == "precondition_failed" and refused.headers["ETag"] == etag
+    assert expect(mobile.call("GET", status_url), 200) == expect(current, 200)  # nothing recorded
+    assert expect(mobile.call("GET", status_url, headers={"If-Match": f'"0", {etag}'}), 200)["version"] == 1
+    assert expect(mobile.call("GET", status_url, headers={"If-Match": etag, "If-None-Match": etag}), 304) is None
+    closed = mobile.call("POST", status_url + "/browser-closed", headers={"If-Match": etag})
+    assert expect(closed, 202)["hint"] == "browser_closed"
+    stale = mobile.call("POST", status_url + "/browser-closed", headers={"If-Match": etag})  # it moved on
+    assert (
+        expect(stale, 412)["error"]["code"] == "precondition_failed" and stale.headers["ETag"] == closed.headers["ETag"]
+    )
+    assert expect(mobile.call("GET", status_url, headers={"If-Match": "*"}), 200)["hint"] == "browser_closed"
+
+
 def test_not_found_answers(mobile):
     """In the documented shape; who may see what is tests/test_api.py's."""
     for response in [
@@ -693,7 +719,7 @@ def test_the_documented_wait_range_is_the_one_the_api_takes():
     _, operation = find_operation("GET", f"{API_PREFIX}/connect-attempts/any")
     [wait] = [deref(p) for p in operation["parameters"] if deref(p)["name"] == "wait"]
     for raw in BAD_WAITS:
-        value: Any = int(raw) if re.fullmatch(r"-?\d+", raw) else raw
+        value: Any = int(raw) if re.fullmatch(r"-?[0-9]+", raw) else raw  # \\d would take "٣"
         assert not accepts(wait["schema"], value), f"the document allows wait={raw!r} but the API refuses it"
     assert accepts(wait["schema"], 0) and accepts(wait["schema"], 25)
 

@@ -5,20 +5,23 @@ database settings."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+import requests
 from sqlalchemy import create_engine, event, text, update
 
 from app import create_app
 from config import ConfigError, ServerSettings, load_config, read_settings
 from extensions import db
-from models import ApiToken, ConnectAttempt
+from models import ApiToken, ConnectAttempt, User
 from models.time import utcnow
-from services import api_tokens, attempt_states, attempts
+from services import api_tokens, attempt_states, attempts, long_poll
 from services.request_windows import RequestWindows
 from tests.conftest import TEST_SECRET_KEY, wait_for
 from tests.helpers import create_attempt, create_user
@@ -215,6 +218,56 @@ def test_a_long_poll_sleeps_without_reading_and_wakes_when_another_process_chang
     assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
 
 
+def long_poll_in_thread(app, ada, wait: int = 20) -> tuple[threading.Thread, dict]:
+    """A long-poll holding version 1 of Ada's attempt, from a thread; its answer lands in the dict."""
+    answered: dict = {}
+
+    def poll():
+        answered["response"] = app.test_client().get(
+            ada["path"] + f"?wait={wait}", headers={**ada["headers"], "If-None-Match": '"1"'}
+        )
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    wait_for(lambda: ada["attempt_id"] in attempt_states.states(app).waited_on())
+    return poller, answered
+
+
+def test_a_long_poll_wakes_when_the_version_differs_from_its_own_though_the_kept_copy_had_it(app, ada, monkeypatch):
+    """Issue 19: another poll's read can put the new version in the worker's copy before the change
+    feed sees the commit; the feed then finds its copy unchanged, yet this long-poll still holds 1."""
+    states = live_states(app)
+    monkeypatch.setattr(attempt_states, "SQLITE_CHECK_SECONDS", 0.5)  # room to read before the feed does
+    poller, answered = long_poll_in_thread(app, ada)
+    bump_version_elsewhere(app, ada["attempt_id"])
+    with app.app_context():  # a plain poll in this worker reads version 2 and keeps it
+        generation = states.generation()
+        states.put(db.session.execute(attempt_states.POLL_STATE, {"attempt_id": ada["attempt_id"]}).one(), generation)
+    poller.join(timeout=10)  # far below the 20 s it would sleep unwoken
+    assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
+
+
+def test_a_change_seen_while_this_worker_commits_is_read_again(app, ada, monkeypatch):
+    """The SQLite feed's read of what changed can cross this worker's own commit of another attempt;
+    what it read may then predate that commit and is not kept. It must read again rather than wait
+    for the next commit (PostgreSQL is told which attempt changed, and never comes here)."""
+    states = live_states(app)
+    poller, answered = long_poll_in_thread(app, ada)
+    crossed: list[bool] = []
+    replace = states.replace
+
+    def replace_crossed_by_an_own_commit(fresh, generation):
+        if not crossed:
+            crossed.append(True)
+            states.changed(["another-attempt"])  # as the after-commit hook does for this worker's write
+        return replace(fresh, generation)
+
+    monkeypatch.setattr(states, "replace", replace_crossed_by_an_own_commit)
+    bump_version_elsewhere(app, ada["attempt_id"])
+    poller.join(timeout=10)  # far below the 20 s it would sleep unwoken
+    assert answered["response"].status_code == 200 and answered["response"].json["version"] == 2
+
+
 def test_revoking_through_the_api_takes_effect_at_once_in_the_same_worker(client, ada):
     assert client.get(ada["path"], headers=ada["headers"]).status_code == 200  # now cached
     assert client.delete("/api/v1/tokens/current", headers=ada["headers"]).status_code == 204
@@ -311,6 +364,133 @@ def test_a_long_poll_beyond_the_workers_cap_answers_at_once(database_uri, ada):
     assert held["status"] == 304 and held["seconds"] >= 1.9
     third = capped.test_client().get(ada["path"] + "?wait=1", headers=headers)  # the slot is free again
     assert third.status_code == 304
+
+
+# -- the cap on long-polls per caller ------------------------------------------------------------
+
+
+def hold_long_polls(app, headers: dict, attempt_ids: list[str], wait: int = 20) -> list[threading.Thread]:
+    """One long-poll holding version 1 of each attempt, each from a thread, until every one waits."""
+    pollers = [
+        threading.Thread(
+            target=lambda attempt_id=attempt_id: app.test_client().get(
+                f"/api/v1/connect-attempts/{attempt_id}?wait={wait}", headers={**headers, "If-None-Match": '"1"'}
+            )
+        )
+        for attempt_id in attempt_ids
+    ]
+    for poller in pollers:
+        poller.start()
+    states = attempt_states.states(app)
+    wait_for(lambda: set(attempt_ids) <= set(states.waited_on()))
+    return pollers
+
+
+def one_more_long_poll(client, headers: dict, attempt_id: str):
+    started = time.monotonic()
+    response = client.get(f"/api/v1/connect-attempts/{attempt_id}?wait=20", headers={**headers, "If-None-Match": '"1"'})
+    return response, time.monotonic() - started
+
+
+def assert_refused_at_once(client, headers: dict, attempt_id: str) -> None:
+    response, seconds = one_more_long_poll(client, headers, attempt_id)
+    assert response.status_code == 429 and response.json["error"]["code"] == "too_many_long_polls"
+    assert response.headers["Retry-After"] == "2" and response.headers["Cache-Control"] == "no-store"
+    assert seconds < 10  # not held for its 20 s
+
+
+def test_a_token_and_a_user_hold_at_most_four_long_polls_and_every_ending_gives_the_slot_back(app, monkeypatch):
+    """Issue 19: one user's 766 long-polls filled nginx's connections. Four per token and per user; the
+    fifth is answered at once. A slot comes back however a poll ends: answered, timed out, failed."""
+    live_states(app)
+    with app.app_context():
+        ada = create_user()
+        ada_id = ada.id
+        held = [create_attempt(ada).id for _ in range(4)]
+        spare = create_attempt(ada).id
+        phone, tablet = (api_tokens.issue_token(ada)[0] for _ in range(2))
+        bob = create_user("bob@example.com")
+        bobs = create_attempt(bob).id
+        bob_token, _ = api_tokens.issue_token(bob)
+    phone, tablet, bob_token = ({"Authorization": f"Bearer {token}"} for token in (phone, tablet, bob_token))
+    client = app.test_client()
+
+    def fill_then_refuse(wait: int = 20) -> list[threading.Thread]:
+        pollers = hold_long_polls(app, phone, held, wait)
+        assert_refused_at_once(client, phone, spare)  # the token's fifth
+        assert_refused_at_once(client, tablet, spare)  # the user's fifth, through another token
+        return pollers
+
+    # Answered: each attempt changes. Meanwhile another user is not limited by Ada's polls.
+    pollers = fill_then_refuse()
+    response = client.get(f"/api/v1/connect-attempts/{bobs}?wait=1", headers={**bob_token, "If-None-Match": '"1"'})
+    assert response.status_code == 304
+    for attempt_id in held:
+        bump_version_elsewhere(app, attempt_id)
+    for poller in pollers:
+        poller.join(timeout=15)
+    # Timed out: a wait of 1 s each (they hold version 1, the attempts are at 2: a fresh attempt each).
+    with app.app_context():
+        held[:] = [create_attempt(db.session.get(User, ada_id)).id for _ in range(4)]
+    for poller in fill_then_refuse(wait=1):
+        poller.join(timeout=15)
+    # Failed: the wait itself raises.
+    monkeypatch.setattr(long_poll, "wait_for_change", lambda *args: 1 / 0)
+    failed = client.get(f"/api/v1/connect-attempts/{spare}?wait=20", headers={**phone, "If-None-Match": '"1"'})
+    assert failed.status_code == 500
+    monkeypatch.undo()
+    # Every slot is free again.
+    for poller in fill_then_refuse(wait=1):
+        poller.join(timeout=15)
+
+
+def test_long_polls_whose_clients_went_away_give_their_slots_back(live_server):
+    """Over real HTTP: four apps send a long-poll and hang up while it is held. The server notices
+    only when the wait ends; then the four slots are free again for the same token."""
+    app = live_server.app
+    states = live_states(app)
+    with app.app_context():
+        ada = create_user()
+        attempt_ids = [create_attempt(ada).id for _ in range(4)]
+        spare = create_attempt(ada).id
+        token, _ = api_tokens.issue_token(ada)
+    for attempt_id in attempt_ids:
+        with socket.create_connection(("127.0.0.1", live_server.http.server_port)) as hung_up:
+            hung_up.sendall(
+                f"GET /api/v1/connect-attempts/{attempt_id}?wait=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f'Authorization: Bearer {token}\r\nIf-None-Match: "1"\r\n\r\n'.encode()
+            )
+            wait_for(lambda attempt_id=attempt_id: attempt_id in states.waited_on())
+    wait_for(lambda: not set(attempt_ids) & set(states.waited_on()))  # each ended with its 1 s wait
+    headers = {"Authorization": f"Bearer {token}", "If-None-Match": '"1"'}
+
+    def long_poll(attempt_id: str) -> int:
+        url = f"{live_server.url}/api/v1/connect-attempts/{attempt_id}?wait=2"
+        return requests.get(url, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        held = pool.map(long_poll, attempt_ids)
+        wait_for(lambda: set(attempt_ids) <= set(states.waited_on()))
+        assert long_poll(spare) == 429  # the four are all the token may hold
+        assert list(held) == [304] * 4  # held again, none refused
+
+
+def test_a_long_poll_is_answered_at_once_when_redis_cannot_count_its_slot(database_uri, ada):
+    """The shared count is down (nothing listens on port 9): the poll is served, without waiting,
+    rather than failing or holding a slot nobody counts."""
+    unreachable = create_app(
+        environ={
+            "APP_ENV": "testing",
+            "SECRET_KEY": TEST_SECRET_KEY,
+            "DATABASE_URL": database_uri,
+            "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:9/0",
+        }
+    )
+    started = time.monotonic()
+    response = unreachable.test_client().get(
+        ada["path"] + "?wait=20", headers={**ada["headers"], "If-None-Match": '"1"'}
+    )
+    assert response.status_code == 304 and time.monotonic() - started < 10  # not held for its 20 s
 
 
 # -- database settings -----------------------------------------------------------------------------

@@ -18,8 +18,17 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import ConnectAttempt, Connection, User, WebhookEvent
-from tests.conftest import Browser, gunicorn
-from tests.helpers import auth_event, post_event, redis_test_url, settle_inbox, terra_user
+from services import api_tokens, long_poll
+from tests.conftest import Browser, gunicorn, wait_for
+from tests.helpers import (
+    auth_event,
+    create_attempt,
+    create_user,
+    post_event,
+    redis_test_url,
+    settle_inbox,
+    terra_user,
+)
 from tests.test_concurrency import at_once
 
 PASSWORD = "correct horse battery"
@@ -112,3 +121,86 @@ def test_login_rate_limit_is_shared_through_redis(two_instances):
         statuses.append(response.status_code)
     # Four tries a minute in all, whichever instance answers: the fifth and sixth are refused.
     assert statuses == [400, 400, 400, 400, 429, 429]
+
+
+def test_a_caller_holds_at_most_four_long_polls_across_every_worker_and_instance(two_instances, app):
+    """Counted in Redis (RATELIMIT_STORAGE_URI), not per process: four long-polls held by the first
+    instance's workers leave none for the same caller on the second; each slot comes back when its
+    poll ends."""
+    first, second = two_instances
+    headers = token_for(first, "ada@example.com")
+    with app.app_context():
+        owner = db.session.scalars(select(User)).one()
+        attempt_ids = [create_attempt(owner).id for _ in range(5)]
+        _, user_key = long_poll.caller_keys(0, owner.id)
+
+    def slots_held() -> int:
+        return redis.Redis.from_url(REDIS_URL).zcard(f"{long_poll.SLOT_KEY_PREFIX}:{user_key}")
+
+    def long_poll_on(base: str, attempt_id: str, wait: int) -> requests.Response:
+        url = f"{base}/api/v1/connect-attempts/{attempt_id}"
+        return requests.get(url, params={"wait": wait}, headers={**headers, "If-None-Match": '"1"'}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        held = [pool.submit(long_poll_on, first, attempt_id, 3) for attempt_id in attempt_ids[:4]]
+        wait_for(lambda: slots_held() == 4)
+        refused = long_poll_on(second, attempt_ids[4], 20)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_long_polls"
+        assert refused.headers["Retry-After"] == "2"
+        assert [poll.result().status_code for poll in held] == [304] * 4  # held to the end of their wait
+    assert slots_held() == 0
+    assert long_poll_on(second, attempt_ids[4], 1).status_code == 304  # held, not refused
+
+
+STRESS_ROUNDS = 12
+STRESS_POLLERS = 8
+
+
+def test_long_polls_in_one_process_see_changes_made_moments_apart_through_another(start_gunicorn, app):
+    """Issue 19: on SQLite a long-poll sometimes slept to its deadline when two changes landed moments
+    apart. Two single-worker servers on one database: in each round a fresh attempt, STRESS_POLLERS
+    apps long-polling it on the first as docs/mobile.md says (`?wait=20` with the last ETag, again
+    at once after each answer), and at the same moment, through the second, the browser-closed report
+    and then the `auth` webhook. Every app must see `connected`, each answer long before an unwoken
+    20 s wait could end (a missed change answers 304 at 20 s: that is what fails here)."""
+    settings = {
+        "WEB_CONCURRENCY": "1",
+        "STATUS_MAX_WAITERS_PER_TOKEN": str(STRESS_POLLERS),
+        "STATUS_MAX_WAITERS_PER_USER": str(STRESS_POLLERS),
+    }
+    polled, changed = start_gunicorn(**settings), start_gunicorn(**settings)
+    secret = app.config["TERRA_SIGNING_SECRET"]
+    with app.app_context():
+        owner = create_user()
+        headers = {"Authorization": f"Bearer {api_tokens.issue_token(owner)[0]}"}
+        rounds = []
+        for number in range(STRESS_ROUNDS):
+            attempt = create_attempt(owner)
+            event = auth_event(owner, terra_user(owner, f"tu-stress-{number}"), session_id=attempt.terra_session_id)
+            rounds.append((f"/api/v1/connect-attempts/{attempt.id}", event))
+
+    def follow(status_url: str) -> str:
+        etag = '"1"'
+        for _ in range(5):  # two changes: at most three answers before `connected`
+            asked = time.monotonic()
+            answer = requests.get(
+                polled + status_url, params={"wait": 20}, headers={**headers, "If-None-Match": etag}, timeout=40
+            )
+            if answer.status_code != 200:
+                return f"{answer.status_code} after {time.monotonic() - asked:.1f} s holding {etag}"
+            if answer.json()["status"] == "connected":
+                return "connected"
+            etag = answer.headers["ETag"]
+        return f"still {answer.json()['status']}"
+
+    def change_through_the_other(status_url: str, event: dict) -> str:
+        closed = requests.post(changed + status_url + "/browser-closed", headers=headers, timeout=30)
+        return f"{closed.status_code} {post_event(changed, secret, event)}"
+
+    for status_url, event in rounds:
+        calls = [lambda url=status_url: follow(url)] * STRESS_POLLERS + [
+            lambda url=status_url, event=event: change_through_the_other(url, event)
+        ]
+        *seen, changes = at_once(calls)
+        assert changes == "202 200"
+        assert seen == ["connected"] * STRESS_POLLERS, seen

@@ -121,6 +121,7 @@ class MobileClient:
             self.say("3. in-app browser opened")
             finish_widget(page, url, provider, account, DECISIONS[outcome])
             link = catcher.wait_for_link()
+            catcher.stop()
             browser.close()
         self.say(f"4. deep link caught: {link}; browser closed" if link else "4. no deep link; browser closed")
         return link
@@ -236,6 +237,12 @@ class AppLinkCatcher:
             route.fulfill(status=204)
         else:
             route.fulfill(response=response)
+
+    def stop(self) -> None:
+        """Stop intercepting before the page's context closes: a request still in flight (the
+        favicon, fetched after the page settled) would otherwise be fetched by a handler whose context
+        is gone, and fail the caller."""
+        self.page.unroute_all(behavior="ignoreErrors")
 
     def wait_for_link(self, timeout_seconds: float = 15) -> str | None:
         """The first link caught. A return page tries a scheme link itself; an https link it only

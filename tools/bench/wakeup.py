@@ -90,9 +90,11 @@ def poster(base_url: str, pipe) -> None:
             pipe.send((started, time.monotonic(), None, f"{type(error).__name__}: {error}"))
 
 
-def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: float, ready, outcomes) -> None:
-    """Hold one long-poll open on each of `attempt_ids` (pending attempts nobody changes), re-issuing
-    each as it times out, for `seconds`: phones waiting on their own connect flows. Counts in
+def idle_waiters(base_url: str, waiters: list[tuple[str, str]], seconds: float, ready, outcomes) -> None:
+    """Hold one long-poll open on each (token, attempt id) of `waiters` (pending attempts nobody
+    changes; one user and token each, as each phone is its own app user: a caller holds at most
+    STATUS_MAX_WAITERS_PER_TOKEN), re-issuing each as it times out, for `seconds`: phones waiting on
+    their own connect flows. Counts in
     `outcomes` the long-polls answered after a second or more ([0]: held until their wait ended, or
     queued that long for a thread), at once ([1]: no waiter slot free), or failed ([2])."""
     import threading
@@ -100,7 +102,7 @@ def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: flo
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
     deadline = time.monotonic() + seconds
 
-    def hold(attempt_id: str) -> None:
+    def hold(token: str, attempt_id: str) -> None:
         # Phones start waiting at different moments, and so re-issue at different moments.
         time.sleep(random.uniform(0, IDLE_STAGGER_S))
         while time.monotonic() < deadline:
@@ -125,7 +127,7 @@ def idle_waiters(base_url: str, token: str, attempt_ids: list[str], seconds: flo
             finally:
                 connection.close()
 
-    threads = [threading.Thread(target=hold, args=(attempt_id,), daemon=True) for attempt_id in attempt_ids]
+    threads = [threading.Thread(target=hold, args=waiter, daemon=True) for waiter in waiters]
     for thread in threads:
         thread.start()
     ready.set()
@@ -161,12 +163,18 @@ def main(argv: list[str] | None = None) -> None:
         waiters = None
         idle_outcomes = context.Array("i", 3)
         if args.idle_waiters:
-            others = common.seed_user(app, attempts=args.idle_waiters)
+            others = [common.seed_user(app) for _ in range(args.idle_waiters)]
             ready = context.Event()
             waiters = context.Process(
                 target=idle_waiters,
                 daemon=True,
-                args=(server.url, others.token, others.attempt_ids, args.duration, ready, idle_outcomes),
+                args=(
+                    server.url,
+                    [(other.token, other.attempt_ids[0]) for other in others],
+                    args.duration,
+                    ready,
+                    idle_outcomes,
+                ),
             )
             waiters.start()
             ready.wait(30)
