@@ -33,6 +33,7 @@ from sandbox.delivery import DeliveryThread, deliver
 from sandbox.models import SandboxPayload, SandboxSession, SandboxUser
 from terra_integration.signature import verify
 from tests.conftest import (
+    LIVE_TERRA,
     ROOT,
     VENV_BIN,
     _environ,
