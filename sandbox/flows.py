@@ -209,6 +209,8 @@ def _authenticate(
     if previous is not None:
         previous.active = False
         reauth = events.user_reauth(user, previous)
+        if not flow_variant(config, "reauth_keeps_old_user"):
+            db.session.delete(previous)  # Terra deletes the earlier user: userInfo no longer lists it
         if config["SANDBOX_REAUTH_ORDER"] == "reauth_first":
             outgoing.insert(0, reauth)
         else:
