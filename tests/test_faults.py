@@ -253,8 +253,9 @@ def test_the_console_shows_and_switches_the_run_faults(live_server):
     assert '<code id="sandbox-faults">none</code>' in page.text
     assert re.findall(r'name="fault" value="([^"]+)"', page.text) == [
         *("slow", "5xx", "429", "reset", "malformed"),  # Terra's API
+        *("wrong_base_url", "invalid_dev_id", "rejected_api_key"),  # misconfigurations
         *("duplicate", "reorder", "late", "stale_signature", "s3_payload"),  # webhooks
-        *("relink_across_users", "foreign_flow_id", "appended_redirect"),  # shapes of a widget flow
+        *("relink_across_users", "reauth_keeps_old_user", "foreign_flow_id", "appended_redirect"),  # widget flows
     ]
     switched = requests.post(live_server.url + "/sandbox/faults", data={"fault": ["late", "429", "bogus"]}, timeout=5)
     assert switched.status_code == 200
