@@ -74,8 +74,9 @@ def reconcile(user: User, terra: TerraClient) -> int:
 def _apply_reauthentications(user: User, returned: dict[str, TerraUser]) -> int:
     """Re-authentications whose webhooks never came. Terra deletes the earlier Terra user of a
     re-authentication, so a live connection gone from Terra's list while Terra lists a user of the same
-    provider was replaced by that user: the newest active one, else the newest (Terra lists users
-    in the order it made them). Returns how many connections took a new Terra user id."""
+    provider was replaced by that user: the newest active one, else the newest ("newest" is last in
+    Terra's list; the sandbox lists oldest first, Terra documents no order, which matters only with
+    several users of one provider). Returns how many connections took a new Terra user id."""
     gone = [connection for connection in _live_connections(user) if connection.terra_user_id not in returned]
     listed = list(returned.values())
     changed = 0
