@@ -52,7 +52,7 @@ def index():
 @bp.get("/connections")
 @login_required
 def dashboard():
-    reconciliation.reconcile_if_due(g.user, terra.client)
+    terra_check_failed = reconciliation.reconcile_if_due(g.user, terra.client) is not None
     user_connections = connections.owned_connections(g.user.id)
     recent_attempts = db.session.scalars(
         select(ConnectAttempt)
@@ -76,6 +76,7 @@ def dashboard():
         attempts=recent_attempts,
         details=details,
         is_operator=connection_data.is_operator(g.user),
+        terra_check_failed=terra_check_failed,
     )
 
 

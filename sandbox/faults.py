@@ -13,7 +13,15 @@ integrations, subscriptions; not the widget pages, the automation endpoint or th
 - `reset`: the connection is closed without any answer.
 - `malformed`: 200 with a body that is not JSON (an HTML page, as a proxy in the way would send).
 
-When several are on, the first of reset, 5xx, 429, malformed applies; `slow` adds to any of them.
+Misconfigurations (the app's settings, not Terra, are wrong; every Terra endpoint answers so):
+
+- `wrong_base_url`: 404 with an HTML page, as a web server or proxy answers a wrong TERRA_API_BASE_URL.
+- `invalid_dev_id`: 404 `{"status": "error", "message": "Invalid dev-id was provided"}` (problem+json
+  on the access host), Terra's answer to a dev-id it does not know.
+- `rejected_api_key`: 401 `unauthorized`, Terra's answer to an API key it does not accept.
+
+When several are on, the first of reset, 5xx, 429, malformed, wrong_base_url, invalid_dev_id,
+rejected_api_key applies; `slow` adds to any of them.
 
 Faults of webhook delivery (each batch: the events of one completed flow or one user event):
 
@@ -37,6 +45,8 @@ Variants of a widget flow (shapes Terra's documents allow, or leave open, that a
   re-link, as Terra does it: the earlier Terra user is deleted, and `user_reauth` names it as
   `old_user` (under the earlier reference_id) and the new user (under this one) as `new_user`.
   By default only the same account under the same reference_id is a re-auth.
+- `reauth_keeps_old_user`: after a re-authentication (or a re-link) userInfo still lists the earlier
+  Terra user, inactive, instead of not at all. Terra deletes it; the sandbox used to keep it.
 - `foreign_flow_id`: auth events carry a `flow_id` that is not the widget session id (nothing in
   Terra's contract says it is), so an `auth_cancelled` names no session the app knows.
 - `appended_redirect`: Terra's parameters are appended as `?user_id=…&resource=…&reference_id=…`,
@@ -70,14 +80,19 @@ from sandbox.errors import PROBLEM_SURFACE_PREFIX, TerraApiError, problem_respon
 from sandbox.traffic import TerraRequest, current_traffic
 
 FAULT_HEADER = "X-Sandbox-Fault"
-REST_FAULTS = ("slow", "5xx", "429", "reset", "malformed")
+MISCONFIGURATIONS = ("wrong_base_url", "invalid_dev_id", "rejected_api_key")
+REST_FAULTS = ("slow", "5xx", "429", "reset", "malformed", *MISCONFIGURATIONS)
 # The faults that replace the answer, in order of precedence; `slow` only delays whatever answer goes out.
-ANSWER_FAULTS = ("reset", "5xx", "429", "malformed")
+ANSWER_FAULTS = ("reset", "5xx", "429", "malformed", *MISCONFIGURATIONS)
 WEBHOOK_FAULTS = ("duplicate", "reorder", "late", "stale_signature", "s3_payload")
-FLOW_VARIANTS = ("relink_across_users", "foreign_flow_id", "appended_redirect")
+FLOW_VARIANTS = ("relink_across_users", "reauth_keeps_old_user", "foreign_flow_id", "appended_redirect")
 ALL_FAULTS = (*REST_FAULTS, *WEBHOOK_FAULTS, *FLOW_VARIANTS)
 LATE_MARGIN_SECONDS = 30  # the default `late` delay is the session lifetime plus this
 
+NOT_FOUND_PAGE = (
+    b"<!doctype html><html><head><title>404 Not Found</title></head>"
+    b"<body><h1>Not Found</h1><p>The requested URL was not found on this server.</p></body></html>"
+)
 MALFORMED_BODY = (
     b"<!doctype html><html><head><title>502 Bad Gateway</title></head>"
     b"<body><h1>Bad Gateway</h1><p>The upstream server is under maintenance.</p></body></html>"
@@ -198,6 +213,12 @@ def _fault_answer(faults: tuple[str, ...]) -> Response | None:
         return response
     if fault == "malformed":
         return Response(MALFORMED_BODY, status=200, mimetype="text/html")
+    if fault == "wrong_base_url":
+        return Response(NOT_FOUND_PAGE, status=404, mimetype="text/html")
+    if fault == "invalid_dev_id":
+        return render_terra_error(TerraApiError(404, "Invalid dev-id was provided"))
+    if fault == "rejected_api_key":
+        return render_terra_error(TerraApiError(401, "unauthorized"))
     return None
 
 

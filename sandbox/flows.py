@@ -217,7 +217,8 @@ def create_user(
     user_id: str | None = None,
 ) -> tuple[SandboxUser, SandboxUser | None] | None:
     """A new Terra user for `account` at `provider` (added to the session, not committed), and the
-    user it re-authenticates (now inactive), if any; None when the environment's user cap is reached.
+    user it re-authenticates (deleted, as Terra does, or kept inactive with `reauth_keeps_old_user`), if
+    any; None when the environment's user cap is reached.
 
     Same provider account under the same reference_id: a re-auth, which replaces the user id. With
     `relink_across_users`, the same account under any reference_id (another app user) too."""
@@ -239,6 +240,8 @@ def create_user(
     db.session.add(user)
     if previous is not None:
         previous.active = False
+        if not flow_variant(config, "reauth_keeps_old_user"):
+            db.session.delete(previous)  # Terra deletes the earlier user: userInfo no longer lists it
     return user, previous
 
 

@@ -46,10 +46,13 @@ class TerraError(RuntimeError):
 
     code = "terra_error"  # stable, machine-readable; shown to API clients and stored on attempts
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None, detail: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after  # seconds, from Terra's Retry-After header when it sent one
+        self.detail = detail  # Terra's own words, when it answered in its error JSON
 
 
 class TerraUnavailable(TerraError):
@@ -66,7 +69,9 @@ class TerraRejected(TerraError):
 
 
 class TerraNotFound(TerraRejected):
-    """The user or resource does not exist on Terra."""
+    """Terra answered 404 in its own error JSON: the user or resource does not exist, or (its
+    `detail` says which) something else Terra could not find, such as the dev-id. A 404 that is not
+    Terra's JSON (a proxy's or a web server's page: a wrong base URL) is a plain TerraRejected."""
 
     code = "terra_not_found"
 
@@ -261,16 +266,18 @@ class TerraClient:
         return AuthToken(token=token, expires_in=expires_in)
 
     def deauthenticate_user(self, user_id: str) -> None:
-        self._api("DELETE", "/auth/deauthenticateUser", params={"user_id": user_id})
+        """Raises TerraNotFound only when Terra says it has no such user (already deauthenticated)."""
+        try:
+            self._api("DELETE", "/auth/deauthenticateUser", params={"user_id": user_id})
+        except TerraNotFound as error:
+            _require_missing_user(error)
+            raise
 
     # -- users and integrations ----------------------------------------------------------
 
     def user_info(self, user_id: str) -> TerraUser | None:
-        """The Terra user with this id, or None when Terra does not know it."""
-        try:
-            data = self._api("GET", "/userInfo", params={"user_id": user_id}, retry=True)
-        except TerraNotFound:
-            return None
+        """The Terra user with this id, or None when Terra says it has no such user."""
+        data = self._user_lookup({"user_id": user_id})
         user = data.get("user") if isinstance(data, dict) else None
         if not user:
             return None
@@ -279,16 +286,27 @@ class TerraClient:
         return TerraUser.from_json(user)
 
     def users_by_reference(self, reference_id: str) -> list[TerraUser]:
-        try:
-            data = self._api("GET", "/userInfo", params={"reference_id": reference_id}, retry=True)
-        except TerraNotFound:
+        """Every Terra user under `reference_id`; empty only when Terra said so in its documented shape
+        (a list, or its "user not found" 404). Any other answer raises: reconciliation revokes on this."""
+        data = self._user_lookup({"reference_id": reference_id})
+        if data is None:
             return []
         # Terra's spec answers a bare array; some of its examples wrap it in {"users": [...]}.
-        users = data.get("users", []) if isinstance(data, dict) else data
+        users = data.get("users") if isinstance(data, dict) else data
+        if not isinstance(users, list):
+            raise TerraError("Terra's userInfo answer was not a list of users")
         try:
-            return [TerraUser.from_json(user) for user in users or []]
+            return [TerraUser.from_json(user) for user in users]
         except (KeyError, TypeError, AttributeError):
             raise TerraError("Terra's userInfo answer was not a list of users") from None
+
+    def _user_lookup(self, params: dict[str, str]) -> Any:
+        """userInfo's answer, or None when Terra says it has no such user."""
+        try:
+            return self._api("GET", "/userInfo", params=params, retry=True)
+        except TerraNotFound as error:
+            _require_missing_user(error)
+            return None
 
     def integrations_detailed(self, *, include_sdk: bool = False) -> list[Provider]:
         """The enabled providers; `include_sdk` adds those connected through Terra's mobile SDK."""
@@ -374,10 +392,14 @@ class TerraClient:
         if not 200 <= response.status_code < 300:
             raise _error_for(response)
         try:
+            if not _is_json_media_type(_media_type(response)):
+                raise ValueError  # an HTML page from a proxy in the way is no answer of Terra's
             return response.json()
         except ValueError:
             raise TerraUnavailable(
-                f"Terra answered {response.status_code} with a body that is not JSON", status=response.status_code
+                f"Terra answered {response.status_code} with a body that is not JSON"
+                f" ({_media_type(response) or 'no content type'})",
+                status=response.status_code,
             ) from None
 
 
@@ -410,7 +432,8 @@ def download_payload(url: str, *, timeout: float, max_bytes: int, session: reque
 
 
 def _error_for(response: requests.Response) -> TerraError:
-    detail = _error_detail(response)
+    terra_json = _terra_error_json(response)
+    detail = _error_detail(terra_json) or response.reason or "no detail"
     message = f"Terra answered {response.status_code}: {detail}"
     if response.status_code >= 500 or response.status_code == 429:
         retry_after = _retry_after(response)
@@ -418,21 +441,56 @@ def _error_for(response: requests.Response) -> TerraError:
             message += f" (retry after {retry_after:g} s)"
         return TerraUnavailable(message, status=response.status_code, retry_after=retry_after)
     if response.status_code == 404:
-        return TerraNotFound(message, status=404)
-    return TerraRejected(message, status=response.status_code)
+        if terra_json is None:
+            # Not Terra's word: a web server's or a proxy's page, typically for a wrong base URL.
+            return TerraRejected(
+                f"Terra answered 404 with {_media_type(response) or 'no content type'} at "
+                f"{response.url.split('?')[0]}, not Terra's error JSON: is the Terra URL (TERRA_API_BASE_URL) right?",
+                status=404,
+            )
+        return TerraNotFound(message, status=404, detail=_error_detail(terra_json))
+    return TerraRejected(message, status=response.status_code, detail=_error_detail(terra_json))
 
 
-def _error_detail(response: requests.Response) -> str:
-    """Terra's own words: legacy `{status, message}` or problem+json `{title, detail}`."""
+# Terra's documented 404 detail for a user it does not have (userInfo, deauthenticateUser).
+MISSING_USER_DETAIL = "user not found"
+
+
+def _require_missing_user(error: TerraNotFound) -> None:
+    """Raise TerraRejected unless Terra's 404 says the user does not exist (e.g. "Invalid dev-id was
+    provided"): a misconfiguration must never read as "this user has no connections"."""
+    if MISSING_USER_DETAIL not in (error.detail or "").lower():
+        raise TerraRejected(f"{error} (not Terra's answer for a missing user)", status=error.status) from None
+
+
+def _media_type(response: requests.Response) -> str:
+    return (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+def _is_json_media_type(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _terra_error_json(response: requests.Response) -> dict | None:
+    """Terra's error body, when it is one: JSON (`application/json` or problem+json) holding legacy
+    `{status, message}` or problem+json `{title, detail}`. None for anything else."""
+    if not _is_json_media_type(_media_type(response)):
+        return None
     try:
         data = response.json()
     except ValueError:
-        return response.reason or "no detail"
-    if isinstance(data, dict):
-        for key in ("message", "detail", "title"):
-            if data.get(key):
-                return str(data[key])[:300]
-    return response.reason or "no detail"
+        return None
+    if isinstance(data, dict) and any(isinstance(data.get(key), str) for key in ("message", "detail", "title")):
+        return data
+    return None
+
+
+def _error_detail(data: dict | None) -> str | None:
+    """Terra's own words: legacy `{status, message}` or problem+json `{title, detail}`."""
+    for key in ("message", "detail", "title"):
+        if data and data.get(key):
+            return str(data[key])[:300]
+    return None
 
 
 def _retry_after(response: requests.Response) -> float | None:

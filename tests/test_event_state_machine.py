@@ -249,6 +249,21 @@ def test_a_relink_by_another_app_user_revokes_the_old_owners_connection(send, ct
     assert bob_attempt.status == "connected" and bob_attempt.connection_id == rows[bob.id].id
 
 
+def test_a_relink_applied_before_the_old_owners_auth_still_ends_the_old_owners_connection(send, ctx):
+    """Ada's `auth` arrives after Bob's `user_reauth` that re-linked her provider account: her
+    connection is created ended (relinked_elsewhere), and her late `auth` does not bring it back."""
+    ada, bob = create_user("ada@example.com"), create_user("bob@example.com")
+    old, new = terra_user(ada, "ada-terra-id"), terra_user(bob, "bob-terra-id")
+    send(reauth_event(bob, {**old, "active": False}, new))
+    send(auth_event(bob, new))
+    assert send(auth_event(ada, old)) == "ignored"
+    rows = {row.user_id: (row.terra_user_id, row.status, row.status_reason) for row in connections()}
+    assert rows == {
+        ada.id: ("ada-terra-id", "revoked", "relinked_elsewhere"),
+        bob.id: ("bob-terra-id", "active", None),
+    }
+
+
 def test_deauth_before_auth_leaves_the_connection_revoked(send, user):
     attempt = create_attempt(user, session_id="s-1")
     send({"type": "deauth", "status": "success", "user": terra_user(user, "tu-1")})

@@ -30,7 +30,7 @@ from sandbox.delivery import deliver
 from sandbox.models import SandboxSession
 from sandbox.settings import SandboxSettings
 from sandbox.traffic import traffic_of
-from terra_integration.client import TerraClient, TerraUnavailable
+from terra_integration.client import TerraClient, TerraRejected, TerraUnavailable
 from tests.conftest import LIVE_TERRA, Browser, wait_for
 from tests.helpers import finish_widget, lose_webhooks, token_of
 
@@ -253,8 +253,9 @@ def test_the_console_shows_and_switches_the_run_faults(live_server):
     assert '<code id="sandbox-faults">none</code>' in page.text
     assert re.findall(r'name="fault" value="([^"]+)"', page.text) == [
         *("slow", "5xx", "429", "reset", "malformed"),  # Terra's API
+        *("wrong_base_url", "invalid_dev_id", "rejected_api_key"),  # misconfigurations
         *("duplicate", "reorder", "late", "stale_signature", "s3_payload"),  # webhooks
-        *("relink_across_users", "foreign_flow_id", "appended_redirect"),  # shapes of a widget flow
+        *("relink_across_users", "reauth_keeps_old_user", "foreign_flow_id", "appended_redirect"),  # widget flows
     ]
     switched = requests.post(live_server.url + "/sandbox/faults", data={"fault": ["late", "429", "bogus"]}, timeout=5)
     assert switched.status_code == 200
@@ -306,6 +307,28 @@ def test_each_fault_against_the_client(live_server, fault, call_name):
     assert ("(tried 3 times)" in message) == (tries == 3)
     assert raised.value.code == "terra_unavailable"
     assert raised.value.status == {"5xx": 503, "429": 429, "malformed": 200}.get(fault)
+
+
+MISCONFIGURATIONS = {
+    "wrong_base_url": "Terra answered 404 with text/html at ",
+    "invalid_dev_id": "Terra answered 404: Invalid dev-id was provided",
+    "rejected_api_key": "Terra answered 401: unauthorized",
+}
+USER_CALLS = ("deauthenticate_user", "user_info", "users_by_reference")
+
+
+@pytest.mark.parametrize("call_name", USER_CALLS)
+@pytest.mark.parametrize("fault", MISCONFIGURATIONS)
+def test_a_misconfiguration_is_an_error_tried_once_never_a_missing_user(live_server, fault, call_name):
+    """Reconciliation revokes what Terra says it does not have, and disconnecting ends a connection
+    Terra says is gone: a wrong URL, dev-id or key must never read as Terra's "user not found"."""
+    live_server.app.config["SANDBOX_FAULTS"] = [fault]
+    call, endpoint, _ = CLIENT_CALLS[call_name]
+    with pytest.raises(TerraRejected) as raised:
+        call(fast_client(live_server))
+    assert type(raised.value) is TerraRejected  # not TerraNotFound
+    assert str(raised.value).startswith(MISCONFIGURATIONS[fault])
+    assert_calls(live_server, 1, endpoint)  # a misconfiguration is not worth a second try
 
 
 def test_a_timed_out_widget_session_is_not_requested_twice(live_server):

@@ -34,10 +34,10 @@ from sqlalchemy import select
 from app import create_app
 from config import ConfigError
 from extensions import db
-from models import WebhookEvent
+from models import Connection, WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
 from tests import helpers
-from tests.conftest import ROOT, Browser, _empty_tables, _environ, free_port, server_process
+from tests.conftest import ROOT, VENV_BIN, Browser, _empty_tables, _environ, free_port, server_process
 from tests.helpers import finish_widget, redis_test_url, token_of
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -318,6 +318,32 @@ def assert_no_token_logged(deployment: Deployment, return_url: str) -> None:
     assert token_of(return_url) not in logged
     assert f'"GET {pages}/[token]" 200' in logged
     assert "reference_id" not in logged and "?" not in logged
+
+
+def test_a_live_app_at_a_wrong_terra_url_revokes_nothing_and_its_reconcile_fails(deployment, database_uri):
+    """TERRA_API_BASE_URL at a path the Terra stand-in does not serve (a 404 in the web app's own shape,
+    not Terra's, as after a typo or a host move): `flask terra reconcile` exits non-zero naming the
+    cause, and the connection stays active."""
+    with create_app(environ=_environ(database_uri)).app_context():
+        owner = helpers.create_user("misconfigured@example.com")
+        db.session.add(Connection(user_id=owner.id, terra_user_id="still-at-terra", provider="GARMIN"))
+        db.session.commit()
+    env = deployment.production_env(database_uri, TERRA_API_BASE_URL=deployment.terra_url + "/sandbox/v3")
+    done = subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "app", "terra", "reconcile"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"Terra answered 404 with application/json at {deployment.terra_url}/sandbox/v3/userInfo, not Terra's" in (
+        done.stderr
+    )
+    with create_app(environ=_environ(database_uri)).app_context():
+        row = db.session.scalars(select(Connection).where(Connection.terra_user_id == "still-at-terra")).one()
+        assert (row.status, row.status_reason) == ("active", None)
 
 
 def test_https_answers_carry_production_headers(deployment):

@@ -374,6 +374,7 @@ def test_automation_endpoint_rejects_bad_input_without_using_the_session(client,
 def test_same_account_again_is_a_reauth_with_a_new_user_id(app, client, headers, webhooks, order):
     app.config["SANDBOX_REAUTH_ORDER"] = order
     first = connect(client, headers, account="Alice")
+    webhooks.wait_for(1)  # each flow's batch comes from a thread of its own: the first must land first
     second = connect(client, headers, account="alice ")  # same account: case and spaces do not matter
     assert second != first
 
@@ -385,6 +386,19 @@ def test_same_account_again_is_a_reauth_with_a_new_user_id(app, client, headers,
     assert reauth["old_user"]["user_id"] == first and reauth["old_user"]["active"] is False
     assert reauth["new_user"]["user_id"] == second and reauth["new_user"]["active"] is True
 
+    # Terra deletes the earlier user: userInfo knows it no more, by id or under the reference_id.
+    assert client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).status_code == 404
+    listed = client.get("/sandbox/v2/userInfo", query_string={"reference_id": "ref-1"}, headers=headers).get_json()
+    assert [user["user_id"] for user in listed] == [second]
+
+
+def test_reauth_keeps_old_user_lists_the_earlier_user_inactive(app, client, headers, webhooks):
+    first = connect(client, headers)
+    app.config["SANDBOX_FAULTS"] = ["reauth_keeps_old_user"]
+    second = connect(client, headers)
+    webhooks.wait_for(3)
+    listed = client.get("/sandbox/v2/userInfo", query_string={"reference_id": "ref-1"}, headers=headers).get_json()
+    assert [(user["user_id"], user["active"]) for user in listed] == [(first, False), (second, True)]
     old = client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).get_json()
     assert old["is_authenticated"] is False
 
@@ -398,13 +412,15 @@ def test_another_account_or_reference_is_a_new_user_not_a_reauth(client, headers
 
 def test_relink_across_users_makes_another_reference_a_reauth_under_both_reference_ids(app, client, headers, webhooks):
     first = connect(client, headers, account="alice", reference_id="ref-ada")
+    # Each flow's batch is sent by a thread of its own, so under load the first flow's `auth` could
+    # arrive after the second flow's events: wait for it before starting the second flow.
+    webhooks.wait_for(1)
     app.config["SANDBOX_FAULTS"] = ["relink_across_users"]
     second = connect(client, headers, account="alice", reference_id="ref-bob")
     reauth = next(event for event in webhooks.events(3)[1:] if event["type"] == "user_reauth")
     assert (reauth["old_user"]["user_id"], reauth["old_user"]["reference_id"]) == (first, "ref-ada")
     assert (reauth["new_user"]["user_id"], reauth["new_user"]["reference_id"]) == (second, "ref-bob")
-    old = client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).get_json()
-    assert old["is_authenticated"] is False
+    assert client.get("/sandbox/v2/userInfo", query_string={"user_id": first}, headers=headers).status_code == 404
 
 
 @pytest.mark.parametrize("outcome", ["success", "denied"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -88,10 +89,11 @@ def test_integrations_detailed(terra):
 class StubTerra(BaseHTTPRequestHandler):
     status = 200
     body = b"{}"
+    content_type = "application/json"
 
     def do_POST(self):
         self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", self.content_type)
         self.end_headers()
         self.wfile.write(self.body)
 
@@ -107,8 +109,10 @@ def stub(stub_server):
     return server, TerraClient.from_config(terra_settings(f"http://127.0.0.1:{server.server_port}"), timeout=2)
 
 
-def answer(server, status: int, body: bytes):
-    server.RequestHandlerClass = type("Answer", (StubTerra,), {"status": status, "body": body})
+def answer(server, status: int, body: bytes, content_type: str = "application/json"):
+    server.RequestHandlerClass = type(
+        "Answer", (StubTerra,), {"status": status, "body": body, "content_type": content_type}
+    )
 
 
 @pytest.mark.parametrize("status", [200, 201, 202])
@@ -235,3 +239,44 @@ def test_an_auth_token_answer_without_expires_in_gets_the_documented_lifetime(st
     server, terra = stub
     answer(server, 200, b'{"status": "success", "token": "250c68b9"}')
     assert (terra.generate_auth_token().token, terra.generate_auth_token().expires_in) == ("250c68b9", 180)
+
+
+@pytest.mark.parametrize(
+    "status, body, content_type",
+    [
+        (200, b"[]", "application/json"),
+        (200, b'{"users": []}', "application/json"),
+        (404, b'{"status": "error", "message": "User not found"}', "application/json"),
+        (404, b'{"type": "about:blank", "title": "not found", "detail": "user not found"}', "application/problem+json"),
+    ],
+)
+def test_no_users_only_from_terras_own_answer_saying_so(stub, status, body, content_type):
+    server, terra = stub
+    answer(server, status, body, content_type)
+    assert terra.users_by_reference("ref") == []
+    assert terra.user_info("u-1") is None
+
+
+@pytest.mark.parametrize(
+    "status, body, content_type, message",
+    [
+        (404, b"<html><h1>Not Found</h1></html>", "text/html", "404 with text/html at http://127.0.0.1:"),
+        (404, b'{"message": "Not Found"}', "text/html", "404 with text/html"),  # JSON, but not said to be
+        (404, b"[]", "application/json", "not Terra's error JSON"),
+        (404, b'{"status": "error", "message": "Invalid dev-id was provided"}', "application/json", "Invalid dev-id"),
+        (404, b'{"message": "Not Found"}', "application/json", "(not Terra's answer for a missing user)"),
+        (401, b'{"message": "unauthorized"}', "application/json", "401: unauthorized"),
+        (403, b'{"title": "forbidden"}', "application/problem+json", "403: forbidden"),
+        (200, b"[]", "text/html", "not JSON (text/html)"),
+        (200, b'{"status": "error", "message": "no"}', "application/json", "not a list of users"),
+        (200, b'[{"provider": "OURA"}]', "application/json", "not a list of users"),
+        (503, b"<html>busy</html>", "text/html", "503"),
+    ],
+)
+def test_any_other_answer_to_users_by_reference_is_an_error(stub, status, body, content_type, message):
+    server, terra = stub
+    terra.read_attempts = 1
+    answer(server, status, body, content_type)
+    with pytest.raises(TerraError, match=re.escape(message)) as raised:
+        terra.users_by_reference("ref")
+    assert not isinstance(raised.value, TerraNotFound)
