@@ -840,7 +840,7 @@ def test_plain_upgrade_and_upgrade_heads_both_migrate_a_new_database(tmp_path, e
     uri = empty_database(f"cli_{'sandbox' if with_sandbox else 'alone'}_{len(target)}")
     migrated = flask_db(copy, uri, "upgrade", *target)
     assert migrated.returncode == 0, migrated.stderr
-    assert applied_revisions(uri) == ({"sandbox_0001", APP_HEAD} if with_sandbox else {APP_HEAD})
+    assert applied_revisions(uri) == ({SANDBOX_HEAD, APP_HEAD} if with_sandbox else {APP_HEAD})
 
 
 def test_plain_upgrade_on_a_database_migrated_with_heads_changes_nothing_and_moves_an_old_one(empty_database):
@@ -852,7 +852,7 @@ def test_plain_upgrade_on_a_database_migrated_with_heads_changes_nothing_and_mov
     for uri in (current, old):
         migrated = flask_db(ROOT, uri, "upgrade")
         assert migrated.returncode == 0, migrated.stderr
-        assert applied_revisions(uri) == {"sandbox_0001", APP_HEAD}
+        assert applied_revisions(uri) == {SANDBOX_HEAD, APP_HEAD}
 
 
 def test_without_the_sandbox_a_live_app_migrates_starts_and_passes_its_own_tests(tmp_path, empty_database):
