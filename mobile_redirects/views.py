@@ -46,7 +46,7 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
         outcome,
         attempt.id,
         request.user_agent.string,
-        fallback_url=attempts.return_page_url("mobile", outcome, token, tried="1"),
+        fallback_url=_tried_once(attempts.return_page_url("mobile", outcome, token)),
         resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None,
     )
     return _page(outcome, link, another_account=return_visits.signed_in_as_someone_else(attempt, g.user))
@@ -58,16 +58,23 @@ def universal_link_page(outcome: str):
     the way back. It knows no attempt state and records nothing: the link carries no token."""
     attempt_id = request.args.get("attempt_id", "")
     attempt_id = attempt_id if ATTEMPT_ID.fullmatch(attempt_id) else None  # passed on only if it is one
-    fallback_query = urlencode({**({"attempt_id": attempt_id} if attempt_id else {}), "tried": "1"})
     link = app_link(
         current_app.config,
         "scheme",
         outcome,
         attempt_id,
         request.user_agent.string,
-        fallback_url=f"{universal_link(current_app.config, outcome)}?{fallback_query}",
+        fallback_url=_tried_once(universal_link(current_app.config, outcome)),
     )
     return _page(outcome, link, another_account=False)
+
+
+def _tried_once(page_url: str) -> str:
+    """Where Chrome comes back to when the `intent:` link cannot open the app: this same page, with
+    the query it was opened with (Terra's `user_id`, `resource`, `reference_id`: a return without
+    them would read as a different answer) and `tried=1`, so that it does not try the app again."""
+    query = [(name, value) for name, value in request.args.items(multi=True) if name != "tried"]
+    return f"{page_url}?{urlencode([*query, ('tried', '1')])}"
 
 
 def _page(outcome: str, link: str | None, another_account: bool) -> Response:
