@@ -96,7 +96,9 @@ def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
         .order_by(job.id)
     )
     if queue is not None:
-        candidates = candidates.where((job.event_type == PING_TYPE) == (queue == DOWNLOADS))
+        candidates = candidates.where(
+            job.event_type == PING_TYPE if queue == DOWNLOADS else job.event_type != PING_TYPE
+        )
     session.rollback()  # a fresh transaction, for the look and for the claim
     # A look first, which takes no lock: most wake-ups and sweeps find nothing, and on SQLite an
     # UPDATE takes the database's one write lock even when it changes no row.
