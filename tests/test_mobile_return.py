@@ -220,6 +220,70 @@ def test_garmin_returning_without_its_user_stays_pending_until_the_webhook_says_
     assert stored_hint(app, attempt_id)[2] == "connected"
 
 
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda app, token: token, id="expired"),
+        pytest.param(lambda app, token: token[:-2] + ("AA" if not token.endswith("AA") else "BB"), id="forged"),
+        pytest.param(lambda app, token: "not-a-token", id="garbage"),
+    ],
+)
+@pytest.mark.parametrize(
+    "agent, scheme_link",
+    [(IPHONE, "com.example.terraconnect://connect/{outcome}"), (ANDROID, "intent://connect/{outcome}#Intent;")],
+)
+def test_an_invalid_return_link_still_leads_back_into_the_app(
+    client, app, attempt, make_token, outcome, agent, scheme_link
+):
+    """In the in-app browser a dead link must not be a dead end: a 404 that says what happened and
+    offers every configured way back to the app (which asks the API where its connection stands),
+    naming no attempt and trying none by itself."""
+    app.config["ATTEMPT_TOKEN_MAX_AGE"] = -1  # every token is past its age, the genuine one too
+    app.config["MOBILE_UNIVERSAL_LINK_BASE"] = "https://links.example.com/terra"
+    response = return_page(client, make_token(app, attempt[1]), outcome=outcome, agent=agent)
+    text = response.get_data(as_text=True)
+    assert response.status_code == 404 and "This link no longer works" in text and "not valid" in text
+    assert app_link(response).startswith(scheme_link.format(outcome=outcome))
+    assert f'id="return-to-app-link" href="https://links.example.com/terra/connect/{outcome}"' in text
+    assert "window.location.replace" not in text and "attempt_id" not in text
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+ANDROID_WEBVIEW = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/AP1A.240505.005; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Version/4.0 Chrome/131.0.6778.39 Mobile Safari/537.36"
+)
+FACEBOOK_IOS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 "
+    "[FBAN/FBIOS;FBAV/480.0.0.40.109;FBBV/654321;FBDV/iPhone15,2;FBMD/iPhone;FBSN/iOS;FBSV/18.0;FBSS/3;FBCR/;FBID/phone;FBLC/en_US;FBOP/5]"
+)
+INSTAGRAM_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Version/4.0 Chrome/131.0.6778.39 Mobile Safari/537.36 Instagram 357.0.0.25.101 Android"
+)
+
+
+@pytest.mark.parametrize(
+    "agent", [ANDROID_WEBVIEW, FACEBOOK_IOS, INSTAGRAM_ANDROID], ids=["Android WebView", "Facebook", "Instagram"]
+)
+@pytest.mark.parametrize("page", ["return page", "universal link page"])
+def test_a_webview_is_not_sent_to_the_app_by_itself_and_is_told_to_open_the_browser(
+    client, attempt, tmp_path, agent, page
+):
+    if page == "return page":
+        response = return_page(client, attempt[1], agent=agent)
+    else:
+        links_host = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE=LINKS, MOBILE_APP_SCHEME="com.example.app")
+        response = links_host.test_client().get(
+            "/terra/connect/success", headers={"User-Agent": agent}, base_url="https://links.example.com"
+        )
+    text = " ".join(response.get_data(as_text=True).split())
+    assert response.status_code == 200 and app_link(response)  # the link stays, for a tap
+    assert "window.location.replace" not in text
+    assert 'id="open-in-browser"' in text and "open this page in your browser" in text
+
+
 def test_deep_links_carry_only_the_attempt_and_the_outcome():
     config = {
         "MOBILE_APP_SCHEME": "com.example.app",
