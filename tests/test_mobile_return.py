@@ -488,6 +488,21 @@ def test_the_universal_link_paths_have_a_page(tmp_path):
     assert client.get("/connect/success").status_code == 404  # only under the base path
 
 
+def test_in_app_mode_the_universal_link_pages_fallback_keeps_terras_query(tmp_path):
+    """App mode, an https callback the app did not catch: Terra's redirect lands on the links host's
+    page, whose intent link must come back with Terra's query too."""
+    app = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE=LINKS, MOBILE_APP_SCHEME="com.example.app")
+    response = app.test_client().get(
+        "/terra/connect/success",
+        query_string=TERRAS_QUERY,
+        headers={"User-Agent": ANDROID},
+        base_url="https://links.example.com",
+    )
+    fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", app_link(response)).group(1))
+    assert fallback.startswith(f"{LINKS}/connect/success?")
+    assert parse_qs(urlsplit(fallback).query) == {**{k: [v] for k, v in TERRAS_QUERY.items()}, "tried": ["1"]}
+
+
 def test_the_universal_link_page_without_a_scheme_still_says_what_to_do(tmp_path):
     app = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE="https://links.example.com")
     response = app.test_client().get("/connect/success", headers={"User-Agent": IPHONE})
