@@ -188,11 +188,13 @@ def apply_download(row: WebhookEventColumns) -> str:
     if not isinstance(problem, PayloadUnavailable) or row.attempts >= DOWNLOAD_TRIES:
         return apply_recorded(row, (event, problem))
     wait = DOWNLOAD_BACKOFF_SECONDS * 2 ** (row.attempts - 1)
+    detail = f"download try {row.attempts} of {DOWNLOAD_TRIES}: {problem}; next in {wait:g} s"[:TEXT_LENGTH]
     current_app.logger.warning("webhook event %s: %s; trying again in %g s", row.id, problem, wait)
+    session = bound().db.session
+    session.rollback()  # what was read above ends here: the write is its transaction's first statement (`_hold`)
     with write_turn():
-        row.claimed_until = utcnow() + timedelta(seconds=wait)
-        row.detail = f"download try {row.attempts} of {DOWNLOAD_TRIES}: {problem}; next in {wait:g} s"[:TEXT_LENGTH]
-        bound().db.session.commit()
+        row.claimed_until, row.detail = utcnow() + timedelta(seconds=wait), detail
+        session.commit()
     return EventOutcome.RECEIVED
 
 
