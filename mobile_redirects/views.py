@@ -67,7 +67,7 @@ def universal_link_page(outcome: str):
         outcome,
         attempt_id,
         request.user_agent.string,
-        fallback_url=_tried_once(universal_link(current_app.config, outcome)),
+        fallback_url=_tried_once(universal_link(current_app.config, outcome), attempt_id),
     )
     return _page(outcome, link, another_account=False)
 
@@ -104,12 +104,17 @@ def _invalid_link_page(token: str, outcome: str, invalid: return_visits.InvalidR
     return response
 
 
-def _tried_once(page_url: str) -> str:
+# What Terra's redirect appends (its docs: user_id, resource, reference_id); no other parameter is read.
+TERRA_REDIRECT_PARAMETERS = ("user_id", "resource", "reference_id")
+
+
+def _tried_once(page_url: str, attempt_id: str | None = None) -> str:
     """Where Chrome comes back to when the `intent:` link cannot open the app: this same page, with
-    the query it was opened with (Terra's `user_id`, `resource`, `reference_id`: a return without
-    them would read as a different answer) and `tried=1`, so that it does not try the app again."""
-    query = [(name, value) for name, value in request.args.items(multi=True) if name != "tried"]
-    return f"{page_url}?{urlencode([*query, ('tried', '1')])}"
+    its `attempt_id` if it has one, Terra's parameters as it was opened with them (a return without
+    them would read as another answer) and `tried=1`, so that it does not try the app again."""
+    terras = [(name, value) for name in TERRA_REDIRECT_PARAMETERS for value in request.args.getlist(name)]
+    own = [("attempt_id", attempt_id)] if attempt_id else []
+    return f"{page_url}?{urlencode([*own, *terras, ('tried', '1')])}"
 
 
 def _page(
