@@ -278,12 +278,14 @@ def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
     assert "Traceback" not in str(refused.value) and "pydantic" not in str(refused.value)
 
 
+@pytest.mark.sandbox
 def test_a_payload_download_must_end_before_its_claim_runs_out(tmp_path):
     with pytest.raises(ConfigError, match="TERRA_PAYLOAD_TIMEOUT_SECONDS must be shorter than WEBHOOK_CLAIM_LEASE"):
         started_config(tmp_path, TERRA_PAYLOAD_TIMEOUT_SECONDS="60", WEBHOOK_CLAIM_LEASE_SECONDS="60")
     assert started_config(tmp_path, TERRA_PAYLOAD_TIMEOUT_SECONDS="59")["TERRA_PAYLOAD_TIMEOUT_SECONDS"] == 59
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize(
     "environ, allowed", [({}, True), ({"TERRA_PAYLOAD_ALLOW_LOOPBACK": "false"}, False), (PRODUCTION, False)]
 )
