@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy import select
 
@@ -62,16 +63,28 @@ def reconcile_connections() -> None:
 def work(until_empty: bool, poll_seconds: float) -> None:
     """Apply recorded webhook events from the inbox, as a process of its own: alongside the web
     workers' applier threads, or instead of them (WEBHOOK_APPLY_IN_PROCESS=false). Any number may run
-    at once on PostgreSQL; each claims its own rows."""
-    from terra_integration.applier import drain
+    at once on PostgreSQL; each claims its own rows. s3_payload downloads are taken by a thread of
+    their own, so that a slow one holds up no other event (terra_integration/applier.py)."""
+    from terra_integration.applier import DOWNLOADS, EVENTS, drain
 
-    while True:
-        applied = drain()
-        if applied:
-            click.echo(f"applied {applied} event(s)")
-        if until_empty:
-            return
-        time.sleep(poll_seconds)
+    app = current_app._get_current_object()
+
+    def take(queue: str | None) -> None:
+        while True:
+            with app.app_context():
+                applied = drain(queue=queue)
+            if applied:
+                click.echo(f"applied {applied} event(s)")
+            if until_empty:
+                return
+            time.sleep(poll_seconds)
+
+    if until_empty:
+        take(None)  # both queues, in turn, once
+        return
+
+    threading.Thread(target=take, args=(DOWNLOADS,), name="terra-inbox-downloads", daemon=True).start()
+    take(EVENTS)
 
 
 @click.group("webhooks", help="Inspect and replay the webhook inbox.")

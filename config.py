@@ -502,15 +502,32 @@ class TerraSettings(Settings):
     TERRA_LEGACY_WIDGET_URL: HttpUrl | None = None
     TERRA_API_BASE_URL: HttpUrl | None = None
     TERRA_TIMEOUT_SECONDS: Seconds = 10
-    # s3_payload downloads: within Terra's 8 s delivery window; Terra caps each payload at 10 MB.
-    TERRA_PAYLOAD_TIMEOUT_SECONDS: Seconds = 5
+    # s3_payload downloads: the whole download's time (shorter than the claim's lease); Terra caps
+    # each payload at 10 MB. Plain http and loopback addresses only when allowed: outside production
+    # by default (the sandbox serves payloads on loopback), never in production.
+    TERRA_PAYLOAD_TIMEOUT_SECONDS: Seconds = 15
     TERRA_PAYLOAD_MAX_BYTES: PositiveInt = 10 * 1024 * 1024
+    TERRA_PAYLOAD_ALLOW_LOOPBACK: bool | None = None
     WEBHOOK_MAX_BYTES: PositiveInt = 512 * 1024
     WEBHOOK_TOLERANCE_SECONDS: PositiveInt = 300
     # Recorded webhook events are applied by a thread in each web worker; false: by `flask terra work`.
     WEBHOOK_APPLY_IN_PROCESS: bool = True
     WEBHOOK_CLAIM_LEASE_SECONDS: Seconds = 60
     WEBHOOK_SWEEP_SECONDS: Seconds = 5
+
+    @model_validator(mode="after")
+    def _payload_downloads(self) -> TerraSettings:
+        if self.TERRA_PAYLOAD_ALLOW_LOOPBACK and self.APP_ENV == "production":
+            raise ValueError(
+                "TERRA_PAYLOAD_ALLOW_LOOPBACK must not be set when APP_ENV=production: "
+                "s3_payload data is fetched only from public https addresses there"
+            )
+        if self.TERRA_PAYLOAD_TIMEOUT_SECONDS >= self.WEBHOOK_CLAIM_LEASE_SECONDS:
+            raise ValueError(
+                "TERRA_PAYLOAD_TIMEOUT_SECONDS must be shorter than WEBHOOK_CLAIM_LEASE_SECONDS "
+                "(a download's claim must not run out while it downloads)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _all_credentials_or_none(self) -> TerraSettings:
@@ -553,6 +570,9 @@ class TerraSettings(Settings):
             "TERRA_TIMEOUT_SECONDS": self.TERRA_TIMEOUT_SECONDS,
             "TERRA_PAYLOAD_TIMEOUT_SECONDS": self.TERRA_PAYLOAD_TIMEOUT_SECONDS,
             "TERRA_PAYLOAD_MAX_BYTES": self.TERRA_PAYLOAD_MAX_BYTES,
+            "TERRA_PAYLOAD_ALLOW_LOOPBACK": self.APP_ENV != "production"
+            if self.TERRA_PAYLOAD_ALLOW_LOOPBACK is None
+            else self.TERRA_PAYLOAD_ALLOW_LOOPBACK,
             "WEBHOOK_MAX_BYTES": self.WEBHOOK_MAX_BYTES,
             "WEBHOOK_TOLERANCE_SECONDS": self.WEBHOOK_TOLERANCE_SECONDS,
             "WEBHOOK_APPLY_IN_PROCESS": self.WEBHOOK_APPLY_IN_PROCESS,

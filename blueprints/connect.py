@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from blueprints.auth import login_required
 from extensions import db, limiter, terra
+from mobile_redirects.deep_links import is_webview
 from models import ConnectAttempt, User, WebhookEvent
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connection_data, connections, reconciliation, return_visits
@@ -19,6 +20,14 @@ from terra_integration import inbox
 from terra_integration.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
+
+
+@bp.context_processor
+def _in_webview() -> dict:
+    # The connect button warns a browser that is an embedded WebView (a social app's, say): providers
+    # refuse to sign in there (docs/mobile.md, "Never use a WebView").
+    return {"in_webview": is_webview(request.user_agent.string)}
+
 
 bp.add_app_template_filter(reason_text, "reason_text")
 bp.add_app_template_filter(provider_name, "provider_name")

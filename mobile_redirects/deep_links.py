@@ -104,6 +104,18 @@ def app_link(
     return scheme_link(config, outcome, attempt_id, resource)
 
 
+# What embedded WebViews put in their user agent: Android's WebView (`; wv)`), and the in-app
+# browsers of Facebook (`FBAN`, `FBAV`) and Instagram, which are WebViews too.
+WEBVIEW_MARKERS = ("; wv)", "FBAN/", "FBAV/", "Instagram")
+
+
+def is_webview(user_agent: str) -> bool:
+    """Whether the page is shown in an embedded WebView rather than a browser or an in-app browser
+    tab. Terra's widget must not run in one (providers block it), and one cannot open an app from
+    an `intent:` link: it replaces the page with an error, and "Return to app" is lost with it."""
+    return any(marker in user_agent for marker in WEBVIEW_MARKERS)
+
+
 def replaces_the_page(link: str) -> bool:
     """Whether navigating to `link` loads another page in place of the current one. A page tries
     only links that cannot (the app's scheme, `intent:`): an https link the app does not claim would

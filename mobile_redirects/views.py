@@ -10,7 +10,7 @@ from flask import Blueprint, Response, abort, current_app, g, render_template, r
 
 from extensions import csrf
 from mobile_redirects import association
-from mobile_redirects.deep_links import app_link, replaces_the_page, universal_link, universal_link_path
+from mobile_redirects.deep_links import app_link, is_webview, replaces_the_page, universal_link, universal_link_path
 from models.connect_attempt import ATTEMPT_ID, AttemptHint, AttemptStatus
 from services import attempts, return_visits
 
@@ -38,7 +38,10 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
     (services/return_visits.py); the app link stays either way, since the app
     asks the API, as its own user, what happened.
     """
-    attempt = return_visits.record_visit(token, hint, request.args)
+    try:
+        attempt = return_visits.record_visit(token, hint, request.args)
+    except return_visits.InvalidReturnLink as invalid:
+        return _invalid_link_page(token, outcome, invalid)
     link = app_link(
         current_app.config,
         # Attempts made before the app named its callback follow the configured default.
@@ -46,7 +49,7 @@ def _return_page(token: str, outcome: str, hint: AttemptHint):
         outcome,
         attempt.id,
         request.user_agent.string,
-        fallback_url=attempts.return_page_url("mobile", outcome, token, tried="1"),
+        fallback_url=_tried_once(attempts.return_page_url("mobile", outcome, token)),
         resource=attempt.resource if attempt.status == AttemptStatus.SDK_REQUIRED else None,
     )
     return _page(outcome, link, another_account=return_visits.signed_in_as_someone_else(attempt, g.user))
@@ -58,26 +61,79 @@ def universal_link_page(outcome: str):
     the way back. It knows no attempt state and records nothing: the link carries no token."""
     attempt_id = request.args.get("attempt_id", "")
     attempt_id = attempt_id if ATTEMPT_ID.fullmatch(attempt_id) else None  # passed on only if it is one
-    fallback_query = urlencode({**({"attempt_id": attempt_id} if attempt_id else {}), "tried": "1"})
     link = app_link(
         current_app.config,
         "scheme",
         outcome,
         attempt_id,
         request.user_agent.string,
-        fallback_url=f"{universal_link(current_app.config, outcome)}?{fallback_query}",
+        fallback_url=_tried_once(universal_link(current_app.config, outcome), attempt_id),
     )
     return _page(outcome, link, another_account=False)
 
 
-def _page(outcome: str, link: str | None, another_account: bool) -> Response:
+def _invalid_link_page(token: str, outcome: str, invalid: return_visits.InvalidReturnLink) -> Response:
+    """A return link whose token is forged, expired (older than ATTEMPT_TOKEN_MAX_AGE) or names no
+    attempt: a 404 that still leads back into the app, which asks the API where its connection
+    stands. Every configured way back is offered, since the link no longer says which one the app
+    catches; none is tried by itself, nor does any name an attempt."""
+    config = current_app.config
+    links = [
+        link
+        for link in (
+            app_link(
+                config,
+                "scheme",
+                outcome,
+                None,
+                request.user_agent.string,
+                fallback_url=_tried_once(attempts.return_page_url("mobile", outcome, token)),
+            ),
+            universal_link(config, outcome),
+        )
+        if link
+    ]
+    response = _page(
+        outcome,
+        links[0] if links else None,
+        another_account=False,
+        problem=invalid.description,
+        other_link=links[1] if len(links) > 1 else None,
+    )
+    response.status_code = 404
+    return response
+
+
+# What Terra's redirect appends (its docs: user_id, resource, reference_id); no other parameter is read.
+TERRA_REDIRECT_PARAMETERS = ("user_id", "resource", "reference_id")
+
+
+def _tried_once(page_url: str, attempt_id: str | None = None) -> str:
+    """Where Chrome comes back to when the `intent:` link cannot open the app: this same page, with
+    its `attempt_id` if it has one, Terra's parameters as it was opened with them (a return without
+    them would read as another answer) and `tried=1`, so that it does not try the app again."""
+    terras = [(name, value) for name in TERRA_REDIRECT_PARAMETERS for value in request.args.getlist(name)]
+    own = [("attempt_id", attempt_id)] if attempt_id else []
+    return f"{page_url}?{urlencode([*own, *terras, ('tried', '1')])}"
+
+
+def _page(
+    outcome: str, link: str | None, another_account: bool, problem: str | None = None, other_link: str | None = None
+) -> Response:
+    """The return page. The app link is tried once by itself unless that could lose the page: an
+    https link, a second visit through Chrome's fallback, a WebView (`is_webview`; the page then says
+    to open it in the browser), or a link that is no longer valid (`problem`)."""
     tried_already = request.args.get("tried") == "1"  # Chrome came back through the intent's fallback
+    webview = is_webview(request.user_agent.string)
     nonce = secrets.token_urlsafe(16)
     html = render_template(
         "mobile/return.html",
         outcome=outcome,
         app_link=link,
-        try_app=bool(link) and not replaces_the_page(link) and not tried_already,
+        other_link=other_link,
+        try_app=bool(link) and not replaces_the_page(link) and not (tried_already or webview or problem),
+        webview=webview,
+        problem=problem,
         nonce=nonce,
         another_account=another_account,
     )

@@ -24,6 +24,7 @@ from models.time import utcnow
 from services import attempt_states
 from services.attempt_states import POLL_STATE
 from services.connections import upsert_connection
+from services.providers import SDK_ONLY_PROVIDERS
 from services.public_urls import public_url
 from terra_integration.client import TerraError, TerraUser, WidgetSession
 from terra_integration.signing import timed_serializer
@@ -162,15 +163,21 @@ def attempt_from_token(token: str | None) -> ConnectAttempt:
 def record_return(
     token: str | None, hint: AttemptHint, claimed_terra_user_id: str | None, claimed_resource: str | None = None
 ) -> ConnectAttempt:
-    """A browser came back from Terra to one of our return pages: note what it claims. A success
-    with no Terra user but a provider is an SDK-only provider (Terra sends no webhook for it): the
-    attempt ends at once as `sdk_required`, so the app can connect it through Terra's mobile SDK."""
+    """A browser came back from Terra to one of our return pages: note what it claims, as a hint.
+
+    One return ends the attempt at once: Terra's success redirect for an SDK-only provider, which
+    says `user_id=null` explicitly and is followed by no webhook; the attempt becomes `sdk_required`,
+    so the app can connect it through Terra's mobile SDK. Any other success return, one without a
+    user_id (a link opened without its query, a fallback that dropped it) included, leaves the
+    attempt pending for Terra's webhook or userInfo answer: ending it here could be contradicted by
+    the webhook a moment later, after the app has stopped at the first terminal state."""
     attempt = attempt_from_token(token)
-    if claimed_terra_user_id == "null":  # Terra writes a literal "null" when it has no value
+    says_no_user = claimed_terra_user_id == "null"  # Terra writes a literal "null" when it has no value
+    if says_no_user:
         claimed_terra_user_id = None
     record_hint(attempt, hint, terra_user_id=claimed_terra_user_id, resource=claimed_resource)
     resource = attempt.resource or attempt.requested_provider
-    if hint == AttemptHint.RETURNED_SUCCESS and claimed_terra_user_id is None and resource:
+    if hint == AttemptHint.RETURNED_SUCCESS and says_no_user and resource in SDK_ONLY_PROVIDERS:
         _transition(attempt, (AttemptStatus.PENDING,), status=AttemptStatus.SDK_REQUIRED, resource=resource)
     db.session.commit()
     return attempt

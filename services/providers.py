@@ -50,6 +50,12 @@ PROVIDERS = {
 }
 BADGE_TONES = 8  # static/style.css has a colour for each, .tone-0 to .tone-7
 
+# The providers Terra connects only through its mobile SDK (Apple Health, Samsung Health, Health
+# Connect): for them, and only them, Terra's widget sends the browser to the success URL with
+# `user_id=null` and no webhook follows (Terra's redirect docs, "Mobile-based integrations"). A
+# provider missing here that Terra makes SDK-only later just waits for its webhook or its expiry.
+SDK_ONLY_PROVIDERS = frozenset({"APPLE", "SAMSUNG", "HEALTH_CONNECT"})
+
 
 @dataclass(frozen=True)
 class ProviderLabel:

@@ -19,9 +19,19 @@ moves `received` → applied, recorded, ignored or failed (`EventOutcome`), once
   the events of one user of the host (all of its Terra users, the old and the new one of a
   re-authentication included) are applied one at a time, in the order they were recorded (the inbox
   id). Rows without a reference_id (an `s3_payload` before its download) are not ordered.
-- **Wake-up.** `InboxWorker` is a thread in each web worker process: the receiver wakes it as soon as
-  its row is committed, and it also looks every WEBHOOK_SWEEP_SECONDS for rows no wake-up announced
-  (recorded by another process, or left by a taker that died).
+- **Downloads.** An `s3_payload` row is a download first (payloads.py), which can take as long as
+  its deadline. So the rows are two queues in one table: `DOWNLOADS` (s3_payload rows, claimed one
+  at a time) and `EVENTS` (every other row), each with a taker of its own in each process. A
+  download in flight then holds no claim but its own row's, and no other event waits for it: the
+  events' taker goes on. The download's deadline (TERRA_PAYLOAD_TIMEOUT_SECONDS, for the whole
+  download) is shorter than the lease, which start-up checks, so its claim never runs out under
+  it and no second taker fetches the same payload. A download that failed in a way that may pass
+  leaves its row pending, claimable again only after a backoff (`inbox.apply_download`). Chosen
+  over a pool of download threads or a queue in memory: the row stays the job, so the lease, the
+  retries, a crash and several processes work as for any other row, with nothing new to lose.
+- **Wake-up.** `InboxWorker` is a thread per queue in each web worker process: the receiver wakes
+  them as soon as its row is committed, and they also look every WEBHOOK_SWEEP_SECONDS for rows no
+  wake-up announced (recorded by another process, or left by a taker that died).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from sqlalchemy import exists, func, literal_column, or_, select, update
 from sqlalchemy.orm import aliased
 
 from terra_integration import inbox
+from terra_integration.events import PING_TYPE
 from terra_integration.host import bound
 from terra_integration.models import TEXT_LENGTH, EventOutcome, utcnow
 from terra_integration.write_turns import write_turn
@@ -55,12 +66,16 @@ QUIET_SECONDS = 0.02
 LONGEST_WAIT_SECONDS = 0.25
 BACKLOG_LIMIT = 2000
 MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it is kept as failed
+# The queues (see above); None in `claim` and `drain`: both, as `flask terra work --until-empty` and
+# the tests take them.
+EVENTS, DOWNLOADS = "events", "downloads"
+THREAD_NAMES = {EVENTS: "terra-inbox-applier", DOWNLOADS: "terra-inbox-downloads"}  # InboxWorker's
 
 
-def claim(limit: int = BATCH_SIZE) -> list[int]:
-    """Claim up to `limit` pending rows, oldest first, at most one per reference_id (its oldest),
-    for one lease; commit, and return their ids. Rows whose takers gave up MAX_ATTEMPTS times are
-    marked failed on the way."""
+def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
+    """Claim up to `limit` pending rows of `queue`, oldest first, at most one per reference_id (its
+    oldest), for one lease; commit, and return their ids. Rows whose takers gave up MAX_ATTEMPTS
+    times are marked failed on the way."""
     integration = bound()
     session, model = integration.db.session, integration.host.webhook_event_model
     config = current_app.config
@@ -80,6 +95,10 @@ def claim(limit: int = BATCH_SIZE) -> list[int]:
         )
         .order_by(job.id)
     )
+    if queue is not None:
+        candidates = candidates.where(
+            job.event_type == PING_TYPE if queue == DOWNLOADS else job.event_type != PING_TYPE
+        )
     session.rollback()  # a fresh transaction, for the look and for the claim
     # A look first, which takes no lock: most wake-ups and sweeps find nothing, and on SQLite an
     # UPDATE takes the database's one write lock even when it changes no row.
@@ -139,13 +158,14 @@ def apply_claimed(ids: list[int]) -> None:
         inbox.apply_together(pending[start : start + APPLY_TOGETHER])
 
 
-def drain(before_each_claim: Callable[[], None] = lambda: None) -> int:
-    """Claim and apply until no row is left to claim; returns how many rows were claimed. Tests call
-    it to apply synchronously; `flask terra work` and `InboxWorker` call it when woken."""
+def drain(before_each_claim: Callable[[], None] = lambda: None, queue: str | None = None) -> int:
+    """Claim and apply the rows of `queue` (None: both) until none is left to claim; returns how many
+    rows were claimed. Tests call it to apply synchronously; `flask terra work` and `InboxWorker`
+    call it when woken."""
     total = 0
     while True:
         before_each_claim()
-        ids = claim()
+        ids = claim(1 if queue == DOWNLOADS else BATCH_SIZE, queue)
         if not ids:
             return total
         apply_claimed(ids)
@@ -153,16 +173,17 @@ def drain(before_each_claim: Callable[[], None] = lambda: None) -> int:
 
 
 class InboxWorker:
-    """The applier as a thread of this process: woken at once by the receiver's commits, and looking
-    for other rows every `sweep_seconds`. Started by `start()` (gunicorn's post_worker_init) or by
-    the first wake-up, never at import, nor in the `flask` command's processes unless asked."""
+    """The applier as threads of this process, one per queue (THREAD_NAMES): woken at once by the
+    receiver's commits, and looking for other rows every `sweep_seconds`. Started by `start()`
+    (gunicorn's post_worker_init) or by the first wake-up, never at import, nor in the `flask`
+    command's processes unless asked."""
 
     def __init__(self, app: Flask):
         self.app = app
-        self._wake = threading.Event()
+        self._wakes = {queue: threading.Event() for queue in THREAD_NAMES}
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._pid: int | None = None
 
     @property
@@ -170,42 +191,48 @@ class InboxWorker:
         return bool(self.app.config["WEBHOOK_APPLY_IN_PROCESS"])
 
     def start(self) -> None:
-        """Run the thread in this process, if the setting allows and it is not running yet."""
+        """Run the threads in this process, if the setting allows and they are not running yet."""
         if not self.enabled:
             return
         with self._lock:
-            # A thread object inherited across fork() is not running in the child: start anew.
-            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            # Thread objects inherited across fork() are not running in the child: start anew.
+            if self._threads and all(thread.is_alive() for thread in self._threads) and self._pid == os.getpid():
                 return
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="terra-inbox-applier", daemon=True)
+            self._threads = [
+                threading.Thread(target=self._run, args=(queue,), name=name, daemon=True)
+                for queue, name in THREAD_NAMES.items()
+            ]
             self._pid = os.getpid()
-            self._thread.start()
+            for thread in self._threads:
+                thread.start()
 
     def wake(self) -> None:
-        """A row was committed: apply it now (starting the thread on first use)."""
+        """A row was committed: apply it now (starting the threads on first use)."""
         if self.enabled:
             self.start()
-            self._wake.set()
+            for wake in self._wakes.values():
+                wake.set()
 
     def stop(self, timeout: float = 5) -> None:
-        """Let the thread finish the row it is applying and end (gunicorn's worker_exit)."""
+        """Let the threads finish the row each is applying and end (gunicorn's worker_exit)."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for wake in self._wakes.values():
+            wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
 
-    def _run(self) -> None:
-        sweep = self.app.config["WEBHOOK_SWEEP_SECONDS"]
+    def _run(self, queue: str) -> None:
+        sweep, wake = self.app.config["WEBHOOK_SWEEP_SECONDS"], self._wakes[queue]
         while not self._stop.is_set():
-            self._wake.clear()  # before draining: a commit during the drain wakes the next round
+            wake.clear()  # before draining: a commit during the drain wakes the next round
             try:
                 with self.app.app_context():
-                    drain(before_each_claim=self._let_deliveries_pass)
+                    drain(before_each_claim=self._let_deliveries_pass, queue=queue)
             except Exception:  # the database may be away: log, wait, and try again
-                self.app.logger.exception("the webhook applier failed; trying again in %s s", sweep)
+                self.app.logger.exception("the webhook applier (%s) failed; trying again in %s s", queue, sweep)
                 self._stop.wait(sweep)
-            self._wake.wait(sweep)
+            wake.wait(sweep)
 
     def _let_deliveries_pass(self) -> None:
         """Acknowledging comes first: while deliveries keep arriving in this process, wait for a pause
@@ -225,7 +252,7 @@ class InboxWorker:
 
 
 def start_in(app: object) -> None:
-    """Start the applier's thread in this process if `app` carries the integration (gunicorn's
+    """Start the applier's threads in this process if `app` carries the integration (gunicorn's
     post_worker_init hands it every app it serves)."""
     integration = getattr(app, "extensions", {}).get("terra_integration")
     if integration is not None:
@@ -233,7 +260,7 @@ def start_in(app: object) -> None:
 
 
 def stop_in(app: object) -> None:
-    """Let the applier's thread finish its row and end (gunicorn's worker_exit)."""
+    """Let the applier's threads finish their rows and end (gunicorn's worker_exit)."""
     integration = getattr(app, "extensions", {}).get("terra_integration")
     if integration is not None:
         integration.worker.stop()

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ProtocolError
@@ -401,34 +400,6 @@ class TerraClient:
                 f" ({_media_type(response) or 'no content type'})",
                 status=response.status_code,
             ) from None
-
-
-def download_payload(url: str, *, timeout: float, max_bytes: int, session: requests.Session | None = None) -> bytes:
-    """The body at an `s3_payload` event's pre-signed URL, read with a timeout and at most `max_bytes`.
-
-    A plain GET without our Terra credentials (the URL is the capability, and our API key must never
-    reach a storage host); redirects are not followed. Raises TerraError when it cannot be had.
-    """
-    if urlsplit(url).scheme not in ("https", "http"):
-        raise TerraRejected("the s3_payload url is not an http(s) URL")
-    try:
-        with (session or requests).get(url, timeout=timeout, stream=True, allow_redirects=False) as response:
-            if response.status_code != 200:
-                raise TerraRejected(
-                    f"downloading the s3_payload answered {response.status_code}", status=response.status_code
-                )
-            if int(response.headers.get("Content-Length") or 0) > max_bytes:
-                raise TerraRejected(f"the s3_payload is larger than {max_bytes} bytes")
-            body = bytearray()
-            for chunk in response.iter_content(64 * 1024):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise TerraRejected(f"the s3_payload is larger than {max_bytes} bytes")
-            return bytes(body)
-    except requests.Timeout:
-        raise TerraUnavailable(f"the s3_payload download did not finish within {timeout:g} s") from None
-    except requests.RequestException as error:
-        raise TerraUnavailable(f"the s3_payload could not be downloaded ({type(error).__name__})") from None
 
 
 def _error_for(response: requests.Response) -> TerraError:

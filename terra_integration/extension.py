@@ -74,8 +74,11 @@ SETTINGS: dict[str, tuple[Callable[[Any], None], Any]] = {
     "TERRA_LEGACY_WIDGET_URL": (_http_url, LIVE_LEGACY_WIDGET_URL),
     "TERRA_WIDGET_API": (_one_of("session", "legacy"), "session"),
     "TERRA_TIMEOUT_SECONDS": (_positive(float), 10.0),
-    "TERRA_PAYLOAD_TIMEOUT_SECONDS": (_positive(float), 5.0),
+    # s3_payload downloads (payloads.py): the whole download's time, shorter than the claim's lease.
+    "TERRA_PAYLOAD_TIMEOUT_SECONDS": (_positive(float), 15.0),
     "TERRA_PAYLOAD_MAX_BYTES": (_positive(int), 10 * 1024 * 1024),
+    # Plain http and loopback addresses for them too: development and tests only (a local sandbox).
+    "TERRA_PAYLOAD_ALLOW_LOOPBACK": (_flag, False),
     "WEBHOOK_MAX_BYTES": (_positive(int), 512 * 1024),
     "WEBHOOK_TOLERANCE_SECONDS": (_positive(int), 300),
     # Apply recorded events in a thread of each web worker process (applier.InboxWorker); False:
@@ -98,6 +101,11 @@ def check_settings(config: dict[str, Any]) -> None:
             check(config.get(key))
         except ValueError as problem:
             raise TerraSettingsError(f"{key} {problem}") from None
+    if config["TERRA_PAYLOAD_TIMEOUT_SECONDS"] >= config["WEBHOOK_CLAIM_LEASE_SECONDS"]:
+        raise TerraSettingsError(
+            "TERRA_PAYLOAD_TIMEOUT_SECONDS must be shorter than WEBHOOK_CLAIM_LEASE_SECONDS "
+            "(a download's claim must not run out while it downloads)"
+        )
 
 
 class TerraIntegration:

@@ -29,7 +29,6 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
 from terra_integration import signature
-from terra_integration.client import download_payload
 from terra_integration.events import (
     ACCOUNT_EVENT_KINDS,
     AUTH_FAILURE,
@@ -49,6 +48,7 @@ from terra_integration.models import (
     WebhookEventColumns,
     utcnow,
 )
+from terra_integration.payloads import PayloadUnavailable, download_payload
 from terra_integration.reference_ids import owner_of
 from terra_integration.write_turns import write_turn
 
@@ -140,18 +140,24 @@ def _unreadable_row(delivery: Delivery) -> dict:
 # lock timeout, a row another delivery just replaced); the next try sees the winner's rows.
 RACE_ERRORS = (IntegrityError, OperationalError, StaleDataError)
 APPLY_TRIES = 4
+# Claims of an s3_payload whose download may yet work: fewer than the applier's MAX_ATTEMPTS, so
+# that the last one's failure is kept as it is, not as an abandoned claim. Waits of 5, 10 and 20 s
+# between them: all within the 300 s Terra gives a payload URL.
+DOWNLOAD_TRIES = 4
+DOWNLOAD_BACKOFF_SECONDS = 5
 
 
-def apply_recorded(row: WebhookEventColumns) -> str:
+def apply_recorded(row: WebhookEventColumns, read: tuple[TerraEvent | None, Exception | None] | None = None) -> str:
     """Apply a recorded event from its row, note the outcome on it, commit, and return the outcome:
     the applier's job, and `flask webhooks replay`'s (again, which is safe because applying is
     idempotent).
 
     A try that lost a race (a unique constraint, a deadlock) is simply run again, each try in its
     own savepoint. Any other failure is kept on the row, and logged, for a later replay; the row
-    itself is committed either way.
+    itself is committed either way. `read`: the row's event as `_event_of` gave it, when the caller
+    has it already (an s3_payload's, downloaded).
     """
-    event, problem = _event_of(row)
+    event, problem = read or _event_of(row)
     with write_turn():
         outcome = _apply_and_note(row, event, problem)
         bound().db.session.commit()
@@ -160,8 +166,8 @@ def apply_recorded(row: WebhookEventColumns) -> str:
 
 def apply_together(rows: list[WebhookEventColumns]) -> None:
     """`apply_recorded` for several rows (of different users) in one transaction, each in its own
-    savepoint: one commit for them all. An s3_payload is applied alone, after them: its download
-    must not hold the transaction open."""
+    savepoint: one commit for them all. An s3_payload is applied alone, after them (`apply_download`):
+    its download must not hold the transaction open."""
     downloads = [row for row in rows if row.event_type == PING_TYPE]
     with write_turn():
         for row in rows:
@@ -169,7 +175,27 @@ def apply_together(rows: list[WebhookEventColumns]) -> None:
                 _apply_and_note(row, *_event_of(row))
         bound().db.session.commit()
     for row in downloads:
-        apply_recorded(row)
+        apply_download(row)
+
+
+def apply_download(row: WebhookEventColumns) -> str:
+    """An s3_payload's row, for the applier: download its data, then apply it as `apply_recorded`
+    does. A download that failed in a way that may pass (the deadline, the connection, a 5xx) leaves
+    the row pending, with the reason in `detail`, not to be claimed again before a backoff
+    (DOWNLOAD_BACKOFF_SECONDS, doubling) has passed; after DOWNLOAD_TRIES claims it is kept as
+    failed like any other failure. A refused URL fails at once: trying again cannot help."""
+    event, problem = _event_of(row)
+    if not isinstance(problem, PayloadUnavailable) or row.attempts >= DOWNLOAD_TRIES:
+        return apply_recorded(row, (event, problem))
+    wait = DOWNLOAD_BACKOFF_SECONDS * 2 ** (row.attempts - 1)
+    detail = f"download try {row.attempts} of {DOWNLOAD_TRIES}: {problem}; next in {wait:g} s"[:TEXT_LENGTH]
+    current_app.logger.warning("webhook event %s: %s; trying again in %g s", row.id, problem, wait)
+    session = bound().db.session
+    session.rollback()  # what was read above ends here: the write is its transaction's first statement (`_hold`)
+    with write_turn():
+        row.claimed_until, row.detail = utcnow() + timedelta(seconds=wait), detail
+        session.commit()
+    return EventOutcome.RECEIVED
 
 
 def _event_of(row: WebhookEventColumns) -> tuple[TerraEvent | None, Exception | None]:
@@ -209,9 +235,10 @@ def _hold(row: WebhookEventColumns) -> None:
 
 
 def _downloaded(row: WebhookEventColumns, ping: TerraEvent) -> TerraEvent:
-    """The data event an `s3_payload` points at, fetched (timeout, size limit) and parsed as if it
-    had arrived inline. The row's claim is renewed and committed first: no transaction stays open, and
-    no write turn is held, across the download."""
+    """The data event an `s3_payload` points at, fetched (payloads.py: a checked address, a total
+    deadline shorter than the claim's lease, a size limit) and parsed as if it had arrived inline.
+    The row's claim is renewed and committed first: no transaction stays open, and no write turn is
+    held, across the download, and the lease outlasts it."""
     with write_turn():
         _hold(row)
         bound().db.session.commit()
@@ -221,8 +248,9 @@ def _downloaded(row: WebhookEventColumns, ping: TerraEvent) -> TerraEvent:
     event = parse_event(
         download_payload(
             ping.download_url,
-            timeout=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
+            deadline=config["TERRA_PAYLOAD_TIMEOUT_SECONDS"],
             max_bytes=config["TERRA_PAYLOAD_MAX_BYTES"],
+            allow_loopback=config["TERRA_PAYLOAD_ALLOW_LOOPBACK"],
         )
     )
     if event.type == PING_TYPE:

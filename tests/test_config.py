@@ -299,6 +299,7 @@ BAD_VALUES = {
     "TERRA_TIMEOUT_SECONDS": ("ten", {}),
     "TERRA_PAYLOAD_TIMEOUT_SECONDS": ("0", {}),
     "TERRA_PAYLOAD_MAX_BYTES": ("10MB", {}),
+    "TERRA_PAYLOAD_ALLOW_LOOPBACK": ("true", PRODUCTION),  # production fetches only public https addresses
     "WEBHOOK_MAX_BYTES": ("lots", {}),
     "WEBHOOK_TOLERANCE_SECONDS": ("5m", {}),
     "WEBHOOK_APPLY_IN_PROCESS": ("sometimes", {}),
@@ -379,6 +380,21 @@ def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name):
     if name in SECRETS:
         assert SECRETS[name] not in str(refused.value)
     assert "Traceback" not in str(refused.value) and "pydantic" not in str(refused.value)
+
+
+@pytest.mark.sandbox
+def test_a_payload_download_must_end_before_its_claim_runs_out(tmp_path):
+    with pytest.raises(ConfigError, match="TERRA_PAYLOAD_TIMEOUT_SECONDS must be shorter than WEBHOOK_CLAIM_LEASE"):
+        started_config(tmp_path, TERRA_PAYLOAD_TIMEOUT_SECONDS="60", WEBHOOK_CLAIM_LEASE_SECONDS="60")
+    assert started_config(tmp_path, TERRA_PAYLOAD_TIMEOUT_SECONDS="59")["TERRA_PAYLOAD_TIMEOUT_SECONDS"] == 59
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize(
+    "environ, allowed", [({}, True), ({"TERRA_PAYLOAD_ALLOW_LOOPBACK": "false"}, False), (PRODUCTION, False)]
+)
+def test_payloads_come_from_loopback_only_outside_production(tmp_path, environ, allowed):
+    assert started_config(tmp_path, **environ)["TERRA_PAYLOAD_ALLOW_LOOPBACK"] is allowed
 
 
 # == the entry points: the same settings for `flask`, gunicorn and `flask run` ==========================

@@ -21,6 +21,7 @@ from services.providers import provider_label
 from tests.conftest import Browser, wait_for
 from tests.helpers import finish_widget, lose_webhooks, token_of
 from tests.test_faults import terra_headers
+from tests.test_mobile_return import ANDROID_WEBVIEW, FACEBOOK_IOS
 from tests.test_sandbox import deliveries_finished
 
 
@@ -458,3 +459,10 @@ def test_a_provider_or_reason_terra_adds_later_is_shown_in_words_not_as_a_code()
     assert reason_text("access_revoked") == "Access was withdrawn in the provider's own settings."
     assert reason_text("invalid_credentials") == "Invalid credentials."
     assert reason_text(None) == ""
+
+
+def test_the_connect_button_warns_a_webview_that_providers_refuse_it(signed_in):
+    for agent in (ANDROID_WEBVIEW, FACEBOOK_IOS):
+        page = " ".join(signed_in.get("/connections", headers={"User-Agent": agent}).text.split())
+        assert 'id="open-in-browser"' in page and "Open it in your browser" in page
+    assert 'id="open-in-browser"' not in signed_in.get("/connections").text  # a browser is not warned

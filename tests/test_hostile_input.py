@@ -1008,7 +1008,8 @@ def test_mobile_return_links_come_only_from_configuration(app, client, world, pa
 
 
 # Every query parameter the return pages read; no other name may change what they answer.
-PAGE_PARAMETERS = {"attempt", "tried", "user_id", "resource"}
+PAGE_PARAMETERS = {"attempt", "tried", "user_id", "resource", "reference_id"}  # reference_id: only handed back to
+# the page itself, in Chrome's intent fallback, with Terra's other parameters
 # Names a redirect target is often looked for under (REDIRECT_PARAMS has six more).
 REDIRECT_NAMES = [
     "redirect",

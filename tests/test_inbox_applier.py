@@ -255,7 +255,13 @@ def test_an_event_being_applied_when_gunicorn_is_killed_is_applied_after_a_resta
     ).encode()
     storage = ThreadingHTTPServer(("127.0.0.1", 0), HangingStorage)
     threading.Thread(target=storage.serve_forever, daemon=True).start()
-    settings = {"WEBHOOK_CLAIM_LEASE_SECONDS": "2", "WEBHOOK_SWEEP_SECONDS": "0.5"}
+    # The download's deadline is shorter than the lease (start-up insists); whether it passes before
+    # the kill or not, the row is left pending with one try counted.
+    settings = {
+        "WEBHOOK_CLAIM_LEASE_SECONDS": "2",
+        "TERRA_PAYLOAD_TIMEOUT_SECONDS": "1.5",
+        "WEBHOOK_SWEEP_SECONDS": "0.5",
+    }
     pid_file = tmp_path / "gunicorn.pid"
     try:
         url = start_gunicorn(**settings, GUNICORN_CMD_ARGS=f"--pid {pid_file}")

@@ -126,9 +126,14 @@ def test_the_way_back_to_the_app(chromium, clients, device, mode, configuration,
         assert "/sandbox/widget/" in page.url  # no page in between: the app took the redirect
     caught = catcher.caught[0]
     assert caught.startswith(link.split("#")[0])  # a request's URL has no fragment
-    if link.startswith("intent:"):  # Chrome comes back to the page if it cannot open the app
+    if link.startswith("intent:"):  # Chrome comes back to the page, Terra's query and all, if it cannot open the app
         fallback = urlsplit(unquote(href.split("S.browser_fallback_url=")[1].split(";")[0]))
-        assert (fallback.path, parse_qs(fallback.query)) == (urlsplit(page.url).path, {"tried": ["1"]})
+        returned = urlsplit(page.url)
+        assert {"user_id", "resource", "reference_id"} <= set(parse_qs(returned.query))
+        assert (fallback.path, parse_qs(fallback.query)) == (
+            returned.path,
+            {**parse_qs(returned.query), "tried": ["1"]},
+        )
     if mode == "app":
         assert "attempt_id" not in caught and "reference_id=" in caught  # Terra's parameters, appended
     catcher.stop()

@@ -10,12 +10,16 @@ from playwright.sync_api import sync_playwright
 
 from app import create_app
 from config import ConfigError, load_config
+from extensions import db
 from mobile_redirects.deep_links import app_link as build_app_link
 from mobile_redirects.deep_links import direct_link
+from models import ConnectAttempt, User
 from services.attempts import attempt_token
-from tests.helpers import create_attempt, create_user
+from tests.helpers import auth_event, create_attempt, create_user, deliver, lose_webhooks, post_event, terra_user
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_config import PRODUCTION
+from tools.mobile_client import AppLinkCatcher, MobileClient
+from tools.mobile_client import finish_widget as finish_in_browser
 
 ANDROID = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/131.0 Mobile Safari/537.36"
 IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Version/18.0 Mobile/15E148"
@@ -56,9 +60,6 @@ def test_return_page_records_the_hint_and_offers_the_app(client, app, attempt):
     assert app_link(response) == f"com.example.terraconnect://connect/success?attempt_id={attempt_id}"
     assert "window.location.replace" in response.get_data(as_text=True) and b"Almost done" in response.data
     with app.app_context():
-        from extensions import db
-        from models import ConnectAttempt
-
         row = db.session.get(ConnectAttempt, attempt_id)
         assert (row.hint, row.redirect_terra_user_id, row.status) == ("returned_success", "terra-user-1", "pending")
 
@@ -92,13 +93,17 @@ def test_return_page_headers(client, attempt):
 def test_android_gets_an_intent_url_with_a_fallback_to_this_page(client, app, attempt):
     app.config["ANDROID_PACKAGE_NAME"] = "com.example.terraconnect"
     attempt_id, token = attempt
-    link = app_link(return_page(client, token, agent=ANDROID))
+    link = app_link(return_page(client, token, agent=ANDROID, **TERRAS_QUERY))
     assert link.startswith(f"intent://connect/success?attempt_id={attempt_id}#Intent;")
     assert ";scheme=com.example.terraconnect;" in f";{link.split('#Intent;')[1]}"
     assert "package=com.example.terraconnect;" in link and link.endswith(";end")
     fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", link).group(1))
     assert urlsplit(fallback).path == f"/mobile/return/success/{token}"
-    assert parse_qs(urlsplit(fallback).query) == {"tried": ["1"]}
+    # Terra's query comes back with it: the page must read the same answer the second time.
+    assert parse_qs(urlsplit(fallback).query) == {**{k: [v] for k, v in TERRAS_QUERY.items()}, "tried": ["1"]}
+
+
+TERRAS_QUERY = {"user_id": "terra-user-1", "resource": "GARMIN", "reference_id": "ref-1"}
 
 
 def test_after_the_fallback_the_page_does_not_try_again_but_keeps_the_link(client, attempt):
@@ -140,9 +145,6 @@ BOTH_RETURN_PAGES = ["/connect/return/success", "/mobile/return/success"]
 
 def stored_hint(app, attempt_id):
     with app.app_context():
-        from extensions import db
-        from models import ConnectAttempt
-
         row = db.session.get(ConnectAttempt, attempt_id)
         return row.hint, row.redirect_terra_user_id, row.status
 
@@ -174,6 +176,112 @@ def test_another_signed_in_account_is_told_the_link_is_not_theirs(client, app, a
         assert app_link(response) == f"com.example.terraconnect://connect/success?attempt_id={attempt_id}"
     # The hint is advisory: recorded whoever holds the token, it decides nothing.
     assert stored_hint(app, attempt_id) == ("returned_success", "terra-user-1", "pending")
+
+
+@pytest.mark.parametrize("page", BOTH_RETURN_PAGES)
+@pytest.mark.parametrize(
+    "requested, query, status",
+    [
+        pytest.param("GARMIN", {}, "pending", id="Garmin, the link opened without its query"),
+        pytest.param("GARMIN", {"tried": "1"}, "pending", id="Garmin, a fallback that dropped the query"),
+        pytest.param("GARMIN", {"user_id": "null", "resource": "GARMIN"}, "pending", id="Garmin, user_id=null"),
+        pytest.param("APPLE", {"resource": "APPLE"}, "pending", id="Apple Health, no user_id (not null)"),
+        # The provider the attempt asked for stands in for a resource the redirect does not name.
+        pytest.param("APPLE", {"user_id": "null"}, "sdk_required", id="Apple Health asked, user_id=null"),
+        pytest.param(None, {"user_id": "null", "resource": "SAMSUNG"}, "sdk_required", id="Samsung Health picked"),
+    ],
+)
+def test_only_terras_null_user_for_an_sdk_only_provider_ends_the_attempt_on_return(
+    client, app, page, requested, query, status
+):
+    """A success return is a hint. It ends an attempt only as Terra's widget answers for Apple Health,
+    Samsung Health and Health Connect (`user_id=null`, no webhook to follow); a return without
+    Terra's query, or naming a provider that has webhooks, waits for Terra's word."""
+    with app.app_context():
+        attempt = create_attempt(create_user(), channel="mobile", return_mode="page", requested_provider=requested)
+        with app.test_request_context():
+            attempt_id, token = attempt.id, attempt_token(attempt)
+    assert client.get(f"{page}/{token}", query_string=query).status_code == 200
+    assert stored_hint(app, attempt_id) == ("returned_success", None, status)
+
+
+@pytest.mark.parametrize("page", BOTH_RETURN_PAGES)
+@pytest.mark.parametrize("query", [{}, {"tried": "1"}], ids=["without its query", "the old fallback's"])
+def test_garmin_returning_without_its_user_stays_pending_until_the_webhook_says_connected(client, app, page, query):
+    with app.app_context():
+        user = create_user()
+        attempt = create_attempt(user, channel="mobile", return_mode="page", requested_provider="GARMIN")
+        with app.test_request_context():
+            attempt_id, token = attempt.id, attempt_token(attempt)
+        auth = auth_event(user, terra_user(user, "tu-garmin"), attempt.terra_session_id)
+    assert client.get(f"{page}/{token}", query_string=query, headers={"User-Agent": ANDROID}).status_code == 200
+    assert stored_hint(app, attempt_id) == ("returned_success", None, "pending")
+    deliver(client, auth, secret=app.config["TERRA_SIGNING_SECRET"])
+    assert stored_hint(app, attempt_id)[2] == "connected"
+
+
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda app, token: token, id="expired"),
+        pytest.param(lambda app, token: token[:-2] + ("AA" if not token.endswith("AA") else "BB"), id="forged"),
+        pytest.param(lambda app, token: "not-a-token", id="garbage"),
+    ],
+)
+@pytest.mark.parametrize(
+    "agent, scheme_link",
+    [(IPHONE, "com.example.terraconnect://connect/{outcome}"), (ANDROID, "intent://connect/{outcome}#Intent;")],
+)
+def test_an_invalid_return_link_still_leads_back_into_the_app(
+    client, app, attempt, make_token, outcome, agent, scheme_link
+):
+    """In the in-app browser a dead link must not be a dead end: a 404 that says what happened and
+    offers every configured way back to the app (which asks the API where its connection stands),
+    naming no attempt and trying none by itself."""
+    app.config["ATTEMPT_TOKEN_MAX_AGE"] = -1  # every token is past its age, the genuine one too
+    app.config["MOBILE_UNIVERSAL_LINK_BASE"] = "https://links.example.com/terra"
+    response = return_page(client, make_token(app, attempt[1]), outcome=outcome, agent=agent)
+    text = response.get_data(as_text=True)
+    assert response.status_code == 404 and "This link no longer works" in text and "not valid" in text
+    assert app_link(response).startswith(scheme_link.format(outcome=outcome))
+    assert f'id="return-to-app-link" href="https://links.example.com/terra/connect/{outcome}"' in text
+    assert "window.location.replace" not in text and "attempt_id" not in text
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+ANDROID_WEBVIEW = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/AP1A.240505.005; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Version/4.0 Chrome/131.0.6778.39 Mobile Safari/537.36"
+)
+FACEBOOK_IOS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 "
+    "[FBAN/FBIOS;FBAV/480.0.0.40.109;FBBV/654321;FBDV/iPhone15,2;FBMD/iPhone;FBSN/iOS;FBSV/18.0;FBSS/3;FBCR/;FBID/phone;FBLC/en_US;FBOP/5]"
+)
+INSTAGRAM_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Version/4.0 Chrome/131.0.6778.39 Mobile Safari/537.36 Instagram 357.0.0.25.101 Android"
+)
+
+
+@pytest.mark.parametrize(
+    "agent", [ANDROID_WEBVIEW, FACEBOOK_IOS, INSTAGRAM_ANDROID], ids=["Android WebView", "Facebook", "Instagram"]
+)
+@pytest.mark.parametrize("page", ["return page", "universal link page"])
+def test_a_webview_is_not_sent_to_the_app_by_itself_and_is_told_to_open_the_browser(
+    client, attempt, tmp_path, agent, page
+):
+    if page == "return page":
+        response = return_page(client, attempt[1], agent=agent)
+    else:
+        links_host = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE=LINKS, MOBILE_APP_SCHEME="com.example.app")
+        response = links_host.test_client().get(
+            "/terra/connect/success", headers={"User-Agent": agent}, base_url="https://links.example.com"
+        )
+    text = " ".join(response.get_data(as_text=True).split())
+    assert response.status_code == 200 and app_link(response)  # the link stays, for a tap
+    assert "window.location.replace" not in text
+    assert 'id="open-in-browser"' in text and "open this page in your browser" in text
 
 
 def test_deep_links_carry_only_the_attempt_and_the_outcome():
@@ -380,6 +488,21 @@ def test_the_universal_link_paths_have_a_page(tmp_path):
     assert client.get("/connect/success").status_code == 404  # only under the base path
 
 
+def test_in_app_mode_the_universal_link_pages_fallback_keeps_terras_query(tmp_path):
+    """App mode, an https callback the app did not catch: Terra's redirect lands on the links host's
+    page, whose intent link must come back with Terra's query too."""
+    app = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE=LINKS, MOBILE_APP_SCHEME="com.example.app")
+    response = app.test_client().get(
+        "/terra/connect/success",
+        query_string=TERRAS_QUERY,
+        headers={"User-Agent": ANDROID},
+        base_url="https://links.example.com",
+    )
+    fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", app_link(response)).group(1))
+    assert fallback.startswith(f"{LINKS}/connect/success?")
+    assert parse_qs(urlsplit(fallback).query) == {**{k: [v] for k, v in TERRAS_QUERY.items()}, "tried": ["1"]}
+
+
 def test_the_universal_link_page_without_a_scheme_still_says_what_to_do(tmp_path):
     app = configured_app(tmp_path, MOBILE_UNIVERSAL_LINK_BASE="https://links.example.com")
     response = app.test_client().get("/connect/success", headers={"User-Agent": IPHONE})
@@ -458,3 +581,44 @@ def test_return_page_sends_chromium_to_the_deep_link_and_shows_the_link(live_ser
         assert link.get_attribute("href") == expected
         assert link.inner_text() == "Return to app"
         browser.close()
+
+
+@pytest.mark.browser
+def test_chrome_on_android_comes_back_through_the_fallback_with_terras_query(start_live_server):
+    """Page mode, `callback: scheme`, in Chromium as a Pixel: the intent link's fallback (where Chrome
+    goes when it cannot open the app) carries Terra's query, and a Garmin attempt followed back
+    through it stays pending until Terra's webhook says connected."""
+    server = start_live_server(ANDROID_PACKAGE_NAME="com.example.terraconnect")
+    lose_webhooks(server.app.config)  # Terra's word arrives when the test sends it
+    mobile = MobileClient(server.url, say=lambda _: None)
+    mobile.register("ada@example.com", "correct horse battery")
+    mobile.sign_in("ada@example.com", "correct horse battery")
+    attempt = mobile.start_attempt("page", ["GARMIN"], "scheme")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        pixel = {key: value for key, value in playwright.devices["Pixel 7"].items() if key != "default_browser_type"}
+        page = browser.new_context(**pixel).new_page()
+        catcher = AppLinkCatcher(page, "com.example.terraconnect:", "intent:")
+        finish_in_browser(page, attempt["url"], "GARMIN", "ada-garmin", "allow")
+        page.wait_for_url("**/mobile/return/success/**", wait_until="commit")
+        assert catcher.wait_for_link().startswith("intent://")
+        terras = parse_qs(urlsplit(page.url).query)
+        assert {"user_id", "resource", "reference_id"} <= set(terras)
+        href = page.locator("#return-to-app").get_attribute("href")
+        fallback = unquote(re.search(r"S\.browser_fallback_url=([^;]+);", href).group(1))
+        assert (urlsplit(fallback).path, parse_qs(urlsplit(fallback).query)) == (
+            urlsplit(page.url).path,
+            {**terras, "tried": ["1"]},
+        )
+        page.goto(fallback)  # what Chrome does when no app takes the intent
+        assert page.locator("#return-to-app").is_visible()
+        browser.close()
+    state = mobile.http.get(f"{server.url}/api/v1/connect-attempts/{attempt['attempt_id']}", timeout=10).json()
+    assert (state["status"], state["terminal"], state["hint"]) == ("pending", False, "returned_success")
+
+    with server.app.app_context():
+        row = db.session.get(ConnectAttempt, attempt["attempt_id"])
+        owner = db.session.get(User, row.user_id)
+        auth = auth_event(owner, terra_user(owner, terras["user_id"][0]), row.terra_session_id)
+    assert post_event(server.url, server.app.config["TERRA_SIGNING_SECRET"], auth) == 200
+    assert mobile.poll_until_final(attempt["attempt_id"], deadline_seconds=30)["status"] == "connected"

@@ -51,6 +51,8 @@ BAD_SETTINGS = [
     ("TERRA_TIMEOUT_SECONDS", "ten", "must be a positive number"),
     ("TERRA_PAYLOAD_TIMEOUT_SECONDS", 0, "must be a positive number"),
     ("TERRA_PAYLOAD_MAX_BYTES", 1.5, "must be a positive whole number"),
+    ("TERRA_PAYLOAD_TIMEOUT_SECONDS", 60, "must be shorter than WEBHOOK_CLAIM_LEASE_SECONDS"),
+    ("TERRA_PAYLOAD_ALLOW_LOOPBACK", "yes", "must be true or false"),
     ("WEBHOOK_MAX_BYTES", True, "must be a positive whole number"),
     ("WEBHOOK_TOLERANCE_SECONDS", -1, "must be a positive whole number"),
     ("WEBHOOK_APPLY_IN_PROCESS", "yes", "must be true or false"),
