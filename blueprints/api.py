@@ -14,12 +14,21 @@ from authlib.integrations.flask_oauth2 import current_token
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.datastructures import ETags
 
-from blueprints.connect import connect_rate_limit
+from blueprints.connect import connect_rate_limit, data_request_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
-from models import AttemptStatus, ConnectAttempt, Connection, User
+from models import AttemptStatus, ConnectAttempt, Connection, DataRequestStatus, User
 from models.connect_attempt import ATTEMPT_ID, attempt_dict
-from services import accounts, api_tokens, attempts, connection_data, connections, long_poll, reconciliation
+from services import (
+    accounts,
+    api_tokens,
+    attempts,
+    connection_data,
+    connections,
+    data_requests,
+    long_poll,
+    reconciliation,
+)
 from services.api_tokens import require_token
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
@@ -334,6 +343,30 @@ def connection_summary(connection_id: int):
     except connections.ConnectionNotFound as error:
         raise ApiError(404, "not_found", str(error)) from None
     return jsonify(connection_data.summary(connection))
+
+
+# -- history asked of Terra ------------------------------------------------------------------
+
+
+@bp.post("/connections/<int:connection_id>/data-requests")
+@require_token()
+@data_request_rate_limit(caller_id)
+def create_data_request(connection_id: int):
+    """Ask Terra for the connection's last `days` days (`types`: some of daily, activity, sleep, body);
+    202: the data arrives by webhook. The answer says where the request stands (sent, or throttled
+    until `retry_at`), as the connection's summary does later; 502 when Terra did not take it."""
+    data = json_body()
+    try:
+        connection = connections.owned_connection(caller_id(), connection_id)
+        days, types = data_requests.check_request(data.get("days"), data.get("types"))
+        request_row = data_requests.ask_for_history(connection, days, types, terra.client)
+    except connections.ConnectionNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    except data_requests.InvalidDataRequest as error:
+        raise ApiError(409 if error.code == "connection_revoked" else 400, error.code, str(error)) from None
+    if request_row.status == DataRequestStatus.FAILED:
+        raise ApiError(502, "data_request_failed", request_row.detail or "Terra did not take the request")
+    return jsonify(request_row.to_dict()), 202
 
 
 # -- the API's own description --------------------------------------------------------------

@@ -10,7 +10,8 @@ Modules: `api` (Terra's REST and widget-session endpoints), `widget` (the hosted
 automation endpoint), `flows` (what a decision in the widget does), `user_events` (what happens to a
 connected user later), `events` (webhook bodies), `delivery` (signed webhooks with retries), `faults`
 (switchable failures of Terra's endpoints and of webhook delivery), `traffic` (a record of what the
-sandbox received and sent), `console` (a page listing sandbox users), `providers` (the catalogue),
+sandbox received and sent), `data_requests` (Terra's data endpoints and their rate limits),
+`console` (a page listing sandbox users), `providers` (the catalogue),
 `payloads` (ping-mode downloads), `models` (the sandbox's tables), `settings` (its settings).
 """
 
@@ -44,7 +45,7 @@ def init_sandbox(app: Flask, environ: Mapping[str, str]) -> None:
     if app.config["TERRA_MODE"] != "sandbox":
         return
     from config import read_settings
-    from sandbox import api, console, payloads, widget  # noqa: F401  (each adds its routes to the blueprint)
+    from sandbox import api, console, data_requests, payloads, widget  # noqa: F401  (each adds its routes to the blueprint)
     from sandbox.blueprint import URL_PREFIX, bp
     from sandbox.settings import SandboxSettings
     from sandbox.traffic import install
