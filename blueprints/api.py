@@ -354,7 +354,8 @@ def connection_summary(connection_id: int):
 def create_data_request(connection_id: int):
     """Ask Terra for the connection's last `days` days (`types`: some of daily, activity, sleep, body);
     202: the data arrives by webhook. The answer says where the request stands (sent, or throttled
-    until `retry_at`), as the connection's summary does later; 502 when Terra did not take it."""
+    until `retry_at`), as the connection's summary does later; 409 when Terra refused it, 502 when
+    Terra could not be asked."""
     data = json_body()
     try:
         connection = connections.owned_connection(caller_id(), connection_id)
@@ -365,7 +366,9 @@ def create_data_request(connection_id: int):
     except data_requests.InvalidDataRequest as error:
         raise ApiError(409 if error.code == "connection_revoked" else 400, error.code, str(error)) from None
     if request_row.status == DataRequestStatus.FAILED:
-        raise ApiError(502, "data_request_failed", request_row.detail or "Terra did not take the request")
+        if request_row.terra_status and 400 <= request_row.terra_status < 500:  # Terra answered: it refused
+            raise ApiError(409, "data_request_refused", request_row.detail)
+        raise ApiError(502, "data_request_failed", request_row.detail)
     return jsonify(request_row.to_dict()), 202
 
 

@@ -32,6 +32,7 @@ class DataRequest(db.Model):
     status: Mapped[str] = mapped_column(String(16), default=DataRequestStatus.PENDING)
     retry_at: Mapped[datetime | None]  # when throttled: Terra's Retry-After from the 429
     detail: Mapped[str | None] = mapped_column(String(255))
+    terra_status: Mapped[int | None]  # when failed: Terra's HTTP status if it answered (4xx: it refused)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -74,7 +74,7 @@ def ask_for_history(connection: Connection, days: int, types: list[str], client:
 def send(request: DataRequest, client: TerraClient) -> DataRequest:
     """Ask Terra for the request's types not yet accepted, in order, until Terra throttles or refuses."""
     connection = db.session.get(Connection, request.connection_id)
-    request.status, request.retry_at, request.detail = DataRequestStatus.PENDING, None, None
+    request.status, request.retry_at, request.detail, request.terra_status = DataRequestStatus.PENDING, None, None, None
     for kind in request.type_list:
         if kind in request.sent_list:
             continue
@@ -92,7 +92,7 @@ def send(request: DataRequest, client: TerraClient) -> DataRequest:
             request.detail = f"Terra's hourly limit of requested days is reached; {kind} onwards waits ({error})"[:255]
             break
         except TerraError as error:
-            request.status = DataRequestStatus.FAILED
+            request.status, request.terra_status = DataRequestStatus.FAILED, error.status
             request.detail = f"Terra did not take the {kind} request: {error}"[:255]
             break
         request.sent_types = ",".join([*request.sent_list, kind])

@@ -29,6 +29,7 @@ def upgrade():
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("retry_at", sa.DateTime(), nullable=True),
         sa.Column("detail", sa.String(length=255), nullable=True),
+        sa.Column("terra_status", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
