@@ -182,6 +182,7 @@ BAD_VALUES = {
     "LOGIN_RATE_LIMIT": ("plenty", {}),
     "REGISTER_RATE_LIMIT": ("10 per fortnight", {}),
     "CONNECT_RATE_LIMIT": ("ten a minute", {}),
+    "DATA_REQUEST_RATE_LIMIT": ("5 per aeon", {}),
     "STATUS_RATE_LIMIT": ("120/parsec", {}),
     "TRUSTED_PROXY_COUNT": ("-1", {}),
     "API_TOKEN_LIFETIME_SECONDS": ("0", {}),
@@ -231,6 +232,9 @@ BAD_VALUES = {
     "SANDBOX_RETRY_AFTER_SECONDS": ("1.5", {}),
     "SANDBOX_LATE_SECONDS": ("later", {}),
     "SANDBOX_REORDER_WINDOW_SECONDS": ("2s", {}),
+    "SANDBOX_DATA_MAX_SPAN_DAYS": ("-1", {}),
+    "SANDBOX_DATA_HOURLY_DAYS": ("6k", {}),
+    "SANDBOX_HISTORY_DAYS": ("ninety", {}),
 }
 # Any text is a valid secret: these have no bad value.
 FREE_FORM = {"SECRET_KEY_FALLBACKS", "SANDBOX_SIGNING_SECRET"}
