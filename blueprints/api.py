@@ -17,19 +17,12 @@ from werkzeug.datastructures import ETags
 from blueprints.connect import connect_rate_limit, data_request_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
-from models import AttemptStatus, ConnectAttempt, Connection, DataRequestStatus, User
+from models import AttemptStatus, ConnectAttempt, Connection, User
 from models.connect_attempt import ATTEMPT_ID, attempt_dict
-from services import (
-    accounts,
-    api_tokens,
-    attempts,
-    connection_data,
-    connections,
-    data_requests,
-    long_poll,
-    reconciliation,
-)
+from models.data_request import DataRequestStatus
+from services import accounts, api_tokens, attempts, connection_data, connections, long_poll, reconciliation
 from services.api_tokens import require_token
+from services.data_requests import InvalidDataRequest, ask_for_history, check_request
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
 from terra_integration.client import TerraError
@@ -359,11 +352,11 @@ def create_data_request(connection_id: int):
     data = json_body()
     try:
         connection = connections.owned_connection(caller_id(), connection_id)
-        days, types = data_requests.check_request(data.get("days"), data.get("types"))
-        request_row = data_requests.ask_for_history(connection, days, types, terra.client)
+        days, types = check_request(data.get("days"), data.get("types"))
+        request_row = ask_for_history(connection, days, types, terra.client)
     except connections.ConnectionNotFound as error:
         raise ApiError(404, "not_found", str(error)) from None
-    except data_requests.InvalidDataRequest as error:
+    except InvalidDataRequest as error:
         raise ApiError(409 if error.code == "connection_revoked" else 400, error.code, str(error)) from None
     if request_row.status == DataRequestStatus.FAILED:
         if request_row.terra_status and 400 <= request_row.terra_status < 500:  # Terra answered: it refused
