@@ -211,3 +211,16 @@ def test_the_client_says_which_of_terras_limits_refused_a_request(live_server):
     assert throttled.value.rate_limit_rule == "r2" and 0 < throttled.value.retry_after <= 3600
     with pytest.raises(ValueError, match="1825"):
         request_history(client, **asked | {"start_date": today - timedelta(days=1826)})
+
+
+@pytest.mark.parametrize("fault", ["malformed", "5xx"])
+def test_an_answer_terra_did_not_give_as_documented_is_a_failed_request_and_nothing_is_sent(live_server, fault):
+    mobile = register_and_sign_in(live_server)
+    connection = connect_a_device(live_server, mobile)["connection"]
+    live_server.app.config["SANDBOX_FAULTS"] = [fault]
+    failed = ask(mobile, connection["id"], {"days": 30}, 502)["error"]
+    assert failed["code"] == "data_request_failed" and "daily" in failed["message"]
+    live_server.app.config["SANDBOX_FAULTS"] = []
+    stored = expect(mobile.call("GET", f"/connections/{connection['id']}/summary"), 200)["latest_data_request"]
+    assert (stored["status"], stored["sent_types"]) == ("failed", [])
+    assert "Asked again for 0" in live_server.app.test_cli_runner().invoke(args=["terra", "send-data-requests"]).output
