@@ -75,6 +75,10 @@ def send(request: DataRequest, client: TerraClient) -> DataRequest:
     """Ask Terra for the request's types not yet accepted, in order, until Terra throttles or refuses."""
     connection = db.session.get(Connection, request.connection_id)
     request.status, request.retry_at, request.detail, request.terra_status = DataRequestStatus.PENDING, None, None, None
+    if connection.status == ConnectionStatus.REVOKED:  # ended while the request waited: Terra sends nothing
+        request.status, request.detail = DataRequestStatus.FAILED, "the connection ended before Terra was asked"
+        db.session.commit()
+        return request
     for kind in request.type_list:
         if kind in request.sent_list:
             continue

@@ -224,3 +224,17 @@ def test_an_answer_terra_did_not_give_as_documented_is_a_failed_request_and_noth
     stored = expect(mobile.call("GET", f"/connections/{connection['id']}/summary"), 200)["latest_data_request"]
     assert (stored["status"], stored["sent_types"]) == ("failed", [])
     assert "Asked again for 0" in live_server.app.test_cli_runner().invoke(args=["terra", "send-data-requests"]).output
+
+
+def test_a_throttled_request_of_a_connection_that_ended_meanwhile_is_not_asked_again(live_server, advance_clock):
+    mobile = register_and_sign_in(live_server)
+    connection = connect_a_device(live_server, mobile)["connection"]
+    live_server.app.config["SANDBOX_FAULTS"] = ["429"]  # Terra's 429 with Retry-After: 1, for every call
+    asked = ask(mobile, connection["id"], {"days": 30})
+    assert (asked["status"], asked["sent_types"]) == ("throttled", [])
+    live_server.app.config["SANDBOX_FAULTS"] = []
+    expect(mobile.call("DELETE", f"/connections/{connection['id']}"), 200)
+    advance_clock(2)
+    result = live_server.app.test_cli_runner().invoke(args=["terra", "send-data-requests"])
+    assert result.exit_code == 1 and "failed (the connection ended before Terra was asked)" in result.output
+    assert counts(live_server) == (0, 0, 0)
