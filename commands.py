@@ -50,6 +50,21 @@ def reconcile_connections() -> None:
         raise SystemExit(1)
 
 
+@terra_commands.command("send-data-requests")
+@with_appcontext
+def send_data_requests() -> None:
+    """Ask Terra again for the history requests it throttled, once their Retry-After has passed (run it
+    every minute). The exit status is 1 when one of them failed."""
+    from services.data_requests import send_due
+
+    sent = send_due(terra.client)
+    for request in sent:
+        click.echo(f"data request {request.id}: {request.status}" + (f" ({request.detail})" if request.detail else ""))
+    click.echo(f"Asked again for {len(sent)} throttled data request(s).")
+    if any(request.status == "failed" for request in sent):
+        raise SystemExit(1)
+
+
 @terra_commands.command("work")
 @with_appcontext
 @click.option("--until-empty", is_flag=True, help="Stop once no event is left to apply, instead of waiting for more.")

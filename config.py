@@ -290,6 +290,8 @@ class AppSettings(ServerSettings):
     REGISTER_RATE_LIMIT: Rate = "10 per hour"
     # Per user, web and API together: each attempt spends a widget session of the Terra quota.
     CONNECT_RATE_LIMIT: Rate = "10 per minute"
+    # Per user, web and API together: each history request spends Terra's hourly budget of days.
+    DATA_REQUEST_RATE_LIMIT: Rate = "5 per minute"
     # Counted per worker process (services/request_windows.py), per caller and attempt.
     STATUS_RATE_LIMIT: Rate = "120 per minute"
     # Behind N reverse proxies, trust N hops of X-Forwarded-*: of the headers the proxy sets (it must
@@ -451,6 +453,7 @@ class AppSettings(ServerSettings):
             "LOGIN_ACCOUNT_RATE_LIMIT": self.LOGIN_ACCOUNT_RATE_LIMIT,
             "REGISTER_RATE_LIMIT": self.REGISTER_RATE_LIMIT,
             "CONNECT_RATE_LIMIT": self.CONNECT_RATE_LIMIT,
+            "DATA_REQUEST_RATE_LIMIT": self.DATA_REQUEST_RATE_LIMIT,
             "STATUS_RATE_LIMIT": self.STATUS_RATE_LIMIT,
             "TRUSTED_PROXY_COUNT": self.TRUSTED_PROXY_COUNT,
             "TRUSTED_PROXY_HEADERS": self.TRUSTED_PROXY_HEADERS,

@@ -16,13 +16,15 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.datastructures import ETags
 
 from blueprints.auth import sign_in_account_limit
-from blueprints.connect import connect_rate_limit
+from blueprints.connect import connect_rate_limit, data_request_rate_limit
 from extensions import csrf, db, limiter, terra
 from mobile_redirects.deep_links import CALLBACKS, DeepLinkNotConfigured, direct_link
 from models import AttemptStatus, ConnectAttempt, Connection, User
 from models.connect_attempt import ATTEMPT_ID, attempt_dict
+from models.data_request import DataRequestStatus
 from services import accounts, api_tokens, attempts, connection_data, connections, long_poll, reconciliation
 from services.api_tokens import require_token
+from services.data_requests import InvalidDataRequest, ask_for_history, check_request
 from services.json_errors import json_error
 from services.providers import UnknownProviders, require_offered
 from terra_integration.client import TerraError
@@ -396,6 +398,33 @@ def create_sdk_token():
     except TerraError as error:
         raise ApiError(502, error.code, str(error)) from None
     return jsonify(token=issued.token, expires_in=issued.expires_in, reference_id=caller().reference_id), 201
+
+
+# -- history asked of Terra ------------------------------------------------------------------
+
+
+@bp.post("/connections/<int:connection_id>/data-requests")
+@require_token()
+@data_request_rate_limit(caller_id)
+def create_data_request(connection_id: int):
+    """Ask Terra for the connection's last `days` days (`types`: some of daily, activity, sleep, body);
+    202: the data arrives by webhook. The answer says where the request stands (sent, or throttled
+    until `retry_at`), as the connection's summary does later; 409 when Terra refused it, 502 when
+    Terra could not be asked."""
+    data = json_body()
+    try:
+        connection = connections.owned_connection(caller_id(), connection_id)
+        days, types = check_request(data.get("days"), data.get("types"))
+        request_row = ask_for_history(connection, days, types, terra.client)
+    except connections.ConnectionNotFound as error:
+        raise ApiError(404, "not_found", str(error)) from None
+    except InvalidDataRequest as error:
+        raise ApiError(409 if error.code == "connection_revoked" else 400, error.code, str(error)) from None
+    if request_row.status == DataRequestStatus.FAILED:
+        if request_row.terra_status and 400 <= request_row.terra_status < 500:  # Terra answered: it refused
+            raise ApiError(409, "data_request_refused", request_row.detail)
+        raise ApiError(502, "data_request_failed", request_row.detail)
+    return jsonify(request_row.to_dict()), 202
 
 
 # -- the API's own description --------------------------------------------------------------

@@ -11,15 +11,16 @@ from sqlalchemy import select
 from blueprints.auth import login_required
 from extensions import db, limiter, terra
 from mobile_redirects.deep_links import is_webview
-from models import ConnectAttempt, User, WebhookEvent
+from models import ConnectAttempt, DataRequest, DataRequestStatus, User, WebhookEvent
 from models.connect_attempt import AttemptHint, reason_text
-from services import attempts, connection_data, connections, reconciliation, return_visits
+from services import attempts, connection_data, connections, data_requests, reconciliation, return_visits
 from services.providers import is_provider_code, provider_label, provider_name
 from services.steps_chart import StepsChart, steps_chart
 from terra_integration import inbox
 from terra_integration.client import TerraError, TerraNotFound
 
 bp = Blueprint("connect", __name__)
+HISTORY_BUTTON_DAYS = 30
 
 
 @bp.context_processor
@@ -39,15 +40,24 @@ def connect_rate_limit(user_id: Callable[[], int]):
     customer's Terra quota, so it is limited per user (not per address: many phones share a carrier's),
     in one budget shared by the web pages and the API, before Terra is called. Counts live in
     RATELIMIT_STORAGE_URI, like the login limit. `user_id` names the caller once authenticated."""
+    return per_user_limit("CONNECT_RATE_LIMIT", "connect-attempts", "connections started", user_id)
 
+
+def data_request_rate_limit(user_id: Callable[[], int]):
+    """Asking Terra for history spends the user's hourly budget of requested days at Terra: limited
+    per user like connecting, in one budget for the dashboard's button and the API."""
+    return per_user_limit("DATA_REQUEST_RATE_LIMIT", "data-requests", "history requests", user_id)
+
+
+def per_user_limit(setting: str, scope: str, what: str, user_id: Callable[[], int]):
     def rate() -> str:
-        return current_app.config["CONNECT_RATE_LIMIT"]
+        return current_app.config[setting]
 
     return limiter.shared_limit(
         rate,
-        scope="connect-attempts",
+        scope=scope,
         key_func=lambda: f"user:{user_id()}",
-        error_message=lambda: f"Too many connections started: the limit is {rate()}. Please wait and try again.",
+        error_message=lambda: f"Too many {what}: the limit is {rate()}. Please wait and try again.",
     )
 
 
@@ -75,7 +85,9 @@ def dashboard():
             db.session.commit()
     details = {
         connection.id: ConnectionDetails(
-            chart=steps_chart(connection_data.recent_steps(connection)), timeline=connection_data.timeline(connection)
+            chart=steps_chart(connection_data.recent_steps(connection)),
+            timeline=connection_data.timeline(connection),
+            data_request=data_requests.latest(connection),
         )
         for connection in user_connections
     }
@@ -91,10 +103,12 @@ def dashboard():
 
 @dataclass(frozen=True)
 class ConnectionDetails:
-    """What the dashboard shows under a connection: its steps chart and its webhook timeline."""
+    """What the dashboard shows under a connection: its steps chart, its webhook timeline, and where
+    its latest history request stands."""
 
     chart: StepsChart
     timeline: list[WebhookEvent]
+    data_request: DataRequest | None
 
 
 @bp.post("/connections/<int:connection_id>/events/<int:event_id>/replay")
@@ -113,6 +127,34 @@ def replay_event(connection_id: int, event_id: int):
         abort(404, description="No such webhook event.")
     outcome = inbox.apply_recorded(event)
     flash(f"Replayed the {event.event_type} event: {outcome}." + (f" {event.detail}" if event.detail else ""))
+    return redirect(url_for("connect.dashboard", _anchor=f"connection-{connection.id}-data"), code=303)
+
+
+@bp.post("/connections/<int:connection_id>/data-requests")
+@login_required
+@data_request_rate_limit(lambda: g.user.id)
+def request_history(connection_id: int):
+    """The dashboard's history button: ask Terra for the last HISTORY_BUTTON_DAYS days, as the API's
+    `POST /api/v1/connections/<id>/data-requests` does, and say on the page what happened."""
+    try:
+        connection = connections.owned_connection(g.user.id, connection_id)
+    except connections.ConnectionNotFound:
+        abort(404, description="No such connection.")
+    name = provider_name(connection.provider)
+    try:
+        days, types = data_requests.check_request(HISTORY_BUTTON_DAYS, None)
+        request_row = data_requests.ask_for_history(connection, days, types, terra.client)
+    except data_requests.InvalidDataRequest as error:
+        flash(f"Could not ask Terra for {name}'s history: {error}", "error")
+    else:
+        if request_row.status == DataRequestStatus.SENT:
+            flash(f"Asked Terra for {days} days of {name} history: it arrives in the chart within moments.")
+        elif request_row.status == DataRequestStatus.THROTTLED:
+            flash(
+                f"Terra is busy with {name}'s earlier requests: the app asks again at {request_row.retry_at:%H:%M} UTC."
+            )
+        else:
+            flash(f"Could not ask Terra for {name}'s history: {request_row.detail}", "error")
     return redirect(url_for("connect.dashboard", _anchor=f"connection-{connection.id}-data"), code=303)
 
 

@@ -3,6 +3,7 @@
 from models.api_token import ApiToken
 from models.connect_attempt import AttemptStatus, ConnectAttempt
 from models.connection import Connection, ConnectionStatus, ReplacedTerraUser
+from models.data_request import DataRequest, DataRequestStatus
 from models.health_data import Activity, DailyData, SleepSession
 from models.user import User
 from models.webhook_event import WebhookEvent
@@ -15,6 +16,8 @@ __all__ = [
     "Connection",
     "ConnectionStatus",
     "DailyData",
+    "DataRequest",
+    "DataRequestStatus",
     "ReplacedTerraUser",
     "SleepSession",
     "User",

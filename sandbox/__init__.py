@@ -11,9 +11,11 @@ automation endpoint), `sdk` (generateAuthToken, and a stand-in for the mobile SD
 `flows` (what a decision in the widget does), `user_events` (what happens to a
 connected user later), `events` (webhook bodies), `delivery` (signed webhooks with retries), `faults`
 (switchable failures of Terra's endpoints and of webhook delivery), `traffic` (a record of what the
-sandbox received and sent), `console` (a page listing sandbox users), `providers` (the catalogue),
-`payloads` (ping-mode downloads), `models` (the sandbox's tables), `settings` (its settings), `commands`
-(`flask sandbox serve`: the sandbox as Terra for another app).
+sandbox received and sent), `data_requests` (Terra's data endpoints and their rate limits),
+`sdk` (generateAuthToken and the mobile SDK's initConnection), `console` (a page listing sandbox
+users), `providers` (the catalogue), `payloads` (ping-mode downloads), `models` (the sandbox's
+tables), `settings` (its settings), `commands` (`flask sandbox serve`: the sandbox as Terra for
+another app).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def init_sandbox(app: Flask, environ: Mapping[str, str]) -> None:
     if app.config["TERRA_MODE"] != "sandbox":
         return
     from config import read_settings
-    from sandbox import api, console, payloads, sdk, widget  # noqa: F401  (each adds its routes to the blueprint)
+    from sandbox import api, console, data_requests, payloads, sdk, widget  # noqa: F401  (each adds its routes to the blueprint)
     from sandbox.blueprint import URL_PREFIX, bp
     from sandbox.settings import SandboxSettings
     from sandbox.traffic import install

@@ -203,14 +203,7 @@ def _fault_answer(faults: tuple[str, ...]) -> Response | None:
             TerraApiError(503, "Service temporarily unavailable, please try again later (sandbox fault 5xx)")
         )
     if fault == "429":
-        # `{"detail": ...}` on the old host; a full problem+json body on the access host, as its spec says.
-        if request.path.startswith(PROBLEM_SURFACE_PREFIX):
-            response = problem_response(429, "rate limit exceeded")
-        else:
-            response = Response(json.dumps({"detail": "rate limit exceeded"}), status=429, mimetype="application/json")
-        retry_after = int(current_app.config["SANDBOX_RETRY_AFTER_SECONDS"])
-        response.headers.update({"Retry-After": str(retry_after), "X-Terra-RateLimit-Rule": "r2"})
-        return response
+        return rate_limited("r2", int(current_app.config["SANDBOX_RETRY_AFTER_SECONDS"]))
     if fault == "malformed":
         return Response(MALFORMED_BODY, status=200, mimetype="text/html")
     if fault == "wrong_base_url":
@@ -220,6 +213,19 @@ def _fault_answer(faults: tuple[str, ...]) -> Response | None:
     if fault == "rejected_api_key":
         return render_terra_error(TerraApiError(401, "unauthorized"))
     return None
+
+
+def rate_limited(rule: str, retry_after: int | None) -> Response:
+    """Terra's 429 for rate-limit `rule` (r1: one request's span, no Retry-After; r2: the hourly budget)."""
+    # `{"detail": ...}` on the old host; a full problem+json body on the access host, as its spec says.
+    if request.path.startswith(PROBLEM_SURFACE_PREFIX):
+        response = problem_response(429, "rate limit exceeded")
+    else:
+        response = Response(json.dumps({"detail": "rate limit exceeded"}), status=429, mimetype="application/json")
+    response.headers["X-Terra-RateLimit-Rule"] = rule
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _reset_connection() -> Response:

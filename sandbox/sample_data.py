@@ -1,9 +1,11 @@
 """Plausible data items for the console's data events, in Terra's shapes (contract §6.4, Terra's
-OpenAPI examples), for one day (`sample_items`) or a month of history (`history`).
+OpenAPI examples), for one day (`sample_items`) or a span of history (`history`).
 
-Dates are relative to today so that receivers keying daily data on the date see fresh rows. Every
-activity and sleep gets a new `summary_id`, so each send is a new workout or night rather than an
-update; a day's `daily` and `body` are keyed on the day, so sending one again updates it.
+Dates are relative to today so that receivers keying daily data on the date see fresh rows. A
+console data button's activity and sleep get a new `summary_id`, so each send is a new workout or
+night rather than an update. History is a user's own: one user's day is made the same every time
+(seeded by the user and the day), so asking twice for a span sends the same workouts and nights
+again, as a provider would, and a receiver keyed on Terra's natural keys stores nothing twice.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 DATA_KINDS = ("daily", "activity", "sleep", "body")
 ACTIVITY_TYPES = {"Morning Run": 8, "Evening Ride": 1, "Walk": 7, "Strength": 80}
@@ -19,6 +21,11 @@ ACTIVITY_TYPES = {"Morning Run": 8, "Evening Ride": 1, "Walk": 7, "Strength": 80
 
 def _stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
+
+
+def _summary_id(rng: random.Random) -> str:
+    # From the generator, so a seeded day always has the same workout and night.
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
 def _midnight(days_ago: int = 0) -> datetime:
@@ -30,13 +37,15 @@ def sample_items(kind: str) -> list[dict]:
     return [_BUILDERS[kind](_midnight(), random.Random())]
 
 
-def history(days: int) -> dict[str, list[dict]]:
-    """`days` days up to today, the way a provider's backfill looks: daily totals and a night's sleep
-    for every day, a workout on most days, a weigh-in now and then. Oldest first, per kind."""
-    rng = random.Random()
+def history(seed: str, first_day: date, end_day: date) -> dict[str, list[dict]]:
+    """The days from `first_day` up to `end_day` (not included) of the user `seed` names, the way a provider's backfill
+    looks: daily totals and a night's sleep for every day, a workout on most days, a weigh-in now and
+    then. Oldest first, per kind; every kind of a day is drawn from that day's own generator, so a
+    request for one kind sends what a request for all of them would."""
     items: dict[str, list[dict]] = {kind: [] for kind in DATA_KINDS}
-    for days_ago in range(days - 1, -1, -1):
-        day = _midnight(days_ago)
+    for offset in range((end_day - first_day).days):
+        day = datetime.combine(first_day + timedelta(days=offset), time(), tzinfo=UTC)
+        rng = random.Random(f"{seed}:{day.date().isoformat()}")
         items["daily"].append(_daily(day, rng))
         items["sleep"].append(_sleep(day, rng))
         if rng.random() < 0.6:
@@ -54,7 +63,7 @@ def _activity(day: datetime, rng: random.Random) -> dict:
     return {
         "metadata": {
             "name": name,
-            "summary_id": str(uuid.uuid4()),
+            "summary_id": _summary_id(rng),
             "start_time": _stamp(start),
             "end_time": _stamp(start + timedelta(minutes=minutes)),
             "type": ACTIVITY_TYPES[name],
@@ -86,7 +95,7 @@ def _sleep(day: datetime, rng: random.Random) -> dict:
     awake = rng.randint(600, 2400)
     return {
         "metadata": {
-            "summary_id": str(uuid.uuid4()),
+            "summary_id": _summary_id(rng),
             "start_time": _stamp(start),
             "end_time": _stamp(start + timedelta(seconds=asleep + awake)),
             "is_nap": False,

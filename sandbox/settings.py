@@ -60,6 +60,11 @@ class SandboxSettings(Settings):
     SANDBOX_DEAUTH_WEBHOOK: bool = True
     # Terra's docs name `terra-signature`; its agent skill says `X-Terra-Signature` plus that older name.
     SANDBOX_SIGNATURE_HEADERS: Literal["terra-signature", "x-terra-signature", "both"] = "terra-signature"
+    # Terra's data-request limits (sandbox/data_requests.py): one request's span in days (rule r1) and
+    # requested days per user in a rolling hour (rule r2); 0 turns one off. Provider history depth.
+    SANDBOX_DATA_MAX_SPAN_DAYS: NonNegativeInt = 1825
+    SANDBOX_DATA_HOURLY_DAYS: NonNegativeInt = 6000
+    SANDBOX_HISTORY_DAYS: NonNegativeInt = 90
 
     def flask_config(self, public_base_url: str) -> dict:
         """The sandbox's knobs, and Terra's credentials and endpoints pointing at the sandbox."""

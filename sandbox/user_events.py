@@ -5,7 +5,8 @@ updates the user, commits, then sends."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from extensions import db
@@ -47,21 +48,44 @@ def send_user_event(user: SandboxUser, kind: str, config: Mapping[str, Any]) -> 
 
 
 def send_backfill(user: SandboxUser, days: int, config: Mapping[str, Any]) -> DeliveryThread:
-    """`days` of history for an active `user`, sent as Terra sends a large request: a
-    `large_request_processing` event, a `large_request_sending` event announcing how many payloads
-    follow, then the data in chunks of at most CHUNK_ITEMS items. Every delivery carries the same
-    terra-reference; each chunk has its own trace id, `<id>:chunk:<n>`."""
-    reference = str(uuid.uuid4())
+    """The console's button: `days` of history up to today, as a large request."""
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    return send_history(user, DATA_KINDS, tomorrow - timedelta(days=days), tomorrow, config, large=True)
+
+
+def send_history(
+    user: SandboxUser,
+    kinds: Iterable[str],
+    first_day: date,
+    end_day: date,
+    config: Mapping[str, Any],
+    *,
+    large: bool,
+    reference: str | None = None,
+) -> DeliveryThread:
+    """The `kinds` of history of an active `user` from `first_day` up to `end_day` (not included), sent as Terra sends
+    the answer to a data request: for a `large` one a `large_request_processing` event and a
+    `large_request_sending` event announcing how many payloads follow, then the data in chunks of at
+    most CHUNK_ITEMS items. Every delivery carries the same terra-reference (`reference`, or a new
+    one); each chunk has its own trace id, `<id>:chunk:<n>`."""
+    reference = reference or str(uuid.uuid4())
+    items = history(user.user_id, first_day, end_day)
     chunks = [
-        _as_delivered(events.data_event(kind, user, items[start : start + CHUNK_ITEMS]), config)
-        for kind, items in history(days).items()
-        for start in range(0, len(items), CHUNK_ITEMS)
+        _as_delivered(events.data_event(kind, user, items[kind][start : start + CHUNK_ITEMS]), config)
+        for kind in kinds
+        for start in range(0, max(len(items[kind]), 1), CHUNK_ITEMS)  # nothing to send: one empty chunk
     ]
     chunk_trace = str(uuid.uuid4())
-    trace_ids = [str(uuid.uuid4()), str(uuid.uuid4())] + [f"{chunk_trace}:chunk:{n}" for n in range(1, len(chunks) + 1)]
-    announcements = [
-        events.large_request_processing(user, reference),
-        events.large_request_sending(user, reference, expected_payloads=len(chunks)),
+    announcements = (
+        [
+            events.large_request_processing(user, reference),
+            events.large_request_sending(user, reference, expected_payloads=len(chunks)),
+        ]
+        if large
+        else []
+    )
+    trace_ids = [str(uuid.uuid4()) for _ in announcements] + [
+        f"{chunk_trace}:chunk:{n}" for n in range(1, len(chunks) + 1)
     ]
     user.last_webhook_update = utcnow()
     db.session.commit()

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from extensions import db
 from models import Activity, Connection, ReplacedTerraUser, SleepSession, User, WebhookEvent
 from models.time import isoformat, utcnow
-from services import connections, data_events
+from services import connections, data_events, data_requests
 
 CHART_DAYS = 14
 TIMELINE_LENGTH = 20
@@ -49,6 +49,7 @@ def _latest(model, connection: Connection):
 def summary(connection: Connection) -> dict:
     """The API's view of the connection's data (docs/openapi.json: ConnectionDataSummary)."""
     activity, sleep = _latest(Activity, connection), _latest(SleepSession, connection)
+    history_request = data_requests.latest(connection)
     return {
         "connection_id": connection.id,
         "last_data_at": isoformat(connection.last_data_at),
@@ -67,6 +68,7 @@ def summary(connection: Connection) -> dict:
             "end_time": isoformat(sleep.end_time),
             "asleep_seconds": sleep.asleep_seconds,
         },
+        "latest_data_request": history_request and history_request.to_dict(),
     }
 
 

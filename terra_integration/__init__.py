@@ -5,6 +5,7 @@
 - `extension`: the Flask extension: settings from app.config, the Terra client, the webhook blueprint.
 - `host`: what the host app implements (find a user by reference_id, apply an event, the inbox table).
 - `client`: the HTTP client for Terra's REST and widget APIs.
+- `data_requests`: asking Terra for a user's history (data endpoints, `to_webhook`), within its limits.
 - `signature`: signing and verifying webhook signatures.
 - `events`: parsing webhook bodies into typed events.
 - `webhooks`: the webhook view: raw body, verify, record, acknowledge.

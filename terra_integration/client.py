@@ -46,12 +46,18 @@ class TerraError(RuntimeError):
     code = "terra_error"  # stable, machine-readable; shown to API clients and stored on attempts
 
     def __init__(
-        self, message: str, status: int | None = None, retry_after: float | None = None, detail: str | None = None
+        self,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        rate_limit_rule: str | None = None,
+        detail: str | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after  # seconds, from Terra's Retry-After header when it sent one
         self.detail = detail  # Terra's own words, when it answered in its error JSON
+        self.rate_limit_rule = rate_limit_rule  # a 429's X-Terra-RateLimit-Rule (r1: span, r2: hourly budget)
 
 
 class TerraUnavailable(TerraError):
@@ -410,7 +416,8 @@ def _error_for(response: requests.Response) -> TerraError:
         retry_after = _retry_after(response)
         if retry_after is not None:
             message += f" (retry after {retry_after:g} s)"
-        return TerraUnavailable(message, status=response.status_code, retry_after=retry_after)
+        rule = response.headers.get("X-Terra-RateLimit-Rule") if response.status_code == 429 else None
+        return TerraUnavailable(message, status=response.status_code, retry_after=retry_after, rate_limit_rule=rule)
     if response.status_code == 404:
         if terra_json is None:
             # Not Terra's word: a web server's or a proxy's page, typically for a wrong base URL.

@@ -277,6 +277,7 @@ BAD_VALUES = {
     "LOGIN_ACCOUNT_RATE_LIMIT": ("10 per try", {}),
     "REGISTER_RATE_LIMIT": ("10 per fortnight", {}),
     "CONNECT_RATE_LIMIT": ("ten a minute", {}),
+    "DATA_REQUEST_RATE_LIMIT": ("5 per aeon", {}),
     "STATUS_RATE_LIMIT": ("120/parsec", {}),
     "TRUSTED_PROXY_COUNT": ("-1", {}),
     "TRUSTED_PROXY_HEADERS": ("for,proto,forwarded", {}),
@@ -335,6 +336,9 @@ BAD_VALUES = {
     "SANDBOX_FAILURE_REDIRECT": ("everything", {}),
     "SANDBOX_DEAUTH_WEBHOOK": ("sometimes", {}),
     "SANDBOX_SIGNATURE_HEADERS": ("signature", {}),
+    "SANDBOX_DATA_MAX_SPAN_DAYS": ("-1", {}),
+    "SANDBOX_DATA_HOURLY_DAYS": ("6k", {}),
+    "SANDBOX_HISTORY_DAYS": ("ninety", {}),
 }
 # Any text is a valid secret: these have no bad value.
 FREE_FORM = {"SANDBOX_SIGNING_SECRET"}

@@ -540,7 +540,7 @@ def test_every_api_route_is_documented_with_its_methods_and_nothing_else(app):
             served[(method.lower(), template)] = types
     documented = {(method, template) for method, template, _ in operations()}
     assert set(served) == documented
-    assert len(served) == 10
+    assert len(served) == 11
 
     for (method, template), types in served.items():
         item = DOCUMENT["paths"][template]
@@ -883,7 +883,7 @@ def unauthorised_calls(server) -> list[tuple[str, requests.Response]]:
 
 
 def test_protected_operations_refuse_callers_without_a_valid_token(live_server):
-    assert len(PROTECTED_OPERATIONS) == 8
+    assert len(PROTECTED_OPERATIONS) == 9
     codes = set()
     for name, response in unauthorised_calls(live_server):
         assert response.status_code == 401, f"{name}: {response.status_code} {response.text[:200]}"

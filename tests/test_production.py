@@ -37,7 +37,16 @@ from extensions import db
 from models import Connection, WebhookEvent
 from sandbox.settings import SANDBOX_API_KEY, SANDBOX_DEV_ID
 from tests import helpers
-from tests.conftest import ROOT, VENV_BIN, Browser, _empty_tables, _environ, free_port, server_process
+from tests.conftest import (
+    ROOT,
+    VENV_BIN,
+    Browser,
+    _empty_tables,
+    _environ,
+    free_port,
+    server_process,
+    wait_for,
+)
 from tests.helpers import finish_widget, redis_test_url, token_of
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -295,6 +304,10 @@ def test_register_log_out_log_in_connect_disconnect_through_nginx(deployment, ch
     page.click("text=Go to your connections")
     row = page.locator('#connections [data-provider="GARMIN"]')
     expect(row).to_have_attribute("data-status", "active")
+    # History from Terra (the stand-in's data endpoints), by signed webhooks: the chart fills.
+    page.click("text=Get the last 30 days")
+    expect(page.locator(".flash")).to_contain_text("Asked Terra for 30 days of Garmin history")
+    wait_for(lambda: page.reload() and page.locator("svg.steps-chart").count(), timeout=20)
     page.click("text=Disconnect")
     expect(row).to_have_attribute("data-status", "revoked")
     log_out()

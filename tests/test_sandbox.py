@@ -733,7 +733,7 @@ def empty_database(tmp_path) -> str:
     return named
 
 
-APP_HEAD = "0011"  # the app's newest migration
+APP_HEAD = "0012"  # the app's newest migration
 SANDBOX_HEAD = "sandbox_0002"  # the sandbox branch's newest
 
 

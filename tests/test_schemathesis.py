@@ -30,6 +30,7 @@ from schemathesis.generation import GenerationMode
 
 from extensions import db
 from models import Connection, User
+from sandbox.models import SandboxUser
 from services.api_tokens import issue_token
 from terra_integration.reference_ids import new_reference_id
 from tests.helpers import create_attempt
@@ -64,7 +65,7 @@ WITH_IDS = sorted(label for label, operation in OPERATIONS.items() if operation.
 
 
 def test_every_documented_operation_is_fuzzed():
-    assert len(OPERATIONS) == 10, sorted(OPERATIONS)
+    assert len(OPERATIONS) == 11, sorted(OPERATIONS)
     assert "GET /openapi.json" in OPERATIONS and "DELETE /connections/{connection_id}" in OPERATIONS
     assert "GET /connections/{connection_id}/summary" in OPERATIONS
 
@@ -84,6 +85,8 @@ class Caller:
                 user_id=user.id, terra_user_id="fuzz-terra-user", provider="GARMIN", scopes="ACTIVITY_EXPORT"
             )
             db.session.add(connection)
+            # Known to the sandbox too, so that asking Terra for its history can succeed.
+            db.session.add(SandboxUser(user_id=connection.terra_user_id, provider="GARMIN", account="fuzz"))
             db.session.commit()
             self.user_id, self.attempt_id, self.connection_id = user.id, attempt.id, connection.id
         self._token: str | None = None
@@ -107,7 +110,13 @@ class Caller:
 def caller(start_live_server) -> Caller:
     # Sign-in and starting attempts are rate limited to 10 a minute; the fuzzer should reach the
     # handler, not the limiter.
-    server = start_live_server(LOGIN_RATE_LIMIT="10000 per minute", CONNECT_RATE_LIMIT="10000 per minute")
+    # History requests too, with a short history to send.
+    server = start_live_server(
+        LOGIN_RATE_LIMIT="10000 per minute",
+        CONNECT_RATE_LIMIT="10000 per minute",
+        DATA_REQUEST_RATE_LIMIT="10000 per minute",
+        SANDBOX_HISTORY_DAYS="1",
+    )
     return Caller(server)
 
 

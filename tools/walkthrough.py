@@ -76,6 +76,12 @@ def _start_mobile_attempt(page: Page, walk: Walk) -> None:
     page.goto(attempt.json()["url"])
 
 
+def _ask_for_history(page: Page, walk: Walk) -> None:
+    """Back on the dashboard, the Garmin card's history button (the console's Backfill button is for demos)."""
+    page.goto(walk.base_url + "/connections")
+    page.click("#connections .history-request button")
+
+
 def _data_arrived(page: Page, walk: Walk) -> None:
     """The dashboard once the history has arrived: the sandbox delivers its chunks one after another
     and the app applies each in the background, so reload until the steps chart is drawn and the
@@ -135,12 +141,7 @@ WEB_STEPS = (
         "web-08-dashboard", DESKTOP, _click("text=Go to your connections"), "Terra sends the app this Garmin account's"
     ),
     Step("web-09-sandbox-console", DESKTOP, _open("/sandbox/"), "Sandbox console"),
-    Step(
-        "web-10-history-sent",
-        DESKTOP,
-        _click("#sandbox-users button[name=days]"),
-        "Sent 30 days of history to the app, in chunks.",
-    ),
+    Step("web-10-history-sent", DESKTOP, _ask_for_history, "Asked Terra for 30 days of Garmin history"),
     Step("web-11-data-arrived", DESKTOP, _data_arrived, "Last data received"),
     Step("web-12-disconnected", DESKTOP, _disconnect, "Garmin is disconnected."),
 )
