@@ -156,10 +156,7 @@ def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, liv
     info = requests.get(
         live_server.url + "/sandbox/v2/userInfo",
         params={"user_id": terra_id},
-        headers={
-            "dev-id": live_server.app.config["TERRA_DEV_ID"],
-            "x-api-key": live_server.app.config["TERRA_API_KEY"],
-        },
+        headers=terra_headers(live_server),
         timeout=10,
     )
     assert info.json()["is_authenticated"] is False

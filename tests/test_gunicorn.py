@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import LIVE_TERRA, ROOT, TEST_SECRET_KEY, Browser, free_port
+from tests.conftest import ROOT, Browser, free_port
 from tests.helpers import finish_widget
+from tests.test_config import PRODUCTION
 from tests.test_connect_flow import start_connect, wait_for_terminal
 
 
@@ -25,11 +26,8 @@ def test_a_refusal_to_start_is_said_once_without_a_traceback_and_gunicorn_exits(
     worker, prints the refusal once, and exits non-zero instead of booting workers that fail."""
     env = {
         **os.environ,
-        **LIVE_TERRA,
+        **PRODUCTION,  # a production environment that starts, but for the credential taken away
         "TERRA_API_KEY": "",
-        "APP_ENV": "production",
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "PUBLIC_BASE_URL": "https://connect.example.com",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'refused.sqlite'}",
         "BIND": f"127.0.0.1:{free_port()}",
     }

@@ -16,6 +16,7 @@ from sandbox.traffic import traffic_of
 from tests.conftest import wait_for
 from tests.helpers import lose_webhooks
 from tests.test_api import Api, sign_up
+from tests.test_faults import terra_headers
 
 INIT_CONNECTION = "/sandbox/sdk/init-connection"
 
@@ -100,10 +101,7 @@ def test_init_connection_creates_the_terra_user_and_the_auth_webhook_connects_it
     user_info = requests.get(
         live_server.url + "/sandbox/v2/userInfo",
         params={"user_id": terra_id},
-        headers={
-            "dev-id": live_server.app.config["TERRA_DEV_ID"],
-            "x-api-key": live_server.app.config["TERRA_API_KEY"],
-        },
+        headers=terra_headers(live_server),
         timeout=10,
     ).json()
     assert user_info["user"]["provider"] == "HEALTH_CONNECT" and user_info["is_authenticated"] is True
