@@ -69,7 +69,10 @@ def test_register_connect_consent_and_see_the_connection(page, live_server):
     expect(card).to_have_attribute("data-status", "active")
     expect(card.locator(".state")).to_have_text("Connected")
     # Disconnecting says it is done, in words.
-    card.get_by_role("button", name="Disconnect Garmin").click()
+    # Only once confirmed: it cannot be undone.
+    card.get_by_role("link", name="Disconnect Garmin").click()
+    expect(page.locator("h1")).to_have_text("Disconnect Garmin?")
+    page.get_by_role("button", name="Disconnect Garmin").click()
     expect(page.locator(".flash")).to_contain_text("Garmin is disconnected.")
     expect(card).to_have_attribute("data-status", "revoked")
     # The reason depends on which lands last, the app's own record or the deauth webhook Terra sends.

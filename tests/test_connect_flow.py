@@ -124,7 +124,7 @@ def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, liv
     connection_id = state["connection"]["id"]
     terra_id = state["connection"]["terra_user_id"]
 
-    response = signed_in.submit("/connections", f"/connections/{connection_id}/disconnect")
+    response = signed_in.submit("/connections", f"/connections/{connection_id}/disconnect", {"confirm": "yes"})
     assert response.status_code == 200
     assert 'data-status="revoked"' in response.text and "is disconnected" in response.text
 
@@ -144,11 +144,32 @@ def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, liv
     assert [row.status for row in connections(live_server)] == ["revoked"]
 
 
+def test_disconnect_asks_first_and_changes_nothing_until_confirmed(signed_in, live_server):
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
+    path = f"/connections/{state['connection']['id']}/disconnect"
+    # The dashboard links to a confirmation page: it says what is lost, and that it cannot be undone.
+    dashboard = signed_in.get("/connections")
+    assert f'href="{path}"' in dashboard.text
+    question = signed_in.get(path)
+    assert question.status_code == 200 and "Disconnect Garmin?" in question.text
+    assert "This cannot be undone" in question.text and 'name="confirm" value="yes"' in question.text
+    # A post that did not come from its button is sent there to be asked, and changes nothing.
+    unconfirmed = signed_in.submit("/connections", path, allow_redirects=False)
+    assert unconfirmed.status_code == 303 and unconfirmed.headers["Location"].endswith(path)
+    assert [row.status for row in connections(live_server)] == ["active"]
+    signed_in.submit(path, path, {"confirm": "yes"})
+    assert [row.status for row in connections(live_server)] == ["revoked"]
+    # Once disconnected, the page has nothing left to ask.
+    assert "already disconnected" in signed_in.get(path).text
+
+
 def test_someone_elses_connection_cannot_be_disconnected(signed_in, live_server):
     state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
     intruder = Browser(live_server.url)
     intruder.register(email="eve@example.com")
-    response = intruder.submit("/connections", f"/connections/{state['connection']['id']}/disconnect")
+    path = f"/connections/{state['connection']['id']}/disconnect"
+    assert intruder.get(path).status_code == 404
+    response = intruder.submit("/connections", path, {"confirm": "yes"})
     assert response.status_code == 404
     assert [row.status for row in connections(live_server)] == ["active"]
 

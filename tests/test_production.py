@@ -199,6 +199,7 @@ def test_register_log_out_log_in_connect_disconnect_over_https(deployment, chrom
     row = page.locator('#connections [data-provider="GARMIN"]')
     expect(row).to_have_attribute("data-status", "active")
     page.click("text=Disconnect")
+    page.click("#confirm-disconnect")
     expect(row).to_have_attribute("data-status", "revoked")
     log_out()
     page.goto(app + "/connections")

@@ -99,7 +99,8 @@ def _data_arrived(page: Page, walk: Walk) -> None:
 
 def _disconnect(page: Page, walk: Walk) -> None:
     page.goto(walk.base_url + "/connections")
-    page.click("#connections button.danger")
+    page.click("#connections a.danger")
+    page.click("#confirm-disconnect")
 
 
 def _app_sees_connected_then_log_in(page: Page, walk: Walk) -> Page:
