@@ -19,7 +19,7 @@ from extensions import db
 from models import Connection, User
 from tests.conftest import _empty_tables, serve_live_server
 from tools.mobile_client import CHROMIUM_ARGS
-from tools.walkthrough import FLOWS, walk_through
+from tools.walkthrough import FLOWS, Walk, data_arrived, walk_through
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -89,7 +89,9 @@ def test_denying_consent_shows_why(page, live_server):
 
 # -- how the pages look ----------------------------------------------------------------------------
 
-WIDTHS = (360, 390, 1280)
+WIDTHS = (360, 375, 390, 1280)
+# Long enough that the header's old 16rem cut it, at 1280 px.
+TOUR_EMAIL = "alexandra.montgomery@long-company-name.example.com"
 # A connection in each state the dashboard explains, besides the live one the browser makes.
 SEEDED = (("FITBIT", "degraded", None), ("OURA", "revoked", "access_revoked"), ("WAHOO", "revoked", "deauth"))
 
@@ -146,7 +148,7 @@ def shared_tour(chromium, tour_server):
         context.on("response", tour.record)
     page = tour.signed_in
     # Not the walkthrough's address (ada@): its test, later in this module, registers while this user exists.
-    register_and_connect(page, live_server.url, "tour@example.com", "GARMIN", "allow")
+    register_and_connect(page, live_server.url, TOUR_EMAIL, "GARMIN", "allow")
     page.wait_for_url("**/connect/return/success/**")
     expect(page.locator("#attempt h1")).to_have_text("Connected to Garmin")
     return_page = page.url
@@ -164,6 +166,10 @@ def shared_tour(chromium, tour_server):
                 )
             )
         db.session.commit()
+    # A month of history from the sandbox's console: the steps chart and a timeline of webhooks.
+    page.goto(live_server.url + "/sandbox/")
+    page.click("#sandbox-users button[name=days]")
+    data_arrived(page, Walk(live_server.url))
     page.goto(live_server.url + "/connections")
     page.click("#connect-device")
     tour.addresses = [
@@ -256,6 +262,85 @@ def test_the_dashboard_says_in_words_what_each_connection_is(tour):
     with tour.server.app.app_context():
         terra_user_ids = db.session.scalars(select(Connection.terra_user_id)).all()
     assert terra_user_ids and not any(terra_user_id in page.content() for terra_user_id in terra_user_ids)
+
+
+CHART_TEXT_SIZES = """[...document.querySelectorAll('svg.steps-chart text')]
+    .filter(text => getComputedStyle(text).visibility === 'visible')
+    .map(text => parseFloat(getComputedStyle(text).fontSize) * text.getScreenCTM().a)"""
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_steps_chart_reads_at_phone_width_and_tells_each_day_on_focus_or_tap(tour):
+    page = tour.signed_in
+    for width in (360, 375, 1280):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.goto(tour.server.url + "/connections")
+        chart = page.locator("svg.steps-chart")
+        # Every visible label at 12 CSS px or more once the SVG is scaled to its column.
+        sizes = page.evaluate(CHART_TEXT_SIZES)
+        assert len(sizes) >= 10 and min(sizes) >= 12, f"chart text of {min(sizes):.1f} px at {width} px"
+        # The top line says it is the peak; a labelled scale from 0 reaches it.
+        peak = chart.locator(".chart-peak")
+        expect(peak).to_contain_text("Peak: ")
+        peak_steps = int(peak.text_content().split()[1].replace(",", ""))
+        scale = [int(label.replace(",", "")) for label in chart.locator(".chart-scale").all_text_contents()]
+        assert scale[0] == 0 and len(scale) >= 2 and scale[-1] >= peak_steps > scale[-2]
+        # A day's value: on keyboard focus, and on a tap (a click here) on its column.
+        days = chart.locator("g[tabindex]")
+        expect(days).to_have_count(14)
+        days.nth(3).focus()
+        readout = days.nth(3).locator(".chart-readout")
+        expect(readout).to_be_visible()
+        expect(readout).to_have_text(days.nth(3).get_attribute("aria-label"))
+        expect(peak).to_be_hidden()
+        days.nth(10).locator(".chart-hit").click()
+        expect(days.nth(10).locator(".chart-readout")).to_be_visible()
+        expect(readout).to_be_hidden()
+        assert days.nth(10).get_attribute("aria-label").endswith(" steps")
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_webhook_timeline_never_breaks_an_event_name(tour):
+    page = tour.signed_in
+    for width in (360, 375, 1280):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.goto(tour.server.url + "/connections")
+        page.click("#connections [data-provider=GARMIN] summary:has-text('Webhooks received')")
+        names = page.locator("table.events code")
+        assert "large_request_sending" in names.all_inner_texts()
+        broken = page.evaluate(
+            "[...document.querySelectorAll('table.events code')]"
+            ".filter(code => code.getClientRects().length !== 1"
+            " || code.getBoundingClientRect().height > 1.6 * parseFloat(getComputedStyle(code).fontSize))"
+            ".map(code => code.textContent)"
+        )
+        assert broken == [], f"event names broken at {width} px"
+        assert page.evaluate(
+            "[...document.querySelectorAll('.connection-data .table-wrap')].every(wrap =>"
+            " wrap.scrollWidth <= wrap.clientWidth)"
+        ), f"the timeline scrolls sideways at {width} px"
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_header_shows_the_whole_email_on_a_desktop(tour):
+    page = tour.signed_in
+    page.goto(tour.server.url + "/connections")
+    who = page.locator(".bar .who")
+    expect(who).to_have_text(TOUR_EMAIL)
+    widths = who.evaluate("element => [element.scrollWidth, element.clientWidth, getComputedStyle(element).maxWidth]")
+    assert widths[0] <= widths[1], f"the email is cut: {widths}"
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_sandbox_console_links_back_to_the_app(tour):
+    page = tour.signed_in
+    page.goto(tour.server.url + "/sandbox/")
+    page.get_by_role("link", name="Back to the app").click()
+    expect(page.locator("h1")).to_have_text("Your connections")
 
 
 # -- docs/walkthrough.md ---------------------------------------------------------------------------

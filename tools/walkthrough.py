@@ -76,7 +76,7 @@ def _start_mobile_attempt(page: Page, walk: Walk) -> None:
     page.goto(attempt.json()["url"])
 
 
-def _data_arrived(page: Page, walk: Walk) -> None:
+def data_arrived(page: Page, walk: Walk) -> None:
     """The dashboard once the history has arrived: the sandbox delivers its chunks one after another
     and the app applies each in the background, so reload until the steps chart is drawn and the
     webhook timeline has stopped growing with nothing left to apply; then open the timeline."""
@@ -142,7 +142,7 @@ WEB_STEPS = (
         _click("#sandbox-users button[name=days]"),
         "Sent 30 days of history to the app, in chunks.",
     ),
-    Step("web-11-data-arrived", DESKTOP, _data_arrived, "Last data received"),
+    Step("web-11-data-arrived", DESKTOP, data_arrived, "Last data received"),
     Step("web-12-disconnected", DESKTOP, _disconnect, "Garmin is disconnected."),
 )
 
