@@ -6,6 +6,7 @@ finishes the sandbox widget through its automation endpoint, which does what its
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -117,6 +118,19 @@ def test_a_different_account_adds_a_second_connection(signed_in, live_server):
     wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="first"))
     wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account="second", provider="OURA"))
     assert sorted(row.provider for row in connections(live_server)) == ["GARMIN", "OURA"]
+
+
+def test_two_connections_to_one_provider_say_which_is_which(signed_in, live_server):
+    for account in ("first", "second"):
+        wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account=account))
+    page = signed_in.get("/connections").text
+    facts = re.findall(r'<p class="muted connection-facts">(.*?)</p>', page, re.DOTALL)
+    rows = connections(live_server)
+    assert [row.provider for row in rows] == ["GARMIN", "GARMIN"] and len(facts) == 2
+    # When each was made, and the start of its Terra user id (not the whole of it).
+    for row in rows:
+        [fact] = [fact for fact in facts if f">{row.terra_user_id[:8]}</code>" in fact]
+        assert row.created_at.strftime("%d %b %Y, %H:%M") in fact and row.terra_user_id not in page
 
 
 def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, live_server):
