@@ -5,6 +5,7 @@ axe-core's accessibility rules); and docs/walkthrough.md's steps."""
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from click.testing import CliRunner
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import select
 
@@ -19,6 +21,8 @@ from extensions import db
 from models import Connection, User
 from tests.conftest import _empty_tables, serve_live_server
 from tools.mobile_client import CHROMIUM_ARGS
+from tools.screenshots import DOCUMENTED_PORT
+from tools.screenshots import main as take_screenshots
 from tools.walkthrough import FLOWS, Walk, data_arrived, walk_through
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,3 +368,15 @@ def test_the_walkthrough_quotes_each_step_and_shows_its_picture():
         assert (WALKTHROUGH.parent / "images" / f"{step.image}.png").is_file(), "run `make screenshots`"
     pictures = {path.stem for path in (WALKTHROUGH.parent / "images").glob("*.png")}
     assert pictures == {step.image for steps in FLOWS for step in steps}, "a picture no step takes any more"
+
+
+def test_the_pictures_are_taken_at_the_walkthroughs_address_or_not_at_all(tmp_path, monkeypatch):
+    # The sandbox console pictures the address its webhooks go to: the one the text gives.
+    assert f"Open http://127.0.0.1:{DOCUMENTED_PORT}/sandbox/" in WALKTHROUGH.read_text()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr("tools.screenshots.DOCUMENTED_PORT", taken.getsockname()[1])
+        result = CliRunner().invoke(take_screenshots, ["--out", str(tmp_path)])
+    assert result.exit_code != 0 and "the pictures show the walkthrough's address" in result.output
+    assert list(tmp_path.iterdir()) == []
