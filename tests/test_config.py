@@ -292,6 +292,7 @@ def test_a_universal_link_base_with_a_wildcard_or_a_port_is_refused(tmp_path, ba
     assert message in str(refused.value)
 
 
+@pytest.mark.sandbox  # started without Terra credentials
 def test_a_scheme_that_is_not_reverse_dns_starts_with_a_warning(tmp_path, caplog):
     # Terra's own guide's example (reallycoolapp://success): the deep link carries no credential.
     config = started_config(tmp_path, MOBILE_APP_SCHEME="reallycoolapp")
