@@ -275,7 +275,7 @@ CHART_TEXT_SIZES = """[...document.querySelectorAll('svg.steps-chart text')]
 
 @pytest.mark.browser
 @pytest.mark.sandbox
-def test_the_steps_chart_reads_at_phone_width_and_tells_each_day_on_focus_or_tap(tour):
+def test_the_steps_chart_reads_at_phone_width_and_tells_each_day_on_focus_or_tap(tour, chromium):
     page = tour.signed_in
     for width in (360, 375, 1280):
         page.set_viewport_size({"width": width, "height": 800})
@@ -302,6 +302,23 @@ def test_the_steps_chart_reads_at_phone_width_and_tells_each_day_on_focus_or_tap
         expect(days.nth(10).locator(".chart-readout")).to_be_visible()
         expect(readout).to_be_hidden()
         assert days.nth(10).get_attribute("aria-label").endswith(" steps")
+    # A phone's tap, in a touch browser signed in as the same user.
+    phone = chromium.new_context(
+        storage_state=page.context.storage_state(),
+        viewport={"width": 360, "height": 800},
+        has_touch=True,
+        is_mobile=True,
+    )
+    try:
+        touch = phone.new_page()
+        touch.goto(tour.server.url + "/connections")
+        day = touch.locator("svg.steps-chart g[tabindex]").nth(6)
+        expect(day.locator(".chart-readout")).to_be_hidden()
+        day.locator(".chart-hit").tap()
+        expect(day.locator(".chart-readout")).to_be_visible()
+        expect(touch.locator("svg.steps-chart .chart-peak")).to_be_hidden()
+    finally:
+        phone.close()
 
 
 @pytest.mark.browser
