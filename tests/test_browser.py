@@ -158,6 +158,7 @@ def shared_tour(chromium, tour_server):
     return_page = page.url
     with live_server.app.app_context():
         user_id = db.session.query(User.id).scalar()
+        garmin = db.session.scalars(select(Connection.id).where(Connection.provider == "GARMIN")).one()
         for provider, status, reason in SEEDED:
             db.session.add(
                 Connection(
@@ -179,6 +180,7 @@ def shared_tour(chromium, tour_server):
     tour.addresses = [
         "/connections",
         "/connections/providers",
+        f"/connections/{garmin}/disconnect",  # the confirmation page, which disconnects nothing by itself
         return_page,
         # The mobile return page as after its one automatic try of the app link (which never loads here).
         return_page.replace("/connect/return/", "/mobile/return/") + "&tried=1",
