@@ -11,7 +11,7 @@ from sqlalchemy import select
 from blueprints.auth import login_required
 from extensions import db, limiter, terra
 from mobile_redirects.deep_links import is_webview
-from models import ConnectAttempt, DataRequest, DataRequestStatus, User, WebhookEvent
+from models import ConnectAttempt, ConnectionStatus, DataRequest, DataRequestStatus, User, WebhookEvent
 from models.connect_attempt import AttemptHint, reason_text
 from services import attempts, connection_data, connections, data_requests, reconciliation, return_visits
 from services.providers import is_provider_code, provider_label, provider_name
@@ -111,6 +111,13 @@ class ConnectionDetails:
     data_request: DataRequest | None
 
 
+def _owned_connection_or_404(connection_id: int):
+    try:
+        return connections.owned_connection(g.user.id, connection_id)
+    except connections.ConnectionNotFound:
+        abort(404, description="No such connection.")
+
+
 @bp.post("/connections/<int:connection_id>/events/<int:event_id>/replay")
 @login_required
 def replay_event(connection_id: int, event_id: int):
@@ -118,10 +125,7 @@ def replay_event(connection_id: int, event_id: int):
     `flask webhooks replay` does. Others: 403; an event or connection that is not theirs: 404."""
     if not connection_data.is_operator(g.user):
         abort(403, description="Only operators (OPERATOR_EMAILS) can replay webhook events.")
-    try:
-        connection = connections.owned_connection(g.user.id, connection_id)
-    except connections.ConnectionNotFound:
-        abort(404, description="No such connection.")
+    connection = _owned_connection_or_404(connection_id)
     event = connection_data.timeline_event(connection, event_id)
     if event is None:
         abort(404, description="No such webhook event.")
@@ -237,13 +241,25 @@ def attempt_status():
     return response
 
 
+@bp.get("/connections/<int:connection_id>/disconnect")
+@login_required
+def confirm_disconnect(connection_id: int):
+    """Disconnecting cannot be undone, so the dashboard's Disconnect leads here first: a page, not a
+    script's dialog, so that it works without JavaScript."""
+    connection = _owned_connection_or_404(connection_id)
+    if connection.status == ConnectionStatus.REVOKED:
+        flash(f"{provider_name(connection.provider)} is already disconnected.")
+        return redirect(url_for("connect.dashboard"), code=303)
+    return render_template("connect/disconnect.html", connection=connection)
+
+
 @bp.post("/connections/<int:connection_id>/disconnect")
 @login_required
 def disconnect(connection_id: int):
-    try:
-        connection = connections.owned_connection(g.user.id, connection_id)
-    except connections.ConnectionNotFound:
-        abort(404, description="No such connection.")
+    connection = _owned_connection_or_404(connection_id)
+    if request.form.get("confirm") != "yes":
+        # Only the confirmation page's button says yes: any other post is sent there to be asked.
+        return redirect(url_for("connect.confirm_disconnect", connection_id=connection.id), code=303)
     try:
         connections.disconnect(connection, terra.client)
     except TerraError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -12,9 +13,12 @@ from config import CommaSeparated, Settings, is_plain_url
 
 # A demo scheme outside production, so the mobile walkthrough works without configuration.
 DEVELOPMENT_APP_SCHEME = "com.example.terraconnect"
-# An app's own scheme is reverse-DNS (RFC 8252 §7.1): a domain its developer controls, so that no
-# other app, and no scheme the browser or the OS already handles, answers to it.
-APP_SCHEME = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)+$")
+# A URL scheme's letters (RFC 3986 §3.1); anything else could not be a link's scheme.
+SCHEME_SYNTAX = re.compile(r"^[a-z][a-z0-9+.-]*$")
+# An app's own scheme should be reverse-DNS (RFC 8252 §7.1): a domain its developer controls, so that
+# no other app answers to it. Only recommended: the deep link carries no credential (the attempt's
+# outcome comes from the status endpoint), and Terra's own guide's example is `reallycoolapp`.
+REVERSE_DNS_SCHEME = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)+$")
 # Schemes browsers or the OS handle themselves, named in the error message.
 SYSTEM_SCHEMES = {
     "http",
@@ -38,6 +42,8 @@ ANDROID_PACKAGE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*(\.[a-zA-Z][a-zA-Z0-9_]*)+$
 CERT_FINGERPRINT = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
 
 Callback = Literal["scheme", "https"]
+
+log = logging.getLogger(__name__)
 
 
 def _ios_app_ids(ids: list[str]) -> list[str]:
@@ -75,8 +81,17 @@ class MobileSettings(Settings):
         scheme = scheme.lower()
         if scheme in SYSTEM_SCHEMES:
             raise ValueError(f"must be the app's own URL scheme, not {scheme!r}, which the browser or the OS handles")
-        if not APP_SCHEME.match(scheme) or len(scheme) > 64:
-            raise ValueError(f"must be the app's own reverse-DNS URL scheme such as com.example.app, not {scheme!r}")
+        if not SCHEME_SYNTAX.match(scheme) or len(scheme) > 64:
+            raise ValueError(
+                f"must be the app's own URL scheme, letters first, such as com.example.app (no '://'), not {scheme!r}"
+            )
+        if not REVERSE_DNS_SCHEME.match(scheme):
+            log.warning(
+                "MOBILE_APP_SCHEME=%s is not reverse-DNS: another app may claim the same scheme. A name from a "
+                "domain you control, such as com.example.%s, is safer (RFC 8252 section 7.1)",
+                scheme,
+                scheme.replace("+", "").replace(".", "").replace("-", "") or "app",
+            )
         return scheme
 
     @field_validator("MOBILE_UNIVERSAL_LINK_BASE")
@@ -85,6 +100,16 @@ class MobileSettings(Settings):
         base = base.rstrip("/")
         if not is_plain_url(base, ("https",)):
             raise ValueError("must be a plain https:// URL such as https://links.example.com/terra")
+        if "*" in base:
+            raise ValueError(
+                "must be the exact host and path, without '*': apple-app-site-association reads it as a "
+                "wildcard, so the app would claim links it does not handle"
+            )
+        if urlsplit(base).netloc.rsplit("]", 1)[-1].count(":"):
+            raise ValueError(
+                "must have no port: iOS and Android fetch and open universal links (App Links) on port 443 "
+                "only; serve the links host there"
+            )
         return base
 
     @field_validator("ANDROID_PACKAGE_NAME")

@@ -3,6 +3,8 @@ to a user (new data, a degraded connection, revoked access...) so the app's hand
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import current_app, redirect, render_template, request, url_for
 from sqlalchemy import select
 
@@ -23,6 +25,18 @@ from sandbox.user_events import (
 )
 
 RECENT_SESSIONS = 20
+
+
+def app_home() -> str | None:
+    """The home page of the app the sandbox feeds: the origin its webhooks go to (none when they go
+    nowhere). Not a link into the app's own routes: the sandbox stays liftable on its own."""
+    webhook_url = current_app.config["SANDBOX_WEBHOOK_URL"]
+    if not webhook_url:
+        return None
+    parts = urlsplit(str(webhook_url))
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
 # The knobs worth seeing while testing (never the signing secret).
 CONSOLE_SETTINGS = (
     "SANDBOX_WEBHOOK_URL",
@@ -59,6 +73,7 @@ def console():
         rest_faults=REST_FAULTS,
         webhook_faults=WEBHOOK_FAULTS,
         flow_variants=FLOW_VARIANTS,
+        app_home=app_home(),
     )
 
 

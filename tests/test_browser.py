@@ -5,6 +5,7 @@ axe-core's accessibility rules); and docs/walkthrough.md's steps."""
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from click.testing import CliRunner
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import select
 
@@ -19,7 +21,9 @@ from extensions import db
 from models import Connection, User
 from tests.conftest import _empty_tables, serve_live_server
 from tools.mobile_client import CHROMIUM_ARGS
-from tools.walkthrough import FLOWS, walk_through
+from tools.screenshots import DOCUMENTED_PORT
+from tools.screenshots import main as take_screenshots
+from tools.walkthrough import FLOWS, Walk, data_arrived, walk_through
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -69,7 +73,10 @@ def test_register_connect_consent_and_see_the_connection(page, live_server):
     expect(card).to_have_attribute("data-status", "active")
     expect(card.locator(".state")).to_have_text("Connected")
     # Disconnecting says it is done, in words.
-    card.get_by_role("button", name="Disconnect Garmin").click()
+    # Only once confirmed: it cannot be undone.
+    card.get_by_role("link", name="Disconnect Garmin").click()
+    expect(page.locator("h1")).to_have_text("Disconnect Garmin?")
+    page.get_by_role("button", name="Disconnect Garmin").click()
     expect(page.locator(".flash")).to_contain_text("Garmin is disconnected.")
     expect(card).to_have_attribute("data-status", "revoked")
     # The reason depends on which lands last, the app's own record or the deauth webhook Terra sends.
@@ -86,7 +93,9 @@ def test_denying_consent_shows_why(page, live_server):
 
 # -- how the pages look ----------------------------------------------------------------------------
 
-WIDTHS = (360, 390, 1280)
+WIDTHS = (360, 375, 390, 1280)
+# Long enough that the header's old 16rem cut it, at 1280 px.
+TOUR_EMAIL = "alexandra.montgomery@long-company-name.example.com"
 # A connection in each state the dashboard explains, besides the live one the browser makes.
 SEEDED = (("FITBIT", "degraded", None), ("OURA", "revoked", "access_revoked"), ("WAHOO", "revoked", "deauth"))
 
@@ -143,12 +152,13 @@ def shared_tour(chromium, tour_server):
         context.on("response", tour.record)
     page = tour.signed_in
     # Not the walkthrough's address (ada@): its test, later in this module, registers while this user exists.
-    register_and_connect(page, live_server.url, "tour@example.com", "GARMIN", "allow")
+    register_and_connect(page, live_server.url, TOUR_EMAIL, "GARMIN", "allow")
     page.wait_for_url("**/connect/return/success/**")
     expect(page.locator("#attempt h1")).to_have_text("Connected to Garmin")
     return_page = page.url
     with live_server.app.app_context():
         user_id = db.session.query(User.id).scalar()
+        garmin = db.session.scalars(select(Connection.id).where(Connection.provider == "GARMIN")).one()
         for provider, status, reason in SEEDED:
             db.session.add(
                 Connection(
@@ -161,11 +171,16 @@ def shared_tour(chromium, tour_server):
                 )
             )
         db.session.commit()
+    # A month of history from the sandbox's console: the steps chart and a timeline of webhooks.
+    page.goto(live_server.url + "/sandbox/")
+    page.click("#sandbox-users button[name=days]")
+    data_arrived(page, Walk(live_server.url))
     page.goto(live_server.url + "/connections")
     page.click("#connect-device")
     tour.addresses = [
         "/connections",
         "/connections/providers",
+        f"/connections/{garmin}/disconnect",  # the confirmation page, which disconnects nothing by itself
         return_page,
         # The mobile return page as after its one automatic try of the app link (which never loads here).
         return_page.replace("/connect/return/", "/mobile/return/") + "&tried=1",
@@ -255,6 +270,102 @@ def test_the_dashboard_says_in_words_what_each_connection_is(tour):
     assert terra_user_ids and not any(terra_user_id in page.content() for terra_user_id in terra_user_ids)
 
 
+CHART_TEXT_SIZES = """[...document.querySelectorAll('svg.steps-chart text')]
+    .filter(text => getComputedStyle(text).visibility === 'visible')
+    .map(text => parseFloat(getComputedStyle(text).fontSize) * text.getScreenCTM().a)"""
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_steps_chart_reads_at_phone_width_and_tells_each_day_on_focus_or_tap(tour, chromium):
+    page = tour.signed_in
+    for width in (360, 375, 1280):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.goto(tour.server.url + "/connections")
+        chart = page.locator("svg.steps-chart")
+        # Every visible label at 12 CSS px or more once the SVG is scaled to its column.
+        sizes = page.evaluate(CHART_TEXT_SIZES)
+        assert len(sizes) >= 10 and min(sizes) >= 12, f"chart text of {min(sizes):.1f} px at {width} px"
+        # The top line says it is the peak; a labelled scale from 0 reaches it.
+        peak = chart.locator(".chart-peak")
+        expect(peak).to_contain_text("Peak: ")
+        peak_steps = int(peak.text_content().split()[1].replace(",", ""))
+        scale = [int(label.replace(",", "")) for label in chart.locator(".chart-scale").all_text_contents()]
+        assert scale[0] == 0 and len(scale) >= 2 and scale[-1] >= peak_steps > scale[-2]
+        # A day's value: on keyboard focus, and on a tap (a click here) on its column.
+        days = chart.locator("g[tabindex]")
+        expect(days).to_have_count(14)
+        days.nth(3).focus()
+        readout = days.nth(3).locator(".chart-readout")
+        expect(readout).to_be_visible()
+        expect(readout).to_have_text(days.nth(3).get_attribute("aria-label"))
+        expect(peak).to_be_hidden()
+        days.nth(10).locator(".chart-hit").click()
+        expect(days.nth(10).locator(".chart-readout")).to_be_visible()
+        expect(readout).to_be_hidden()
+        assert days.nth(10).get_attribute("aria-label").endswith(" steps")
+    # A phone's tap, in a touch browser signed in as the same user.
+    phone = chromium.new_context(
+        storage_state=page.context.storage_state(),
+        viewport={"width": 360, "height": 800},
+        has_touch=True,
+        is_mobile=True,
+    )
+    try:
+        touch = phone.new_page()
+        touch.goto(tour.server.url + "/connections")
+        day = touch.locator("svg.steps-chart g[tabindex]").nth(6)
+        expect(day.locator(".chart-readout")).to_be_hidden()
+        day.locator(".chart-hit").tap()
+        expect(day.locator(".chart-readout")).to_be_visible()
+        expect(touch.locator("svg.steps-chart .chart-peak")).to_be_hidden()
+    finally:
+        phone.close()
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_webhook_timeline_never_breaks_an_event_name(tour):
+    page = tour.signed_in
+    for width in (360, 375, 1280):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.goto(tour.server.url + "/connections")
+        page.click("#connections [data-provider=GARMIN] summary:has-text('Webhooks received')")
+        names = page.locator("table.events code")
+        assert "large_request_sending" in names.all_inner_texts()
+        broken = page.evaluate(
+            "[...document.querySelectorAll('table.events code')]"
+            ".filter(code => code.getClientRects().length !== 1"
+            " || code.getBoundingClientRect().height > 1.6 * parseFloat(getComputedStyle(code).fontSize))"
+            ".map(code => code.textContent)"
+        )
+        assert broken == [], f"event names broken at {width} px"
+        assert page.evaluate(
+            "[...document.querySelectorAll('.connection-data .table-wrap')].every(wrap =>"
+            " wrap.scrollWidth <= wrap.clientWidth)"
+        ), f"the timeline scrolls sideways at {width} px"
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_header_shows_the_whole_email_on_a_desktop(tour):
+    page = tour.signed_in
+    page.goto(tour.server.url + "/connections")
+    who = page.locator(".bar .who")
+    expect(who).to_have_text(TOUR_EMAIL)
+    widths = who.evaluate("element => [element.scrollWidth, element.clientWidth, getComputedStyle(element).maxWidth]")
+    assert widths[0] <= widths[1], f"the email is cut: {widths}"
+
+
+@pytest.mark.browser
+@pytest.mark.sandbox
+def test_the_sandbox_console_links_back_to_the_app(tour):
+    page = tour.signed_in
+    page.goto(tour.server.url + "/sandbox/")
+    page.get_by_role("link", name="Back to the app").click()
+    expect(page.locator("h1")).to_have_text("Your connections")
+
+
 # -- docs/walkthrough.md ---------------------------------------------------------------------------
 
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
@@ -276,3 +387,15 @@ def test_the_walkthrough_quotes_each_step_and_shows_its_picture():
         assert (WALKTHROUGH.parent / "images" / f"{step.image}.png").is_file(), "run `make screenshots`"
     pictures = {path.stem for path in (WALKTHROUGH.parent / "images").glob("*.png")}
     assert pictures == {step.image for steps in FLOWS for step in steps}, "a picture no step takes any more"
+
+
+def test_the_pictures_are_taken_at_the_walkthroughs_address_or_not_at_all(tmp_path, monkeypatch):
+    # The sandbox console pictures the address its webhooks go to: the one the text gives.
+    assert f"Open http://127.0.0.1:{DOCUMENTED_PORT}/sandbox/" in WALKTHROUGH.read_text()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr("tools.screenshots.DOCUMENTED_PORT", taken.getsockname()[1])
+        result = CliRunner().invoke(take_screenshots, ["--out", str(tmp_path)])
+    assert result.exit_code != 0 and "the pictures show the walkthrough's address" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -401,6 +401,35 @@ def test_payloads_come_from_loopback_only_outside_production(tmp_path, environ, 
     assert started_config(tmp_path, **environ)["TERRA_PAYLOAD_ALLOW_LOOPBACK"] is allowed
 
 
+@pytest.mark.parametrize(
+    "base, message",
+    [
+        ("https://links.example.com/terra/*", "without '*': apple-app-site-association reads it as a wildcard"),
+        ("https://*.example.com/terra", "without '*'"),
+        ("https://links.example.com:8443/terra", "must have no port: iOS and Android fetch and open universal links"),
+        ("https://links.example.com:443/terra", "must have no port"),
+    ],
+)
+def test_a_universal_link_base_with_a_wildcard_or_a_port_is_refused(tmp_path, base, message):
+    with pytest.raises(ConfigError, match="MOBILE_UNIVERSAL_LINK_BASE") as refused:
+        started_config(tmp_path, MOBILE_UNIVERSAL_LINK_BASE=base)
+    assert message in str(refused.value)
+
+
+@pytest.mark.sandbox  # started without Terra credentials
+def test_a_scheme_that_is_not_reverse_dns_starts_with_a_warning(tmp_path, caplog):
+    # Terra's own guide's example (reallycoolapp://success): the deep link carries no credential.
+    config = started_config(tmp_path, MOBILE_APP_SCHEME="reallycoolapp")
+    assert config["MOBILE_APP_SCHEME"] == "reallycoolapp"
+    [warning] = [record for record in caplog.records if "MOBILE_APP_SCHEME" in record.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert "not reverse-DNS" in warning.getMessage() and "com.example.reallycoolapp" in warning.getMessage()
+    assert "RFC 8252" in warning.getMessage()
+    caplog.clear()
+    assert started_config(tmp_path, MOBILE_APP_SCHEME="com.example.app")["MOBILE_APP_SCHEME"] == "com.example.app"
+    assert not [record for record in caplog.records if "MOBILE_APP_SCHEME" in record.getMessage()]
+
+
 # == the entry points: the same settings for `flask`, gunicorn and `flask run` ==========================
 
 # What the developer's shell might carry that these tests set through .env or leave to derivation.

@@ -6,6 +6,7 @@ finishes the sandbox widget through its automation endpoint, which does what its
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -144,12 +145,25 @@ def test_a_different_account_adds_a_second_connection(signed_in, live_server):
     assert sorted(row.provider for row in connections(live_server)) == ["GARMIN", "OURA"]
 
 
+def test_two_connections_to_one_provider_say_which_is_which(signed_in, live_server):
+    for account in ("first", "second"):
+        wait_for_terminal(signed_in, finish_widget(start_connect(signed_in), account=account))
+    page = signed_in.get("/connections").text
+    facts = re.findall(r'<p class="muted connection-facts">(.*?)</p>', page, re.DOTALL)
+    rows = connections(live_server)
+    assert [row.provider for row in rows] == ["GARMIN", "GARMIN"] and len(facts) == 2
+    # When each was made, and the start of its Terra user id (not the whole of it).
+    for row in rows:
+        [fact] = [fact for fact in facts if f">{row.terra_user_id[:8]}</code>" in fact]
+        assert row.created_at.strftime("%d %b %Y, %H:%M") in fact and row.terra_user_id not in page
+
+
 def test_disconnect_calls_terra_then_marks_the_connection_revoked(signed_in, live_server):
     state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
     connection_id = state["connection"]["id"]
     terra_id = state["connection"]["terra_user_id"]
 
-    response = signed_in.submit("/connections", f"/connections/{connection_id}/disconnect")
+    response = signed_in.submit("/connections", f"/connections/{connection_id}/disconnect", {"confirm": "yes"})
     assert response.status_code == 200
     assert 'data-status="revoked"' in response.text and "is disconnected" in response.text
 
@@ -171,7 +185,9 @@ def test_disconnect_shows_from_terras_confirmation_when_no_deauth_webhook_follow
     state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
     live_server.app.config["SANDBOX_DEAUTH_WEBHOOK"] = False
     with deliveries_finished():  # whatever the sandbox sends for the deauthentication is sent by the end
-        response = signed_in.submit("/connections", f"/connections/{state['connection']['id']}/disconnect")
+        response = signed_in.submit(
+            "/connections", f"/connections/{state['connection']['id']}/disconnect", {"confirm": "yes"}
+        )
     assert response.status_code == 200
     assert 'data-status="revoked"' in response.text and "is disconnected" in response.text
     assert "deauth" not in [post.event_type for post in traffic_of(live_server.app).webhooks()]
@@ -179,11 +195,32 @@ def test_disconnect_shows_from_terras_confirmation_when_no_deauth_webhook_follow
     assert [row.status for row in connections(live_server)] == ["revoked"]
 
 
+def test_disconnect_asks_first_and_changes_nothing_until_confirmed(signed_in, live_server):
+    state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
+    path = f"/connections/{state['connection']['id']}/disconnect"
+    # The dashboard links to a confirmation page: it says what is lost, and that it cannot be undone.
+    dashboard = signed_in.get("/connections")
+    assert f'href="{path}"' in dashboard.text
+    question = signed_in.get(path)
+    assert question.status_code == 200 and "Disconnect Garmin?" in question.text
+    assert "This cannot be undone" in question.text and 'name="confirm" value="yes"' in question.text
+    # A post that did not come from its button is sent there to be asked, and changes nothing.
+    unconfirmed = signed_in.submit("/connections", path, allow_redirects=False)
+    assert unconfirmed.status_code == 303 and unconfirmed.headers["Location"].endswith(path)
+    assert [row.status for row in connections(live_server)] == ["active"]
+    signed_in.submit(path, path, {"confirm": "yes"})
+    assert [row.status for row in connections(live_server)] == ["revoked"]
+    # Once disconnected, the page has nothing left to ask.
+    assert "already disconnected" in signed_in.get(path).text
+
+
 def test_someone_elses_connection_cannot_be_disconnected(signed_in, live_server):
     state = wait_for_terminal(signed_in, finish_widget(start_connect(signed_in)))
     intruder = Browser(live_server.url)
     intruder.register(email="eve@example.com")
-    response = intruder.submit("/connections", f"/connections/{state['connection']['id']}/disconnect")
+    path = f"/connections/{state['connection']['id']}/disconnect"
+    assert intruder.get(path).status_code == 404
+    response = intruder.submit("/connections", path, {"confirm": "yes"})
     assert response.status_code == 404
     assert [row.status for row in connections(live_server)] == ["active"]
 

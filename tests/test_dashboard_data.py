@@ -72,11 +72,17 @@ def test_the_chart_shows_the_last_14_days_of_steps_with_a_text_alternative(clien
     # Heights follow the steps: the tallest bar is the biggest day (13 days ago, 1,013 steps).
     heights = [float(bar.find("rect").get("height")) for bar in bars if bar.get("class") == "chart-bar"]
     assert heights[0] == max(heights) and heights[-1] == min(heights)
-    # Accessible: an image named by its title and described day by day.
-    assert svg.get("role") == "img"
-    title_id, desc_id = svg.get("aria-labelledby").split()
-    assert svg.find("title").get("id") == title_id and svg.find("desc").get("id") == desc_id
+    # Accessible: a group named by the visible caption and described day by day, each day an image
+    # named by its value, which focus shows on the chart's top line in place of the peak.
+    assert svg.get("role") == "group"
+    assert re.search(rf'<figcaption id="{svg.get("aria-labelledby")}">Steps per day, ', page)
+    assert svg.find("desc").get("id") == svg.get("aria-describedby")
     assert svg.findtext("desc").startswith(expected[0]) and "no data" in svg.findtext("desc")
+    assert [bar.get("aria-label") for bar in bars] == expected and {bar.get("role") for bar in bars} == {"img"}
+    assert [bar.findtext("text[@class='chart-readout']") for bar in bars] == expected
+    assert svg.findtext("text[@class='chart-peak']") == f"Peak: 1,013 steps, {expected[0].split(':')[0]}"
+    # The scale: round steps from 0 to the first line at or above the peak.
+    assert [text.text for text in svg.findall("text[@class='chart-scale']")] == ["0", "500", "1,000", "1,500"]
     # Drawn on the server: no script, nothing from elsewhere, and the strict policy stands.
     assert "<script" not in page and "cdn" not in page.lower()
     assert "unsafe-inline" not in response.headers["Content-Security-Policy"]

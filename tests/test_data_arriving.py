@@ -125,7 +125,7 @@ def test_backfill_sends_30_days_in_chunks_under_one_terra_reference_and_the_dash
     browser = Browser(live_server.url)
     browser.login("ada@example.com", PASSWORD)
     page = browser.get("/connections").text
-    assert len(re.findall(r'<g class="chart-bar">', page)) == 14 and "chart-missing" not in page
+    assert len(re.findall(r'<g class="chart-bar"', page)) == 14 and "chart-missing" not in page
     assert "<code>large_request_sending</code>" in page and page.count("<code>daily</code>") == 3
 
 

@@ -495,7 +495,7 @@ def test_disconnect_keeps_the_connection_and_says_why(start_live_server, case):
     before = snapshot(server)
     switch_on(server, case)
 
-    page = browser.submit("/connections", f"/connections/{connection['id']}/disconnect")
+    page = browser.submit("/connections", f"/connections/{connection['id']}/disconnect", {"confirm": "yes"})
     assert page.status_code == 200 and urlsplit(page.url).path == "/connections"
     assert_readable(page, "Could not disconnect Garmin: " + case.message)
     assert_calls(server, 1, "deauthenticate_user")  # a DELETE: never repeated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from flask.cli import FlaskGroup
 
 from app import create_app
 from tests.conftest import ROOT
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WALKTHROUGH
 from tests.test_config import PRODUCTION
 from tests.test_mobile_devices import POLL_AFTER_MS
 from tools.mobile_client import (
@@ -83,6 +84,11 @@ def test_command_prints_each_step(live_server):
     assert result.exit_code == 0, result.output
     assert "deep link caught: com.example.terraconnect://connect/success" in result.output
     assert result.output.strip().endswith("done: connected")
+    # docs/walkthrough.md quotes the start of each numbered line the client prints.
+    quoted = {number: start for start, number in re.findall(r"`((\d)\. [^`]+)`", WALKTHROUGH.read_text())}
+    numbered = [line for line in result.output.splitlines() if re.match(r"\d\. ", line)]
+    assert sorted(quoted) == ["1", "2", "3", "4", "5"] and len(numbered) >= 5
+    assert [line for line in numbered if not line.startswith(quoted[line[0]])] == []
 
 
 @pytest.mark.browser

@@ -312,7 +312,7 @@ PRODUCTION_MOBILE = {**PRODUCTION, "MOBILE_APP_SCHEME": "com.example.app"}
             pytest.param({"MOBILE_APP_SCHEME": scheme}, "MOBILE_APP_SCHEME", id=f"scheme {scheme}")
             for scheme in ("tel", "market", "http", "https", "javascript", "intent", "mailto", "sms")
         ],
-        pytest.param({"MOBILE_APP_SCHEME": "myapp"}, "MOBILE_APP_SCHEME", id="scheme not reverse-DNS"),
+        pytest.param({"MOBILE_APP_SCHEME": "my_app"}, "MOBILE_APP_SCHEME", id="not a scheme"),
         pytest.param({"MOBILE_APP_SCHEME": "com.example.app://evil"}, "MOBILE_APP_SCHEME", id="scheme with a path"),
         ({"MOBILE_UNIVERSAL_LINK_BASE": "http://links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),
         ({"MOBILE_UNIVERSAL_LINK_BASE": "https://user@links.example.com"}, "MOBILE_UNIVERSAL_LINK_BASE"),

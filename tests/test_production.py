@@ -309,6 +309,7 @@ def test_register_log_out_log_in_connect_disconnect_through_nginx(deployment, ch
     expect(page.locator(".flash")).to_contain_text("Asked Terra for 30 days of Garmin history")
     wait_for(lambda: page.reload() and page.locator("svg.steps-chart").count(), timeout=20)
     page.click("text=Disconnect")
+    page.click("#confirm-disconnect")
     expect(row).to_have_attribute("data-status", "revoked")
     log_out()
     page.goto(app + "/connections")

@@ -82,7 +82,7 @@ def _ask_for_history(page: Page, walk: Walk) -> None:
     page.click("#connections .history-request button")
 
 
-def _data_arrived(page: Page, walk: Walk) -> None:
+def data_arrived(page: Page, walk: Walk) -> None:
     """The dashboard once the history has arrived: the sandbox delivers its chunks one after another
     and the app applies each in the background, so reload until the steps chart is drawn and the
     webhook timeline has stopped growing with nothing left to apply; then open the timeline."""
@@ -105,7 +105,8 @@ def _data_arrived(page: Page, walk: Walk) -> None:
 
 def _disconnect(page: Page, walk: Walk) -> None:
     page.goto(walk.base_url + "/connections")
-    page.click("#connections button.danger")
+    page.click("#connections a.danger")
+    page.click("#confirm-disconnect")
 
 
 def _app_sees_connected_then_log_in(page: Page, walk: Walk) -> Page:
@@ -142,7 +143,7 @@ WEB_STEPS = (
     ),
     Step("web-09-sandbox-console", DESKTOP, _open("/sandbox/"), "Sandbox console"),
     Step("web-10-history-sent", DESKTOP, _ask_for_history, "Asked Terra for 30 days of Garmin history"),
-    Step("web-11-data-arrived", DESKTOP, _data_arrived, "Last data received"),
+    Step("web-11-data-arrived", DESKTOP, data_arrived, "Last data received"),
     Step("web-12-disconnected", DESKTOP, _disconnect, "Garmin is disconnected."),
 )
 
