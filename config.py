@@ -1,10 +1,11 @@
 """Every setting of the app, read from the environment and checked once at start-up.
 
-Each part owns its settings: a pydantic model whose fields are named as the environment variables
-(`Settings`). This module holds the mechanism (`read_settings`, which turns every problem into a
-ConfigError naming the variable), the app's own settings (`AppSettings`, `ServerSettings`) and the
-Terra integration's (`TerraSettings`); the mobile companion's are in mobile_redirects/settings.py, and
-the sandbox reads its own (sandbox/settings.py) when it is registered, so nothing here knows about it.
+Each part owns its settings: a pydantic model whose fields are named as the environment variables,
+built on settings_base.py (the mechanism: `Settings`, `read_settings`, which turns every problem into
+a ConfigError naming the variable, and the shared field types). This module holds the app's own
+settings (`AppSettings`, `ServerSettings`) and the Terra integration's (`TerraSettings`), and composes
+them with the mobile companion's (mobile_redirects/settings.py); the sandbox reads its own
+(sandbox/settings.py) when it is registered, so nothing here knows about it.
 
 `load_config()` returns a plain dict for `app.config`. It fails fast when something is missing or
 inconsistent, so a misconfigured deployment never starts half-working. The process environment is
@@ -20,27 +21,27 @@ import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Literal
 from urllib.parse import urlsplit
 
 import click
 import dotenv
-import limits
 from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    NonNegativeInt,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from mobile_redirects.settings import MobileSettings
+from settings_base import (
+    CommaSeparated,
+    ConfigError,  # noqa: F401  (load_config's error, for its callers)
+    HttpUrl,
+    Rate,
+    Seconds,
+    Settings,
+    is_plain_url,
+    read_settings,
+)
 
 TERRA_CREDENTIALS = ("TERRA_DEV_ID", "TERRA_API_KEY", "TERRA_SIGNING_SECRET")
 
@@ -81,88 +82,7 @@ PUBLISHED_SECRETS = frozenset(
 HOST_NAME = re.compile(r"^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 
 
-class ConfigError(RuntimeError):
-    """The environment does not describe a runnable app."""
-
-
-# == the mechanism ===================================================================================
-
-
-class Settings(BaseModel):
-    """The settings of one part of the app: one field per environment variable, named as it; the
-    variables of other parts are ignored. Every part knows which environment it runs in."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    APP_ENV: Literal["development", "testing", "production"] = "development"
-
-
-SettingsModel = TypeVar("SettingsModel", bound=Settings)
-
-
-def read_settings(model: type[SettingsModel], environ: Mapping[str, str]) -> SettingsModel:
-    """Validate `model` against the environment. An empty value means "not set", so a copied
-    .env.example with blanks behaves like no .env."""
-    try:
-        return model.model_validate({name: value for name, value in environ.items() if value != ""})
-    except ValidationError as error:
-        # `from None`: pydantic's own message quotes every bad input, and some inputs are secrets.
-        raise ConfigError("; ".join(_describe(model, problem) for problem in error.errors())) from None
-
-
-def _describe(model: type[Settings], problem: Any) -> str:
-    """One problem as `NAME must be ...`. The bad value is quoted only where it cannot be a secret:
-    numbers, flags and choices; a validator of a text setting decides itself whether to quote it."""
-    name = problem["loc"][0] if problem["loc"] else None
-    kind, value, context = problem["type"], problem.get("input"), problem.get("ctx", {})
-    if kind == "value_error":  # raised by a validator below, or a rule across several settings
-        message = str(context["error"])
-    elif kind == "literal_error":
-        message = f"must be one of {', '.join(_choices(model.model_fields[name].annotation))}, not {value!r}"
-    elif kind in ("int_parsing", "int_from_float"):
-        message = f"must be an integer, not {value!r}"
-    elif kind == "float_parsing":
-        message = f"must be a number, not {value!r}"
-    elif kind == "bool_parsing":
-        message = f"must be on or off (1, true, yes, on or 0, false, no, off), not {value!r}"
-    elif kind in ("greater_than", "greater_than_equal", "less_than_equal"):
-        bound = next(iter(context.values()))
-        word = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than_equal": "at most"}[kind]
-        message = f"must be {word} {bound}, not {value!r}"
-    else:
-        message = problem["msg"]  # pydantic's wording never includes the input
-    return f"{name} {message}" if name else message
-
-
-def _choices(annotation: Any) -> list[str]:
-    """The values a Literal setting accepts, also when it is optional (`Literal[...] | None`)."""
-    return [
-        choice
-        for arg in get_args(annotation)
-        for choice in (_choices(arg) if get_args(arg) else [arg] if isinstance(arg, str) else [])
-    ]
-
-
-def is_plain_url(url: str, schemes: tuple[str, ...]) -> bool:
-    """A URL with one of `schemes` and a host, and nothing that could make it point elsewhere than it
-    seems: no user info, query, fragment or backslash."""
-    parts = urlsplit(url)
-    return (
-        parts.scheme in schemes
-        and bool(parts.hostname)
-        and not (parts.username or parts.password or parts.query or parts.fragment or "\\" in url)
-    )
-
-
-def _comma_separated(value: Any) -> Any:
-    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
-
-
-def _http_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, not {url!r}")
-    return url.rstrip("/")
+# == secrets that production refuses ===============================================================
 
 
 def is_published_secret(value: str) -> bool:
@@ -198,21 +118,6 @@ def production_key_problem(key: str) -> str | None:
             "no long run of one and no piece repeated over and over"
         )
     return None
-
-
-def _rate(value: str) -> str:
-    try:
-        limits.parse(value)
-    except ValueError:
-        raise ValueError(f"must be a rate such as '10 per minute', not {value!r}") from None
-    return value
-
-
-# Field types shared by the parts' settings.
-CommaSeparated = Annotated[list[str], BeforeValidator(_comma_separated)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Rate = Annotated[str, AfterValidator(_rate)]
-Seconds = Annotated[float, Field(gt=0)]
 
 
 # == where the process listens ========================================================================
@@ -602,8 +507,6 @@ class TerraSettings(Settings):
 
 def load_config(environ: Mapping[str, str] | None = None, instance_path: str | None = None) -> dict:
     """The app's, the Terra integration's and the mobile companion's settings, for `app.config`."""
-    from mobile_redirects.settings import MobileSettings  # it builds on this module's Settings
-
     environ = process_environment() if environ is None else environ
     app_settings = read_settings(AppSettings, environ)
     # The mobile settings compare the links host with the app's origin, derived or not.

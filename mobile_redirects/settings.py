@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, field_validator, model_validator
 
-from config import CommaSeparated, Settings, is_plain_url
+from settings_base import CommaSeparated, Settings, is_plain_url
 
 # A demo scheme outside production, so the mobile walkthrough works without configuration.
 DEVELOPMENT_APP_SCHEME = "com.example.terraconnect"

@@ -49,11 +49,11 @@ def init_sandbox(app: Flask, environ: Mapping[str, str]) -> None:
     app.cli.add_command(sandbox_commands)  # in live mode too, to say why it cannot serve
     if app.config["TERRA_MODE"] != "sandbox":
         return
-    from config import read_settings
     from sandbox import api, console, data_requests, payloads, sdk, widget  # noqa: F401  (each adds its routes to the blueprint)
     from sandbox.blueprint import URL_PREFIX, bp
     from sandbox.settings import SandboxSettings
     from sandbox.traffic import install
+    from settings_base import read_settings
 
     # Filled in, not overwritten: Terra endpoints set in the environment still win.
     for key, value in read_settings(SandboxSettings, environ).flask_config(app.config["PUBLIC_BASE_URL"]).items():

@@ -11,7 +11,8 @@ from flask.cli import with_appcontext
 from flask_migrate import upgrade
 from werkzeug.serving import run_simple
 
-from config import ServerSettings, read_settings
+from config import ServerSettings
+from settings_base import read_settings
 
 # The settings another app's TerraIntegration needs, each as the sandbox fills it in (sandbox/settings.py).
 OTHER_APPS_SETTINGS = (

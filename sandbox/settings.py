@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, NonNegativeFloat, NonNegativeInt, PositiveInt
 
-from config import HttpUrl, Seconds, Settings
 from sandbox.blueprint import URL_PREFIX
 from sandbox.faults import UnknownFault, parse_fault_names
+from settings_base import HttpUrl, Seconds, Settings
 
 # The sandbox accepts exactly these credentials, so the client code path is the live one.
 SANDBOX_DEV_ID = "sandbox-dev-id"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
@@ -11,10 +11,6 @@ from flask_sqlalchemy import SQLAlchemy
 from terra_integration.client import TerraClient
 from terra_integration.events import TerraEvent
 from terra_integration.models import WebhookEventColumns
-
-if TYPE_CHECKING:
-    from terra_integration.applier import InboxWorker
-    from terra_integration.recorder import InboxRecorder
 
 # (outcome, detail): an `EventOutcome` and a short note for the inbox row, or None.
 Outcome = tuple[str, str | None]
@@ -39,6 +35,26 @@ class TerraHost(Protocol):
         """A data or informational event (activity, sleep, healthcheck...), `event.terra_user_id` its user."""
 
 
+class Applier(Protocol):
+    """This process's applier threads (applier.InboxWorker), as the integration's files call them: a
+    protocol, not the class, since the workers look their app's integration up here (`bound`), so
+    this module imports neither of them."""
+
+    def start(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+class Recorder(Protocol):
+    """This process's inbox writer (recorder.InboxRecorder), as the integration's files call it."""
+
+    def record(self, values: dict[str, Any]) -> bool: ...
+
+    def last_arrival(self) -> float: ...
+
+
 @dataclass
 class BoundIntegration:
     """What `TerraIntegration.init_app` keeps for one app, in `app.extensions["terra_integration"]`."""
@@ -46,8 +62,8 @@ class BoundIntegration:
     client: TerraClient
     host: TerraHost
     db: SQLAlchemy
-    worker: InboxWorker  # this process's applier thread (started by gunicorn or the first wake-up)
-    recorder: InboxRecorder  # this process's inbox writer thread (started by the first delivery)
+    worker: Applier  # this process's applier thread (started by gunicorn or the first wake-up)
+    recorder: Recorder  # this process's inbox writer thread (started by the first delivery)
 
 
 def bound() -> BoundIntegration:
