@@ -19,7 +19,7 @@ UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --require-hashes 
 UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
               --custom-compile-command "make lock"
 
-.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium java nginx clean
+.PHONY: run test mutation lint lock mobile-client screenshots install install-dev chromium java node nginx clean
 
 run: install
 	$(BIN)/flask --app app db upgrade heads
@@ -32,7 +32,7 @@ run: install
 # (--dist loadfile): its module-wide servers start once, and each module that flushes a Redis
 # database has its own.
 TEST_PROCESSES ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
-test: install-dev chromium java nginx
+test: install-dev chromium java node nginx
 	$(BIN)/pytest --numprocesses $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # Mutation testing of the security-critical code and the tests that guard it (pyproject.toml
@@ -101,6 +101,15 @@ java:
 	  echo "Installing Debian's Java runtime for the generated-client tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq default-jre-headless; }
+
+# The generated-client tests type-check and run a TypeScript sample (tests/typescript_client/): Debian's
+# Node.js and npm, unless a node is on PATH already. The test installs the sample's packages itself
+# (npm ci, from its package-lock.json).
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "Installing Debian's Node.js and npm for the generated-client tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
 
 # tests/test_production.py runs the app behind Debian's nginx, as docs/deploy.md configures it: nginx-light
 # (every module that page uses) where the release has it, else nginx. The tests run their own nginx, as
