@@ -157,15 +157,16 @@ class MobileClient:
             headers = {"If-None-Match": etag} if etag else {}
             asked_at = time.monotonic()
             response = self._call_url("GET", status_url, params={"wait": self.wait_seconds}, headers=headers)
-            news = False
             if response.status_code in (429, 503) and response.headers.get("Retry-After", "").isdigit():
                 retry_after = int(response.headers["Retry-After"])
                 self.say(f"5. status {response.status_code} {error_code(response)}: asking again in {retry_after} s")
                 time.sleep(retry_after)
                 continue
+            news = False
             if response.status_code == 200:
-                news = state is None or response.json()["version"] != state["version"]
-                state, etag = response.json(), response.headers.get("ETag")
+                answered = response.json()
+                news = state is None or answered["version"] != state["version"]
+                state, etag = answered, response.headers.get("ETag")
                 self.say(f"5. status {state['status']} (version {state['version']}, hint {state['hint']})")
                 if state["terminal"]:
                     return state
@@ -345,7 +346,7 @@ def deep_link_attempt_id(link: str) -> str | None:
     "--callback",
     type=click.Choice(["scheme", "https"]),
     default=None,
-    help="The link the in-app browser catches; defaults to the server's MOBILE_CALLBACK.",
+    help="The link the in-app browser catches (https: the success link only); defaults to the server's MOBILE_CALLBACK.",
 )
 @click.option("--scheme", default=None, help="The app's scheme; defaults to MOBILE_APP_SCHEME.")
 @click.option("--link-base", default=None, help="The app's universal links; defaults to MOBILE_UNIVERSAL_LINK_BASE.")
