@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs
 
 import pytest
 from click.testing import CliRunner
 from flask.cli import FlaskGroup
+from werkzeug.wrappers import Response
 
 from app import create_app
-from tests.conftest import ROOT
+from extensions import db
+from models import User
+from services import long_poll
+from tests.conftest import ROOT, wait_for
+from tests.helpers import finish_widget
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WALKTHROUGH
 from tests.test_config import PRODUCTION
 from tests.test_mobile_devices import POLL_AFTER_MS
@@ -30,6 +39,62 @@ from tools.mobile_client import (
 )
 
 LINKS = "https://links.example.com/terra"
+PASSWORD = "correct horse battery"
+ATTEMPTS, MOVED = "/api/v1/connect-attempts/", "/api/v1/moved-attempts/"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    if_none_match: str | None
+    status: int | None = None
+    etag: str | None = None
+
+
+class WatchedApi:
+    """The live server's API as the server sees it: each request under /api/v1/ (`seen`), and the
+    status resource moved: a new attempt's `status_url` names /api/v1/moved-attempts/<id>, served as
+    the real one. The API may move it (an app follows `status_url`, docs/mobile.md); a client that
+    builds the path itself asks another one."""
+
+    def __init__(self, app):
+        self.wsgi_app, self.seen, self.status_urls = app.wsgi_app, [], []
+        app.wsgi_app = self
+
+    def __call__(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        if not path.startswith("/api/v1/"):
+            return self.wsgi_app(environ, start_response)
+        seen = Seen(
+            environ["REQUEST_METHOD"],
+            path,
+            parse_qs(environ.get("QUERY_STRING", "")),
+            environ.get("HTTP_IF_NONE_MATCH"),
+        )
+        self.seen.append(seen)
+        if path.startswith(MOVED):
+            environ["PATH_INFO"] = ATTEMPTS + path.removeprefix(MOVED)
+        response = Response.from_app(self.wsgi_app, environ, buffered=True)
+        seen.status, seen.etag = response.status_code, response.headers.get("ETag")
+        if (seen.method, path, seen.status) == ("POST", "/api/v1/connect-attempts", 201):
+            created = response.get_json()
+            created["status_url"] = MOVED + created["attempt_id"]
+            self.status_urls.append(created["status_url"])
+            response.set_data(json.dumps(created))
+        return response(environ, start_response)
+
+    def attempt_requests(self) -> list[Seen]:
+        """Every request for one attempt (its status, browser-closed), where the client sent it."""
+        return [seen for seen in self.seen if seen.path.startswith((ATTEMPTS, MOVED))]
+
+
+def signed_in(server, say, **options) -> MobileClient:
+    client = MobileClient(server.url, say=say, **options)
+    client.register("mobile@example.com", PASSWORD)
+    client.sign_in("mobile@example.com", PASSWORD)
+    return client
 
 
 @pytest.mark.browser
@@ -57,10 +122,83 @@ def test_client_walks_the_whole_mobile_flow(start_live_server, return_mode, call
     link = client.run_browser(attempt["url"], prefix, "OURA", "phone-user", outcome, CHROMIUM)
     assert link.startswith(caught)
     assert deep_link_attempt_id(link) == (attempt["attempt_id"] if return_mode == "page" else None)
-    state = client.poll_until_final(attempt["attempt_id"], deadline_seconds=30)
+    state = client.poll_until_final(attempt["status_url"], deadline_seconds=30)
     assert state["status"] == final
     assert [step.split(" ", 1)[0] for step in steps[:5]] == ["register", "1.", "2.", "3.", "4."]
     assert steps[-1].startswith(f"5. status {final}")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("return_mode", ["page", "app"])
+def test_a_failure_the_https_callback_does_not_catch_ends_through_browser_closed(start_live_server, return_mode):
+    """An https callback names the success link only (docs/mobile.md, 7.1 and 8.1): a denial's failure
+    link is not caught, the browser shows the links host's page, the user closes it, and the app
+    reports `browser-closed` and asks the server, which says what Terra said."""
+    server = start_live_server(
+        MOBILE_APP_SCHEME="com.example.terraconnect",
+        MOBILE_UNIVERSAL_LINK_BASE=LINKS,
+        STATUS_POLL_AFTER_MS=POLL_AFTER_MS,
+    )
+    api = WatchedApi(server.app)
+    arguments = ["--base-url", server.url, "--email", "denied@example.com", "--password", PASSWORD, "--register"]
+    result = server.app.test_cli_runner().invoke(
+        mobile_client_command,
+        [*arguments, "--callback", "https", "--return", return_mode, "--outcome", "denied", "--chromium", CHROMIUM],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "4. no deep link; browser closed" in lines
+    assert "   told the server the browser closed without a deep link" in lines
+    assert lines[-1] == "done: failed (access_denied)"
+    [status_url] = api.status_urls
+    closed = [(seen.path, seen.status) for seen in api.attempt_requests() if seen.method == "POST"]
+    assert closed == [(f"{status_url}/browser-closed", 202)]
+
+
+def test_the_client_long_polls_the_status_url_with_the_last_etag(start_live_server):
+    """`?wait=` on every poll, If-None-Match naming the last 200's ETag, a 304 (a held poll that saw
+    nothing new) asked again, and only ever the `status_url` the attempt was created with."""
+    server = start_live_server(STATUS_POLL_AFTER_MS=POLL_AFTER_MS)
+    api = WatchedApi(server.app)
+    steps: list[str] = []
+    client = signed_in(server, steps.append, wait_seconds=2)  # 304s come 2 s apart
+    attempt = client.start_attempt("page", ["OURA"], "scheme")
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(client.poll_until_final, attempt["status_url"], 60)
+        wait_for(lambda: [seen for seen in api.attempt_requests() if seen.status == 304], timeout=30)
+        finish_widget(attempt["url"], account="long-poller", provider="OURA")  # Terra's webhook: connected
+        assert polling.result(timeout=60)["status"] == "connected"
+
+    polls = api.attempt_requests()
+    assert {(seen.method, seen.path) for seen in polls} == {("GET", attempt["status_url"])}
+    assert all(seen.query == {"wait": ["2"]} for seen in polls)
+    last_etag = None
+    for seen in polls:
+        assert seen.if_none_match == last_etag
+        last_etag = seen.etag if seen.status == 200 else last_etag
+    assert [seen.status for seen in polls][-1] == 200 and 304 in [seen.status for seen in polls]
+    assert any(step.startswith("5. status not modified (304") for step in steps)
+
+
+def test_the_client_waits_out_retry_after_when_too_many_long_polls_are_held(start_live_server):
+    """The user's other phone holds the one long poll allowed (STATUS_MAX_WAITERS_PER_USER=1): the
+    client is answered 429 `too_many_long_polls`, waits its Retry-After and polls on."""
+    server = start_live_server(STATUS_POLL_AFTER_MS=POLL_AFTER_MS, STATUS_MAX_WAITERS_PER_USER="1")
+    api = WatchedApi(server.app)
+    steps: list[str] = []
+    client = signed_in(server, steps.append, wait_seconds=2)
+    attempt = client.start_attempt("page", ["OURA"], "scheme")
+    with ThreadPoolExecutor(1) as pool, server.app.app_context():
+        user_id = db.session.execute(db.select(User.id)).scalar_one()
+        another_phones_token = 0  # no token has it: the slot counts against the user only
+        with long_poll.caller_slot(another_phones_token, user_id):
+            polling = pool.submit(client.poll_until_final, attempt["status_url"], 60)
+            wait_for(lambda: [seen for seen in api.attempt_requests() if seen.status == 429], timeout=30)
+        finish_widget(attempt["url"], account="second-phone", provider="OURA")
+        assert polling.result(timeout=60)["status"] == "connected"
+    assert "5. status 429 too_many_long_polls: asking again in 1 s" in steps
+    statuses = [seen.status for seen in api.attempt_requests()]
+    assert statuses[0] == 429 and statuses[-1] == 200
 
 
 @pytest.mark.browser

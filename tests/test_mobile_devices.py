@@ -139,5 +139,5 @@ def test_the_way_back_to_the_app(chromium, clients, device, mode, configuration,
     catcher.stop()
     context.close()
 
-    final = client.poll_until_final(attempt["attempt_id"], deadline_seconds=30)
+    final = client.poll_until_final(attempt["status_url"], deadline_seconds=30)
     assert (final["status"], final["hint"]) == ("connected", "returned_success" if mode == "page" else None)

@@ -621,4 +621,4 @@ def test_chrome_on_android_comes_back_through_the_fallback_with_terras_query(sta
         owner = db.session.get(User, row.user_id)
         auth = auth_event(owner, terra_user(owner, terras["user_id"][0]), row.terra_session_id)
     assert post_event(server.url, server.app.config["TERRA_SIGNING_SECRET"], auth) == 200
-    assert mobile.poll_until_final(attempt["attempt_id"], deadline_seconds=30)["status"] == "connected"
+    assert mobile.poll_until_final(attempt["status_url"], deadline_seconds=30)["status"] == "connected"

@@ -7,10 +7,14 @@ It does what an iOS or Android app must do, in the same order, and prints each s
 2. start a connect attempt (POST /api/v1/connect-attempts);
 3. open the widget URL in a browser the app does not control (here headless Chromium, standing in for
    ASWebAuthenticationSession or Custom Tabs) and let the user finish (here: clicks on the sandbox pages);
-4. catch the deep link the browser is sent to (the app's scheme, or its universal links by route
-   interception), tapping "Return to app" where the return page offers a link it does not try itself;
-   then close the browser;
-5. ask the status endpoint for the truth, with If-None-Match and backoff with full jitter, until final;
+4. catch the deep link the browser is sent to, as the app's in-app browser does: every link of the
+   app's scheme, or (`--callback https`) its success link only, by route interception, tapping
+   "Return to app" where a page offers a link it does not try itself. A failure link the browser does
+   not catch leaves the user on a page that says to go back to the app: the user closes the browser
+   and the app reports `browser-closed`;
+5. long-poll the `status_url` the attempt was created with (`?wait=`, the last ETag in
+   If-None-Match), waiting out Retry-After on 429 and backing off with full jitter when an answer
+   comes back early with no news, until final;
 6. for `sdk_required` (Apple Health, Samsung Health, Health Connect: `--provider APPLE`), do what the
    app does with Terra's mobile SDK: get a token from the backend (POST /api/v1/sdk-tokens), play the
    SDK's `initConnection` (the sandbox's stand-in, POST /sandbox/sdk/init-connection), and wait for
@@ -25,7 +29,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import click
 import requests
@@ -44,6 +48,9 @@ CHROMIUM_ARGS = [
 ]
 CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 DECISIONS = {"success": "allow", "denied": "deny", "cancelled": "cancel"}
+# A status answer this long in coming was a held long poll: the next one goes out at once. One sooner,
+# with no news, means the server (or a proxy) did not hold it: back off (docs/mobile.md, rule 4).
+HELD_SECONDS = 1
 
 
 @dataclass
@@ -61,14 +68,19 @@ class Backoff:
 
 
 class MobileClient:
-    def __init__(self, base_url: str, say: Callable[[str], None] = print, timeout: float = 30):
+    def __init__(self, base_url: str, say: Callable[[str], None] = print, timeout: float = 30, wait_seconds: int = 20):
         self.base_url = base_url.rstrip("/")
         self.http = requests.Session()
         self.say = say
-        self.timeout = timeout
+        self.wait_seconds = wait_seconds  # each status poll's ?wait=, as docs/mobile.md advises
+        self.timeout = max(timeout, wait_seconds + 10)  # comfortably above the wait
 
     def _call(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+
+    def _call_url(self, method: str, url: str, **kwargs) -> requests.Response:
+        """A URL the server handed out (`status_url`, a path), resolved against the base URL."""
+        return self.http.request(method, urljoin(self.base_url + "/", url), timeout=self.timeout, **kwargs)
 
     def register(self, email: str, password: str) -> None:
         """The API has no sign-up; a new user registers on the web pages (with their CSRF token)."""
@@ -117,7 +129,9 @@ class MobileClient:
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.set_default_timeout(15_000)
-            catcher = AppLinkCatcher(page, link_prefix)
+            # The links host is this server under a second name (docs/mobile.md, "Hosting the links").
+            served_by = {origin(link_prefix): origin(self.base_url)} if link_prefix.startswith("https://") else {}
+            catcher = AppLinkCatcher(page, link_prefix, served_by=served_by)
             self.say("3. in-app browser opened")
             finish_widget(page, url, provider, account, DECISIONS[outcome])
             link = catcher.wait_for_link()
@@ -126,26 +140,44 @@ class MobileClient:
         self.say(f"4. deep link caught: {link}; browser closed" if link else "4. no deep link; browser closed")
         return link
 
-    def browser_closed(self, attempt_id: str) -> None:
-        self._call("POST", f"/api/v1/connect-attempts/{attempt_id}/browser-closed")
+    def browser_closed(self, status_url: str) -> None:
+        response = self._call_url("POST", status_url + "/browser-closed")
+        if response.status_code != 202:
+            raise click.ClickException(f"browser-closed refused ({response.status_code}): {response.text}")
         self.say("   told the server the browser closed without a deep link")
 
-    def poll_until_final(self, attempt_id: str, deadline_seconds: float = 120) -> dict:
+    def poll_until_final(self, status_url: str, deadline_seconds: float = 120) -> dict:
+        """Long-poll `status_url` as docs/mobile.md's "Polling the status" tells an app to: `?wait=`
+        with the last ETag in If-None-Match, asked again at once after a held answer (304: nothing
+        new); an early answer with no news backs off with full jitter, never under poll_after_ms; a
+        429 or 503 waits out its Retry-After."""
         backoff, etag, state = Backoff(), None, None
         deadline = time.monotonic() + deadline_seconds
         while time.monotonic() < deadline:
             headers = {"If-None-Match": etag} if etag else {}
-            response = self._call("GET", f"/api/v1/connect-attempts/{attempt_id}", headers=headers)
+            asked_at = time.monotonic()
+            response = self._call_url("GET", status_url, params={"wait": self.wait_seconds}, headers=headers)
+            if response.status_code in (429, 503) and response.headers.get("Retry-After", "").isdigit():
+                retry_after = int(response.headers["Retry-After"])
+                self.say(f"5. status {response.status_code} {error_code(response)}: asking again in {retry_after} s")
+                time.sleep(retry_after)
+                continue
+            news = False
             if response.status_code == 200:
-                state, etag = response.json(), response.headers.get("ETag")
+                answered = response.json()
+                news = state is None or answered["version"] != state["version"]
+                state, etag = answered, response.headers.get("ETag")
                 self.say(f"5. status {state['status']} (version {state['version']}, hint {state['hint']})")
                 if state["terminal"]:
                     return state
-            elif response.status_code != 304:
+            elif response.status_code == 304:
+                self.say(f"5. status not modified (304 after a wait of up to {self.wait_seconds} s)")
+            else:
                 raise click.ClickException(f"status failed ({response.status_code}): {response.text}")
-            asked = (state["poll_after_ms"] or 0) / 1000 if state else 0
-            server_minimum = max(asked, float(response.headers.get("Retry-After", 0)))
-            time.sleep(backoff.next_delay(server_minimum))
+            if news or time.monotonic() - asked_at >= HELD_SECONDS:
+                backoff.tries = 0  # a held long poll, or news: ask again at once
+                continue
+            time.sleep(backoff.next_delay((state["poll_after_ms"] or 0) / 1000 if state else 0))
         raise click.ClickException("the attempt did not finish in time")
 
     def connect_with_sdk(self, init_connection_url: str, dev_id: str, provider: str, device: str) -> dict:
@@ -214,10 +246,13 @@ class AppLinkCatcher:
     Android), as ASWebAuthenticationSession or an Auth Tab does. Route interception sees each
     response first: a redirect to such a link (app mode), or a universal link itself, is taken by the
     "app" and answered with an empty 204, so the browser stays where it was. A page that navigates
-    itself to the app's scheme (the return page) shows up as a request to it."""
+    itself to the app's scheme (the return page) shows up as a request to it. A link of another
+    scheme goes nowhere, as in an in-app browser that is not set up for it. `served_by` maps an
+    origin (`https://links.example.com`) to the one that serves its pages."""
 
-    def __init__(self, page, *link_prefixes: str):
+    def __init__(self, page, *link_prefixes: str, served_by: dict[str, str] | None = None):
         self.page, self.link_prefixes, self.caught = page, link_prefixes, []
+        self.served_by = served_by or {}
         page.on("request", self._seen)
         page.route("**/*", self._intercept)
 
@@ -226,11 +261,16 @@ class AppLinkCatcher:
             self.caught.append(request.url)
 
     def _intercept(self, route) -> None:
-        if route.request.url.startswith(self.link_prefixes):
+        url = route.request.url
+        if url.startswith(self.link_prefixes):
             self._seen(route.request)
             route.fulfill(status=204)
             return
-        response = route.fetch(max_redirects=0)
+        if not url.startswith(("http://", "https://")):
+            route.abort()
+            return
+        served_from = self.served_by.get(origin(url))
+        response = route.fetch(url=served_from + url[len(origin(url)) :] if served_from else url, max_redirects=0)
         location = response.headers.get("location", "")
         if location.startswith(self.link_prefixes):
             self.caught.append(location)
@@ -245,26 +285,47 @@ class AppLinkCatcher:
         self.page.unroute_all(behavior="ignoreErrors")
 
     def wait_for_link(self, timeout_seconds: float = 15) -> str | None:
-        """The first link caught. A return page tries a scheme link itself; an https link it only
-        offers (unclaimed, it would replace the page), so the user taps "Return to app"."""
+        """The first link caught, or None once the user has nothing left to do but close the browser.
+        A return page tries a scheme link itself; an https link it only offers (unclaimed, it would
+        replace the page), so the user taps "Return to app". A page whose way back this browser does
+        not catch (a failure link outside an https callback leads to the universal-link page, which
+        offers the scheme) or that offers none is where the user gives up and closes the browser."""
         deadline = time.monotonic() + timeout_seconds
-        tapped = False
+        tapped_on = None
         while not self.caught and time.monotonic() < deadline:
-            if not tapped and "/mobile/return/" in self.page.url:
+            if self.page.url != tapped_on and self.page.locator("main.return").count():
                 offered = self.page.locator("#return-to-app")
-                if offered.count() and offered.get_attribute("href").startswith("https://"):
+                href = offered.get_attribute("href") if offered.count() else ""
+                if href.startswith("https://"):
+                    tapped_on = self.page.url  # the click may come back after the next page loaded
                     offered.click()
-                    tapped = True
+                elif not href.startswith(self.link_prefixes):
+                    return None
             self.page.wait_for_timeout(50)
         return self.caught[0] if self.caught else None
 
 
 def link_prefix(callback: str, scheme: str, link_base: str) -> str:
-    """What the app's in-app browser watches for: `<scheme>:` or `<link base>/connect/`."""
+    """What the app's in-app browser catches (docs/mobile.md, 7.1 and 8.1): every link of the app's
+    scheme (`<scheme>:`), or one https link, host and path exactly, whatever the query: the success
+    link `<link base>/connect/success`. A failure link is then not caught."""
     value, name = (scheme, "--scheme") if callback == "scheme" else (link_base, "--link-base")
     if not value:
         raise click.ClickException(f"the attempt's callback is {callback}: give {name}")
-    return f"{value}:" if callback == "scheme" else f"{value}/connect/"
+    return f"{value}:" if callback == "scheme" else f"{value}/connect/success"
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def error_code(response: requests.Response) -> str:
+    """The API's error code, or what a proxy's answer without one looked like."""
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return response.reason
 
 
 def deep_link_attempt_id(link: str) -> str | None:
@@ -285,7 +346,7 @@ def deep_link_attempt_id(link: str) -> str | None:
     "--callback",
     type=click.Choice(["scheme", "https"]),
     default=None,
-    help="The link the in-app browser catches; defaults to the server's MOBILE_CALLBACK.",
+    help="The link the in-app browser catches (https: the success link only); defaults to the server's MOBILE_CALLBACK.",
 )
 @click.option("--scheme", default=None, help="The app's scheme; defaults to MOBILE_APP_SCHEME.")
 @click.option("--link-base", default=None, help="The app's universal links; defaults to MOBILE_UNIVERSAL_LINK_BASE.")
@@ -326,10 +387,10 @@ def mobile_client_command(
     )
     link = client.run_browser(attempt["url"], prefix, provider, account, outcome, chromium)
     if link is None:
-        client.browser_closed(attempt["attempt_id"])
+        client.browser_closed(attempt["status_url"])
     elif deep_link_attempt_id(link) not in (None, attempt["attempt_id"]):  # app mode's link names none
         raise click.ClickException("the deep link names another attempt")
-    final = client.poll_until_final(attempt["attempt_id"])
+    final = client.poll_until_final(attempt["status_url"])
     if final["status"] == "sdk_required":
         url = init_connection_url or sandbox_init_connection_url(config["TERRA_API_BASE_URL"])
         client.connect_with_sdk(url, config["TERRA_DEV_ID"], final["resource"] or provider, account)
