@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -23,7 +23,7 @@ from app import create_app
 from extensions import db
 from models import User
 from services import long_poll
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, _environ, wait_for
 from tests.helpers import finish_widget
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WALKTHROUGH
 from tests.test_config import PRODUCTION
@@ -251,11 +251,32 @@ def test_command_connects_an_sdk_provider_through_the_whole_sdk_path(live_server
     assert [(row["provider"], row["status"]) for row in listed] == [(provider, "active")]
 
 
-def test_the_init_connection_stand_in_sits_beside_the_sandboxs_terra_paths():
-    assert sandbox_init_connection_url("http://t.example/sandbox/v2") == "http://t.example/sandbox/sdk/init-connection"
-    assert sandbox_init_connection_url("http://t.example/sandbox/api/v2/") == (
-        "http://t.example/sandbox/sdk/init-connection"
+def test_the_init_connection_stand_in_is_the_embedded_sandboxs_or_beside_terras_paths():
+    embedded = {"TERRA_MODE": "sandbox", "TERRA_API_BASE_URL": "http://127.0.0.1:5000/sandbox/v2"}
+    # `PORT=5811 make run` serves the sandbox on 5811; the client's own settings still say 5000.
+    assert sandbox_init_connection_url("http://127.0.0.1:5811/", embedded) == (
+        "http://127.0.0.1:5811/sandbox/sdk/init-connection"
     )
+    for base in ("http://t.example/sandbox/v2", "http://t.example/sandbox/api/v2/"):  # a separate sandbox
+        live = {"TERRA_MODE": "live", "TERRA_API_BASE_URL": base}
+        assert (
+            sandbox_init_connection_url("https://app.example", live) == "http://t.example/sandbox/sdk/init-connection"
+        )
+
+
+@pytest.mark.browser
+def test_command_on_another_port_finds_the_sandbox_on_the_server_it_talks_to(live_server, database_uri):
+    """As a newcomer runs it: the server on its own port, the client with the default settings (whose
+    sandbox would be on 5000), pointed at the server by --base-url alone."""
+    live_server.app.config["STATUS_POLL_AFTER_MS"] = int(POLL_AFTER_MS)
+    defaults = create_app(environ=_environ(database_uri))
+    assert urlsplit(defaults.config["TERRA_API_BASE_URL"]).port != urlsplit(live_server.url).port
+    arguments = ["--base-url", live_server.url, "--email", "port@example.com", "--password", PASSWORD]
+    result = defaults.test_cli_runner().invoke(
+        mobile_client_command, [*arguments, "--register", "--provider", "APPLE", "--chromium", CHROMIUM]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "done: connected (through Terra's mobile SDK)"
 
 
 def test_runs_as_a_module_from_the_repository_root():

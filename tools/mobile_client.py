@@ -27,8 +27,9 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import click
@@ -216,9 +217,13 @@ class MobileClient:
         raise click.ClickException("the connection did not appear in time (did Terra's webhook reach the server?)")
 
 
-def sandbox_init_connection_url(terra_api_base_url: str) -> str:
-    """The sandbox's stand-in for the SDK's initConnection, beside the Terra REST paths it serves
-    (`…/sandbox/v2` or `…/sandbox/api/v2`)."""
+def sandbox_init_connection_url(server_url: str, config: Mapping[str, Any]) -> str:
+    """The sandbox's stand-in for the SDK's initConnection. The embedded sandbox is on the server this
+    client talks to, whatever port it serves on (this process's own settings may name another); a
+    separately running one is beside the Terra REST paths it serves (`…/sandbox/v2`, `…/sandbox/api/v2`)."""
+    if config["TERRA_MODE"] == "sandbox":
+        return server_url.rstrip("/") + "/sandbox/sdk/init-connection"
+    terra_api_base_url = config["TERRA_API_BASE_URL"]
     base = terra_api_base_url.rstrip("/")
     for suffix in ("/api/v2", "/v2"):
         if base.endswith(suffix):
@@ -354,7 +359,7 @@ def deep_link_attempt_id(link: str) -> str | None:
 @click.option(
     "--init-connection-url",
     default=None,
-    help="The sandbox's stand-in for the SDK's initConnection; defaults to the one beside TERRA_API_BASE_URL.",
+    help="The sandbox's stand-in for the SDK's initConnection; defaults to the embedded sandbox's on the server, or the one beside TERRA_API_BASE_URL.",
 )
 def mobile_client_command(
     base_url,
@@ -392,7 +397,7 @@ def mobile_client_command(
         raise click.ClickException("the deep link names another attempt")
     final = client.poll_until_final(attempt["status_url"])
     if final["status"] == "sdk_required":
-        url = init_connection_url or sandbox_init_connection_url(config["TERRA_API_BASE_URL"])
+        url = init_connection_url or sandbox_init_connection_url(client.base_url, config)
         client.connect_with_sdk(url, config["TERRA_DEV_ID"], final["resource"] or provider, account)
         click.echo("done: connected (through Terra's mobile SDK)")
         return
