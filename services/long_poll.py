@@ -31,9 +31,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Flask, current_app
-from limits.storage import RedisStorage, storage_from_string
+from limits.storage import RedisStorage, Storage
 
-from extensions import db
+from extensions import db, limiter
 from models.time import utcnow
 from services import attempt_states, attempts
 from services.request_windows import RequestWindows
@@ -52,11 +52,12 @@ class TooManyWaits(Exception):
 def init_app(app: Flask) -> None:
     app.extensions["status_waiters"] = threading.BoundedSemaphore(app.config["STATUS_MAX_WAITERS"])
     app.extensions["status_windows"] = RequestWindows()
-    app.extensions["status_wait_slots"] = _slots_in(app.config["RATELIMIT_STORAGE_URI"])
+    # The rate limiter's store, bound to this app just before (RATELIMIT_STORAGE_URI): one connection
+    # to it per process, with the same options.
+    app.extensions["status_wait_slots"] = _slots_in(limiter.storage)
 
 
-def _slots_in(storage_uri: str) -> ProcessSlots | RedisSlots:
-    storage = storage_from_string(storage_uri) if storage_uri.startswith(("redis", "valkey")) else None
+def _slots_in(storage: Storage) -> ProcessSlots | RedisSlots:
     return RedisSlots(storage) if isinstance(storage, RedisStorage) else ProcessSlots()
 
 
