@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from flask import Flask, current_app
@@ -70,6 +70,11 @@ MAX_ATTEMPTS = 5  # claims of one row whose taker never finished it, before it i
 # the tests take them.
 EVENTS, DOWNLOADS = "events", "downloads"
 THREAD_NAMES = {EVENTS: "terra-inbox-applier", DOWNLOADS: "terra-inbox-downloads"}  # InboxWorker's
+
+
+def queue_of(event_type: str) -> str:
+    """The queue a row of `event_type` waits in: an s3_payload's download, or any other event."""
+    return DOWNLOADS if event_type == PING_TYPE else EVENTS
 
 
 def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
@@ -207,12 +212,13 @@ class InboxWorker:
             for thread in self._threads:
                 thread.start()
 
-    def wake(self) -> None:
-        """A row was committed: apply it now (starting the threads on first use)."""
+    def wake(self, event_types: Iterable[str] = ()) -> None:
+        """Rows of `event_types` were committed: wake their queues' threads (every thread when none is
+        named), starting the threads on first use. A queue woken for nothing would look in vain."""
         if self.enabled:
             self.start()
-            for wake in self._wakes.values():
-                wake.set()
+            for queue in {queue_of(event_type) for event_type in event_types} or self._wakes:
+                self._wakes[queue].set()
 
     def stop(self, timeout: float = 5) -> None:
         """Let the threads finish the row each is applying and end (gunicorn's worker_exit)."""

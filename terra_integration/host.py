@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,7 +43,7 @@ class Applier(Protocol):
 
     def start(self) -> None: ...
 
-    def wake(self) -> None: ...
+    def wake(self, event_types: Iterable[str] = ...) -> None: ...
 
     def stop(self, timeout: float = ...) -> None: ...
 

@@ -91,8 +91,9 @@ class InboxRecorder:
             try:
                 with self.app.app_context():
                     self._write(batch)
-                    if any(waiting.inserted for waiting in batch):
-                        bound().worker.wake()
+                    inserted = [waiting.values["event_type"] for waiting in batch if waiting.inserted]
+                    if inserted:
+                        bound().worker.wake(inserted)
             except Exception as error:  # noqa: BLE001 (no app context, say: each request answers 500)
                 for waiting in batch:
                     waiting.error = waiting.error or error
