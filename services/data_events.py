@@ -14,11 +14,14 @@ background worker, or in a replay), and never commits.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from datetime import date
 
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.dml import Insert
 
 from extensions import db
 from models import Activity, Connection, DailyData, SleepSession
@@ -68,19 +71,26 @@ def carries_items(event: TerraEvent) -> bool:
 
 def _upsert(connection_id: int, item: Item, ordering_timestamp: int | None) -> bool:
     """Insert or overwrite the row for `item`'s key; False when the stored row is newer (kept)."""
-    model, key = TABLES[type(item)]
     values = {**vars(item), "connection_id": connection_id, "ordering_timestamp": ordering_timestamp}
     values["updated_at"] = utcnow()
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(model).values(values)
+    statement = _upsert_statement(db.session.get_bind().dialect.name, type(item))
+    return db.session.execute(statement, values).first() is not None
+
+
+@functools.cache
+def _upsert_statement(dialect_name: str, item_type: type[Item]) -> Insert:
+    """The upsert of one kind of item, built once per database kind: building it (its `excluded`
+    columns most of all) cost more than running it, on every item."""
+    model, key = TABLES[item_type]
+    columns = [field.name for field in dataclasses.fields(item_type)] + ["ordering_timestamp", "updated_at"]
+    statement = (postgresql if dialect_name == "postgresql" else sqlite).insert(model)
     stored = model.__table__.c.ordering_timestamp
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=["connection_id", key],
-        set_={name: statement.excluded[name] for name in values if name not in ("connection_id", key)},
+        set_={name: statement.excluded[name] for name in columns if name != key},
         # NULL >= x is not true: a delivery without the header does not overwrite one that had it.
         where=or_(stored.is_(None), statement.excluded.ordering_timestamp >= stored),
     ).returning(model.__table__.c.id)
-    return db.session.execute(statement).first() is not None
 
 
 def move_data(source_id: int, target_id: int) -> None:

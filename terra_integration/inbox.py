@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from flask import current_app
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -158,24 +159,37 @@ def apply_recorded(row: WebhookEventColumns, read: tuple[TerraEvent | None, Exce
     has it already (an s3_payload's, downloaded).
     """
     event, problem = read or _event_of(row)
-    with write_turn():
-        outcome = _apply_and_note(row, event, problem)
-        bound().db.session.commit()
-    return outcome
+    return _apply_in_one_transaction([(row, event, problem)])[0]
 
 
 def apply_together(rows: list[WebhookEventColumns]) -> None:
     """`apply_recorded` for several rows (of different users) in one transaction, each in its own
     savepoint: one commit for them all. An s3_payload is applied alone, after them (`apply_download`):
     its download must not hold the transaction open."""
-    downloads = [row for row in rows if row.event_type == PING_TYPE]
+    _apply_in_one_transaction([(row, *_event_of(row)) for row in rows if row.event_type != PING_TYPE])
+    for row in rows:
+        if row.event_type == PING_TYPE:
+            apply_download(row)
+
+
+def _apply_in_one_transaction(
+    reads: list[tuple[WebhookEventColumns, TerraEvent | None, Exception | None]],
+) -> list[str]:
+    """Apply each (row, event, problem) in a savepoint of its own, within one transaction that renews
+    the rows' claims first (`_hold`) and writes their outcomes last, each in one statement for them
+    all; commit; return the outcomes."""
+    if not reads:
+        return []
+    session = bound().db.session
     with write_turn():
-        for row in rows:
-            if row.event_type != PING_TYPE:
-                _apply_and_note(row, *_event_of(row))
-        bound().db.session.commit()
-    for row in downloads:
-        apply_download(row)
+        _hold([row for row, _, _ in reads])
+        outcomes = [_apply_or_fail(row, event, problem) for row, event, problem in reads]
+        applied_at = utcnow()
+        for (row, _, _), (outcome, detail) in zip(reads, outcomes, strict=True):
+            # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
+            row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], applied_at
+        session.commit()
+    return [outcome for outcome, _ in outcomes]
 
 
 def apply_download(row: WebhookEventColumns) -> str:
@@ -206,32 +220,33 @@ def _event_of(row: WebhookEventColumns) -> tuple[TerraEvent | None, Exception | 
         if event.type == PING_TYPE:
             event = _downloaded(row, event)
         return replace(event, ordering_timestamp=row.ordering_timestamp, received_at=row.received_at), None
-    except Exception as error:  # noqa: BLE001 (kept on the row by _apply_and_note)
+    except Exception as error:  # noqa: BLE001 (kept on the row by _apply_or_fail)
         return None, error
 
 
-def _apply_and_note(row: WebhookEventColumns, event: TerraEvent | None, problem: Exception | None) -> str:
-    """Apply the event inside the current transaction and note the outcome on its row (flushed)."""
+def _apply_or_fail(row: WebhookEventColumns, event: TerraEvent | None, problem: Exception | None) -> Outcome:
+    """What applying the event came to: its outcome, or the failure that stopped it (kept on the row)."""
     try:
-        _hold(row)
         if problem is not None:
             raise problem
-        outcome, detail = _apply_with_retries(event)
+        return _apply_with_retries(event)
     except Exception as error:  # noqa: BLE001 (kept on the row; see apply_recorded)
-        outcome, detail = _failure(row, error)
-    # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
-    row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], utcnow()
-    bound().db.session.flush()
-    return outcome
+        return _failure(row, error)
 
 
-def _hold(row: WebhookEventColumns) -> None:
-    """Renew the row's claim (`applier`) as the first statement of the transaction that applies it.
+def _hold(rows: list[WebhookEventColumns]) -> None:
+    """Renew the rows' claims (`applier`) as the first statement of the transaction that applies them.
     The lease then runs from now, and on SQLite that transaction holds the write lock from its start:
     one that read first could not take it once another connection had committed since ("database is
     locked" at once, without waiting)."""
-    row.claimed_until = utcnow() + timedelta(seconds=current_app.config["WEBHOOK_CLAIM_LEASE_SECONDS"])
-    bound().db.session.flush()
+    integration = bound()
+    model = integration.host.webhook_event_model
+    integration.db.session.execute(
+        update(model)
+        .where(model.id.in_([row.id for row in rows]))
+        .values(claimed_until=utcnow() + timedelta(seconds=current_app.config["WEBHOOK_CLAIM_LEASE_SECONDS"]))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _downloaded(row: WebhookEventColumns, ping: TerraEvent) -> TerraEvent:
@@ -240,7 +255,7 @@ def _downloaded(row: WebhookEventColumns, ping: TerraEvent) -> TerraEvent:
     The row's claim is renewed and committed first: no transaction stays open, and no write turn is
     held, across the download, and the lease outlasts it."""
     with write_turn():
-        _hold(row)
+        _hold([row])
         bound().db.session.commit()
     if not ping.download_url:
         raise EventParseError("s3_payload without a url")
