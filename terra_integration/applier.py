@@ -154,13 +154,15 @@ def apply_claimed(ids: list[int]) -> None:
     own (one bad event fails alone)."""
     integration = bound()
     session, model = integration.db.session, integration.host.webhook_event_model
-    # One read for them all; another taker may have finished one since (its lease ran out, or a
-    # replay applied it).
-    pending = session.scalars(
-        select(model).where(model.id.in_(ids), model.outcome == RECEIVED).order_by(model.id)
-    ).all()
-    for start in range(0, len(pending), APPLY_TOGETHER):
-        inbox.apply_together(pending[start : start + APPLY_TOGETHER])
+    for start in range(0, len(ids), APPLY_TOGETHER):
+        # Read just before their transaction: a commit expires what the session has read, and each
+        # row would be read again, one by one. Another taker may have finished one since (its lease
+        # ran out, or a replay applied it).
+        together = ids[start : start + APPLY_TOGETHER]
+        pending = session.scalars(
+            select(model).where(model.id.in_(together), model.outcome == RECEIVED).order_by(model.id)
+        ).all()
+        inbox.apply_together(pending)
 
 
 def drain(before_each_claim: Callable[[], None] = lambda: None, queue: str | None = None) -> int:

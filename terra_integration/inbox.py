@@ -166,10 +166,10 @@ def apply_together(rows: list[WebhookEventColumns]) -> None:
     """`apply_recorded` for several rows (of different users) in one transaction, each in its own
     savepoint: one commit for them all. An s3_payload is applied alone, after them (`apply_download`):
     its download must not hold the transaction open."""
+    downloads = [row for row in rows if row.event_type == PING_TYPE]
     _apply_in_one_transaction([(row, *_event_of(row)) for row in rows if row.event_type != PING_TYPE])
-    for row in rows:
-        if row.event_type == PING_TYPE:
-            apply_download(row)
+    for row in downloads:
+        apply_download(row)
 
 
 def _apply_in_one_transaction(
