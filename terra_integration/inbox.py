@@ -175,21 +175,41 @@ def apply_together(rows: list[WebhookEventColumns]) -> None:
 def _apply_in_one_transaction(
     reads: list[tuple[WebhookEventColumns, TerraEvent | None, Exception | None]],
 ) -> list[str]:
-    """Apply each (row, event, problem) in a savepoint of its own, within one transaction that renews
-    the rows' claims first (`_hold`) and writes their outcomes last, each in one statement for them
-    all; commit; return the outcomes."""
+    """Apply each (row, event, problem) in one transaction that renews the rows' claims first
+    (`_hold`) and writes their outcomes last, in one statement for them all; commit; return the
+    outcomes.
+
+    The events are applied one after the other as they are, since nearly always each one succeeds.
+    When one raises instead, the transaction is rolled back and they are applied again, each in a
+    savepoint of its own (`_apply_or_fail`), so that the one fails alone, kept on its row, and a
+    lost race is tried again."""
     if not reads:
         return []
     session = bound().db.session
+    ids = [row.id for row, _, _ in reads]
     with write_turn():
-        _hold([row for row, _, _ in reads])
-        outcomes = [_apply_or_fail(row, event, problem) for row, event, problem in reads]
-        applied_at = utcnow()
-        for (row, _, _), (outcome, detail) in zip(reads, outcomes, strict=True):
-            # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
-            row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], applied_at
+        try:
+            _hold(ids)
+            outcomes = [_failure(row, problem) if problem else apply_event(event) for row, event, problem in reads]
+            _note(reads, outcomes)
+        except Exception:  # noqa: BLE001 (applied again below, where each failure is kept on its row)
+            session.rollback()
+            _hold(ids)
+            outcomes = [_apply_or_fail(row, event, problem) for row, event, problem in reads]
+            _note(reads, outcomes)
         session.commit()
     return [outcome for outcome, _ in outcomes]
+
+
+def _note(
+    reads: list[tuple[WebhookEventColumns, TerraEvent | None, Exception | None]], outcomes: list[Outcome]
+) -> None:
+    """Set each row's outcome, and flush them together (the last changes of the events flush too)."""
+    applied_at = utcnow()
+    for (row, _, _), (outcome, detail) in zip(reads, outcomes, strict=True):
+        # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
+        row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], applied_at
+    bound().db.session.flush()
 
 
 def apply_download(row: WebhookEventColumns) -> str:
@@ -234,8 +254,8 @@ def _apply_or_fail(row: WebhookEventColumns, event: TerraEvent | None, problem: 
         return _failure(row, error)
 
 
-def _hold(rows: list[WebhookEventColumns]) -> None:
-    """Renew the rows' claims (`applier`) as the first statement of the transaction that applies them.
+def _hold(ids: list[int]) -> None:
+    """Renew the claims of the rows `ids` (`applier`) as the first statement of the transaction that applies them.
     The lease then runs from now, and on SQLite that transaction holds the write lock from its start:
     one that read first could not take it once another connection had committed since ("database is
     locked" at once, without waiting)."""
@@ -243,7 +263,7 @@ def _hold(rows: list[WebhookEventColumns]) -> None:
     model = integration.host.webhook_event_model
     integration.db.session.execute(
         update(model)
-        .where(model.id.in_([row.id for row in rows]))
+        .where(model.id.in_(ids))
         .values(claimed_until=utcnow() + timedelta(seconds=current_app.config["WEBHOOK_CLAIM_LEASE_SECONDS"]))
         .execution_options(synchronize_session=False)
     )
@@ -255,7 +275,7 @@ def _downloaded(row: WebhookEventColumns, ping: TerraEvent) -> TerraEvent:
     The row's claim is renewed and committed first: no transaction stays open, and no write turn is
     held, across the download, and the lease outlasts it."""
     with write_turn():
-        _hold([row])
+        _hold([row.id])
         bound().db.session.commit()
     if not ping.download_url:
         raise EventParseError("s3_payload without a url")
