@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import exists, func, literal_column, or_, select, update
+from sqlalchemy import func, literal_column, or_, select, update
 from sqlalchemy.orm import aliased
 
 from terra_integration import inbox
@@ -87,16 +87,22 @@ def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
     now = utcnow()
     # Aliases: the subqueries name the table the UPDATEs change, and must not be correlated with it.
     job, older = aliased(model), aliased(model)
+    # A row is its user's oldest pending one. Asked as "equal to the smallest pending id of its
+    # reference_id", a subquery run for each row through the (reference_id, id) index, rather than as
+    # "no older pending row exists": PostgreSQL turns that into a join, and once its statistics say
+    # that few rows are pending (the usual state) it plans the join as a scan of every pending row for
+    # each pending row, which made a claim take 0.2 s with 2,000 waiting, and grow with their square.
+    oldest_of_its_user = (
+        select(func.min(older.id))
+        .where(older.outcome == RECEIVED, older.reference_id == job.reference_id)
+        .scalar_subquery()
+    )
     candidates = (
         select(job.id)
         .where(
             job.outcome == RECEIVED,
             or_(job.claimed_until.is_(None), job.claimed_until < now),
-            ~exists().where(
-                older.outcome == RECEIVED,
-                older.reference_id == job.reference_id,
-                older.id < job.id,
-            ),
+            or_(job.reference_id.is_(None), job.id == oldest_of_its_user),
         )
         .order_by(job.id)
     )
