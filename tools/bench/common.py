@@ -238,6 +238,7 @@ def app_environ(database_url: str, port: int, **extra: str) -> dict[str, str]:
         # The benchmarks measure throughput, not the throttles (which would answer 429 instead).
         LOGIN_RATE_LIMIT="1000000 per minute",
         STATUS_RATE_LIMIT="1000000 per minute",
+        CONNECT_RATE_LIMIT="1000000 per minute",
         SANDBOX_USER_CAP="100000000",
         PYTHONDONTWRITEBYTECODE="1",
     )
@@ -918,7 +919,7 @@ def print_machine(info: dict) -> None:
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[_cell(value) for value in row] for row in rows]
+    cells = [[format_value(value) for value in row] for row in rows]
     widths = [max(len(str(header)), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
     print(f"\n{title}")
     print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
@@ -932,7 +933,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     sys.stdout.flush()
 
 
-def _cell(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, float):
         if value >= 100:
             return f"{value:,.0f}"
