@@ -358,7 +358,7 @@ def render(data: Path, environ: Mapping[str, str] | None = None) -> str:
         ]
     lines += summary_section(results, instance)
     lines += webhook_section(results)
-    lines += status_section(results, instance)
+    lines += status_section(results)
     lines += long_poll_section(results, instance)
     lines += users_section(results, instance)
     lines += applier_section(results)
@@ -571,7 +571,7 @@ def limits(cells: dict[tuple[str, int], dict], db: str) -> list[str]:
     return [text]
 
 
-def status_section(results: dict, instance: Instance) -> list[str]:
+def status_section(results: dict) -> list[str]:
     lines = [
         "## 2. Status polls",
         "",
@@ -727,9 +727,14 @@ def users_section(results: dict, instance: Instance) -> list[str]:
         + " and ".join(f"{polling[db]:,} apps at once on {DB_NAMES[db]}" for db in DATABASES)
         + " (the 304 rate of section 2 × the interval); long-polling instead, "
         f"{instance.long_polls:,} apps at once (section 3), which cost a sleeping thread "
-        "each and no CPU until their attempt changes. Neither is near what the webhook side allows: it is "
-        "the events that size an instance.",
+        "each and no CPU until their attempt changes. Those are apps in the middle of connecting, a small share "
+        "of the connected users at any moment (a connect flow takes seconds to minutes, once per user and "
+        "device): the events, not the polls, size an instance.",
         "",
+        "From the runs of sections 1 and 2:",
+        "",
+        *sources(results, "webhooks-kinds"),
+        *sources(results, "status"),
     ]
     return lines
 
@@ -745,7 +750,7 @@ def applier_section(results: dict) -> list[str]:
         ),
         "",
     ]
-    ratios = []
+    changes: dict[str, list[float]] = {"end-to-end rate": [], "acknowledged rate": [], "acknowledgement p99": []}
     for db in DATABASES:
         run = results[("webhooks-clients", db)]
         inside, apart = app_cells(run), app_cells(run, "apart")
@@ -754,7 +759,8 @@ def applier_section(results: dict) -> list[str]:
             other = apart.get(key)
             if other is None:
                 continue
-            ratios.append(other["end_to_end_rps"] / here["end_to_end_rps"])
+            for name, field in zip(changes, ("end_to_end_rps", "ack_rps", "p99_ms")):
+                changes[name].append(other[field] / here[field] - 1)
             rows.append(
                 [
                     f"`{key[0]}`",
@@ -765,7 +771,7 @@ def applier_section(results: dict) -> list[str]:
                     other["ack_rps"],
                     other["p99_ms"],
                     other["end_to_end_rps"],
-                    f"{(ratios[-1] - 1) * 100:+.0f} %",
+                    f"{changes['end-to-end rate'][-1] * 100:+.0f} %",
                 ]
             )
         lines += [f"**{DB_NAMES[db]}**:", ""]
@@ -784,27 +790,35 @@ def applier_section(results: dict) -> list[str]:
             rows,
         )
     lines += ["Measured with:", "", *sources(results, "webhooks-clients")]
-    typical = sorted(ratios)[len(ratios) // 2] if ratios else 1.0
-    if typical >= 1.1:
-        verdict = (
-            f"On this machine the separate process raised the end-to-end rate (median change "
-            f"{(typical - 1) * 100:+.0f} %)"
-        )
-    elif typical <= 0.9:
-        verdict = (
-            f"On this machine the separate process lowered the end-to-end rate (median change "
-            f"{(typical - 1) * 100:+.0f} %)"
-        )
-    else:
-        verdict = f"On this machine the separate process changed the end-to-end rate little (median {(typical - 1) * 100:+.0f} %)"
+    medians = {name: sorted(values)[len(values) // 2] for name, values in changes.items() if values}
+    if not medians:
+        return lines
     lines += [
-        verdict + ": on one 2-core machine both ways share the same two cores, so what the process gains by "
-        "applying without pausing for the receivers it takes from them. Run it on the same machine when "
-        "the acknowledgements must not wait for applying (the receivers then have the interpreters to "
-        "themselves), not for more events a second. For more events a second, run `flask terra work` on "
-        "an instance of its own (its own cores; on PostgreSQL any number of them claim rows side by side), "
-        "with `WEBHOOK_APPLY_IN_PROCESS=false` on the web instances; on SQLite everything stays on one "
-        "machine and one writer at a time, and a second process only adds a writer.",
+        (
+            "With the applier apart, the median change over these cells: "
+            + ", ".join(f"{name} {change * 100:+.0f} %" for name, change in medians.items())
+            + ". On one 2-core machine both ways share the same two cores: what the separate process gains by "
+            "applying without pausing for the receivers, it takes from them."
+        ),
+        "",
+        (
+            "So on one machine: "
+            + (
+                "the separate process applies more events a second here, "
+                if medians["end-to-end rate"] >= 0.1
+                else "it does not apply more events a second, "
+            )
+            + (
+                "and it helps the acknowledgements (the receivers have the interpreters to themselves): worth it "
+                "where Terra's deliveries must be answered fast in bursts. "
+                if medians["acknowledged rate"] >= 0.1 or medians["acknowledgement p99"] <= -0.1
+                else "and it does not make the acknowledgements faster either: keep the applier in the workers. "
+            )
+            + "For more events a second, run `flask terra work` on an instance of its own (its own cores; on "
+            "PostgreSQL any number of them claim rows side by side, each with its own connections, section 6), "
+            "with `WEBHOOK_APPLY_IN_PROCESS=false` on the web instances. On SQLite everything stays on one "
+            "machine with one writer at a time: a second process only adds a writer."
+        ),
         "",
     ]
     return lines
@@ -821,17 +835,19 @@ def budget_section(instance: Instance) -> list[str]:
         ["a worker's pool: request threads, long-polls' reads, the recorder and the applier threads", pool],
         ["a worker's LISTEN connection for attempt changes (services/attempt_states.py, outside the pool)", "1"],
         [f"one worker (WEB_CONCURRENCY = {instance.workers} of them)", f"{instance.per_worker}"],
-        [
-            f"an instance, applier in the workers (WEBHOOK_APPLY_IN_PROCESS {'true' if instance.apply_in_process else 'false'} as shipped)",
-            f"{instance.per_instance(0)}",
-        ],
+        ["an instance: its workers", f"{instance.per_instance(0)}"],
         [
             f"each `flask terra work` process ({instance.applier_threads} applier threads, one connection each)",
             f"{instance.per_work_process}",
         ],
-        ["an instance with one `flask terra work` beside it", f"{instance.per_instance(1)}"],
+        [
+            "an instance with one `flask terra work` beside it (WEBHOOK_APPLY_IN_PROCESS=false)",
+            f"{instance.per_instance(1)}",
+        ],
     ]
-    fits = instance.available // instance.per_instance(0 if instance.apply_in_process else 1)
+    each = instance.per_instance(0 if instance.apply_in_process else 1)
+    fits = instance.available // each
+    left = instance.available - fits * each
     lines = [
         "## 6. PostgreSQL connection budget",
         "",
@@ -844,12 +860,12 @@ def budget_section(instance: Instance) -> list[str]:
         (
             f"PostgreSQL's default `max_connections` is {PG_MAX_CONNECTIONS}, of which "
             f"`superuser_reserved_connections` ({PG_SUPERUSER_RESERVED}) are kept for superusers: "
-            f"{instance.available} for the app. So **{fits} instance{'s' if fits != 1 else ''}** as shipped "
-            f"fit{'s' if fits == 1 else ''} under one server at its defaults, leaving "
-            f"{instance.available - fits * instance.per_instance(0 if instance.apply_in_process else 1)} "
-            f"connections for `flask db upgrade` and other `flask` commands (one each while they run), and for "
-            f"the instances of a new deploy that start before the old ones stop. For more instances, lower each "
-            f"worker's pool (a request thread then waits for a "
+            f"{instance.available} for the app. So **{fits} instance{'s' if fits != 1 else ''}** with these settings "
+            f"fit{'s' if fits == 1 else ''} under one server at its defaults, leaving {left} connections for "
+            f"`flask db upgrade` and other `flask` commands (one each while they run); one more instance, such "
+            f"as a new deploy's started before the old one stops, needs {each} "
+            f"{'and does not fit' if left < each else 'and fits'}. For more instances, lower each worker's pool "
+            f"(a request thread then waits for a "
             f"connection when all are taken), raise `max_connections`, or put PgBouncer in front:"
         ),
         "",

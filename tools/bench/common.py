@@ -93,10 +93,10 @@ def app_env_overrides(args: argparse.Namespace) -> dict[str, str]:
 
 def command_line() -> str:
     """This benchmark's command as typed at the repository root: `.venv/bin/python -m tools.bench.x ...`
-    (a benchmark runs as `python -m`, which names its module in __main__'s spec)."""
-    module = sys.modules["__main__"].__spec__.name
+    (`python -m` names the module in __main__'s spec; a script run by its path has none)."""
+    spec = sys.modules["__main__"].__spec__
     python = os.path.relpath(PYTHON, ROOT) if Path(PYTHON).is_relative_to(ROOT) else PYTHON
-    return shlex.join([python, "-m", module, *sys.argv[1:]])
+    return shlex.join([python, *(["-m", spec.name] if spec else [sys.argv[0]]), *sys.argv[1:]])
 
 
 def concurrency_list(text: str) -> list[int]:
