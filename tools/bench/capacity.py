@@ -100,7 +100,7 @@ def arguments() -> argparse.ArgumentParser:
     )
     run_command.add_argument("--out", type=Path, default=DATA_DIR, help="folder for the JSON results")
     run_command.add_argument(
-        "--quick", action="store_true", help="tiny settings: checks the plumbing, sizes nothing (2-3 minutes)"
+        "--quick", action="store_true", help="tiny settings: checks the plumbing, sizes nothing (about 5 minutes)"
     )
     run_command.add_argument(
         "--pg-url", default=common.DEFAULT_PG_URL, help="the PostgreSQL database to use (default %(default)s)"
@@ -285,7 +285,7 @@ def sources(results: dict, name: str) -> list[str]:
     return [line for db in DATABASES for line in source(results[(name, db)])]
 
 
-def app_cells(results: dict, receiver: str = "app") -> dict[tuple[str, int], dict]:
+def receiver_cells(results: dict, receiver: str = "app") -> dict[tuple[str, int], dict]:
     """`receiver`'s figures by (event type, clients)."""
     cells = {}
     for key, by_receiver in results["receivers"].items():
@@ -297,7 +297,7 @@ def app_cells(results: dict, receiver: str = "app") -> dict[tuple[str, int], dic
 
 def sustained_rate(results: dict) -> tuple[float, str]:
     """The lowest end-to-end rate of any event type at SIZING_CLIENTS clients, and that type."""
-    cells = app_cells(results)
+    cells = receiver_cells(results)
     kind = min(
         (kind for kind, clients in cells if clients == SIZING_CLIENTS),
         key=lambda k: cells[(k, SIZING_CLIENTS)]["end_to_end_rps"],
@@ -384,43 +384,31 @@ def wrapped(lines: Iterable[str], width: int = 100) -> list[str]:
 
 
 def summary_section(results: dict, instance: Instance) -> list[str]:
-    rows = []
-    for label, figure in (
-        (
-            f"webhook events applied per second, sustained (slowest event type, {SIZING_CLIENTS} clients)",
-            lambda db: "{} (`{}`)".format(
-                number(sustained_rate(results[("webhooks-kinds", db)])[0]),
-                sustained_rate(results[("webhooks-kinds", db)])[1],
-            ),
-        ),
-        (
-            "status polls per second, 200 / 304 (lower of 16 and 64 clients)",
-            lambda db: (
-                f"{number(status_floor(results[('status', db)], '200'))} / "
-                f"{number(status_floor(results[('status', db)], '304'))}"
-            ),
-        ),
-        (
-            "long-poll wake-up p50 / p99, with others waiting",
-            lambda db: (
-                f"{number(results[('wakeup', db)]['summary']['p50_ms'])} / "
-                f"{number(results[('wakeup', db)]['summary']['p99_ms'])} ms "
-                f"({results[('wakeup', db)]['options']['idle_waiters']:,} waiting)"
-            ),
-        ),
-        (
-            f"connected Terra users at 30 events a day each, peak hour {PEAK_FACTOR}× the average",
-            lambda db: f"{users_for(sustained_rate(results[('webhooks-kinds', db)])[0], 30):,}",
-        ),
-    ):
-        rows.append([label, *(figure(db) for db in DATABASES)])
-    rows.append(
-        [
-            f"PostgreSQL connections per instance (of {instance.available} under the default max_connections)",
-            "-",
-            f"{instance.per_instance(0)}",
-        ]
-    )
+    typical_events = EVENTS_PER_USER_PER_DAY[len(EVENTS_PER_USER_PER_DAY) // 2]
+    columns = []
+    for db in DATABASES:
+        rate, kind = sustained_rate(results[("webhooks-kinds", db)])
+        status, wakeup = results[("status", db)], results[("wakeup", db)]
+        columns.append(
+            [
+                f"{number(rate)} (`{kind}`)",
+                f"{number(status_floor(status, '200'))} / {number(status_floor(status, '304'))}",
+                (
+                    f"{number(wakeup['summary']['p50_ms'])} / {number(wakeup['summary']['p99_ms'])} ms "
+                    f"({wakeup['options']['idle_waiters']:,} waiting)"
+                ),
+                f"{users_for(rate, typical_events):,}",
+                f"{instance.per_instance(0)}" if db == "postgresql" else "-",
+            ]
+        )
+    labels = [
+        f"webhook events applied per second, sustained (slowest event type, {SIZING_CLIENTS} clients)",
+        "status polls per second, 200 / 304 (lower of 16 and 64 clients)",
+        "long-poll wake-up p50 / p99, with others waiting",
+        f"connected Terra users at {typical_events} events a day each, peak hour {PEAK_FACTOR}× the average",
+        f"PostgreSQL connections per instance (of {instance.available} under the default max_connections)",
+    ]
+    rows = [[label, *figures] for label, *figures in zip(labels, *columns)]
     return ["## Summary", "", *table(["one instance, 2 cores", *DB_NAMES.values()], rows)]
 
 
@@ -452,8 +440,8 @@ def webhook_section(results: dict) -> list[str]:
     ]
     for db in DATABASES:
         run = results[("webhooks-kinds", db)]
-        cells = app_cells(run)
-        verify = app_cells(run, "verify")
+        cells = receiver_cells(run)
+        verify = receiver_cells(run, "verify")
         lines += [f"**{DB_NAMES[db]}**, {SIZING_CLIENTS} clients:", ""]
         lines += table(
             [
@@ -508,7 +496,7 @@ def webhook_section(results: dict) -> list[str]:
         "",
     ]
     for db in DATABASES:
-        cells = app_cells(results[("webhooks-clients", db)])
+        cells = receiver_cells(results[("webhooks-clients", db)])
         lines += [f"**{DB_NAMES[db]}**:", ""]
         lines += table(
             [
@@ -753,7 +741,7 @@ def applier_section(results: dict) -> list[str]:
     changes: dict[str, list[float]] = {"end-to-end rate": [], "acknowledged rate": [], "acknowledgement p99": []}
     for db in DATABASES:
         run = results[("webhooks-clients", db)]
-        inside, apart = app_cells(run), app_cells(run, "apart")
+        inside, apart = receiver_cells(run), receiver_cells(run, "apart")
         rows = []
         for key, here in inside.items():
             other = apart.get(key)
