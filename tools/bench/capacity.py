@@ -84,7 +84,7 @@ PLAN = (
         "wakeup",
         "wakeup",
         {"--rounds": "40", "--idle-waiters": "1000"},
-        {"--rounds": "5", "--idle-waiters": "50", "--duration": "60"},
+        {"--rounds": "5", "--idle-waiters": "50"},
         1.5,
     ),
     Step("flow", "flow", {}, {"--duration": "2", "--clients": "1,2"}, 1.5),
