@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             connected = common.seed_user(app, attempts=0)
             terra_user_id = str(uuid.uuid4())
             common.seed_connection(app, connected.user_id, terra_user_id)
-            activity_bodies.append(common.activity_body(connected.reference_id, terra_user_id))
+            activity_bodies.append(common.data_body("activity", connected.reference_id, terra_user_id))
         status_path = f"/api/v1/connect-attempts/{status_user.attempt_ids[0]}"
         bearer = {"Authorization": f"Bearer {status_user.token}"}
 

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -90,6 +91,14 @@ def app_env_overrides(args: argparse.Namespace) -> dict[str, str]:
     return extra
 
 
+def command_line() -> str:
+    """This benchmark's command as typed at the repository root: `.venv/bin/python -m tools.bench.x ...`
+    (`python -m` names the module in __main__'s spec; a script run by its path has none)."""
+    spec = sys.modules["__main__"].__spec__
+    python = os.path.relpath(PYTHON, ROOT) if Path(PYTHON).is_relative_to(ROOT) else PYTHON
+    return shlex.join([python, *(["-m", spec.name] if spec else [sys.argv[0]]), *sys.argv[1:]])
+
+
 def concurrency_list(text: str) -> list[int]:
     values = [int(item) for item in text.split(",") if item.strip()]
     if not values or any(value < 1 or value > 256 for value in values):
@@ -110,7 +119,14 @@ class Run(ExitStack):
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         self.database = Database(args.db, self.tmp, args.pg_url)
         self.processes: list[subprocess.Popen] = []
-        self.results: dict[str, Any] = {"benchmark": name, "db": args.db, "machine": machine_info(args.db, args.pg_url)}
+        self.results: dict[str, Any] = {
+            "benchmark": name,
+            "db": args.db,
+            "command": command_line(),
+            "options": vars(args),
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_info(args.db, args.pg_url),
+        }
 
     def __enter__(self) -> Self:
         super().__enter__()
@@ -222,6 +238,7 @@ def app_environ(database_url: str, port: int, **extra: str) -> dict[str, str]:
         # The benchmarks measure throughput, not the throttles (which would answer 429 instead).
         LOGIN_RATE_LIMIT="1000000 per minute",
         STATUS_RATE_LIMIT="1000000 per minute",
+        CONNECT_RATE_LIMIT="1000000 per minute",
         SANDBOX_USER_CAP="100000000",
         PYTHONDONTWRITEBYTECODE="1",
     )
@@ -423,30 +440,44 @@ def terra_user(reference_id: str, user_id: str, provider: str = "GARMIN") -> dic
     }
 
 
-def auth_body(reference_id: str, terra_user_id: str, session_id: str) -> bytes:
-    event = {
-        "type": "auth",
-        "status": "success",
-        "message": "User has successfully authenticated",
-        "reference_id": reference_id,
-        "widget_session_id": session_id,
-        "flow_id": session_id,
-        "version": "2022-03-16",
-        "user": terra_user(reference_id, terra_user_id),
-    }
+def event_body(event_type: str, reference_id: str, terra_user_id: str, /, **fields: Any) -> bytes:
+    """A Terra event of `event_type` about one Terra user, with `fields` beside its type and user."""
+    event = {"type": event_type, "version": "2022-03-16", **fields, "user": terra_user(reference_id, terra_user_id)}
     return json.dumps(event, separators=(",", ":")).encode()
 
 
-def activity_body(reference_id: str, terra_user_id: str) -> bytes:
+def auth_body(reference_id: str, terra_user_id: str, session_id: str) -> bytes:
+    """A successful authentication through the widget session `session_id`: it connects that attempt."""
+    return event_body(
+        "auth",
+        reference_id,
+        terra_user_id,
+        status="success",
+        message="User has successfully authenticated",
+        reference_id=reference_id,
+        widget_session_id=session_id,
+        flow_id=session_id,
+    )
+
+
+def data_body(kind: str, reference_id: str, terra_user_id: str) -> bytes:
+    """A data event (`activity`, `daily`, `sleep`...) with one item of the sandbox's sample data."""
     from sandbox.sample_data import sample_items
 
-    event = {
-        "type": "activity",
-        "user": terra_user(reference_id, terra_user_id),
-        "data": sample_items("activity"),
-        "version": "2022-03-16",
-    }
-    return json.dumps(event, separators=(",", ":")).encode()
+    return event_body(kind, reference_id, terra_user_id, data=sample_items(kind))
+
+
+# The account events the benchmarks send about a connected user, with what each needs besides its
+# user to be applied: a `deauth` revokes the connection (again, idempotently, when repeated), a
+# `permission_change` states the user's scopes (`terra_user`'s) and the change.
+ACCOUNT_EVENT_FIELDS: dict[str, dict[str, Any]] = {
+    "deauth": {"status": "success", "message": "User has deauthenticated"},
+    "permission_change": {"scopes_added": ["HEALTH_EXPORT"], "scopes_removed": []},
+}
+
+
+def account_body(event_type: str, reference_id: str, terra_user_id: str) -> bytes:
+    return event_body(event_type, reference_id, terra_user_id, **ACCOUNT_EVENT_FIELDS[event_type])
 
 
 def signed_headers(body: bytes, trace_id: str | None = None) -> dict[str, str]:
@@ -888,7 +919,7 @@ def print_machine(info: dict) -> None:
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[_cell(value) for value in row] for row in rows]
+    cells = [[format_value(value) for value in row] for row in rows]
     widths = [max(len(str(header)), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
     print(f"\n{title}")
     print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
@@ -902,7 +933,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     sys.stdout.flush()
 
 
-def _cell(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, float):
         if value >= 100:
             return f"{value:,.0f}"

@@ -12,6 +12,7 @@ The load generator is Python (wrk cannot chain dependent requests); it reports w
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import time
 import uuid
@@ -77,7 +78,7 @@ def client(base_url: str, token: str, seconds: float, max_flows: int, results) -
     results.put({"flows": flows, "errors": errors, "began": began})
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
     p = common.parser(__doc__.splitlines()[0], duration=15)
     p.add_argument(
         "--clients",
@@ -86,7 +87,11 @@ def main(argv: list[str] | None = None) -> None:
         help="concurrent clients, one process each (default 1,4,8)",
     )
     p.add_argument("--max-flows", type=int, default=5000, help="upper bound of flows per client per measurement")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
 
     with common.Run(args, "flow") as run:
         app = run.migrate()

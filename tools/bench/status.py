@@ -12,6 +12,7 @@ Targets: 200 at >= 60% of bare throughput, 304 at >= 75%.
 
 from __future__ import annotations
 
+import argparse
 from functools import partial
 
 import requests
@@ -22,10 +23,14 @@ TARGET_200 = 0.60
 TARGET_304 = 0.75
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
     p = common.parser(__doc__.splitlines()[0], duration=10)
     common.add_wrk_load_options(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
 
     with common.Run(args, "status") as run:
         app = run.migrate()

@@ -15,6 +15,7 @@ that comes back within a second (the server had no waiter slot free) is re-sent 
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import multiprocessing
@@ -135,7 +136,7 @@ def idle_waiters(base_url: str, waiters: list[tuple[str, str]], seconds: float, 
         thread.join(timeout=max(deadline - time.monotonic(), 0) + 30)
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
     p = common.parser(__doc__.splitlines()[0], duration=180, duration_help="upper bound of the whole measurement, s")
     p.add_argument("--rounds", type=int, default=100, help="webhook/long-poll rounds (default 100)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
@@ -146,7 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         help="other clients holding long-polls open on their own pending attempts (default 0, at most "
         "2000); each one sleeps in a worker thread for up to 25 s",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
     if not 0 <= args.idle_waiters <= 2000:
         raise SystemExit("--idle-waiters must be between 0 and 2000")
 

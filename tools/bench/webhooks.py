@@ -5,26 +5,34 @@ applied each event inside the request), checked out into a temporary git worktre
 gunicorn configuration, in the same run, on the same database. `--record-only` adds the app with no
 applier running during the load: what the receiver alone can do.
 
-    .venv/bin/python -m tools.bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--record-only] [--profile DIR]
+    .venv/bin/python -m tools.bench.webhooks --db sqlite [--duration 10] [--concurrency 1,16,64] [--kinds auth,activity]
+        [--record-only] [--separate-applier] [--profile DIR]
 
 Every request is signed the way Terra signs (HMAC-SHA256 over `t.body`) and carries its own
-X-Terra-Trace-Id, so the app records each one (none is a duplicate) and its applier threads apply it:
-- auth:     `auth` success events for a pool of users, each with a pending attempt; the first delivery
-            per user creates the connection and connects the attempt, later ones re-apply idempotently;
-- activity: data events for users with a connection (recorded, and the connection touched).
-The app acknowledges once the row is committed; after each of its cells the benchmark waits until the
-appliers have applied every row, and reports how many were still waiting when the load stopped and how
-long applying them took ("applied ev/s" counts the whole: events / (load + drain)).
+X-Terra-Trace-Id, so the app records each one (none is a duplicate) and its applier threads apply it.
+`--kinds` chooses the event types, each sent about a pool of users of its own:
+- auth:     `auth` success events for users with a pending attempt; the first delivery per user
+            creates the connection and connects the attempt, later ones re-apply idempotently;
+- activity, daily, sleep: data events (one sample item) for users with a connection: stored, and the
+            connection touched;
+- deauth:   for users with a connection: the first revokes it, later ones re-apply idempotently;
+- permission_change: for users with a connection: their scopes as stated, stored again each time.
+Every receiver but verify-only acknowledges once its row is committed; after each of its cells the
+benchmark waits until the appliers have applied every row (for `record`, which runs none, it applies
+them itself), and reports how many were still waiting when the load stopped and how long applying
+them took: "end-to-end ev/s", acknowledged and applied, counts the whole: recorded / (load + drain).
 Targets: the app's acknowledgements at >= 40% of the verify-only endpoint's events/s, and their p99
 under 50 ms at 64 clients.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from functools import partial
 
 import requests
@@ -48,16 +56,32 @@ SEPARATE_APPLIER = [
     "--poll-seconds",
     "0.05",
 ]
-COMPARED = ("before", "record", "apart")  # the receivers shown beside the app, when measured
 TARGET = 0.40
 TARGET_P99_MS = 50  # at the highest concurrency
-KINDS = ("auth", "activity")
+# The event types `--kinds` may name: `auth` for users with a pending attempt, the others for users
+# with a connection (data events, and account events on it).
+DATA_KINDS = ("activity", "daily", "sleep")
+KINDS = ("auth", *DATA_KINDS, *common.ACCOUNT_EVENT_FIELDS)
 BEFORE_REF = "731c9e5"  # main before the recorder (one transaction per delivery) and the write turns
 
 
-def main(argv: list[str] | None = None) -> None:
+def kind_list(text: str) -> list[str]:
+    kinds = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(KINDS)}")
+    return kinds
+
+
+def arguments() -> argparse.ArgumentParser:
     p = common.parser(__doc__.splitlines()[0], duration=10)
     common.add_wrk_load_options(p)
+    p.add_argument(
+        "--kinds",
+        type=kind_list,
+        default=["auth", "activity"],
+        help=f"event types, measured in this order (default auth,activity; any of {','.join(KINDS)})",
+    )
     p.add_argument("--users", type=int, default=200, help="distinct users (and Terra users) per event kind")
     p.add_argument(
         "--unique",
@@ -83,20 +107,46 @@ def main(argv: list[str] | None = None) -> None:
         default=BEFORE_REF,
         help="the commit measured as 'before' (default %(default)s); 'none' to leave it out",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def seed_bodies(app, kind: str, users: int) -> list[bytes]:
+    """One body per user of `kind`'s own users, each seeded as its events need."""
+    bodies = []
+    for _ in range(users):
+        terra_user_id = str(uuid.uuid4())
+        if kind == "auth":
+            pending = common.seed_user(app)
+            bodies.append(common.auth_body(pending.reference_id, terra_user_id, pending.session_ids[0]))
+            continue
+        connected = common.seed_user(app, attempts=0)
+        common.seed_connection(app, connected.user_id, terra_user_id)
+        build = common.data_body if kind in DATA_KINDS else common.account_body
+        bodies.append(build(kind, connected.reference_id, terra_user_id))
+    return bodies
+
+
+@dataclass
+class Applied:
+    """What a receiver recorded in a cell, and how long its events took to be applied after the load."""
+
+    recorded: int
+    waiting_at_end: int
+    drain_s: float
+
+    def end_to_end(self, load: common.LoadResult) -> float:
+        """Events acknowledged and applied per second: recorded / (load + drain)."""
+        return self.recorded / (load.seconds + self.drain_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
 
     with common.Run(args, "webhooks") as run:
         app = run.migrate()
-        bodies: dict[str, list[bytes]] = {kind: [] for kind in KINDS}
-        for _ in range(args.users):
-            pending = common.seed_user(app)
-            bodies["auth"].append(common.auth_body(pending.reference_id, str(uuid.uuid4()), pending.session_ids[0]))
-            connected = common.seed_user(app, attempts=0)
-            terra_user_id = str(uuid.uuid4())
-            common.seed_connection(app, connected.user_id, terra_user_id)
-            bodies["activity"].append(common.activity_body(connected.reference_id, terra_user_id))
+        bodies = {kind: seed_bodies(app, kind, args.users) for kind in args.kinds}
         nonces = itertools.count()
-        data = {kind: run.tmp / f"{kind}.tsv" for kind in KINDS}
+        data = {kind: run.tmp / f"{kind}.tsv" for kind in args.kinds}
 
         def fresh_data(kind: str) -> None:
             """New bodies for the next load, signed now: the inbox refuses a body signed at the same
@@ -122,16 +172,15 @@ def main(argv: list[str] | None = None) -> None:
             apart = run.start_server(label="apart", WEBHOOK_APPLY_IN_PROCESS="false", **ONLY_ITS_OWN)
             receivers.append(("apart", apart))
         receivers.append(("app", server))
+        probe = bodies[args.kinds[0]][0]
         for _, target in receivers:
-            body = bodies["activity"][0]
             answer = requests.post(
-                target.url + "/webhooks/terra", data=body, headers=common.signed_headers(body), timeout=10
+                target.url + "/webhooks/terra", data=probe, headers=common.signed_headers(probe), timeout=10
             )
             assert answer.status_code == 200, (target.label, answer.status_code, answer.text)
-        print(
-            f"both receivers accept a signed event; bodies: auth {len(bodies['auth'][0])} B, "
-            f"activity {len(bodies['activity'][0])} B"
-        )
+        apply_left_over(app)
+        sizes = ", ".join(f"{kind} {len(bodies[kind][0])} B" for kind in args.kinds)
+        print(f"every receiver accepts a signed event; bodies: {sizes}")
 
         def load(url: str, kind: str, clients: int, seconds: float) -> common.LoadResult:
             return common.wrk(
@@ -144,10 +193,11 @@ def main(argv: list[str] | None = None) -> None:
             )
 
         measured: dict[tuple[str, int], dict[str, common.LoadResult]] = {}
-        drains: dict[tuple[str, int], tuple[int, int, float]] = {}
-        for kind in KINDS:
+        applied: dict[tuple[str, int], dict[str, Applied]] = {}
+        for kind in args.kinds:
             for clients in args.concurrency:
                 cell = measured[(kind, clients)] = {}
+                applied_in_cell = applied[(kind, clients)] = {}
                 for name, target in receivers:
                     # The separate applier runs during its receiver's cell only (it would apply any row).
                     worker = run.spawn(SEPARATE_APPLIER, label=f"applier-{kind}-{clients}") if name == "apart" else None
@@ -166,62 +216,72 @@ def main(argv: list[str] | None = None) -> None:
                         f"{result.errors or ''}  CPU {result.cpu}",
                         flush=True,
                     )
-                    if worker is not None:
-                        wait_until_applied(app)
-                        run.stop_spawned(worker)
-                    if name == "record":
-                        apply_left_over(app)
-                    if name == "app":
+                    if name != "verify":
                         backlog = waiting(app)
-                        drain_s = wait_until_applied(app)
-                        recorded = inbox_size(app) - recorded_before
-                        drains[(kind, clients)] = (recorded, backlog, drain_s)
-                        print(
-                            f"           {recorded} recorded, {backlog} waiting at the end, applied {drain_s:.2f} s later"
+                        # `record` runs no applier: its rows are applied here, timed as its drain.
+                        settle = apply_left_over if name == "record" else wait_until_applied
+                        started = time.monotonic()
+                        settle(app)
+                        done = applied_in_cell[name] = Applied(
+                            inbox_size(app) - recorded_before, backlog, time.monotonic() - started
                         )
+                        print(
+                            f"           {done.recorded} recorded, {backlog} waiting at the end, applied "
+                            f"{done.drain_s:.2f} s later: {done.end_to_end(result):.0f} events/s end to end"
+                        )
+                    if worker is not None:
+                        run.stop_spawned(worker)
 
-        rows = []
         top = max(args.concurrency)
-        for (kind, clients), cell in measured.items():
-            v, a = cell["verify"], cell["app"]
-            recorded, backlog, drain_s = drains[(kind, clients)]
-            ratio = a.rps / v.rps
-            bad = sum(n for status, n in a.statuses.items() if status != "200")
-            met = ratio >= TARGET and (clients != top or a.p99_ms < TARGET_P99_MS)
-            others = []
-            for name in COMPARED:
-                other = cell.get(name)
-                others += [other.rps, other.p99_ms, common.pct(other.rps / v.rps)] if other else ["-"] * 3
-            rows.append(
-                [
-                    kind,
-                    clients,
-                    v.rps,
-                    *others,
-                    a.rps,
-                    a.p50_ms,
-                    a.p99_ms,
-                    common.pct(ratio),
-                    recorded / (args.duration + drain_s),
-                    backlog,
-                    drain_s,
-                    bad,
-                    common.verdict(met),
-                ]
-            )
+        summary = {
+            f"{kind}/{clients}": {
+                name: receiver_summary(result, cell["verify"], applied[(kind, clients)].get(name))
+                for name, result in cell.items()
+            }
+            for (kind, clients), cell in measured.items()
+        }
+        rows = []
+        for key, cell in summary.items():
+            kind, clients = key.split("/")
+            for name, figures in cell.items():
+                met = figures["ack_per_verify"] >= TARGET and (int(clients) != top or figures["p99_ms"] < TARGET_P99_MS)
+                rows.append(
+                    [
+                        kind,
+                        int(clients),
+                        name,
+                        figures["ack_rps"],
+                        figures["p50_ms"],
+                        figures["p99_ms"],
+                        common.pct(figures["ack_per_verify"]),
+                        *(
+                            [
+                                figures["end_to_end_rps"],
+                                common.pct(figures["end_to_end_per_verify"]),
+                                figures["waiting_at_end"],
+                                figures["drain_s"],
+                            ]
+                            if name != "verify"
+                            else ["-"] * 4
+                        ),
+                        figures["non_200"],
+                        common.verdict(met) if name == "app" else "",
+                    ]
+                )
         common.print_table(
-            f"webhook acknowledgements vs verify-only and vs {args.before_ref} ({args.db}, {args.duration:g} s each, "
-            f"unique trace ids; target >= {common.pct(TARGET)}, p99 < {TARGET_P99_MS} ms at {top} clients)",
+            f"webhooks acknowledged, and acknowledged and applied (end to end), vs verify-only ({args.db}, "
+            f"{args.duration:g} s each, unique trace ids; target for the app: acknowledged >= {common.pct(TARGET)}, "
+            f"p99 < {TARGET_P99_MS} ms at {top} clients)",
             [
                 "event",
                 "clients",
-                "verify ev/s",
-                *(f"{name} {column}" for name in COMPARED for column in ("ev/s", "p99", "/verify")),
-                "app ev/s",
+                "receiver",
+                "ack ev/s",
                 "p50 ms",
                 "p99 ms",
-                "app/verify",
-                "applied ev/s",
+                "ack/verify",
+                "end-to-end ev/s",
+                "end-to-end/verify",
                 "waiting at end",
                 "drain s",
                 "non-200",
@@ -258,16 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         run.results["cells"] = {
             f"{k}/{c}": {n: r.as_dict() for n, r in cell.items()} for (k, c), cell in measured.items()
         }
-        run.results["drains"] = {
-            f"{k}/{c}": {"recorded": recorded, "waiting_at_end": backlog, "drain_s": drain_s}
-            for (k, c), (recorded, backlog, drain_s) in drains.items()
-        }
+        run.results["receivers"] = summary
 
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             clients = max(args.concurrency)
             seconds = max(args.duration, 10)
-            for kind in KINDS:
+            for kind in args.kinds:
                 fresh_data(kind)
                 common.profile_server(
                     server,
@@ -281,6 +338,31 @@ def main(argv: list[str] | None = None) -> None:
         outcomes = inbox_outcomes(app)
         print(f"inbox after the run (event/outcome: count): {outcomes}")
         run.results["inbox_outcomes"] = outcomes
+
+
+def receiver_summary(result: common.LoadResult, verify: common.LoadResult, applied: Applied | None) -> dict:
+    """One receiver's figures in one cell, as the JSON results keep them (`receivers`); the end-to-end
+    ones are None for a receiver that applies nothing (verify-only). Fewer `recorded` than `requests`
+    means wrk ran out of unique bodies (`--unique`) and repeated some, which the inbox answers as
+    duplicates without recording them."""
+    end_to_end = applied.end_to_end(result) if applied else None
+    return {
+        "ack_rps": round(result.rps, 1),
+        "requests": result.requests,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "ack_per_verify": round(result.rps / verify.rps, 4),
+        "end_to_end_rps": round(end_to_end, 1) if applied else None,
+        "end_to_end_per_verify": round(end_to_end / verify.rps, 4) if applied else None,
+        "recorded": applied.recorded if applied else None,
+        "waiting_at_end": applied.waiting_at_end if applied else None,
+        "drain_s": round(applied.drain_s, 2) if applied else None,
+        "server_cpu_ms": result.cpu["app_ms"],
+        "postgres_cpu_ms": result.cpu["postgres_ms"],
+        "cores_busy": result.cpu["cores_busy"],
+        "other_cores": result.cpu["other_cores"],
+        "non_200": sum(n for status, n in result.statuses.items() if status != "200"),
+    }
 
 
 def checkout(run: common.Run, ref: str):
@@ -324,14 +406,13 @@ def apply_left_over(app) -> None:
     wait_until_applied(app)
 
 
-def wait_until_applied(app, timeout: float = 300) -> float:
-    """Seconds until no recorded event is left to apply."""
+def wait_until_applied(app, timeout: float = 300) -> None:
+    """Return once no recorded event is left to apply."""
     started = time.monotonic()
     while waiting(app):
         if time.monotonic() - started > timeout:
             raise SystemExit(f"events still waiting to be applied after {timeout} s")
         time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def inbox_outcomes(app) -> dict[str, int]:
