@@ -40,16 +40,16 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import func, literal_column, or_, select, update
+from sqlalchemy import Select, func, literal_column, or_, select, update
 from sqlalchemy.orm import aliased
 
 from terra_integration import inbox
 from terra_integration.events import PING_TYPE
 from terra_integration.host import bound
-from terra_integration.models import TEXT_LENGTH, EventOutcome, utcnow
+from terra_integration.models import TEXT_LENGTH, EventOutcome, WebhookEventColumns, utcnow
 from terra_integration.write_turns import write_turn
 
 # Written into the SQL, not bound: only then can the databases use the partial indexes over the
@@ -85,31 +85,7 @@ def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
     session, model = integration.db.session, integration.host.webhook_event_model
     config = current_app.config
     now = utcnow()
-    # Aliases: the subqueries name the table the UPDATEs change, and must not be correlated with it.
-    job, older = aliased(model), aliased(model)
-    # A row is its user's oldest pending one. Asked as "equal to the smallest pending id of its
-    # reference_id", a subquery run for each row through the (reference_id, id) index, rather than as
-    # "no older pending row exists": PostgreSQL turns that into a join, and once its statistics say
-    # that few rows are pending (the usual state) it plans the join as a scan of every pending row for
-    # each pending row, which made a claim take 0.2 s with 2,000 waiting, and grow with their square.
-    oldest_of_its_user = (
-        select(func.min(older.id))
-        .where(older.outcome == RECEIVED, older.reference_id == job.reference_id)
-        .scalar_subquery()
-    )
-    candidates = (
-        select(job.id)
-        .where(
-            job.outcome == RECEIVED,
-            or_(job.claimed_until.is_(None), job.claimed_until < now),
-            or_(job.reference_id.is_(None), job.id == oldest_of_its_user),
-        )
-        .order_by(job.id)
-    )
-    if queue is not None:
-        candidates = candidates.where(
-            job.event_type == PING_TYPE if queue == DOWNLOADS else job.event_type != PING_TYPE
-        )
+    candidates = claimable(model, now, queue)
     session.rollback()  # a fresh transaction, for the look and for the claim
     # A look first, which takes no lock: most wake-ups and sweeps find nothing, and on SQLite an
     # UPDATE takes the database's one write lock even when it changes no row.
@@ -130,7 +106,7 @@ def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
         )
         candidates = candidates.limit(limit)
         if session.get_bind().dialect.name == "postgresql":
-            candidates = candidates.with_for_update(skip_locked=True, of=job)
+            candidates = candidates.with_for_update(skip_locked=True, of=candidates.selected_columns.id)
         claimed = session.scalars(
             update(model)
             .where(model.id.in_(candidates))
@@ -143,6 +119,35 @@ def claim(limit: int = BATCH_SIZE, queue: str | None = None) -> list[int]:
         ).all()
         session.commit()
     return sorted(claimed)
+
+
+def claimable(model: type[WebhookEventColumns], now: datetime, queue: str | None = None) -> Select:
+    """The ids of the rows of `queue` (None: both) that may be claimed at `now`, oldest first: pending,
+    with no lease running, and each the oldest pending row of its user (reference_id)."""
+    # Aliases: the subqueries name the table the claim's UPDATE changes, and must not be correlated with it.
+    job, older = aliased(model), aliased(model)
+    # "Equal to the smallest pending id of its reference_id": a subquery run for each row through the
+    # (reference_id, id) index. Not "no older pending row exists": PostgreSQL turns that into a join,
+    # and once its statistics say that few rows are pending (the usual state) it plans the join as a
+    # scan of every pending row for each pending row: a claim took 0.4 s with 2,000 waiting, and
+    # grew with their square.
+    oldest_of_its_user = (
+        select(func.min(older.id))
+        .where(older.outcome == RECEIVED, older.reference_id == job.reference_id)
+        .scalar_subquery()
+    )
+    candidates = (
+        select(job.id)
+        .where(
+            job.outcome == RECEIVED,
+            or_(job.claimed_until.is_(None), job.claimed_until < now),
+            or_(job.reference_id.is_(None), job.id == oldest_of_its_user),
+        )
+        .order_by(job.id)
+    )
+    if queue is None:
+        return candidates
+    return candidates.where(job.event_type == PING_TYPE if queue == DOWNLOADS else job.event_type != PING_TYPE)
 
 
 def waiting_at_least(count: int) -> bool:

@@ -429,3 +429,27 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+# CI's PostgreSQL server (.ci/run), for the tests that need PostgreSQL on a run on SQLite too.
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/terra_connect_test"
+
+
+@pytest.fixture
+def postgres_database(worker_id) -> Iterator[str]:
+    """A PostgreSQL database of the test's own: on TEST_DATABASE_URL's server, or on the local one when
+    the suite runs on SQLite. No server is a failure, never a skip: CI's SQLite pass runs this too."""
+    configured = os.environ.get("TEST_DATABASE_URL", "")
+    server = make_url(database_url({"DATABASE_URL": configured}, None) if configured else POSTGRES_SERVER)
+    if server.get_backend_name() != "postgresql":
+        server = make_url(POSTGRES_SERVER)
+    uri = server.set(database=f"{server.database}_own_{worker_id}").render_as_string(hide_password=False)
+    try:
+        _recreate_postgres_database(uri)
+    except OperationalError as error:
+        pytest.fail(f"this test needs the PostgreSQL server at {server.host}:{server.port}: {error}")
+    yield uri
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(uri).database}" WITH (FORCE)'))
+    admin.dispose()

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import pytest
 import requests
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import select, update
 
 from app import create_app
 from extensions import db
@@ -345,3 +345,39 @@ def test_the_backlog_is_counted_up_to_the_limit_asked(app, client, secret):
         assert (applier.waiting_at_least(3), applier.waiting_at_least(4)) == (True, False)
         apply_inbox(app)
         assert applier.waiting_at_least(1) is False
+
+
+def test_the_claim_finds_each_users_oldest_row_through_the_index_however_stale_postgresqls_statistics(
+    postgres_database,
+):
+    """Statistics taken while the queue was empty (its usual state) say that almost no row is pending.
+    Asked as "no older pending row of the same user exists", PostgreSQL then planned the claim as a scan
+    of every pending row for each pending row (0.4 s with 2,000 waiting, growing with their square).
+    The claim must look each row's user up in a subquery of its own instead, which an index answers."""
+    engine = create_engine(postgres_database)
+    WebhookEvent.__table__.create(engine)
+    rows = [
+        {
+            "trace_id": f"t{number}",
+            "signed_payload_sha256": f"{number:064x}",
+            "event_type": "activity",
+            "reference_id": f"user-{number % 200}",
+            "outcome": "applied" if number < 2000 else "received",
+            "body": "{}",
+            "received_at": utcnow(),
+            "attempts": 0,
+        }
+        for number in range(4000)
+    ]
+    with engine.begin() as connection:
+        connection.execute(WebhookEvent.__table__.insert(), rows[:2000])
+        connection.execute(text("ANALYZE webhook_events"))
+        connection.execute(WebhookEvent.__table__.insert(), rows[2000:])
+    claim = applier.claimable(WebhookEvent, utcnow(), applier.EVENTS).limit(applier.BATCH_SIZE)
+    sql = str(claim.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as connection:
+        plan = "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
+        claimed = connection.execute(claim).scalars().all()
+    engine.dispose()
+    assert "SubPlan" in plan and "Join" not in plan, plan
+    assert claimed == list(range(2001, 2201))[: applier.BATCH_SIZE]  # each user's oldest pending row, in order

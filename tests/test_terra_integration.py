@@ -9,7 +9,6 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,10 +19,8 @@ from alembic.operations import Operations
 from flask import Blueprint, Flask
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from config import database_url
 from extensions import db
 from services.event_handlers import HANDLERS, ConnectionEvents
 from terra_integration.client import TerraClient
@@ -32,7 +29,7 @@ from terra_integration.extension import SETTINGS, TerraIntegration, TerraSetting
 from terra_integration.reference_ids import is_authentic
 from terra_integration.signature import sign
 from terra_integration.webhooks import bp as webhooks_bp
-from tests.conftest import DEAD_TERRA, ROOT, _recreate_postgres_database, free_port, server_process, wait_for
+from tests.conftest import DEAD_TERRA, ROOT, free_port, server_process, wait_for
 from tests.helpers import doc_blocks, signed, terra_settings
 
 GUIDE = "copy-into-your-app.md"
@@ -263,30 +260,6 @@ def test_a_host_with_its_own_webhooks_blueprint_renames_the_integrations_as_the_
     assert client.post("/webhooks/stripe").status_code == 400  # the CSRF token is missing
     with host_app.app_context():
         db.engine.dispose()
-
-
-# CI's PostgreSQL server (.ci/run), for the tests that need PostgreSQL on a run on SQLite too.
-POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/terra_connect_test"
-
-
-@pytest.fixture
-def postgres_database(worker_id) -> Iterator[str]:
-    """A PostgreSQL database of the test's own: on TEST_DATABASE_URL's server, or on the local one when
-    the suite runs on SQLite. No server is a failure, never a skip: CI's SQLite pass runs this too."""
-    configured = os.environ.get("TEST_DATABASE_URL", "")
-    server = make_url(database_url({"DATABASE_URL": configured}, None) if configured else POSTGRES_SERVER)
-    if server.get_backend_name() != "postgresql":
-        server = make_url(POSTGRES_SERVER)
-    uri = server.set(database=f"{server.database}_guide_{worker_id}").render_as_string(hide_password=False)
-    try:
-        _recreate_postgres_database(uri)
-    except OperationalError as error:
-        pytest.fail(f"this test needs the PostgreSQL server at {server.host}:{server.port}: {error}")
-    yield uri
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(uri).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
