@@ -366,9 +366,13 @@ def render(data: Path, environ: Mapping[str, str] | None = None) -> str:
     return "\n".join(wrapped(lines)).rstrip("\n") + "\n"
 
 
+UNBROKEN = re.compile(r"`[^`]*`|\d{4}-\d\d-\d\d \d\d:\d\d UTC")  # code spans (commands to copy) and times
+
+
 def wrapped(lines: Iterable[str], width: int = 100) -> list[str]:
     """The prose lines wrapped at `width`, as the other pages are; tables, headings, code blocks and
-    comments as they are. Code spans are never split (a command must stay on one line to be copied)."""
+    comments as they are. Code spans and times are never split (a command must stay on one line to be
+    copied)."""
     out, in_code = [], False
     for line in lines:
         if line.startswith("```"):
@@ -377,7 +381,7 @@ def wrapped(lines: Iterable[str], width: int = 100) -> list[str]:
             out.append(line)
             continue
         quote = "> " if line.startswith("> ") else ""
-        protected = re.sub(r"`[^`]*`", lambda span: span.group().replace(" ", "\0"), line.removeprefix(quote))
+        protected = re.sub(UNBROKEN, lambda span: span.group().replace(" ", "\0"), line.removeprefix(quote))
         for piece in textwrap.wrap(protected, width - len(quote), break_long_words=False, break_on_hyphens=False):
             out.append(quote + piece.replace("\0", " "))
     return out
