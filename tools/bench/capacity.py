@@ -62,6 +62,7 @@ class Step:
 WEBHOOKS = {
     "--before-ref": "none",  # the code of an earlier commit sizes nothing
     "--unique": "30000",  # more bodies than 10 s at 64 clients take, so that none is a duplicate
+    "--warmup": "1",  # each warm-up's events are applied before the cell: a short one keeps the run short
 }
 WEBHOOKS_QUICK = {"--duration": "1", "--warmup": "0", "--users": "10", "--unique": "3000"}
 PLAN = (
@@ -70,14 +71,14 @@ PLAN = (
         "webhooks",
         {"--kinds": ALL_KINDS, "--concurrency": str(SIZING_CLIENTS), **WEBHOOKS},
         WEBHOOKS_QUICK,
-        4,
+        4.5,
     ),
     Step(
         "webhooks-clients",
         "webhooks",
         {"--kinds": "auth,activity", "--concurrency": "1,16,64", "--separate-applier": None, **WEBHOOKS},
         WEBHOOKS_QUICK,
-        6,
+        7.5,
     ),
     Step("status", "status", {}, {"--duration": "1", "--warmup": "0"}, 2),
     Step(
@@ -87,7 +88,7 @@ PLAN = (
         {"--rounds": "5", "--idle-waiters": "50"},
         1.5,
     ),
-    Step("flow", "flow", {}, {"--duration": "2", "--clients": "1,2"}, 1.5),
+    Step("flow", "flow", {}, {"--duration": "2", "--clients": "1,2"}, 1),
 )
 FULL_RUN_MINUTES = round(sum(step.minutes for step in PLAN) * len(DATABASES))
 
@@ -366,9 +367,13 @@ def render(data: Path, environ: Mapping[str, str] | None = None) -> str:
     return "\n".join(wrapped(lines)).rstrip("\n") + "\n"
 
 
+UNBROKEN = re.compile(r"`[^`]*`|\d{4}-\d\d-\d\d \d\d:\d\d UTC")  # code spans (commands to copy) and times
+
+
 def wrapped(lines: Iterable[str], width: int = 100) -> list[str]:
     """The prose lines wrapped at `width`, as the other pages are; tables, headings, code blocks and
-    comments as they are. Code spans are never split (a command must stay on one line to be copied)."""
+    comments as they are. Code spans and times are never split (a command must stay on one line to be
+    copied)."""
     out, in_code = [], False
     for line in lines:
         if line.startswith("```"):
@@ -377,7 +382,7 @@ def wrapped(lines: Iterable[str], width: int = 100) -> list[str]:
             out.append(line)
             continue
         quote = "> " if line.startswith("> ") else ""
-        protected = re.sub(r"`[^`]*`", lambda span: span.group().replace(" ", "\0"), line.removeprefix(quote))
+        protected = re.sub(UNBROKEN, lambda span: span.group().replace(" ", "\0"), line.removeprefix(quote))
         for piece in textwrap.wrap(protected, width - len(quote), break_long_words=False, break_on_hyphens=False):
             out.append(quote + piece.replace("\0", " "))
     return out

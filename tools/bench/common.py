@@ -882,8 +882,13 @@ def machine_info(db: str, pg_url: str) -> dict:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
         )
+        # Pages and their data (docs/capacity/, which a run is writing) change no measurement.
         dirty = subprocess.run(
-            ["git", "status", "--short", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False
+            ["git", "status", "--short", "--untracked-files=no", "--", ".", ":(exclude)docs"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         info["code"] = f"{head.stdout.strip()} + {len(dirty.stdout.splitlines())} modified files"
     except OSError:
