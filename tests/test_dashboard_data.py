@@ -100,12 +100,15 @@ def timeline_rows(page: str) -> list[str]:
 
 
 def fail_storage_once(monkeypatch):
-    """The next data event fails to apply, as a lost database would make it."""
-    real = data_events.store
+    """The next data event fails to apply, on each try of it, as a lost database would make it; a
+    replay (the event read again from its row) stores it."""
+    real, failing = data_events.store, []
 
-    def broken(*args):
-        monkeypatch.setattr(data_events, "store", real)
-        raise RuntimeError("the database went away")
+    def broken(connection, event):
+        if not failing or failing[0] is event:
+            failing[:] = [event]
+            raise RuntimeError("the database went away")
+        return real(connection, event)
 
     monkeypatch.setattr(data_events, "store", broken)
 
