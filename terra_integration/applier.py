@@ -5,7 +5,7 @@ moves `received` → applied, recorded, ignored or failed (`EventOutcome`), once
 
 - **Claim.** A taker marks a batch of the oldest pending rows as its own until `claimed_until` (a
   lease) and counts the try in `attempts`, in one short transaction, then applies them a few to a
-  transaction, each in a savepoint of its own (`inbox.apply_together`). On PostgreSQL several takers (threads, processes, instances) claim at
+  transaction, one failure failing alone (`inbox.apply_together`). On PostgreSQL several takers (threads, processes, instances) claim at
   once without waiting for each other (`FOR UPDATE SKIP LOCKED`); on SQLite the claim is one
   conditional UPDATE, which holds the database's single write lock, so one taker claims at a time
   (in turn with the other writers of the inbox, `write_turns`).
@@ -161,8 +161,7 @@ def waiting_at_least(count: int) -> bool:
 
 
 def apply_claimed(ids: list[int]) -> None:
-    """Apply the claimed rows, APPLY_TOGETHER at a time in one transaction, each in a savepoint of its
-    own (one bad event fails alone)."""
+    """Apply the claimed rows, APPLY_TOGETHER at a time in one transaction (one bad event fails alone)."""
     integration = bound()
     session, model = integration.db.session, integration.host.webhook_event_model
     for start in range(0, len(ids), APPLY_TOGETHER):

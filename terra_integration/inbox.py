@@ -8,8 +8,8 @@ event. The insert decides (ON CONFLICT DO NOTHING): no check-then-insert.
 Recording is the receiver's whole job: `receive` has the row committed as `received` (by `recorder`,
 together with other deliveries arriving at the same time), this process's applier is woken, and
 Terra gets its 200. Applying is the applier's (`applier`): `apply_recorded`
-has the host change its state inside a SAVEPOINT, notes the outcome on the row and commits once. A
-failure rolls back to the savepoint only, so the row keeps the failure, for a replay.
+has the host change its state, notes the outcome on the row and commits once. A failure is rolled
+back alone (the event applied again inside a SAVEPOINT), so the row keeps the failure, for a replay.
 
 What an event does is the host's (`host.TerraHost`); what is generic is decided here: an account
 event is applied to the owner of its signed reference_id, a data event as it is, an unknown type is
@@ -163,8 +163,8 @@ def apply_recorded(row: WebhookEventColumns, read: tuple[TerraEvent | None, Exce
 
 
 def apply_together(rows: list[WebhookEventColumns]) -> None:
-    """`apply_recorded` for several rows (of different users) in one transaction, each in its own
-    savepoint: one commit for them all. An s3_payload is applied alone, after them (`apply_download`):
+    """`apply_recorded` for several rows (of different users) in one transaction: one commit for them
+    all, a failure still kept on its own row. An s3_payload is applied alone, after them (`apply_download`):
     its download must not hold the transaction open."""
     downloads = [row for row in rows if row.event_type == PING_TYPE]
     _apply_in_one_transaction([(row, *_event_of(row)) for row in rows if row.event_type != PING_TYPE])
