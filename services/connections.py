@@ -101,6 +101,11 @@ def upsert_connection(owner: User, terra_user: TerraUser, ordering_timestamp: in
     replacement = _replacement_of(terra_user.user_id)
     if replacement is not None:  # a later re-authentication already replaced this id (events out of order)
         return replacement
+    return activate(owner, terra_user, ordering_timestamp)
+
+
+def activate(owner: User, terra_user: TerraUser, ordering_timestamp: int | None = None) -> Connection:
+    """`upsert_connection` for a Terra user the caller knows no re-authentication replaced."""
     connection, inserted = _insert_or_get(owner, terra_user, ConnectionStatus.ACTIVE, ordering_timestamp)
     if not inserted and connection.status != ConnectionStatus.REVOKED:
         connection.provider = terra_user.provider or connection.provider

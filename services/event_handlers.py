@@ -56,7 +56,8 @@ class ConnectionEvents:
 
 
 def _auth_success(owner: User, event: TerraEvent) -> Outcome:
-    connection = connections.upsert_connection(owner, event.user, event.ordering_timestamp)
+    # apply_account_event has ruled out a replaced Terra user: no need to look again.
+    connection = connections.activate(owner, event.user, event.ordering_timestamp)
     db.session.flush()
     if connection.status == ConnectionStatus.REVOKED:
         return EventOutcome.IGNORED, "auth for a Terra user that was already revoked"
