@@ -17,7 +17,7 @@ from tests.helpers import doc_blocks
 from tools.bench import capacity
 
 PAGE = "capacity.md"
-BUDGET = "## 6. PostgreSQL connection budget"
+BUDGET = "## 7. PostgreSQL connection budget"
 # A quoted command runs to the end of its code span, or of its line in a code block.
 COMMAND = re.compile(r"\.venv/bin/python -m tools\.bench\.(\w+)([^`\n]*)")
 
@@ -46,7 +46,7 @@ def test_the_page_shows_the_command_of_every_result_it_uses():
 
 def test_every_quoted_benchmark_command_parses_with_its_benchmark():
     commands = COMMAND.findall(page_text())
-    assert {module for module, _ in commands} >= {"webhooks", "status", "wakeup", "flow", "capacity"}
+    assert {module for module, _ in commands} >= {"webhooks", "apply", "status", "wakeup", "flow", "capacity"}
     for module, options in commands:
         parser = importlib.import_module(f"tools.bench.{module}").arguments()
         try:

@@ -35,6 +35,8 @@ PAGE = common.ROOT / "docs" / "capacity.md"
 MANIFEST = "run.json"
 ALL_KINDS = "auth,activity,daily,sleep,deauth,permission_change"
 SIZING_CLIENTS = 16  # the concurrency whose end-to-end rates size an instance: Terra's deliveries overlap
+END_TO_END_TARGET = 0.30  # the issue's: end-to-end at SIZING_CLIENTS on SQLite, over verify-only
+SATURATED_CORES = 1.8  # cores busy (of 2) from which CPU, not waiting, bounds a rate
 # Assumed load per connected Terra user, stated as assumptions on the page.
 EVENTS_PER_USER_PER_DAY = (10, 30, 100)
 PEAK_FACTOR = 10  # the peak hour's rate over the day's average: devices sync in bursts
@@ -76,9 +78,22 @@ PLAN = (
     Step(
         "webhooks-clients",
         "webhooks",
-        {"--kinds": "auth,activity", "--concurrency": "1,16,64", "--separate-applier": None, **WEBHOOKS},
+        {
+            "--kinds": "auth,activity",
+            "--concurrency": "1,16,64",
+            "--record-only": None,
+            "--separate-applier": None,
+            **WEBHOOKS,
+        },
         WEBHOOKS_QUICK,
-        7.5,
+        10,
+    ),
+    Step(
+        "apply",
+        "apply",
+        {"--events": "2000", "--rounds": "2"},
+        {"--events": "200", "--rounds": "1", "--kinds": "auth,activity"},
+        5,
     ),
     Step("status", "status", {}, {"--duration": "1", "--warmup": "0"}, 2),
     Step(
@@ -101,7 +116,7 @@ def arguments() -> argparse.ArgumentParser:
     )
     run_command.add_argument("--out", type=Path, default=DATA_DIR, help="folder for the JSON results")
     run_command.add_argument(
-        "--quick", action="store_true", help="tiny settings: checks the plumbing, sizes nothing (about 5 minutes)"
+        "--quick", action="store_true", help="tiny settings: checks the plumbing, sizes nothing (about 8 minutes)"
     )
     run_command.add_argument(
         "--pg-url", default=common.DEFAULT_PG_URL, help="the PostgreSQL database to use (default %(default)s)"
@@ -359,6 +374,7 @@ def render(data: Path, environ: Mapping[str, str] | None = None) -> str:
         ]
     lines += summary_section(results, instance)
     lines += webhook_section(results)
+    lines += apply_section(results)
     lines += status_section(results)
     lines += long_poll_section(results, instance)
     lines += users_section(results, instance)
@@ -496,12 +512,15 @@ def webhook_section(results: dict) -> list[str]:
         "",
         (
             "`auth` and `activity` at 1, 16 and 64 clients: one client is Terra delivering one event at a time; "
-            "64, a burst of deliveries at once."
+            "64, a burst of deliveries at once. *Receiver alone* is the app with no applier running during the "
+            "load (`WEBHOOK_APPLY_IN_PROCESS=false`; the benchmark applies its events after the cell): what it "
+            "acknowledges is the most any applier could follow."
         ),
         "",
     ]
     for db in DATABASES:
-        cells = receiver_cells(results[("webhooks-clients", db)])
+        run = results[("webhooks-clients", db)]
+        cells, alone = receiver_cells(run), receiver_cells(run, "record")
         lines += [f"**{DB_NAMES[db]}**:", ""]
         lines += table(
             [
@@ -512,6 +531,8 @@ def webhook_section(results: dict) -> list[str]:
                 "ack p50 ms",
                 "ack p99 ms",
                 "end-to-end / verify",
+                "receiver alone: ack ev/s",
+                "receiver alone / verify",
                 "waiting at the end",
                 "drain s",
             ],
@@ -524,14 +545,74 @@ def webhook_section(results: dict) -> list[str]:
                     c["p50_ms"],
                     c["p99_ms"],
                     percent(c["end_to_end_per_verify"]),
+                    alone[(kind, clients)]["ack_rps"],
+                    percent(alone[(kind, clients)]["ack_per_verify"]),
                     c["waiting_at_end"],
                     c["drain_s"],
                 ]
                 for (kind, clients), c in cells.items()
             ],
         )
+    lines += [*receiver_ceiling(results), ""]
     lines += ["Measured with:", "", *sources(results, "webhooks-clients")]
     return lines
+
+
+def receiver_ceiling(results: dict) -> list[str]:
+    """The issue's end-to-end target against the by-concurrency run, and the ceiling the receiver alone
+    (the app recording with no applier running) puts on it: an applied event was acknowledged first."""
+    at_sizing = {
+        db: {
+            name: {
+                kind: cell
+                for (kind, clients), cell in receiver_cells(results[("webhooks-clients", db)], name).items()
+                if clients == SIZING_CLIENTS
+            }
+            for name in ("app", "record", "verify")
+        }
+        for db in DATABASES
+    }
+    sqlite = at_sizing["sqlite"]
+    reached = {kind: cell["end_to_end_per_verify"] for kind, cell in sqlite["app"].items()}
+    met = min(reached.values()) >= END_TO_END_TARGET
+    ceilings = {kind: cell["ack_per_verify"] for kind, cell in sqlite["record"].items()}
+    below = [f"`{kind}`" for kind, share in ceilings.items() if share < END_TO_END_TARGET]
+    text = (
+        f"The issue's end-to-end target is {percent(END_TO_END_TARGET)} of verify-only or more (the applier in "
+        f"the workers, SQLite, {SIZING_CLIENTS} clients). Here the app reaches "
+        + ", ".join(f"{percent(share)} (`{kind}`)" for kind, share in reached.items())
+        + f": {'met' if met else 'not met'}. The receiver alone, with no applier running, acknowledges only "
+        + ", ".join(f"{percent(share)} (`{kind}`)" for kind, share in ceilings.items())
+        + " of verify-only there: an event is acknowledged before it is applied, so no cheaper apply lifts the "
+        "end-to-end rate above that. That is the floor the receiver puts under the cost of every event"
+        + (
+            f", and for {' and '.join(below)} it lies below the target itself: reaching the target takes a "
+            "cheaper receiver, not only a cheaper apply. "
+            if below
+            else ". "
+        )
+    )
+    for db in DATABASES:
+        alone, verify = at_sizing[db]["record"].values(), at_sizing[db]["verify"].values()
+        cpu = [cell["server_cpu_ms"] + cell["postgres_cpu_ms"] for cell in alone]
+        busy = [cell["cores_busy"] for cell in alone]
+        text += (
+            f"On {DB_NAMES[db]} the receiver alone spends {spread(cpu)} ms of CPU per event"
+            f"{' (its processes and PostgreSQL)' if db == 'postgresql' else ''}, against verify-only's "
+            f"{spread(cell['server_cpu_ms'] for cell in verify)} ms, with {spread(busy)} of the 2 cores busy: "
+            + (
+                "the cores are saturated, so its CPU per event (parsing, verifying, recording and committing "
+                "each delivery) bounds it. "
+                if min(busy) >= SATURATED_CORES
+                else "the cores are not saturated, so waits bound it "
+                + (
+                    "(SQLite's one writer at a time: each delivery's commit waits for the write turn). "
+                    if db == "sqlite"
+                    else "(each delivery's commit, a WAL flush). "
+                )
+            )
+        )
+    return [text.rstrip()]
 
 
 def limits(cells: dict[tuple[str, int], dict], db: str) -> list[str]:
@@ -539,7 +620,7 @@ def limits(cells: dict[tuple[str, int], dict], db: str) -> list[str]:
     busy = [cell["cores_busy"] for cell in cells.values()]
     other = [cell["other_cores"] for cell in cells.values()]
     cpu = [cell["server_cpu_ms"] + cell["postgres_cpu_ms"] for cell in cells.values()]
-    saturated = min(busy) >= 1.8
+    saturated = min(busy) >= SATURATED_CORES
     text = (
         f"What limits it: the app's processes{' and PostgreSQL' if db == 'postgresql' else ''} spent "
         f"{spread(cpu)} ms of CPU per acknowledged event, with {spread(busy)} of the 2 cores busy "
@@ -564,9 +645,76 @@ def limits(cells: dict[tuple[str, int], dict], db: str) -> list[str]:
     return [text]
 
 
+def apply_section(results: dict) -> list[str]:
+    before_refs = {results[("apply", db)]["before_ref"] for db in DATABASES}
+    lines = [
+        "## 2. What applying one event costs",
+        "",
+        (
+            "The applier alone, by event type: the benchmark records deliveries through the receiver, then "
+            "applies them with `flask terra work --until-empty`, one applier thread in a process of its own, "
+            f"from this code (after) and from commit {', '.join(sorted(before_refs))} (before: the code before "
+            "this round's cheaper apply), in turns in the same run. CPU and wall time are per event applied, "
+            "less those of a run that finds nothing to apply, from the median round. The wall time includes "
+            "the database's work; on PostgreSQL the CPU time leaves out the database server's, which runs in a "
+            "process of its own. On SQLite an applying transaction holds the database's one write lock, so "
+            "appliers apply one at a time however many there are: the applier's CPU time per event bounds how "
+            "fast they apply, at most 1,000 / CPU ms events a second."
+        ),
+        "",
+    ]
+    for db in DATABASES:
+        cells = results[("apply", db)]["cells"]
+        rows = [apply_row(kind, cell.get("before"), cell["after"]) for kind, cell in cells.items()]
+        lines += [f"**{DB_NAMES[db]}**:", ""]
+        lines += table(
+            ["event", "before CPU ms", "after CPU ms", "change", "after wall ms", "after ev/s (one thread)"], rows
+        )
+        if any(figure <= 0 for cell in cells.values() for version in cell.values() for figure in version.values()):
+            lines += [
+                (
+                    "A `-`: what was left after taking off the start-up's time was not above zero: too few events "
+                    "a round (`--events`) for how much the start-up varied on this machine."
+                ),
+                "",
+            ]
+        bounds = [
+            f"{number(1000 / cpu_ms)} (`{kind}`)"
+            for kind, cell in cells.items()
+            if (cpu_ms := per_event(cell["after"]["cpu_ms"])) is not None
+        ]
+        if db == "sqlite" and bounds:
+            lines += [
+                f"So on SQLite this code applies at most {', '.join(bounds)} events a second, however many appliers run.",
+                "",
+            ]
+    lines += ["Measured with:", "", *sources(results, "apply")]
+    return lines
+
+
+def per_event(value: float) -> float | None:
+    """A figure per event less the start-up's, or None when nothing was left (the start-up varied more
+    than the events took)."""
+    return value if value > 0 else None
+
+
+def apply_row(kind: str, before: dict | None, after: dict) -> list[object]:
+    """One event type's costs; `before` is None when the run measured this code alone."""
+    before_cpu = per_event(before["cpu_ms"]) if before else None
+    after_cpu, after_wall = per_event(after["cpu_ms"]), per_event(after["wall_ms"])
+    return [
+        f"`{kind}`",
+        before_cpu,
+        after_cpu,
+        f"{(after_cpu / before_cpu - 1) * 100:+.0f} %" if before_cpu and after_cpu else None,
+        after_wall,
+        1000 / after_wall if after_wall else None,
+    ]
+
+
 def status_section(results: dict) -> list[str]:
     lines = [
-        "## 2. Status polls",
+        "## 3. Status polls",
         "",
         (
             "`GET /api/v1/connect-attempts/<id>` with a bearer token, as an app polls its connect attempt: the "
@@ -607,7 +755,7 @@ def status_section(results: dict) -> list[str]:
 
 def long_poll_section(results: dict, instance: Instance) -> list[str]:
     lines = [
-        "## 3. Long-polls held at once, and their wake-up",
+        "## 4. Long-polls held at once, and their wake-up",
         "",
         (
             f"A long-poll (`?wait=25` with `If-None-Match`) sleeps in a thread of its own without a database "
@@ -681,7 +829,7 @@ def long_poll_section(results: dict, instance: Instance) -> list[str]:
 
 def users_section(results: dict, instance: Instance) -> list[str]:
     lines = [
-        "## 4. Connected Terra users per instance",
+        "## 5. Connected Terra users per instance",
         "",
         (
             f"**Assumption** (not measured): each connected user's devices make Terra send a number of events a "
@@ -718,13 +866,13 @@ def users_section(results: dict, instance: Instance) -> list[str]:
         f"connects. Polling every {instance.poll_after_s:g} s (STATUS_POLL_AFTER_MS, the interval the API tells apps "
         f"to keep), an instance answers "
         + " and ".join(f"{polling[db]:,} apps at once on {DB_NAMES[db]}" for db in DATABASES)
-        + " (the 304 rate of section 2 × the interval); long-polling instead, "
-        f"{instance.long_polls:,} apps at once (section 3), which cost a sleeping thread "
+        + " (the 304 rate of section 3 × the interval); long-polling instead, "
+        f"{instance.long_polls:,} apps at once (section 4), which cost a sleeping thread "
         "each and no CPU until their attempt changes. Those are apps in the middle of connecting, a small share "
         "of the connected users at any moment (a connect flow takes seconds to minutes, once per user and "
         "device): the events, not the polls, size an instance.",
         "",
-        "From the runs of sections 1 and 2:",
+        "From the runs of sections 1 and 3:",
         "",
         *sources(results, "webhooks-kinds"),
         *sources(results, "status"),
@@ -734,7 +882,7 @@ def users_section(results: dict, instance: Instance) -> list[str]:
 
 def applier_section(results: dict) -> list[str]:
     lines = [
-        "## 5. The applier as its own process",
+        "## 6. The applier as its own process",
         "",
         (
             "With `WEBHOOK_APPLY_IN_PROCESS=false` the web workers only record and acknowledge, and "
@@ -808,7 +956,7 @@ def applier_section(results: dict) -> list[str]:
                 else "and it does not make the acknowledgements faster either: keep the applier in the workers. "
             )
             + "For more events a second, run `flask terra work` on an instance of its own (its own cores; on "
-            "PostgreSQL any number of them claim rows side by side, each with its own connections, section 6), "
+            "PostgreSQL any number of them claim rows side by side, each with its own connections, section 7), "
             "with `WEBHOOK_APPLY_IN_PROCESS=false` on the web instances. On SQLite everything stays on one "
             "machine with one writer at a time: a second process only adds a writer."
         ),
@@ -842,7 +990,7 @@ def budget_section(instance: Instance) -> list[str]:
     fits = instance.available // each
     left = instance.available - fits * each
     lines = [
-        "## 6. PostgreSQL connection budget",
+        "## 7. PostgreSQL connection budget",
         "",
         (
             "Computed from the settings the code ships with (config.py, gunicorn.conf.py, "
