@@ -14,11 +14,16 @@ process, and its CPU time with it.) The versions take turns,
 `--rounds` times each, and the median round is reported: what drifts on a shared machine drifts for
 both. A first, unmeasured round applies each user's first event, so that every measured round
 applies the same mix (for `auth`: an authentication applied again, as Terra's retries are).
+
+`--profile DIR` then applies one more round of each version under cProfile, keeps the profiles in DIR
+and prints, per event, the cumulative time of the app's own functions that take the most: where
+applying's time goes, before and after.
 """
 
 from __future__ import annotations
 
 import os
+import pstats
 import subprocess
 import time
 from pathlib import Path
@@ -45,6 +50,7 @@ def arguments():
         default=BEFORE_REF,
         help="the commit measured beside this code (default %(default)s); 'none' to leave it out",
     )
+    p.add_argument("--profile", type=Path, help="also profile one round of each version into this folder")
     return p
 
 
@@ -82,6 +88,13 @@ def main(argv: list[str] | None = None) -> None:
                         f"  {kind:>17} round {round_number + 1} {name:>6}: CPU {cpu:.3f} ms/event, wall {wall:.3f} ms",
                         flush=True,
                     )
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                for name, folder in versions.items():
+                    record(receiver, bodies, args.events, nonces)
+                    profile = args.profile / f"apply-{kind}-{args.db}-{name}.prof"
+                    apply_with(run, folder, profile)
+                    print_profile(profile, folder, args.events, f"{kind}, {name}")
             cells[kind] = {name: median_round(rounds) for name, rounds in measured.items()}
             after = cells[kind]["after"]
             before = cells[kind].get("before")
@@ -135,16 +148,31 @@ def record(client, bodies: list[bytes], count: int, nonces) -> None:
         assert answer.status_code == 200, (answer.status_code, answer.get_data()[:200])
 
 
-def apply_with(run: common.Run, folder: Path) -> tuple[float, float]:
-    """Run `flask terra work --until-empty` from `folder`'s code: its CPU seconds and wall seconds."""
+def apply_with(run: common.Run, folder: Path, profile: Path | None = None) -> tuple[float, float]:
+    """Run `flask terra work --until-empty` from `folder`'s code (under cProfile into `profile`, when
+    given): its CPU seconds and wall seconds."""
+    argv = WORK if profile is None else [common.PYTHON, "-m", "cProfile", "-o", str(profile), *WORK[1:]]
     started = time.monotonic()
-    process = subprocess.Popen(WORK, cwd=folder, env=run.environ(0), stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, cwd=folder, env=run.environ(0), stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"`flask terra work` from {folder} exited with {process.returncode}")
     return usage.ru_utime + usage.ru_stime, wall
+
+
+def print_profile(path: Path, folder: Path, events: int, label: str, top: int = 15) -> None:
+    """The app's own functions (not the libraries', nor the imports at start-up) by cumulative time, in
+    ms per applied event."""
+    own = [
+        (cumulative, Path(file).relative_to(folder), line, function)
+        for (file, line, function), (_, _, _, cumulative, _) in pstats.Stats(str(path)).stats.items()
+        if file.startswith(f"{folder}/") and not file.startswith(f"{folder}/.venv/") and function != "<module>"
+    ]
+    print(f"where applying's time goes ({label}; cProfile, cumulative ms per event): {path}")
+    for cumulative, file, line, function in sorted(own, reverse=True)[:top]:
+        print(f"  {cumulative / events * 1000:8.3f}  {function} ({file}:{line})")
 
 
 if __name__ == "__main__":
