@@ -22,6 +22,7 @@ applying's time goes, before and after.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pstats
 import subprocess
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "start-up (nothing to apply): " + ", ".join(f"{n} CPU {c * 1000:.0f} ms" for n, (c, _) in start_up.items())
         )
-        nonces = iter(range(10**9))
+        nonces = itertools.count()
         rows, cells = [], {}
         for kind in args.kinds:
             bodies = webhooks.seed_bodies(app, kind, args.users)
@@ -142,8 +143,7 @@ def recording_app(run: common.Run):
 
 def record(client, bodies: list[bytes], count: int, nonces) -> None:
     """`count` deliveries, each a body never sent before (the inbox keeps a replay out)."""
-    for number in range(count):
-        body = bodies[number % len(bodies)][:-1] + b',"bench_nonce":%d}' % next(nonces)
+    for body in common.never_sent(bodies, count, nonces):
         answer = client.post("/webhooks/terra", data=body, headers=common.signed_headers(body))
         assert answer.status_code == 200, (answer.status_code, answer.get_data()[:200])
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -478,6 +478,12 @@ ACCOUNT_EVENT_FIELDS: dict[str, dict[str, Any]] = {
 
 def account_body(event_type: str, reference_id: str, terra_user_id: str) -> bytes:
     return event_body(event_type, reference_id, terra_user_id, **ACCOUNT_EVENT_FIELDS[event_type])
+
+
+def never_sent(bodies: list[bytes], count: int, nonces: Iterator[int]) -> list[bytes]:
+    """`count` bodies taken from `bodies` in turn, each made one never sent before by a nonce of its
+    own: the inbox refuses a body signed at the same second twice (as a replay)."""
+    return [bodies[number % len(bodies)][:-1] + b',"bench_nonce":%d}' % next(nonces) for number in range(count)]
 
 
 def signed_headers(body: bytes, trace_id: str | None = None) -> dict[str, str]:

@@ -149,13 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         data = {kind: run.tmp / f"{kind}.tsv" for kind in args.kinds}
 
         def fresh_data(kind: str) -> None:
-            """New bodies for the next load, signed now: the inbox refuses a body signed at the same
-            second twice (as a replay), so each request must carry one never sent before."""
-            variants = [
-                bodies[kind][number % len(bodies[kind])][:-1] + b',"bench_nonce":%d}' % next(nonces)
-                for number in range(args.unique)
-            ]
-            common.write_webhook_data(data[kind], variants, 0)
+            """New bodies for the next load, signed now, each never sent before."""
+            common.write_webhook_data(data[kind], common.never_sent(bodies[kind], args.unique, nonces), 0)
 
         server = run.start_server(label="app", **ONLY_ITS_OWN)
         bare = run.start_server(common.BARE_SPEC, label="bare")
