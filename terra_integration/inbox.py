@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -55,6 +56,8 @@ from terra_integration.write_turns import write_turn
 
 DUPLICATE = "duplicate"  # what `receive` answers for a trace id or signed payload already recorded
 UNREADABLE = "unreadable"  # the event_type of a verified body that is not an event we can read
+# A row to apply, with its event as `_event_of` read it, or why there is none.
+Read = tuple[WebhookEventColumns, TerraEvent | None, Exception | None]
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,7 @@ def apply_together(rows: list[WebhookEventColumns]) -> None:
         apply_download(row)
 
 
-def _apply_in_one_transaction(
-    reads: list[tuple[WebhookEventColumns, TerraEvent | None, Exception | None]],
-) -> list[str]:
+def _apply_in_one_transaction(reads: list[Read]) -> list[str]:
     """Apply each (row, event, problem) in one transaction that renews the rows' claims first
     (`_hold`) and writes their outcomes last, in one statement for them all; commit; return the
     outcomes.
@@ -189,27 +190,30 @@ def _apply_in_one_transaction(
     ids = [row.id for row, _, _ in reads]
     with write_turn():
         try:
-            _hold(ids)
-            outcomes = [_failure(row, problem) if problem else apply_event(event) for row, event, problem in reads]
-            _note(reads, outcomes)
+            outcomes = _apply_and_note(ids, reads, _apply_as_it_is)
         except Exception:  # noqa: BLE001 (applied again below, where each failure is kept on its row)
             session.rollback()
-            _hold(ids)
-            outcomes = [_apply_or_fail(row, event, problem) for row, event, problem in reads]
-            _note(reads, outcomes)
+            outcomes = _apply_and_note(ids, reads, _apply_or_fail)
         session.commit()
     return [outcome for outcome, _ in outcomes]
 
 
-def _note(
-    reads: list[tuple[WebhookEventColumns, TerraEvent | None, Exception | None]], outcomes: list[Outcome]
-) -> None:
-    """Set each row's outcome, and flush them together (the last changes of the events flush too)."""
+def _apply_and_note(ids: list[int], reads: list[Read], apply_one: Callable[..., Outcome]) -> list[Outcome]:
+    """Renew the rows' claims, apply each read with `apply_one`, and set each row's outcome; flushed
+    together (the last changes of the events flush too)."""
+    _hold(ids)
+    outcomes = [apply_one(*read) for read in reads]
     applied_at = utcnow()
     for (row, _, _), (outcome, detail) in zip(reads, outcomes, strict=True):
         # A detail can quote the event (an unknown type, a failure reason): cut it to fit its column.
         row.outcome, row.detail, row.applied_at = outcome, detail and detail[:TEXT_LENGTH], applied_at
     bound().db.session.flush()
+    return outcomes
+
+
+def _apply_as_it_is(row: WebhookEventColumns, event: TerraEvent | None, problem: Exception | None) -> Outcome:
+    """The event's outcome, applied in the current transaction; what it raises is the caller's."""
+    return _failure(row, problem) if problem is not None else apply_event(event)
 
 
 def apply_download(row: WebhookEventColumns) -> str:
@@ -255,8 +259,8 @@ def _apply_or_fail(row: WebhookEventColumns, event: TerraEvent | None, problem: 
 
 
 def _hold(ids: list[int]) -> None:
-    """Renew the claims of the rows `ids` (`applier`) as the first statement of the transaction that applies them.
-    The lease then runs from now, and on SQLite that transaction holds the write lock from its start:
+    """Renew the claims of the rows `ids` (`applier`) as the first statement of the transaction that
+    applies them. The lease then runs from now, and on SQLite that transaction holds the write lock from its start:
     one that read first could not take it once another connection had committed since ("database is
     locked" at once, without waiting)."""
     integration = bound()
